@@ -1,0 +1,3 @@
+"""stor: store and serve files addressed by their SHA-256 over HTTP."""
+
+__version__ = "2.0.0"

@@ -1,0 +1,211 @@
+"""The HTTP layer: Klein routes that translate requests into calls on plain objects.
+
+Routes know HTTP; :class:`~stor.storage.LocalStore`, the upload machinery,
+the metrics, cache, S3 reader and publisher know nothing of it.  Every error
+a client can see is a :mod:`stor.errors` exception, mapped to a status code
+and a metric key in :func:`error_answer`, the one place that does so.
+"""
+
+import json
+import time
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from stor import __version__, layout
+from stor.auth import authorized
+from stor.config import Config
+from stor.errors import (
+    HashMismatch, MalformedSha, NoSpace, NotFound, StorageFailure, StorError, TooLarge,
+    Unauthorized, UploadAborted,
+)
+from stor.metrics import Metrics, NullMetrics
+from stor.request import StorRequest
+from stor.sending import FileProducer
+from stor.storage import Hit, LocalStore
+from stor.upload import Duplicate, Upload
+
+log = Logger()
+
+# exception → (status, metric key for GET/HEAD, metric key for POST)
+_ANSWERS: list[tuple[type[StorError], int, str | None, str | None]] = [
+    (MalformedSha, 0, "error.get.malformed_sha.count", "error.post.malformed_sha.count"),
+    (NotFound, 404, None, None),
+    (Unauthorized, 401, None, None),
+    (HashMismatch, 412, None, "error.post.bad_sha.count"),
+    (NoSpace, 507, None, "error.post.no_space.count"),
+    (TooLarge, 413, None, "error.post.unknown.count"),
+    (UploadAborted, 400, None, "error.post.unknown.count"),
+    (StorageFailure, 500, "error.get.500.count", "error.post.unknown.count"),
+]
+
+
+def error_answer(error: BaseException, method: bytes) -> tuple[int, str | None]:
+    """The status code and metric key for ``error`` on a request of ``method``."""
+    is_post = method == b"POST"
+    for kind, status, get_key, post_key in _ANSWERS:
+        if isinstance(error, kind):
+            if kind is MalformedSha:  # the old service: 412 for an upload, 404 for a read
+                status = 412 if is_post else 404
+            return status, post_key if is_post else get_key
+    return 500, "error.post.unknown.count" if is_post else "error.get.500.count"
+
+
+TEXT = b"text/plain; charset=utf-8"
+
+
+def _body(request: IRequest, data: bytes, content_type: bytes = TEXT) -> bytes:
+    """``data`` as the whole response body, with its type and length set."""
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", b"%d" % len(data))
+    return data
+
+
+def _elapsed_ms(start: float) -> float:
+    return (time.monotonic() - start) * 1000.0
+
+
+class StorApp:
+    """The stor HTTP API over local storage pairs and optional integrations."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        config: Config,
+        store: LocalStore,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics: Metrics = metrics or NullMetrics()
+
+    def resource(self) -> Any:
+        """The twisted.web resource serving this app."""
+        return self.app.resource()
+
+    # -- uploads, started by StorRequest when the headers are in ------------
+
+    def start_upload(
+        self, method: bytes, path: bytes, headers: Headers, length: int | None,
+        request: StorRequest,
+    ) -> Upload | None:
+        """An :class:`Upload` for a POST this app will accept, else None (body dropped)."""
+        if method != b"POST":
+            return None
+        segment = path.split(b"?", 1)[0].lstrip(b"/").decode("latin-1")
+        try:
+            sha = layout.parse_sha(segment)
+        except MalformedSha:
+            return None
+        if not authorized(headers, self.config.basic_auth):
+            return None
+        return Upload(
+            sha, length, self.store, request.pause_body, request.resume_body,
+            max_size=self.config.max_upload_size,
+        )
+
+    # -- routes -------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def index(self, request: IRequest) -> bytes:
+        return _body(request, f"This is Stor {__version__}".encode())
+
+    @app.route("/status", methods=["GET"])
+    @inlineCallbacks
+    def status(self, request: IRequest):  # type: ignore[no-untyped-def]
+        self.metrics.incr("healthcheck.count")
+        try:
+            problems = yield self.store.problems()
+        except Exception as e:  # /status answers 503, never 500
+            problems = [("*", f"health check failed: {e}")]
+        if not problems:
+            return _body(request, b"OK")
+        request.setResponseCode(503)
+        return _body(request, "".join(f"{s}: {why}\n" for s, why in problems).encode())
+
+    @app.route("/<segment>", methods=["GET", "HEAD"])
+    @inlineCallbacks
+    def get(self, request: IRequest, segment: str):  # type: ignore[no-untyped-def]
+        self.metrics.incr("request.get.count")
+        sha = layout.parse_sha(segment)
+        head = request.method == b"HEAD"
+        start = time.monotonic()
+        hit = yield (self.store.stat(sha) if head else self.store.open(sha))
+        self.metrics.timing("lookup.time", _elapsed_ms(start))
+        if hit is None:
+            self.metrics.incr("error.get.not_found_old.count")
+            raise NotFound(f"{sha} not found")
+        self.metrics.incr(f"lookup.attempt.{hit.attempt}.count")
+        result = yield self._send(request, hit)
+        server = layout.server_name(hit.storage)
+        self.metrics.incr(f"success.get.ok_old.{server}.count")
+        self.metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
+        self.metrics.timing(f"success.get.ok_old.{server}.time", _elapsed_ms(start))
+        return result
+
+    def _send(self, request: IRequest, hit: Hit) -> Any:
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(hit.size).encode())
+        request.setHeader(b"last-modified", datetimeToString(hit.mtime))
+        if hit.data is not None:
+            return hit.data
+        if hit.file is None:  # HEAD
+            return b""
+        return FileProducer(hit.file, hit.size, request, self.store.run).start()
+
+    @app.route("/<segment>", methods=["POST"])
+    @inlineCallbacks
+    def post(self, request: StorRequest, segment: str):  # type: ignore[no-untyped-def]
+        self.metrics.incr("request.post.count")
+        sha = layout.parse_sha(segment)
+        if not authorized(request.requestHeaders, self.config.basic_auth):
+            raise Unauthorized("upload needs valid Basic credentials")
+        upload = request.upload
+        if upload is None:
+            raise StorageFailure("the request body was not captured")
+        result = yield upload.finish()
+        if isinstance(result, Duplicate):
+            self.metrics.incr("success.post.duplicate.count")
+            request.setResponseCode(200)
+        else:
+            self.metrics.incr("success.post.write.count")
+            request.setResponseCode(201)
+            log.info("stored {sha} ({size} bytes) at {paths}", sha=sha,
+                     size=upload.received, paths=result.paths)
+        return _body(request, json.dumps(result.paths).encode(), b"application/json")
+
+    # -- the one place errors become answers --------------------------------
+
+    @app.handle_errors(StorError)
+    def answer_error(self, request: IRequest, failure: Failure) -> bytes:
+        status, key = error_answer(failure.value, request.method)
+        if key:
+            self.metrics.incr(key)
+        request.setResponseCode(status)
+        if status == 401:
+            request.setHeader(b"www-authenticate", b'Basic realm="stor"')
+        if status >= 500:
+            log.error("{method} {uri}: {error}", method=request.method.decode(),
+                      uri=request.uri.decode("latin-1"), error=str(failure.value))
+        return _body(request, (str(failure.value) + "\n").encode())
+
+    @app.handle_errors(Exception)
+    def answer_unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        """Routing answers (404, 405) pass through; anything else is a logged 500."""
+        if isinstance(failure.value, HTTPException):
+            request.setResponseCode(failure.value.code or 500)
+            return _body(request, f"{failure.value.name}\n".encode())
+        is_post = request.method == b"POST"
+        self.metrics.incr("error.post.unknown.count" if is_post else "error.get.500.count")
+        log.failure("{method} {uri} failed", failure=failure, method=request.method.decode(),
+                    uri=request.uri.decode("latin-1"))
+        request.setResponseCode(500)
+        return _body(request, b"internal error (logged)\n")

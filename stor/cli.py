@@ -1,0 +1,64 @@
+"""The ``stor`` command: run the daemon and small operator tools.
+
+``stor serve`` is ``twistd -n stor`` with the same options; ``stor
+check-config`` validates a config file without starting anything (exit 0 or 2,
+the same one-line errors as start-up).
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from stor import __version__
+from stor.config import load_config
+from stor.errors import ConfigError
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = args.config or os.environ.get("CONFIG_FILE")
+    if not path:
+        sys.stderr.write("stor: no config file: give --config FILE or set CONFIG_FILE\n")
+        return 2
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        sys.stderr.write(f"stor: config error: {e}\n")
+        return 2
+    pairs = len(config.storage_pairs)
+    sys.stdout.write(f"{path}: OK ({pairs} storage pair{'s' if pairs != 1 else ''})\n")
+    for key in config.unknown_keys:
+        sys.stdout.write(f"{path}: note: unknown key {key!r} is ignored\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    argv = [twistd, "-n", "--pidfile=", "stor"] + list(args.twistd_args)
+    os.execv(twistd, argv)
+    return 1  # not reached
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser; later subcommands register here."""
+    p = argparse.ArgumentParser(prog="stor", description=f"stor {__version__}")
+    p.add_argument("--version", action="version", version=f"stor {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
+    check.set_defaults(func=_check_config)
+    serve = sub.add_parser("serve", help="run the daemon in the foreground (twistd -n stor …)")
+    serve.add_argument("twistd_args", nargs=argparse.REMAINDER,
+                       help="--config FILE [--listen ENDPOINT]")
+    serve.set_defaults(func=_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stor`` console script."""
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

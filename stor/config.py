@@ -1,0 +1,287 @@
+"""The configuration file: the old service's JSON keys, validated once.
+
+:func:`load_config` turns a file into a frozen :class:`Config` or raises
+:class:`~stor.errors.ConfigError` naming the offending key, so start-up can
+stop with one clear line before anything listens.  Everything else in stor
+reads the typed object, never the raw JSON.
+"""
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from stor.errors import ConfigError
+from stor.placement import BALANCE_THRESHOLD, Pair
+
+DEFAULT_LISTEN = "tcp:8080"
+DEFAULT_CLEANUP_PERIOD = 1800.0
+
+KNOWN_KEYS = frozenset(
+    {
+        # the old service's keys
+        "storage_pairs", "writable_pairs_regex", "s3_enabled", "s3_credentials",
+        "memcached_servers", "statsite", "basic_auth", "rabbitmq_uri", "secret",
+        "log", "cleanup_tempdir_period",
+        # new keys
+        "listen", "check_mounts", "max_upload_size", "s3_bucket",
+        "s3_connect_timeout", "s3_timeout", "balance_threshold",
+        "memcached_timeout",
+    }
+)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where the read-through bucket is and how long to wait for it."""
+
+    access_key: str
+    secret_key: str
+    endpoint: str
+    bucket: str = "samples"
+    connect_timeout: float = 2.0
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class StatsiteConfig:
+    """Where statsd lines go; counters carry ``sample_rate``."""
+
+    host: str
+    port: int = 8125
+    prefix: str = ""
+    sample_rate: float = 1.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated configuration; see README.rst for every key."""
+
+    storage_pairs: tuple[Pair, ...]
+    writable_pairs_regex: re.Pattern[str] = re.compile(".*")
+    basic_auth: str | None = None
+    listen: str = DEFAULT_LISTEN
+    check_mounts: bool = True
+    max_upload_size: int | None = None
+    cleanup_tempdir_period: float = DEFAULT_CLEANUP_PERIOD
+    balance_threshold: int = BALANCE_THRESHOLD
+    s3: S3Config | None = None
+    memcached_servers: tuple[tuple[str, int], ...] = ()
+    memcached_timeout: float = 0.25
+    statsite: StatsiteConfig | None = None
+    rabbitmq_uri: str | None = None
+    log: Any = None
+    unknown_keys: tuple[str, ...] = field(default=())
+
+    @property
+    def storages(self) -> tuple[str, ...]:
+        """Every storage directory, in configuration order."""
+        return tuple(s for pair in self.storage_pairs for s in pair)
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the JSON file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from e
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError("", f"{path} is not valid JSON: {e}") from e
+    return parse_config(raw)
+
+
+def parse_config(raw: object) -> Config:
+    """Validate an already-decoded JSON document."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the config must be a JSON object")
+    return Config(
+        storage_pairs=_storage_pairs(raw.get("storage_pairs")),
+        writable_pairs_regex=_regex(raw.get("writable_pairs_regex", ".*")),
+        basic_auth=_basic_auth(raw.get("basic_auth")),
+        listen=_string(raw, "listen", DEFAULT_LISTEN),
+        check_mounts=_bool(raw, "check_mounts", True),
+        max_upload_size=_optional_positive_int(raw, "max_upload_size"),
+        cleanup_tempdir_period=_positive_number(
+            raw, "cleanup_tempdir_period", DEFAULT_CLEANUP_PERIOD
+        ),
+        balance_threshold=_non_negative_int(raw, "balance_threshold", BALANCE_THRESHOLD),
+        s3=_s3(raw),
+        memcached_servers=_memcached_servers(raw.get("memcached_servers")),
+        memcached_timeout=_positive_number(raw, "memcached_timeout", 0.25),
+        statsite=_statsite(raw.get("statsite")),
+        rabbitmq_uri=_rabbitmq_uri(raw.get("rabbitmq_uri")),
+        log=raw.get("log"),
+        unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)),
+    )
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _storage_pairs(value: object) -> tuple[Pair, ...]:
+    key = "storage_pairs"
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "must be a non-empty list of [dir, dir] pairs"
+                          + ("" if value is not None else " (missing)"))
+    pairs: list[Pair] = []
+    seen: set[str] = set()
+    for i, pair in enumerate(value):
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(p, str) and p for p in pair)):
+            raise ConfigError(f"{key}[{i}]", f"must be a list of two directory paths, got {json.dumps(pair)}")
+        for j, storage in enumerate(pair):
+            real = os.path.realpath(storage)
+            if os.path.exists(storage) and not os.path.isdir(storage):
+                raise ConfigError(f"{key}[{i}][{j}]", f"{storage} exists and is not a directory")
+            if real in seen:
+                raise ConfigError(f"{key}[{i}][{j}]", f"{storage} is listed more than once")
+            seen.add(real)
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
+
+
+def _regex(value: object) -> re.Pattern[str]:
+    key = "writable_pairs_regex"
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {_type_name(value)}")
+    try:
+        return re.compile(value)
+    except re.error as e:
+        raise ConfigError(key, f"is not a valid regular expression: {e}") from e
+
+
+def _basic_auth(value: object) -> str | None:
+    key = "basic_auth"
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(key, 'must be a string "user:password"')
+    return value
+
+
+def _string(raw: dict[str, Any], key: str, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a non-empty string, got {_type_name(value)}")
+    return value
+
+
+def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {json.dumps(value)}")
+    return value
+
+
+def _number(raw: dict[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"must be a number, got {json.dumps(value)}")
+    return float(value)
+
+
+def _positive_number(raw: dict[str, Any], key: str, default: float) -> float:
+    value = _number(raw, key, default)
+    if value <= 0:
+        raise ConfigError(key, f"must be greater than 0, got {raw.get(key)}")
+    return value
+
+
+def _non_negative_int(raw: dict[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(key, f"must be a whole number of bytes >= 0, got {json.dumps(value)}")
+    return value
+
+
+def _optional_positive_int(raw: dict[str, Any], key: str) -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(key, f"must be a whole number of bytes > 0, got {json.dumps(value)}")
+    return value
+
+
+def _host_port(text: str, default_port: int, key: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or host.endswith(":") or (host.startswith("[") is not host.endswith("]")):
+        host, port = text, ""
+    host = host.strip("[]")
+    if not host:
+        raise ConfigError(key, f"{text!r} has no host name")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"{text!r} has an invalid port")
+    return host, int(port)
+
+
+def _memcached_servers(value: object) -> tuple[tuple[str, int], ...]:
+    key = "memcached_servers"
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise ConfigError(key, 'must be a list of "host[:port]" strings')
+    return tuple(_host_port(s, 11211, f"{key}[{i}]") for i, s in enumerate(value) if s)
+
+
+def _statsite(value: object) -> StatsiteConfig | None:
+    key = "statsite"
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be an object {host, prefix, sample_rate}")
+    host_text = value.get("host")
+    if host_text in (None, ""):
+        return None
+    if not isinstance(host_text, str):
+        raise ConfigError(f"{key}.host", "must be a string \"host\" or \"host:port\"")
+    host, port = _host_port(host_text, 8125, f"{key}.host")
+    prefix = value.get("prefix", "") or ""
+    if not isinstance(prefix, str):
+        raise ConfigError(f"{key}.prefix", "must be a string")
+    rate = value.get("sample_rate", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise ConfigError(f"{key}.sample_rate", f"must be a number in (0, 1], got {json.dumps(rate)}")
+    return StatsiteConfig(host=host, port=port, prefix=prefix, sample_rate=float(rate))
+
+
+def _s3(raw: dict[str, Any]) -> S3Config | None:
+    if not _bool(raw, "s3_enabled", False):
+        return None
+    creds = raw.get("s3_credentials")
+    if not isinstance(creds, dict):
+        raise ConfigError("s3_credentials", "must be an object {access_key, secret_key, host} when s3_enabled is true")
+    for part in ("access_key", "secret_key", "host"):
+        if not isinstance(creds.get(part), str) or not creds[part]:
+            raise ConfigError(f"s3_credentials.{part}", "must be a non-empty string when s3_enabled is true")
+    host = creds["host"]
+    endpoint = host if "://" in host else f"http://{host}"
+    if urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).hostname:
+        raise ConfigError("s3_credentials.host", f"{host!r} is neither a host name nor an http(s) URL")
+    return S3Config(
+        access_key=creds["access_key"],
+        secret_key=creds["secret_key"],
+        endpoint=endpoint.rstrip("/"),
+        bucket=_string(raw, "s3_bucket", "samples"),
+        connect_timeout=_positive_number(raw, "s3_connect_timeout", 2.0),
+        timeout=_positive_number(raw, "s3_timeout", 10.0),
+    )
+
+
+def _rabbitmq_uri(value: object) -> str | None:
+    key = "rabbitmq_uri"
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {_type_name(value)}")
+    if urlsplit(value).scheme not in ("amqp", "amqps"):
+        return None  # the old service ignored other schemes; so do we (logged at start)
+    return value

@@ -1,0 +1,134 @@
+"""Shared fixtures: throw-away storages and a stor site on a real loopback port."""
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import endpoints, reactor
+
+from stor.config import Config, parse_config
+from stor.service import build_site
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def storage_dirs(tmp_path: Path) -> list[list[str]]:
+    """Two pairs of empty storage directories."""
+    pairs = []
+    for p in range(2):
+        pair = []
+        for m in range(2):
+            d = tmp_path / f"data{2 * p + m + 1}"
+            d.mkdir()
+            pair.append(str(d))
+        pairs.append(pair)
+    return pairs
+
+
+@pytest.fixture
+def config_dict(storage_dirs: list[list[str]]) -> dict[str, Any]:
+    """A minimal valid config, as JSON would hold it; tests adjust it before starting."""
+    return {
+        "storage_pairs": storage_dirs,
+        "basic_auth": "writer:writer_pass",
+        "check_mounts": False,
+        "listen": "tcp:0:interface=127.0.0.1",
+    }
+
+
+@dataclass
+class Server:
+    """A running stor site."""
+
+    url: str
+    config: Config
+    app: Any
+    store: Any
+    port: Any
+
+    def at(self, path: str) -> str:
+        return f"{self.url}/{path.lstrip('/')}"
+
+
+@pytest_twisted.async_yield_fixture
+async def start_server():
+    """Start stor on a free loopback port with a given config dict; all stopped after."""
+    ports = []
+
+    async def start(config_dict: dict[str, Any]) -> Server:
+        config = parse_config(json.loads(json.dumps(config_dict)))
+        site, app, store = build_site(config, reactor)
+        endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        port = await endpoint.listen(site)
+        ports.append(port)
+        return Server(f"http://127.0.0.1:{port.getHost().port}", config, app, store, port)
+
+    yield start
+    for port in ports:
+        await port.stopListening()
+
+
+@pytest_twisted.async_fixture
+async def server(start_server, config_dict) -> Server:
+    """stor with the default test config."""
+    return await start_server(config_dict)
+
+
+AUTH = ("writer", "writer_pass")
+
+
+def dat_files(root: str | Path) -> list[str]:
+    """Every ``.dat`` file below ``root``."""
+    return sorted(str(p) for p in Path(root).rglob("*.dat"))
+
+
+def temp_files(storage_dirs: list[list[str]]) -> list[str]:
+    """Every file in any storage's temp dir."""
+    found = []
+    for pair in storage_dirs:
+        for s in pair:
+            t = Path(s) / ".stor-tmp"
+            if t.is_dir():
+                found += [str(p) for p in t.iterdir()]
+    return found
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory that cannot be written, even by root: a read-only tmpfs mount."""
+    d = tmp_path / "readonly"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB filesystem (tmpfs), to fill up for real."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny filesystem needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False)
