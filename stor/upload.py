@@ -194,6 +194,7 @@ class Upload:
         self._outcome: UploadResult | StorError | None = None
         self._write_error: StorError | None = None
         self._drained: Deferred[None] | None = None
+        self._cleanup: Deferred[None] = succeed(None)
         if max_size is not None and length is not None and length > max_size:
             self._outcome = TooLarge(max_size)
             self._busy = False
@@ -226,6 +227,7 @@ class Upload:
         if self._aborted:
             raise UploadAborted("upload aborted")
         if isinstance(self._outcome, StorError):
+            yield self._discard()
             raise self._outcome
         if isinstance(self._outcome, Duplicate):
             return self._outcome
@@ -260,7 +262,7 @@ class Upload:
             self._set_outcome(result)
         elif isinstance(result, Spool):
             self._spool = result
-            if self._aborted:
+            if self._aborted or self._outcome is not None:
                 self._discard()
         else:
             self._write_error = self._as_storage_error(result)
@@ -314,10 +316,12 @@ class Upload:
             d.callback(None)
 
     def _discard(self) -> "Deferred[None]":
+        """Remove the temp files; the Deferred fires once they are gone (also
+        when an earlier call started the removal)."""
         spool, self._spool = self._spool, None
-        if spool is None:
-            return succeed(None)
-        return self._store.run(spool.discard)
+        if spool is not None:
+            self._cleanup = self._store.run(spool.discard)
+        return self._cleanup
 
     # -- worker-thread side ---------------------------------------------
 

@@ -132,3 +132,41 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield d
     finally:
         subprocess.run(["umount", str(d)], check=False)
+
+
+async def raw_request(method: str, url: str, headers: dict[str, str] | None = None):
+    """(response, body) through a bare Agent: treq's gzip wrapper drops Content-Length."""
+    from twisted.web.client import Agent, readBody
+    from twisted.web.http_headers import Headers
+
+    agent = Agent(reactor)
+    hdrs = Headers({k: [v] for k, v in (headers or {}).items()})
+    response = await agent.request(method.encode(), url.encode(), hdrs)
+    body = b"" if method == "HEAD" else await readBody(response)
+    return response, body
+
+
+async def raw_http(url: str, request: bytes) -> bytes:
+    """Send ``request`` as is and return every byte the server answers until it closes."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    class Collect(Protocol):
+        def __init__(self) -> None:
+            self.data = b""
+            self.done: Deferred[bytes] = Deferred()
+
+        def connectionMade(self) -> None:
+            self.transport.write(request)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason: object) -> None:
+            self.done.callback(self.data)
+
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    proto = Collect()
+    await connectProtocol(TCP4ClientEndpoint(reactor, host, int(port)), proto)
+    return await proto.done
