@@ -7,32 +7,40 @@ and a metric key in :func:`error_answer`, the one place that does so.
 """
 
 import json
+import re
 import time
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
 from stor import __version__, layout
 from stor.auth import authorized
+from stor.cache import LocalCache, LookupCache
 from stor.config import Config
 from stor.errors import (
     HashMismatch, MalformedSha, NoSpace, NotFound, StorageFailure, StorError, TooLarge,
     Unauthorized, UploadAborted,
 )
 from stor.metrics import Metrics, NullMetrics
+from stor.publisher import NoPublisher, Publisher
 from stor.request import StorRequest
+from stor.s3 import NoS3
 from stor.sending import FileProducer
 from stor.storage import Hit, LocalStore
 from stor.upload import Duplicate, Upload
 
 log = Logger()
+
+_SHA_PATH = re.compile(rb"/[0-9a-fA-F]{64}")
 
 # exception → (status, metric key for GET/HEAD, metric key for POST)
 _ANSWERS: list[tuple[type[StorError], int, str | None, str | None]] = [
@@ -82,14 +90,22 @@ class StorApp:
         config: Config,
         store: LocalStore,
         metrics: Metrics | None = None,
+        cache: LookupCache | None = None,
+        s3: Any = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics: Metrics = metrics or NullMetrics()
+        self.cache: LookupCache = cache or LocalCache()
+        self.s3 = s3 or NoS3()
+        self.publisher: Publisher = publisher or NoPublisher()
+        self.lookups = 0
+        """Full lookups over the pairs so far (the cache saves these)."""
 
     def resource(self) -> Any:
         """The twisted.web resource serving this app."""
-        return self.app.resource()
+        return FastGet(self, self.app.resource())
 
     # -- uploads, started by StorRequest when the headers are in ------------
 
@@ -132,33 +148,73 @@ class StorApp:
         return _body(request, "".join(f"{s}: {why}\n" for s, why in problems).encode())
 
     @app.route("/<segment>", methods=["GET", "HEAD"])
-    @inlineCallbacks
-    def get(self, request: IRequest, segment: str):  # type: ignore[no-untyped-def]
+    def get(self, request: IRequest, segment: str) -> "Deferred[Any]":
+        """GET/HEAD of a malformed SHA arrive here; well-formed ones take :class:`FastGet`."""
+        return Deferred.fromCoroutine(self.read(request, segment))
+
+    async def read(self, request: IRequest, segment: str) -> Any:
+        """Answer a GET or HEAD: S3 first when enabled, then the cache, then the pairs."""
         self.metrics.incr("request.get.count")
         sha = layout.parse_sha(segment)
+        self.publisher.publish(segment)
         head = request.method == b"HEAD"
         start = time.monotonic()
-        hit = yield (self.store.stat(sha) if head else self.store.open(sha))
-        self.metrics.timing("lookup.time", _elapsed_ms(start))
+        obj = await self.s3.fetch(sha, head)
+        if obj is not None:
+            return await self._send_s3(request, obj, start)
+        hit = await self._find_local(sha, head)
         if hit is None:
             self.metrics.incr("error.get.not_found_old.count")
             raise NotFound(f"{sha} not found")
-        self.metrics.incr(f"lookup.attempt.{hit.attempt}.count")
-        result = yield self._send(request, hit)
+        result = await self._send(request, hit)
         server = layout.server_name(hit.storage)
         self.metrics.incr(f"success.get.ok_old.{server}.count")
         self.metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
         self.metrics.timing(f"success.get.ok_old.{server}.time", _elapsed_ms(start))
         return result
 
-    def _send(self, request: IRequest, hit: Hit) -> Any:
+    async def _find_local(self, sha: str, head: bool) -> Hit | None:
+        """The cached path if it still holds the file, else a lookup (then cached)."""
+        start = time.monotonic()
+        path = await self.cache.get(sha)
+        self.metrics.timing("cache.time", _elapsed_ms(start))
+        if path is not None:
+            hit = await self.store.open_path(path, sha, head)
+            if hit is not None:
+                self.metrics.incr("cache.hit")
+                return hit
+            self.cache.drop(sha)  # deleted or moved behind our back: look again
+        self.metrics.incr("cache.miss")
+        start = time.monotonic()
+        hit = await (self.store.stat(sha) if head else self.store.open(sha))
+        self.metrics.timing("lookup.time", _elapsed_ms(start))
+        self.lookups += 1
+        if hit is not None:
+            self.metrics.incr(f"lookup.attempt.{hit.attempt}.count")
+            self.cache.put(sha, hit.path)
+        return hit
+
+    async def _send_s3(self, request: IRequest, obj: Any, start: float) -> bytes:
         request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", str(hit.size).encode())
+        request.setHeader(b"content-length", b"%d" % obj.size)
+        request.setHeader(b"last-modified", obj.last_modified)
+        if request.method == b"HEAD":
+            obj.discard()
+        else:
+            await obj.deliver(request)
+        self.metrics.incr("success.get.ok_hcp.count")
+        self.metrics.incr("success.get.ok_hcp.size", obj.size)
+        self.metrics.timing("success.get.ok_hcp.time", _elapsed_ms(start))
+        return b""
+
+    def _send(self, request: IRequest, hit: Hit) -> "Deferred[Any]":
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", b"%d" % hit.size)
         request.setHeader(b"last-modified", datetimeToString(hit.mtime))
         if hit.data is not None:
-            return hit.data
+            return succeed(hit.data)
         if hit.file is None:  # HEAD
-            return b""
+            return succeed(b"")
         return FileProducer(hit.file, hit.size, request, self.store.run).start()
 
     @app.route("/<segment>", methods=["POST"])
@@ -186,6 +242,7 @@ class StorApp:
 
     @app.handle_errors(StorError)
     def answer_error(self, request: IRequest, failure: Failure) -> bytes:
+        """Every :class:`StorError` becomes its status, metric and a text reason."""
         status, key = error_answer(failure.value, request.method)
         if key:
             self.metrics.incr(key)
@@ -209,3 +266,52 @@ class StorApp:
                     uri=request.uri.decode("latin-1"))
         request.setResponseCode(500)
         return _body(request, b"internal error (logged)\n")
+
+
+class FastGet(Resource):
+    """The site's root: GET/HEAD of a well-formed SHA skip Klein's routing.
+
+    Those are nearly all the traffic of a storage host, and Klein's per-request
+    routing costs about as much as serving a small cached file.  They go
+    straight to :meth:`StorApp.read`, with the same error answers; every other
+    request (including a malformed SHA) is rendered by Klein.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: StorApp, routes: Resource) -> None:
+        super().__init__()
+        self._app = app
+        self._routes = routes
+
+    def render(self, request: IRequest) -> Any:
+        path = request.path
+        if (request.method in (b"GET", b"HEAD") and len(path) == 65
+                and _SHA_PATH.fullmatch(path)):
+            d = Deferred.fromCoroutine(self._app.read(request, path[1:].decode()))
+            d.addCallbacks(self._write, self._fail, callbackArgs=(request,),
+                           errbackArgs=(request,))
+            return NOT_DONE_YET
+        return self._routes.render(request)
+
+    @staticmethod
+    def _write(body: bytes, request: IRequest) -> None:
+        if request.finished or request._disconnected:  # type: ignore[attr-defined]
+            return
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _fail(self, failure: Failure, request: IRequest) -> None:
+        if request.finished or request._disconnected:  # type: ignore[attr-defined]
+            return  # the client went away mid-stream: nothing left to tell it
+        if request.startedWriting:  # type: ignore[attr-defined]
+            log.failure("{uri}: failed mid-response", failure=failure,
+                        uri=request.uri.decode("latin-1"))
+            request.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        if isinstance(failure.value, StorError):
+            body = self._app.answer_error(request, failure)
+        else:
+            body = self._app.answer_unexpected(request, failure)
+        self._write(body, request)

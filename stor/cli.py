@@ -34,7 +34,11 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    argv = [twistd, "-n", "--pidfile=", "stor"] + list(args.twistd_args)
+    argv = [twistd, "-n", "--pidfile=", "stor"]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.listen:
+        argv += ["--listen", args.listen]
     os.execv(twistd, argv)
     return 1  # not reached
 
@@ -48,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
     check.set_defaults(func=_check_config)
     serve = sub.add_parser("serve", help="run the daemon in the foreground (twistd -n stor …)")
-    serve.add_argument("twistd_args", nargs=argparse.REMAINDER,
-                       help="--config FILE [--listen ENDPOINT]")
+    serve.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
+    serve.add_argument("--listen", "-l", help="Twisted endpoint; overrides the config's listen")
     serve.set_defaults(func=_serve)
     return p
 

@@ -7,6 +7,7 @@ reads the typed object, never the raw JSON.
 """
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ def parse_config(raw: object) -> Config:
         storage_pairs=_storage_pairs(raw.get("storage_pairs")),
         writable_pairs_regex=_regex(raw.get("writable_pairs_regex", ".*")),
         basic_auth=_basic_auth(raw.get("basic_auth")),
-        listen=_string(raw, "listen", DEFAULT_LISTEN),
+        listen=_listen(raw),
         check_mounts=_bool(raw, "check_mounts", True),
         max_upload_size=_optional_positive_int(raw, "max_upload_size"),
         cleanup_tempdir_period=_positive_number(
@@ -172,6 +173,18 @@ def _string(raw: dict[str, Any], key: str, default: str) -> str:
     return value
 
 
+def _listen(raw: dict[str, Any]) -> str:
+    """A Twisted server endpoint string; parsed (not listened on) to catch typos now."""
+    from twisted.internet import endpoints, reactor
+
+    value = _string(raw, "listen", DEFAULT_LISTEN)
+    try:
+        endpoints.serverFromString(reactor, value)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ConfigError("listen", f"{value!r} is not a valid Twisted endpoint: {e}") from e
+    return value
+
+
 def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
@@ -188,7 +201,7 @@ def _number(raw: dict[str, Any], key: str, default: float) -> float:
 
 def _positive_number(raw: dict[str, Any], key: str, default: float) -> float:
     value = _number(raw, key, default)
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ConfigError(key, f"must be greater than 0, got {raw.get(key)}")
     return value
 
@@ -264,7 +277,13 @@ def _s3(raw: dict[str, Any]) -> S3Config | None:
             raise ConfigError(f"s3_credentials.{part}", "must be a non-empty string when s3_enabled is true")
     host = creds["host"]
     endpoint = host if "://" in host else f"http://{host}"
-    if urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).hostname:
+    parts = urlsplit(endpoint)
+    try:
+        parts.port
+    except ValueError as e:
+        raise ConfigError("s3_credentials.host", f"{host!r} has an invalid port") from e
+    if (parts.scheme not in ("http", "https") or not parts.hostname
+            or any(c.isspace() for c in parts.netloc)):
         raise ConfigError("s3_credentials.host", f"{host!r} is neither a host name nor an http(s) URL")
     return S3Config(
         access_key=creds["access_key"],

@@ -8,6 +8,8 @@ line on stderr and exit status 2.
 
 import os
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.application import internet, service
 from twisted.application.internet import StreamServerEndpointService
@@ -19,7 +21,12 @@ from stor import __version__
 from stor.app import StorApp
 from stor.config import Config, load_config
 from stor.errors import ConfigError
+from stor.cache import build_cache
+from stor.metrics import build_metrics
+from stor.publisher import build_publisher
+from stor.s3 import build_s3
 from stor.request import StorSite
+from stor.diskpool import DiskPool
 from stor.storage import LocalStore
 
 log = Logger()
@@ -65,20 +72,46 @@ def temp_sweeper(store: LocalStore, period: float) -> internet.TimerService:
     return internet.TimerService(period, sweep)
 
 
-def build_site(config: Config, reactor: object) -> tuple[StorSite, StorApp, LocalStore]:
-    """The web site for ``config`` and the objects behind it."""
+@dataclass
+class Daemon:
+    """Everything one stor process serves with, built from a config.
+
+    ``services`` holds the parts with a lifetime (threads, sockets, timers);
+    start it before serving and stop it after.  Tests build the same thing.
+    """
+
+    site: StorSite
+    app: StorApp
+    store: LocalStore
+    services: service.MultiService
+
+
+def build_daemon(config: Config, reactor: Any) -> Daemon:
+    """The web site for ``config``, its collaborators, and their services."""
+    services = service.MultiService()
+    metrics, metrics_service = build_metrics(config, reactor)
+    if metrics_service is not None:
+        metrics_service.setServiceParent(services)
+    pool = DiskPool(reactor)
+    pool.setServiceParent(services)
     store = LocalStore(
         config.storage_pairs,
-        reactor.getThreadPool(),  # type: ignore[attr-defined]
-        reactor,
+        pool,
         writable_regex=config.writable_pairs_regex,
         balance_threshold=config.balance_threshold,
         check_mounts=config.check_mounts,
     )
-    app = StorApp(config, store)
+    cache = build_cache(config, reactor)
+    cache.setServiceParent(services)
+    publisher = build_publisher(config, reactor, metrics)
+    if isinstance(publisher, service.Service):
+        publisher.setServiceParent(services)
+    s3 = build_s3(config, reactor, metrics)
+    app = StorApp(config, store, metrics=metrics, cache=cache, s3=s3, publisher=publisher)
     site = StorSite(app.resource(), uploads=app)
     site.displayTracebacks = False
-    return site, app, store
+    temp_sweeper(store, config.cleanup_tempdir_period).setServiceParent(services)
+    return Daemon(site, app, store, services)
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -91,11 +124,14 @@ def makeService(options: Options) -> service.MultiService:
     listen = options["listen"] or config.listen
     try:
         endpoint = endpoints.serverFromString(reactor, listen)
-    except (ValueError, KeyError, TypeError) as e:
-        sys.stderr.write(f"stor: config error: listen: {listen!r} is not a valid endpoint: {e}\n")
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        sys.stderr.write(f"stor: config error: --listen: {listen!r} is not a valid endpoint: {e}\n")
         raise SystemExit(EXIT_CONFIG) from None
-    site, app, store = build_site(config, reactor)
-    top = service.MultiService()
-    StreamServerEndpointService(endpoint, site).setServiceParent(top)
-    temp_sweeper(store, config.cleanup_tempdir_period).setServiceParent(top)
+    try:
+        daemon = build_daemon(config, reactor)
+    except ConfigError as e:  # a value only an integration can judge (e.g. the AMQP URI)
+        sys.stderr.write(f"stor: config error: {e}\n")
+        raise SystemExit(EXIT_CONFIG) from None
+    top = daemon.services
+    StreamServerEndpointService(endpoint, daemon.site).setServiceParent(top)
     return top

@@ -10,16 +10,18 @@ import errno
 import os
 import random
 import re
+import stat
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 
-from stor import layout, placement
+from twisted.internet.defer import succeed
+
+from stor import layout, nowait, placement
+from stor.diskpool import DiskPool
 from stor.placement import Pair
 
 T = TypeVar("T")
@@ -84,6 +86,57 @@ def open_first(order: Sequence[str], sha: str, read_small: bool = True) -> Hit |
             f.close()
             continue
     return None
+
+
+class _Blocked:
+    """Marker: answering without a thread could wait for a disk."""
+
+
+BLOCKED = _Blocked()
+
+
+def open_now(order: Sequence[str], sha: str, head: bool = False) -> "Hit | None | _Blocked":
+    """:func:`open_first` (or :func:`stat_first` for ``head``) using only cached
+    data: the answer, or :data:`BLOCKED` as soon as anything would need a disk."""
+    rel = layout.relative_path(sha)
+    for attempt, storage in enumerate(order, start=1):
+        path = os.path.join(storage, rel)
+        try:
+            fd = nowait.open_cached(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return BLOCKED  # let the thread path decide what an odd error means
+        if fd is None:
+            return BLOCKED
+        hit = _hit_now(fd, storage, path, attempt, head)
+        if hit is not None:
+            return hit
+    return None
+
+
+def _hit_now(fd: int, storage: str, path: str, attempt: int, head: bool) -> "Hit | _Blocked | None":
+    """The Hit for an fd opened by :func:`open_now`, which owns (and may close) it."""
+    keep = False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if head:
+            return Hit(storage, path, st.st_size, st.st_mtime, attempt)
+        if st.st_size > SMALL_FILE:
+            keep = True
+            return Hit(storage, path, st.st_size, st.st_mtime, attempt,
+                       file=os.fdopen(fd, "rb", buffering=0))
+        data = nowait.read_cached(fd, st.st_size)
+        if data is None:
+            return BLOCKED
+        return Hit(storage, path, st.st_size, st.st_mtime, attempt, data=data)
+    except OSError:
+        return BLOCKED
+    finally:
+        if not keep:
+            os.close(fd)
 
 
 def stat_first(order: Sequence[str], sha: str) -> Hit | None:
@@ -171,8 +224,7 @@ class LocalStore:
     def __init__(
         self,
         pairs: Sequence[Pair],
-        pool: ThreadPool,
-        reactor: object,
+        pool: DiskPool,
         writable_regex: re.Pattern[str] = re.compile(".*"),
         balance_threshold: int = placement.BALANCE_THRESHOLD,
         check_mounts: bool = True,
@@ -182,7 +234,6 @@ class LocalStore:
         self.pairs = tuple(pairs)
         self.storages = tuple(s for pair in self.pairs for s in pair)
         self._pool = pool
-        self._reactor = reactor
         self._writable = writable_regex
         self._threshold = balance_threshold
         self._check_mounts = check_mounts
@@ -191,19 +242,39 @@ class LocalStore:
 
     def run(self, f: Callable[..., T], *args: object) -> "Deferred[T]":
         """Run blocking ``f(*args)`` in the disk thread pool."""
-        return deferToThreadPool(self._reactor, self._pool, f, *args)
+        return self._pool.run(f, *args)
 
     def lookup_order(self) -> list[str]:
         """A fresh lookup order (SPEC §2), drawn on the reactor thread."""
         return placement.lookup_order(self.pairs, self._rng)
 
     def open(self, sha: str) -> "Deferred[Hit | None]":
-        """Find and open ``sha`` for a GET."""
-        return self.run(open_first, self.lookup_order(), sha)
+        """Find and open ``sha`` for a GET: on the reactor when the kernel can
+        answer from its caches, else in the disk pool."""
+        order = self.lookup_order()
+        hit = open_now(order, sha)
+        if isinstance(hit, _Blocked):
+            return self.run(open_first, order, sha)
+        return succeed(hit)
+
+    def open_path(self, path: str, sha: str, head: bool = False) -> "Deferred[Hit | None]":
+        """Open ``sha`` at a path remembered from an earlier lookup (the cache's answer)."""
+        rel = layout.relative_path(sha)
+        if not path.endswith(os.sep + rel):
+            return succeed(None)
+        order = [path[: -len(rel) - 1]]
+        hit = open_now(order, sha, head)
+        if isinstance(hit, _Blocked):
+            return self.run(stat_first if head else open_first, order, sha)
+        return succeed(hit)
 
     def stat(self, sha: str) -> "Deferred[Hit | None]":
-        """Find ``sha`` for a HEAD."""
-        return self.run(stat_first, self.lookup_order(), sha)
+        """Find ``sha`` for a HEAD, the same way."""
+        order = self.lookup_order()
+        hit = open_now(order, sha, head=True)
+        if isinstance(hit, _Blocked):
+            return self.run(stat_first, order, sha)
+        return succeed(hit)
 
     def find_all(self, sha: str) -> "Deferred[list[str]]":
         """Every stored copy of ``sha``: the duplicate check of a POST."""

@@ -13,8 +13,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor
 
+from twisted.internet.defer import maybeDeferred
+
 from stor.config import Config, parse_config
-from stor.service import build_site
+from stor.service import build_daemon
 
 
 def sha256(data: bytes) -> str:
@@ -63,19 +65,22 @@ class Server:
 @pytest_twisted.async_yield_fixture
 async def start_server():
     """Start stor on a free loopback port with a given config dict; all stopped after."""
-    ports = []
+    started = []
 
     async def start(config_dict: dict[str, Any]) -> Server:
         config = parse_config(json.loads(json.dumps(config_dict)))
-        site, app, store = build_site(config, reactor)
+        daemon = build_daemon(config, reactor)
+        daemon.services.startService()
         endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
-        port = await endpoint.listen(site)
-        ports.append(port)
-        return Server(f"http://127.0.0.1:{port.getHost().port}", config, app, store, port)
+        port = await endpoint.listen(daemon.site)
+        started.append((port, daemon))
+        return Server(f"http://127.0.0.1:{port.getHost().port}", config, daemon.app,
+                      daemon.store, port)
 
     yield start
-    for port in ports:
+    for port, daemon in started:
         await port.stopListening()
+        await maybeDeferred(daemon.services.stopService)
 
 
 @pytest_twisted.async_fixture

@@ -14,6 +14,7 @@ from twisted.internet.defer import DeferredList
 from conftest import AUTH, dat_files, sha256, temp_files
 from stor import upload as upload_module
 from stor.errors import HashMismatch
+from stor.diskpool import DiskPool
 from stor.storage import LocalStore
 from stor.upload import Stored, Upload
 
@@ -117,7 +118,7 @@ async def test_no_writable_storage_is_an_error_and_nothing_partial(
 
 
 def _store(storage_dirs) -> LocalStore:
-    return LocalStore([tuple(p) for p in storage_dirs], reactor.getThreadPool(), reactor)
+    return LocalStore([tuple(p) for p in storage_dirs], DiskPool(reactor))
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,372 @@
+"""The daemon as an operator runs it (SPEC §7, §8): real ``twistd`` and ``stor``
+processes, each killed at the end of its test whatever happens."""
+
+import errno
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TWISTD = str(BIN / "twistd")
+STOR = str(BIN / "stor")
+START_TIMEOUT = 30.0
+SHA1 = "11" * 32
+SHA2 = "22" * 32
+SHA3 = "33" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on loopback ``port``."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CONFIG_FILE", None)
+    return env
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    out_path: Path
+    err_path: Path
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def describe(self) -> str:
+        return f"exit={self.popen.poll()}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start a process with its output in files; every one is stopped afterwards."""
+    started: list[Proc] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> Proc:
+        n = len(started)
+        out, err = tmp_path / f"proc{n}.out", tmp_path / f"proc{n}.err"
+        with open(out, "wb") as o, open(err, "wb") as e:
+            popen = subprocess.Popen(
+                args, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                env=env if env is not None else base_env(), cwd=tmp_path,
+            )
+        proc = Proc(popen, out, err)
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+                try:
+                    proc.popen.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.popen.kill()
+                    proc.popen.wait(10)
+
+
+def wait_for(condition: Callable[[], bool], what: str, proc: Proc | None = None,
+             timeout: float = START_TIMEOUT) -> None:
+    """Poll ``condition`` until true; fail with the process output on timeout or exit."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.popen.poll() is not None:
+            pytest.fail(f"process exited while waiting for {what}\n{proc.describe()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n" + (proc.describe() if proc else ""))
+        time.sleep(0.05)
+
+
+def status(port: int) -> int | None:
+    """The status code of GET /status, or None when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/status")
+        return conn.getresponse().status
+    except (ConnectionError, OSError):
+        return None
+    finally:
+        conn.close()
+
+
+def wait_serving(proc: Proc, port: int) -> None:
+    wait_for(lambda: status(port) == 200, f"GET /status = 200 on port {port}", proc)
+
+
+def stop(proc: Proc) -> None:
+    proc.popen.send_signal(signal.SIGTERM)
+    code = proc.popen.wait(15)
+    # twistd re-raises the signal after a clean shutdown; systemd counts both as success
+    assert code in (0, -signal.SIGTERM), proc.describe()
+    assert "Server Shut Down" in proc.out, proc.describe()
+
+
+@pytest.fixture
+def storages(tmp_path: Path) -> list[list[str]]:
+    pairs = []
+    for p in range(2):
+        pair = []
+        for m in range(2):
+            d = tmp_path / f"data{2 * p + m + 1}"
+            d.mkdir()
+            pair.append(str(d))
+        pairs.append(pair)
+    return pairs
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, storages: list[list[str]]) -> Callable[..., tuple[str, int]]:
+    """Write a config (valid unless told otherwise); return its path and its listen port."""
+    def write(name: str = "stor.json", text: str | None = None, **overrides: Any) -> tuple[str, int]:
+        port = free_port()
+        raw: dict[str, Any] = {
+            "storage_pairs": storages,
+            "check_mounts": False,
+            "basic_auth": "writer:writer_pass",
+            "listen": f"tcp:{port}:interface=127.0.0.1",
+        }
+        raw.update(overrides)
+        path = tmp_path / name
+        path.write_text(text.replace("PORT", str(port)) if text is not None else json.dumps(raw))
+        return str(path), port
+    return write
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------- broken configs
+
+BROKEN: list[Any] = [
+    pytest.param({"check_mounts": "yes"}, "check_mounts", id="check_mounts"),
+    pytest.param({"writable_pairs_regex": "data["}, "writable_pairs_regex", id="bad-regex"),
+    pytest.param({"storage_pairs": []}, "storage_pairs", id="no-pairs"),
+    pytest.param({"storage_pairs": [["/x/a", "/x/b", "/x/c"]]}, "storage_pairs[0]", id="pair-of-3"),
+    pytest.param({"max_upload_size": -1}, "max_upload_size", id="max_upload_size"),
+    pytest.param({"s3_enabled": True}, "s3_credentials", id="s3-without-credentials"),
+    pytest.param({"statsite": {"host": "h", "sample_rate": 2}}, "sample_rate", id="sample_rate"),
+]
+
+
+def assert_refused_start(proc: Proc, port: int, names: str) -> None:
+    """The process exits non-zero with one line naming ``names``, never listening on ``port``."""
+    bound = False
+    deadline = time.monotonic() + START_TIMEOUT
+    while proc.popen.poll() is None:
+        bound = bound or accepts(port)
+        if time.monotonic() > deadline:
+            pytest.fail("a broken config did not stop start-up\n" + proc.describe())
+        time.sleep(0.01)
+    assert proc.popen.returncode != 0, proc.describe()
+    assert not bound, "something listened on the configured port\n" + proc.describe()
+    assert refused(port)
+    assert names in last_line(proc.err), proc.describe()
+    everything = (proc.out + proc.err).splitlines()
+    assert len([line for line in everything if "config error" in line]) == 1, proc.describe()
+
+
+@pytest.mark.parametrize("overrides, key", BROKEN)
+def test_broken_config_stops_start(spawn, write_config, overrides: dict[str, Any], key: str) -> None:
+    path, port = write_config(**overrides)
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path])
+    assert_refused_start(proc, port, key)
+    assert proc.popen.returncode == 2
+
+
+def test_member_is_a_file_stops_start(spawn, write_config, tmp_path: Path, storages) -> None:
+    f = tmp_path / "not-a-dir"
+    f.write_text("")
+    path, port = write_config(storage_pairs=[[storages[0][0], str(f)]])
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path])
+    assert_refused_start(proc, port, "storage_pairs[0][1]")
+
+
+def test_invalid_json_stops_start(spawn, write_config) -> None:
+    path, port = write_config(text='{"listen": "tcp:PORT:interface=127.0.0.1", "storage_pairs": [')
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path])
+    assert_refused_start(proc, port, path)
+
+
+def test_missing_config_file_stops_start(spawn, tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.json")
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path])
+    assert proc.popen.wait(START_TIMEOUT) != 0, proc.describe()
+    assert path in last_line(proc.err), proc.describe()
+    assert len([line for line in (proc.out + proc.err).splitlines() if "config error" in line]) == 1
+
+
+def test_invalid_listen_stops_start(spawn, write_config) -> None:
+    path, _ = write_config(listen="bogus:1")
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path])
+    assert proc.popen.wait(START_TIMEOUT) == 2, proc.describe()
+    assert "listen" in last_line(proc.err), proc.describe()
+
+
+def test_invalid_listen_option_stops_start(spawn, write_config) -> None:
+    path, port = write_config()
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path, "--listen", "tcp:notaport"])
+    assert_refused_start(proc, port, "listen")
+
+
+def test_no_config_at_all(spawn) -> None:
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor"])
+    assert proc.popen.wait(START_TIMEOUT) != 0, proc.describe()
+    output = proc.out + proc.err
+    assert "--config" in output and "CONFIG_FILE" in output, proc.describe()
+    assert "Traceback" not in output
+
+
+# ---------------------------------------------------------------- serving
+
+def test_config_file_environment_variable(spawn, write_config) -> None:
+    path, port = write_config()
+    env = base_env() | {"CONFIG_FILE": path}
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor"], env=env)
+    wait_serving(proc, port)
+    stop(proc)
+    assert refused(port)
+
+
+def test_config_option_beats_environment(spawn, write_config, tmp_path: Path) -> None:
+    path, port = write_config()
+    env = base_env() | {"CONFIG_FILE": str(tmp_path / "nope.json")}
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path], env=env)
+    wait_serving(proc, port)
+    stop(proc)
+
+
+def test_listen_option_overrides_config(spawn, write_config) -> None:
+    path, config_port = write_config()
+    port = free_port()
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path,
+                  "--listen", f"tcp:{port}:interface=127.0.0.1"])
+    wait_serving(proc, port)
+    assert refused(config_port)
+    stop(proc)
+
+
+def test_stor_serve_runs_the_daemon(spawn, write_config) -> None:
+    path, port = write_config()
+    proc = spawn([STOR, "serve", "--config", path])
+    wait_serving(proc, port)
+    stop(proc)
+
+
+# ------------------------------------------------------------- check-config
+
+def test_check_config_good(spawn, write_config) -> None:
+    path, port = write_config()
+    proc = spawn([STOR, "check-config", "--config", path])
+    assert proc.popen.wait(START_TIMEOUT) == 0, proc.describe()
+    assert path in proc.out and "OK" in proc.out
+    assert refused(port)
+
+
+def test_check_config_from_environment(spawn, write_config) -> None:
+    path, _ = write_config()
+    proc = spawn([STOR, "check-config"], env=base_env() | {"CONFIG_FILE": path})
+    assert proc.popen.wait(START_TIMEOUT) == 0, proc.describe()
+
+
+@pytest.mark.parametrize("overrides, key", BROKEN)
+def test_check_config_bad(spawn, write_config, overrides: dict[str, Any], key: str) -> None:
+    path, _ = write_config(**overrides)
+    proc = spawn([STOR, "check-config", "--config", path])
+    assert proc.popen.wait(START_TIMEOUT) == 2, proc.describe()
+    assert key in last_line(proc.err), proc.describe()
+
+
+def test_check_config_rejects_what_start_up_rejects(spawn, write_config) -> None:
+    # a config that `twistd stor` refuses must not be reported OK by check-config
+    path, _ = write_config(listen="bogus:1")
+    proc = spawn([STOR, "check-config", "--config", path])
+    assert proc.popen.wait(START_TIMEOUT) == 2, proc.describe()
+    assert "listen" in last_line(proc.err), proc.describe()
+
+
+def test_check_config_without_a_file(spawn) -> None:
+    proc = spawn([STOR, "check-config"])
+    assert proc.popen.wait(START_TIMEOUT) == 2, proc.describe()
+    assert "CONFIG_FILE" in proc.err
+
+
+# ------------------------------------------------------------ temp sweep at start
+
+def dead_pid() -> int:
+    for pid in range(999_999, 900_000, -1):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            continue
+    raise AssertionError("no free pid found")
+
+
+def test_stale_temp_files_removed_at_start(spawn, write_config, storages) -> None:
+    pid = dead_pid()
+    old = time.time() - 2 * 86400
+    stale = [
+        Path(storages[0][0]) / ".stor-tmp" / f"{SHA1}.{pid}.abcd1234.tmp",
+        Path(storages[1][1]) / ".stor-tmp" / f"{SHA2}.{pid}.abcd1234.tmp",
+    ]
+    for f in stale:
+        f.parent.mkdir()
+        f.write_bytes(b"partial upload")
+        os.utime(f, (old, old))
+    sleeper = spawn(["sleep", "60"])
+    live = Path(storages[0][0]) / ".stor-tmp" / f"{SHA3}.{sleeper.popen.pid}.abcd1234.tmp"
+    live.write_bytes(b"upload in flight")
+    stored = Path(storages[0][1]) / "11" / "11" / "11" / (SHA1.upper() + ".dat")
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"stored file")
+    os.utime(stored, (old, old))
+
+    path, port = write_config()
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path])
+    wait_serving(proc, port)
+    wait_for(lambda: not any(f.exists() for f in stale), "stale temp files to go", proc)
+    # the sweep reports what it removed once it has looked at every temp dir
+    swept = re.compile(r"removed (\d+) stale temp file")
+    wait_for(lambda: swept.search(proc.out) is not None, "the sweep to finish", proc)
+    assert swept.search(proc.out).group(1) == "2", proc.describe()  # type: ignore[union-attr]
+    assert live.read_bytes() == b"upload in flight"
+    assert stored.read_bytes() == b"stored file"
+    stop(proc)
