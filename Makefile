@@ -1,4 +1,5 @@
 # stor — two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -23,9 +24,18 @@ $(TESTSTAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
+# The peers the tests talk to: memcached (started per test by the tests
+# themselves) and a RabbitMQ broker on 127.0.0.1:5672 (the machine's own;
+# installed and started here only when absent).
 install-test: $(TESTSTAMP)
 	@command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq memcached; }
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then \
+	  command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || \
+	    { $(APT_GET) update -qq && $(APT_GET) install -y -qq rabbitmq-server; }; \
+	  echo "starting RabbitMQ for the tests"; \
+	  rabbitmq-server -detached; rabbitmqctl await_startup --timeout 120; \
+	fi
 
 run: install
 	mkdir -p var/data1 var/data2 var/data3 var/data4

@@ -302,5 +302,11 @@ def _rabbitmq_uri(value: object) -> str | None:
     if not isinstance(value, str):
         raise ConfigError(key, f"must be a string, got {_type_name(value)}")
     if urlsplit(value).scheme not in ("amqp", "amqps"):
-        return None  # the old service ignored other schemes; so do we (logged at start)
+        return None  # the old service ignored other schemes; so do we
+    from stor.publisher import parse_amqp_uri  # here: the publisher module imports this one
+
+    try:
+        parse_amqp_uri(value)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from e
     return value

@@ -355,7 +355,7 @@ class _Relay(Protocol):
         if transport is not None and not self._client_gone:
             # before the Deferred fires: nothing an error handler writes may reach the client
             abort = getattr(transport, "abortConnection", None) or transport.loseConnection
-            pass
+            abort()
         self._finish(error)
 
     def _finish(self, error: BaseException | None) -> None:

@@ -1,0 +1,333 @@
+"""stor.publisher: URI parsing (pure) and publishing through a cuttable relay to the real broker."""
+
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+
+from amqp_peer import Consumer, Relay, delete_exchange, eventually
+from stor.config import Config
+from stor.errors import ConfigError
+from stor.publisher import (
+    CONNECTED, DISCONNECTED, DROPPED, AmqpPublisher, Backoff, NoPublisher, build_publisher,
+    parse_amqp_uri,
+)
+
+FAST = Backoff(initial=0.05, maximum=0.2)
+"""Reconnect quickly: the tests wait for reconnections, not for production delays."""
+
+
+def shas(n: int, tag: str = "") -> list[str]:
+    """``n`` distinct, well-formed SHAs in mixed case (published as requested); ``tag`` is hex."""
+    prefix = uuid.uuid4().hex[:8] + tag
+    return [f"{prefix}{i:0{64 - len(prefix)}X}" for i in range(n)]
+
+
+class RecordingMetrics:
+    """Counts what the publisher reports."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def incr(self, key: str, value: int = 1) -> None:
+        self.counts[key] += value
+
+    def timing(self, key: str, ms: float) -> None:
+        pass
+
+
+def active_delayed_calls() -> set[Any]:
+    return {c for c in reactor.getDelayedCalls() if c.active()}
+
+
+async def lingering_calls(before: set[Any]) -> set[Any]:
+    """Timers still pending one reactor turn later that were not there ``before``.
+
+    The turn lets zero-delay bookkeeping (e.g. the relay's own aborted sockets)
+    run; what remains would fire later: a reconnect, a watchdog, a heartbeat.
+    """
+    await task.deferLater(reactor, 0, lambda: None)
+    return active_delayed_calls() - before
+
+
+# -- pure: URI parsing, backoff, build_publisher --------------------------------
+
+
+def test_parse_defaults() -> None:
+    params, exchange, routing_key = parse_amqp_uri("amqp://guest:guest@localhost/")
+    assert (exchange, routing_key) == ("stor", "sha")
+    assert params.heartbeat == 60
+    assert (params.host, params.port, params.virtual_host) == ("localhost", 5672, "/")
+    assert params.ssl_options is None
+    assert (params.credentials.username, params.credentials.password) == ("guest", "guest")
+
+
+def test_parse_overrides() -> None:
+    params, exchange, routing_key = parse_amqp_uri(
+        "amqps://us%40r:p%3Ass@mq.example:5999/v%2Fhost"
+        "?heartbeat=30&exchange=files&routing_key=seen.sha&channel_max=10"
+    )
+    assert (exchange, routing_key) == ("files", "seen.sha")
+    assert params.heartbeat == 30
+    assert params.channel_max == 10  # pika's own parameters pass through
+    assert (params.host, params.port, params.virtual_host) == ("mq.example", 5999, "v/host")
+    assert (params.credentials.username, params.credentials.password) == ("us@r", "p:ss")
+    assert params.ssl_options is not None
+
+
+def test_parse_amqps_default_port_and_heartbeat_zero() -> None:
+    params, _, _ = parse_amqp_uri("amqps://h?heartbeat=0")
+    assert params.port == 5671
+    assert params.heartbeat == 0  # 0 turns heartbeats off, as in pika
+
+
+def test_parse_empty_overrides_mean_defaults() -> None:
+    _, exchange, routing_key = parse_amqp_uri("amqp://h/?exchange=&routing_key=")
+    assert (exchange, routing_key) == ("stor", "sha")
+
+
+@pytest.mark.parametrize("uri", [
+    "amqp://h/?bogus=1",
+    "amqp://h/?exchange=a&exchange=b",
+    "amqp://h/?heartbeat=often",
+    "http://h/",
+])
+def test_parse_rejects(uri: str) -> None:
+    with pytest.raises(ValueError):
+        parse_amqp_uri(uri)
+
+
+def test_backoff_doubles_up_to_the_cap_with_bounded_jitter() -> None:
+    backoff = Backoff(initial=0.5, maximum=30.0, jitter=0.1)
+    rng = random.Random(1)
+    bases = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    for failures, base in enumerate(bases, start=1):
+        assert base * 0.9 <= backoff.delay(failures, rng) <= base * 1.1
+    assert backoff.delay(10_000, rng) <= 33.0  # no float overflow after days of failures
+
+
+def config(uri: str | None) -> Config:
+    return Config(storage_pairs=(("/a", "/b"),), rabbitmq_uri=uri)
+
+
+def test_shas_are_distinct_and_well_formed() -> None:
+    items = shas(300, "b")
+    assert len(set(items)) == 300
+    assert all(len(s) == 64 and int(s, 16) >= 0 for s in items)
+
+
+def test_build_publisher() -> None:
+    disabled = build_publisher(config(None), reactor, RecordingMetrics())
+    assert isinstance(disabled, NoPublisher)
+    assert disabled.publish("ab" * 32) is None
+
+    enabled = build_publisher(config("amqp://h/?exchange=x"), reactor, RecordingMetrics())
+    assert isinstance(enabled, AmqpPublisher)
+    assert not enabled.running and not enabled.connected  # nothing happens before startService
+
+    with pytest.raises(ConfigError, match="rabbitmq_uri"):
+        build_publisher(config("amqp://h/?bogus=1"), reactor, RecordingMetrics())
+
+
+# -- against the broker ---------------------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def relay():
+    r = await Relay(reactor).start()
+    yield r
+    await r.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def consumer():
+    c = await Consumer(reactor, f"stor-test-{uuid.uuid4().hex}", "sha").start()
+    yield c
+    await c.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def start_publisher(relay: Relay):
+    """Start publishers through ``relay``; all are stopped, and their (durable) exchanges deleted, after."""
+    started: list[AmqpPublisher] = []
+    exchanges: set[str] = set()
+
+    def start(exchange: str, metrics: RecordingMetrics | None = None, query: str = "",
+              **kwargs: Any) -> AmqpPublisher:
+        params, exchange, routing_key = parse_amqp_uri(f"{relay.uri}?exchange={exchange}{query}")
+        publisher = AmqpPublisher(params, exchange, routing_key, reactor,
+                                  metrics or RecordingMetrics(), backoff=FAST, **kwargs)
+        publisher.startService()
+        started.append(publisher)
+        exchanges.add(exchange)
+        return publisher
+
+    yield start
+    for publisher in started:
+        if publisher.running:
+            await publisher.stopService()
+    for exchange in exchanges:
+        await delete_exchange(reactor, exchange)
+
+
+def timed(publisher: AmqpPublisher, items: list[str]) -> float:
+    start = time.perf_counter()
+    for sha in items:
+        publisher.publish(sha)
+    return time.perf_counter() - start
+
+
+def encoded(items: list[str]) -> list[bytes]:
+    return [s.encode() for s in items]
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_reaches_a_bound_queue(start_publisher: Callable[..., AmqpPublisher],
+                                             consumer: Consumer) -> None:
+    metrics = RecordingMetrics()
+    publisher = start_publisher(consumer.exchange, metrics)
+    early, late = shas(1, "e"), shas(1, "f")
+    publisher.publish(early[0])  # before the connection is up: buffered, then sent
+    await eventually(lambda: publisher.connected, reactor, what="connection")
+    publisher.publish(late[0])
+    assert await consumer.wait_for(2) == encoded(early + late)
+    await eventually(lambda: publisher.published == 2, reactor, what="confirms")
+    assert metrics.counts[CONNECTED] == 1 and metrics.counts[DROPPED] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_cut_buffers_without_delay_and_restore_delivers_in_order(
+    start_publisher: Callable[..., AmqpPublisher], consumer: Consumer, relay: Relay,
+) -> None:
+    metrics = RecordingMetrics()
+    publisher = start_publisher(consumer.exchange, metrics)
+    await eventually(lambda: publisher.connected, reactor, what="connection")
+    n = 500
+    before, during = shas(n, "b"), shas(n, "d")
+
+    connected_time = timed(publisher, before)
+    await consumer.wait_for(n)
+    await eventually(lambda: publisher.published == n, reactor, what="confirms before the cut")
+
+    await relay.cut()
+    await eventually(lambda: not publisher.connected, reactor, what="the publisher to notice the cut")
+    cut_time = timed(publisher, during)
+    assert publisher.buffered == n
+    # Buffering is cheaper than writing frames: a generous factor, no absolute threshold.
+    assert cut_time < 5 * connected_time, (cut_time, connected_time)
+    attempts = publisher.attempts
+    await eventually(lambda: publisher.attempts >= attempts + 2, reactor,
+                     what="reconnect attempts while cut")
+
+    await relay.restore()
+    await eventually(lambda: publisher.connected, reactor, what="reconnection")
+    assert await consumer.wait_for(2 * n) == encoded(before + during)
+    await eventually(lambda: publisher.published == 2 * n, reactor, what="confirms after restore")
+    assert publisher.buffered == 0 and publisher.in_flight == 0 and publisher.dropped == 0
+    assert metrics.counts[CONNECTED] == 2 and metrics.counts[DISCONNECTED] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_in_flight_when_the_connection_drops_are_sent_again(
+    start_publisher: Callable[..., AmqpPublisher], consumer: Consumer, relay: Relay,
+) -> None:
+    publisher = start_publisher(consumer.exchange)
+    await eventually(lambda: publisher.connected, reactor, what="connection")
+    items = shas(200)
+    for sha in items:
+        publisher.publish(sha)
+    assert publisher.in_flight == len(items)
+    await relay.drop()  # the relay keeps listening: the publisher reconnects at once
+    await eventually(lambda: publisher.published == len(items), reactor, what="all confirmed")
+    received = await consumer.wait_for(len(items))
+    # At least once, in order: a message may repeat if only its confirm was lost.
+    assert list(dict.fromkeys(received)) == encoded(items)
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_buffer_drops_the_oldest_and_counts_them(
+    start_publisher: Callable[..., AmqpPublisher], consumer: Consumer, relay: Relay,
+) -> None:
+    await relay.cut()
+    metrics = RecordingMetrics()
+    publisher = start_publisher(consumer.exchange, metrics, buffer_size=5)
+    items = shas(8)
+    for sha in items:
+        publisher.publish(sha)
+    assert (publisher.buffered, publisher.dropped, metrics.counts[DROPPED]) == (5, 3, 3)
+
+    await relay.restore()
+    assert await consumer.wait_for(5) == encoded(items[3:])
+    await eventually(lambda: publisher.published == 5, reactor, what="confirms")
+    assert publisher.dropped == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_channel_reconnects_and_declares_again(
+    start_publisher: Callable[..., AmqpPublisher], consumer: Consumer,
+) -> None:
+    metrics = RecordingMetrics()
+    publisher = start_publisher(consumer.exchange, metrics)
+    await eventually(lambda: publisher.connected, reactor, what="connection")
+    await consumer.delete_exchange()  # the broker closes the publisher's channel (404) on its next publish
+    publisher.publish(shas(1)[0])
+    await eventually(lambda: metrics.counts[CONNECTED] == 2 and publisher.connected, reactor,
+                     what="reconnection after the channel closed")
+    assert metrics.counts[DISCONNECTED] == 1
+    # The message the broker refused was kept, re-sent after the exchange was declared again.
+    await eventually(lambda: publisher.published == 1, reactor, what="the resent message confirmed")
+    assert await consumer.exchange_exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_while_connected_closes_cleanly(
+    start_publisher: Callable[..., AmqpPublisher], relay: Relay,
+) -> None:
+    before = active_delayed_calls()
+    publisher = start_publisher(f"stor-test-{uuid.uuid4().hex}")
+    await eventually(lambda: publisher.connected, reactor, what="connection")
+    await publisher.stopService()
+    assert not publisher.connected
+    await eventually(lambda: not relay.connections, reactor, what="the relay to see the close")
+    assert not await lingering_calls(before)  # no heartbeat, watchdog or retry left behind
+    publisher.publish("ab" * 32)  # still never raises: buffered for a later start
+    assert publisher.buffered == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_ends_reconnect_attempts(
+    start_publisher: Callable[..., AmqpPublisher], relay: Relay,
+) -> None:
+    before = active_delayed_calls()
+    relay.mode = "refuse"
+    publisher = start_publisher(f"stor-test-{uuid.uuid4().hex}")
+    await eventually(lambda: relay.accepted >= 3, reactor, what="repeated connection attempts")
+    await publisher.stopService()
+    assert not await lingering_calls(before)
+    attempts, accepted = publisher.attempts, relay.accepted
+    # Nothing is left to fire; watch a few maximum backoff periods to show it.
+    await task.deferLater(reactor, 3 * FAST.maximum, lambda: None)
+    assert (publisher.attempts, relay.accepted) == (attempts, accepted)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hung_broker_times_out_the_handshake_and_stop_aborts_it(
+    start_publisher: Callable[..., AmqpPublisher], relay: Relay,
+) -> None:
+    before = active_delayed_calls()
+    relay.mode = "hold"
+    publisher = start_publisher(f"stor-test-{uuid.uuid4().hex}", query="&stack_timeout=0.2")
+    publisher.publish("ab" * 32)
+    await eventually(lambda: relay.accepted >= 2, reactor, what="a second attempt after the timeout")
+    assert not publisher.connected and publisher.buffered == 1
+    assert "HandshakeTimeout" in publisher._last_failure  # what the log line says
+    await eventually(lambda: len(relay.connections) == 1, reactor, what="an attempt in its handshake")
+    await publisher.stopService()
+    await eventually(lambda: not relay.connections, reactor, what="the held connection closed")
+    assert not await lingering_calls(before)
