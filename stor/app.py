@@ -27,16 +27,17 @@ from stor.auth import authorized
 from stor.cache import LocalCache, LookupCache
 from stor.config import Config
 from stor.errors import (
-    HashMismatch, MalformedSha, NoSpace, NotFound, StorageFailure, StorError, TooLarge,
-    Unauthorized, UploadAborted,
+    HashMismatch, MalformedSha, NoSpace, NotFound, RangeNotSatisfiable, StorageFailure, StorError,
+    TooLarge, Unauthorized, UploadAborted,
 )
+from stor.ranges import Unsatisfiable, etag, none_match, parse_range
 from stor.metrics import Metrics, NullMetrics
 from stor.publisher import NoPublisher, Publisher
 from stor.request import StorRequest
 from stor.s3 import NoS3
 from stor.sending import FileProducer
 from stor.storage import Hit, LocalStore
-from stor.upload import Duplicate, Upload
+from stor.upload import Duplicate, Upload, UploadResult
 
 log = Logger()
 
@@ -46,6 +47,7 @@ _SHA_PATH = re.compile(rb"/[0-9a-fA-F]{64}")
 _ANSWERS: list[tuple[type[StorError], int, str | None, str | None]] = [
     (MalformedSha, 0, "error.get.malformed_sha.count", "error.post.malformed_sha.count"),
     (NotFound, 404, None, None),
+    (RangeNotSatisfiable, 416, None, None),
     (Unauthorized, 401, None, None),
     (HashMismatch, 412, None, "error.post.bad_sha.count"),
     (NoSpace, 507, None, "error.post.no_space.count"),
@@ -74,6 +76,18 @@ def _body(request: IRequest, data: bytes, content_type: bytes = TEXT) -> bytes:
     request.setHeader(b"content-type", content_type)
     request.setHeader(b"content-length", b"%d" % len(data))
     return data
+
+
+IMMUTABLE = b"public, max-age=31536000, immutable"
+
+
+def _content_headers(request: IRequest, sha: str, last_modified: bytes) -> None:
+    """Headers of every 200/206/304 for a stored file: it never changes."""
+    request.setHeader(b"content-type", b"application/octet-stream")
+    request.setHeader(b"last-modified", last_modified)
+    request.setHeader(b"etag", etag(sha))
+    request.setHeader(b"accept-ranges", b"bytes")
+    request.setHeader(b"cache-control", IMMUTABLE)
 
 
 def _elapsed_ms(start: float) -> float:
@@ -166,7 +180,7 @@ class StorApp:
         if hit is None:
             self.metrics.incr("error.get.not_found_old.count")
             raise NotFound(f"{sha} not found")
-        result = await self._send(request, hit)
+        result = await self._send(request, hit, sha)
         server = layout.server_name(hit.storage)
         self.metrics.incr(f"success.get.ok_old.{server}.count")
         self.metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
@@ -207,36 +221,95 @@ class StorApp:
         self.metrics.timing("success.get.ok_hcp.time", _elapsed_ms(start))
         return b""
 
-    def _send(self, request: IRequest, hit: Hit) -> "Deferred[Any]":
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", b"%d" % hit.size)
-        request.setHeader(b"last-modified", datetimeToString(hit.mtime))
+    def _send(self, request: IRequest, hit: Hit, sha: str) -> "Deferred[Any]":
+        """The file (or the range asked for) with its validators; 304 when the
+        client already has it."""
+        _content_headers(request, sha, datetimeToString(hit.mtime))
+        if none_match(request.getHeader(b"if-none-match"), sha):
+            hit.close()
+            request.setResponseCode(304)
+            return succeed(b"")
+        try:
+            wanted = parse_range(request.getHeader(b"range"), hit.size,
+                                 request.getHeader(b"if-range"), sha)
+        except Unsatisfiable:
+            hit.close()
+            raise RangeNotSatisfiable(hit.size) from None
+        offset, length = 0, hit.size
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", wanted.content_range())
+            offset, length = wanted.first, wanted.length
+        request.setHeader(b"content-length", b"%d" % length)
         if hit.data is not None:
-            return succeed(hit.data)
+            return succeed(hit.data[offset:offset + length])
         if hit.file is None:  # HEAD
             return succeed(b"")
-        return FileProducer(hit.file, hit.size, request, self.store.run).start()
+        return FileProducer(hit.file, length, request, self.store.run, offset).start()
 
     @app.route("/<segment>", methods=["POST"])
-    @inlineCallbacks
-    def post(self, request: StorRequest, segment: str):  # type: ignore[no-untyped-def]
+    def post(self, request: StorRequest, segment: str) -> "Deferred[bytes]":
+        return Deferred.fromCoroutine(self._post(request, segment))
+
+    async def _post(self, request: StorRequest, segment: str) -> bytes:
+        """The body has arrived (and been hashed and spooled): verify and commit."""
         self.metrics.incr("request.post.count")
-        sha = layout.parse_sha(segment)
+        upload = self._accepted(request, segment)
+        return self._stored(request, await upload.finish(), upload)
+
+    def _accepted(self, request: StorRequest, segment: str) -> Upload:
+        """The upload of a POST that passes the checks made on its headers alone."""
+        layout.parse_sha(segment)
         if not authorized(request.requestHeaders, self.config.basic_auth):
             raise Unauthorized("upload needs valid Basic credentials")
-        upload = request.upload
-        if upload is None:
+        if request.upload is None:
             raise StorageFailure("the request body was not captured")
-        result = yield upload.finish()
+        return request.upload
+
+    def _stored(self, request: IRequest, result: UploadResult, upload: Upload) -> bytes:
         if isinstance(result, Duplicate):
             self.metrics.incr("success.post.duplicate.count")
             request.setResponseCode(200)
         else:
             self.metrics.incr("success.post.write.count")
             request.setResponseCode(201)
-            log.info("stored {sha} ({size} bytes) at {paths}", sha=sha,
+            log.info("stored {sha} ({size} bytes) at {paths}", sha=upload.sha,
                      size=upload.received, paths=result.paths)
         return _body(request, json.dumps(result.paths).encode(), b"application/json")
+
+    # -- Expect: 100-continue -------------------------------------------------
+
+    def expect_continue(self, request: StorRequest, segment: str) -> None:
+        """Answer an upload that will be refused before its body is sent.
+
+        Everything but the hash check can be decided from the headers: a
+        malformed SHA, bad credentials, a duplicate, a body over
+        ``max_upload_size``, no pair with room.  Those get their final answer
+        now (and the connection is closed, the body unread); anything else gets
+        ``100 Continue``.
+        """
+        d = Deferred.fromCoroutine(self._screen(request, segment))
+        d.addCallbacks(self._screened, self._refused, callbackArgs=(request,),
+                       errbackArgs=(request,))
+
+    async def _screen(self, request: StorRequest, segment: str) -> UploadResult | None:
+        upload = self._accepted(request, segment)
+        return await upload.screen()
+
+    def _screened(self, result: UploadResult | None, request: StorRequest) -> None:
+        if result is None:
+            request.send_continue()
+            return
+        self.metrics.incr("request.post.count")
+        assert request.upload is not None
+        request.answer_now(self._stored(request, result, request.upload))
+
+    def _refused(self, failure: Failure, request: StorRequest) -> None:
+        self.metrics.incr("request.post.count")
+        if isinstance(failure.value, StorError):
+            request.answer_now(self.answer_error(request, failure))
+        else:
+            request.answer_now(self.answer_unexpected(request, failure))
 
     # -- the one place errors become answers --------------------------------
 
@@ -247,8 +320,8 @@ class StorApp:
         if key:
             self.metrics.incr(key)
         request.setResponseCode(status)
-        if status == 401:
-            request.setHeader(b"www-authenticate", b'Basic realm="stor"')
+        for name, value in failure.value.headers:
+            request.setHeader(name, value)
         if status >= 500:
             log.error("{method} {uri}: {error}", method=request.method.decode(),
                       uri=request.uri.decode("latin-1"), error=str(failure.value))

@@ -9,6 +9,9 @@ layer knows about status codes.
 class StorError(Exception):
     """Base of all errors stor answers a request with."""
 
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    """Extra response headers the answer needs."""
+
 
 class MalformedSha(StorError):
     """The path segment is not 64 hex digits."""
@@ -24,6 +27,16 @@ class NotFound(StorError):
 
 class Unauthorized(StorError):
     """Missing or wrong Basic credentials for an upload."""
+
+    headers = ((b"www-authenticate", b'Basic realm="stor"'),)
+
+
+class RangeNotSatisfiable(StorError):
+    """A Range starting past the end of the file."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"range not satisfiable: the file has {size} bytes")
+        self.headers = ((b"content-range", b"bytes */%d" % size),)
 
 
 class HashMismatch(StorError):

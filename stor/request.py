@@ -25,21 +25,62 @@ class UploadStarter(Protocol):
         request: "StorRequest",
     ) -> Upload | None: ...
 
+    def expect_continue(self, request: "StorRequest", segment: str) -> None: ...
+
 
 class StorRequest(server.Request):
     """A request that hands its body to an :class:`Upload` chunk by chunk."""
 
     upload: Upload | None = None
+    _body_started = False
+
+    def process(self) -> None:
+        if self.finished:  # answered early (Expect: 100-continue); the body was not wanted
+            return
+        super().process()
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # stays empty: form parsing finds nothing to parse
         method, path = self._request_line()
         starter: UploadStarter | None = getattr(self.channel.site, "uploads", None)
-        if starter is not None and method is not None and path is not None:
-            self.upload = starter.start_upload(method, path, self.requestHeaders, length, self)
+        if starter is None or method is None or path is None:
+            return
+        self.upload = starter.start_upload(method, path, self.requestHeaders, length, self)
+        if method == b"POST" and self._expects_continue():
+            # Twisted would send "100 Continue" as soon as this returns; the app
+            # decides instead, and may give the final answer without the body.
+            self.requestHeaders.removeHeader(b"expect")
+            self.method, self.uri = method, path
+            self.path = path.split(b"?", 1)[0]
+            self.clientproto = getattr(self.channel, "_version", b"HTTP/1.1")
+            segment = self.path.lstrip(b"/").decode("latin-1")
+            starter.expect_continue(self, segment)
+
+    def _expects_continue(self) -> bool:
+        expect = self.requestHeaders.getRawHeaders(b"expect", [b""])[0]
+        return (expect.lower() == b"100-continue"
+                and getattr(self.channel, "_version", None) == b"HTTP/1.1")
+
+    def send_continue(self) -> None:
+        """Tell the client to send the body (unless it has not waited to be told)."""
+        if self._disconnected or self.finished or self._body_started or self.transport is None:
+            return
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def answer_now(self, body: bytes) -> None:
+        """Send the final answer before the body, then close: the body is never read."""
+        if self._disconnected or self.finished:
+            return
+        if self.upload is not None:
+            self.upload.abort()
+        self.channel.persistent = False
+        self.setHeader(b"connection", b"close")
+        self.write(body)
+        self.finish()
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.upload is not None:
+        self._body_started = True
+        if self.upload is not None and not self.finished:
             self.upload.feed(data)
 
     def connectionLost(self, reason: Failure) -> None:

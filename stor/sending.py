@@ -1,10 +1,13 @@
-"""Streaming a local file to a client with back-pressure.
+"""Streaming a local file (or a range of it) to a client with back-pressure.
 
 The transport pauses and resumes :class:`FileProducer` as its send buffer
-fills and drains; every ``read`` runs in the disk thread pool, so a slow disk
-never stalls the reactor.  Memory per download is one chunk.
+fills and drains.  Each chunk is read on the reactor only when the page cache
+already holds it (``RWF_NOWAIT``, see :mod:`stor.nowait`); otherwise the read
+runs in the disk pool, so a slow disk never stalls the reactor.  Memory per
+download is one chunk.
 """
 
+import os
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -13,6 +16,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from stor import nowait
+
 CHUNK = 256 * 1024
 
 Runner = Callable[..., "Deferred[Any]"]
@@ -20,11 +25,15 @@ Runner = Callable[..., "Deferred[Any]"]
 
 @implementer(IPushProducer)
 class FileProducer:
-    """Writes ``size`` bytes of an open file to a request, then fires :attr:`done`."""
+    """Writes ``length`` bytes of an open file from ``offset`` to a request, then
+    fires :attr:`done` (with an error if the file ends early or cannot be read)."""
 
-    def __init__(self, f: IO[bytes], size: int, request: IRequest, run: Runner) -> None:
+    def __init__(self, f: IO[bytes], length: int, request: IRequest, run: Runner,
+                 offset: int = 0) -> None:
         self._file = f
-        self._remaining = size
+        self._fd = f.fileno()
+        self._offset = offset
+        self._remaining = length
         self._request = request
         self._run = run
         self._paused = False
@@ -35,7 +44,7 @@ class FileProducer:
     def start(self) -> "Deferred[None]":
         """Register with the request and begin; :attr:`done` fires at the end."""
         self._request.registerProducer(self, True)
-        self._read()
+        self._pump()
         return self.done
 
     def pauseProducing(self) -> None:
@@ -43,7 +52,7 @@ class FileProducer:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._read()
+        self._pump()
 
     def stopProducing(self) -> None:
         """The client went away (or the response was cancelled): close quietly."""
@@ -51,27 +60,39 @@ class FileProducer:
             self._stopped = True
             self._finish(CancelledError())
 
-    def _read(self) -> None:
-        if self._reading or self._paused or self._stopped:
-            return
-        self._reading = True
-        size = min(CHUNK, self._remaining)
-        self._run(self._file.read, size).addCallbacks(self._got, self._failed)
+    def _pump(self) -> None:
+        """Send cached chunks until paused; hand the first uncached read to a thread."""
+        while not (self._reading or self._paused or self._stopped):
+            size = min(CHUNK, self._remaining)
+            try:
+                data = nowait.read_at(self._fd, size, self._offset)
+            except OSError as e:
+                self._stop(e)
+                return
+            if data is None:
+                self._reading = True
+                self._run(os.pread, self._fd, size, self._offset).addCallbacks(
+                    self._read, self._failed)
+                return
+            self._deliver(data)
 
-    def _got(self, data: bytes) -> None:
+    def _read(self, data: bytes) -> None:
         self._reading = False
         if self._stopped:
             self._file.close()
             return
+        self._deliver(data)
+        self._pump()
+
+    def _deliver(self, data: bytes) -> None:
         if not data:  # the file shrank under us: end the body short, never pad it
             self._stop(OSError("file shorter than its size"))
             return
+        self._offset += len(data)
         self._remaining -= len(data)
         self._request.write(data)
         if self._remaining <= 0:
             self._stop(None)
-        else:
-            self._read()
 
     def _failed(self, failure: Any) -> None:
         self._reading = False

@@ -14,7 +14,7 @@ import stat
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from twisted.internet.defer import Deferred
 
@@ -47,7 +47,12 @@ class Hit:
     mtime: float
     attempt: int
     data: bytes | None = None
-    file: object | None = None
+    file: IO[bytes] | None = None
+
+    def close(self) -> None:
+        """Release the open file, when the body will not be sent after all."""
+        if self.file is not None:
+            self.file.close()
 
 
 def temp_dir(storage: str) -> str:

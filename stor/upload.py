@@ -193,7 +193,7 @@ class Upload:
         self._spool: Spool | None = None
         self._outcome: UploadResult | StorError | None = None
         self._write_error: StorError | None = None
-        self._drained: Deferred[None] | None = None
+        self._waiters: list[Deferred[None]] = []
         self._cleanup: Deferred[None] = succeed(None)
         if max_size is not None and length is not None and length > max_size:
             self._outcome = TooLarge(max_size)
@@ -222,8 +222,7 @@ class Upload:
     def finish(self):  # type: ignore[no-untyped-def]
         """The whole body has arrived: wait for it on disk, then verify and commit."""
         while self._busy or self._queue:
-            self._drained = Deferred()
-            yield self._drained
+            yield self._idle()
         if self._aborted:
             raise UploadAborted("upload aborted")
         if isinstance(self._outcome, StorError):
@@ -242,6 +241,21 @@ class Upload:
         assert spool is not None
         result = yield self._store.run(self._commit, spool)
         return result
+
+    @inlineCallbacks
+    def screen(self):  # type: ignore[no-untyped-def]
+        """Before the body: the final answer if the headers alone decide it.
+
+        Returns a :class:`Duplicate`, raises :class:`~stor.errors.TooLarge` or
+        :class:`~stor.errors.NoSpace`, or returns None: send the body.
+        """
+        while self._busy and not self.received:
+            yield self._idle()
+        if isinstance(self._outcome, StorError):
+            raise self._outcome
+        if isinstance(self._write_error, NoSpace):
+            raise self._write_error
+        return self._outcome
 
     def abort(self) -> None:
         """The client went away: stop, and leave nothing behind."""
@@ -310,10 +324,17 @@ class Upload:
             self._paused = False
             self._resume()
 
+    def _idle(self) -> "Deferred[None]":
+        """Fires the next time no worker call is in flight (see :meth:`_wake`)."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
     def _wake(self) -> None:
-        if self._drained is not None and not self._busy:
-            d, self._drained = self._drained, None
-            d.callback(None)
+        if self._waiters and not self._busy:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def _discard(self) -> "Deferred[None]":
         """Remove the temp files; the Deferred fires once they are gone (also
