@@ -30,9 +30,10 @@ from stor.errors import (
     HashMismatch, MalformedSha, NoSpace, NotFound, RangeNotSatisfiable, StorageFailure, StorError,
     TooLarge, Unauthorized, UploadAborted,
 )
-from stor.ranges import Unsatisfiable, etag, none_match, parse_range
+from stor.ranges import ByteRange, Unsatisfiable, etag, none_match, parse_range
 from stor.metrics import Metrics, NullMetrics
 from stor.publisher import NoPublisher, Publisher
+from stor.repair import Repairer
 from stor.request import StorRequest
 from stor.s3 import NoS3
 from stor.sending import FileProducer
@@ -107,6 +108,7 @@ class StorApp:
         cache: LookupCache | None = None,
         s3: Any = None,
         publisher: Publisher | None = None,
+        repairer: Repairer | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -114,6 +116,7 @@ class StorApp:
         self.cache: LookupCache = cache or LocalCache()
         self.s3 = s3 or NoS3()
         self.publisher: Publisher = publisher or NoPublisher()
+        self.repairer = repairer
         self.lookups = 0
         """Full lookups over the pairs so far (the cache saves these)."""
 
@@ -173,9 +176,8 @@ class StorApp:
         self.publisher.publish(segment)
         head = request.method == b"HEAD"
         start = time.monotonic()
-        obj = await self.s3.fetch(sha, head)
-        if obj is not None:
-            return await self._send_s3(request, obj, start)
+        if await self._send_s3(request, sha, head, start):
+            return b""
         hit = await self._find_local(sha, head)
         if hit is None:
             self.metrics.incr("error.get.not_found_old.count")
@@ -206,38 +208,68 @@ class StorApp:
         if hit is not None:
             self.metrics.incr(f"lookup.attempt.{hit.attempt}.count")
             self.cache.put(sha, hit.path)
+            if self.repairer is not None:
+                self.repairer.found(sha, hit.storage, hit.path)
         return hit
 
-    async def _send_s3(self, request: IRequest, obj: Any, start: float) -> bytes:
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", b"%d" % obj.size)
-        request.setHeader(b"last-modified", obj.last_modified)
-        if request.method == b"HEAD":
+    async def _send_s3(self, request: IRequest, sha: str, head: bool, start: float) -> bool:
+        """Serve ``sha`` from S3 if it has it; False to fall through to the local storages.
+
+        A plain GET is one request to S3, its body verified against the SHA while
+        relayed.  A conditional or ranged GET first asks S3 with HEAD, decides
+        304/416/206 as for a local file, then fetches only what is needed.
+        """
+        plain = not head and not request.getHeader(b"if-none-match") and not request.getHeader(b"range")
+        obj = await self.s3.fetch(sha, not plain)
+        if obj is None:
+            return False
+        status, wanted = self._decide(request, sha, obj.size)
+        if status != 304 and not head and not plain:
+            obj = await self.s3.fetch(sha, False, wanted)  # the body, or only its range
+            if obj is None:
+                return False
+        _content_headers(request, sha, obj.last_modified)
+        request.setResponseCode(status)
+        if wanted is not None:
+            request.setHeader(b"content-range", wanted.content_range())
+        if status != 304:
+            request.setHeader(b"content-length", b"%d" % (wanted.length if wanted else obj.size))
+        if head or status == 304:
             obj.discard()
         else:
             await obj.deliver(request)
         self.metrics.incr("success.get.ok_hcp.count")
         self.metrics.incr("success.get.ok_hcp.size", obj.size)
         self.metrics.timing("success.get.ok_hcp.time", _elapsed_ms(start))
-        return b""
+        return True
+
+    @staticmethod
+    def _decide(request: IRequest, sha: str, size: int) -> tuple[int, ByteRange | None]:
+        """304, 206 with its range, or 200, for a file of ``size`` bytes; 416 raises."""
+        if none_match(request.getHeader(b"if-none-match"), sha):
+            return 304, None
+        try:
+            wanted = parse_range(request.getHeader(b"range"), size,
+                                 request.getHeader(b"if-range"), sha)
+        except Unsatisfiable:
+            raise RangeNotSatisfiable(size) from None
+        return (200, None) if wanted is None else (206, wanted)
 
     def _send(self, request: IRequest, hit: Hit, sha: str) -> "Deferred[Any]":
         """The file (or the range asked for) with its validators; 304 when the
         client already has it."""
-        _content_headers(request, sha, datetimeToString(hit.mtime))
-        if none_match(request.getHeader(b"if-none-match"), sha):
-            hit.close()
-            request.setResponseCode(304)
-            return succeed(b"")
         try:
-            wanted = parse_range(request.getHeader(b"range"), hit.size,
-                                 request.getHeader(b"if-range"), sha)
-        except Unsatisfiable:
+            status, wanted = self._decide(request, sha, hit.size)
+        except RangeNotSatisfiable:
             hit.close()
-            raise RangeNotSatisfiable(hit.size) from None
+            raise
+        _content_headers(request, sha, datetimeToString(hit.mtime))
+        request.setResponseCode(status)
+        if status == 304:
+            hit.close()
+            return succeed(b"")
         offset, length = 0, hit.size
         if wanted is not None:
-            request.setResponseCode(206)
             request.setHeader(b"content-range", wanted.content_range())
             offset, length = wanted.first, wanted.length
         request.setHeader(b"content-length", b"%d" % length)
@@ -379,8 +411,10 @@ class FastGet(Resource):
         if request.finished or request._disconnected:  # type: ignore[attr-defined]
             return  # the client went away mid-stream: nothing left to tell it
         if request.startedWriting:  # type: ignore[attr-defined]
-            log.failure("{uri}: failed mid-response", failure=failure,
-                        uri=request.uri.decode("latin-1"))
+            # a short body must never pass for a whole one: break the transfer
+            if not isinstance(failure.value, StorError):  # StorErrors are logged where raised
+                log.failure("{uri}: failed mid-response", failure=failure,
+                            uri=request.uri.decode("latin-1"))
             request.transport.abortConnection()  # type: ignore[attr-defined]
             return
         if isinstance(failure.value, StorError):

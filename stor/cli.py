@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from stor import __version__
+from stor import __version__, scrub
 from stor.config import load_config
 from stor.errors import ConfigError
 
@@ -43,6 +43,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+def _scrub(args: argparse.Namespace) -> int:
+    """Check every replica (``--repair`` mends them); see :mod:`stor.scrub`."""
+    return scrub.run_command(args)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser; later subcommands register here."""
     p = argparse.ArgumentParser(prog="stor", description=f"stor {__version__}")
@@ -55,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
     serve.add_argument("--listen", "-l", help="Twisted endpoint; overrides the config's listen")
     serve.set_defaults(func=_serve)
+    scrubber = sub.add_parser("scrub", help="check every replica hashes to its name and has its twin")
+    scrub.add_arguments(scrubber)
+    scrubber.set_defaults(func=_scrub)
     return p
 
 

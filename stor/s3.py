@@ -17,7 +17,8 @@ stack: it blocks) and sent with treq over a persistent connection pool.
 
 import hashlib
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 from urllib.parse import quote
 
 from botocore.auth import S3SigV4Auth
@@ -38,6 +39,7 @@ from twisted.web.iweb import IRequest, IResponse
 from zope.interface import implementer
 
 from stor import layout
+from stor.ranges import ByteRange
 from stor.config import Config, S3Config
 from stor.errors import StorageFailure
 from stor.metrics import Metrics
@@ -127,20 +129,32 @@ class S3Reader:
         self._credentials = Credentials(config.access_key, config.secret_key)
         self._bad: OrderedDict[str, None] = OrderedDict()
 
-    def fetch(self, sha: str, head: bool) -> "Deferred[S3Object | None]":
+    def fetch(self, sha: str, head: bool,
+              byte_range: ByteRange | None = None) -> "Deferred[S3Object | None]":
         """HEAD or GET ``sha``'s object; None when S3 does not have it or cannot say.
 
         A GET fires as soon as the headers are in (first-byte timeout
         ``config.timeout``); the body waits, paused, for :meth:`S3Object.deliver`.
+        With ``byte_range`` only those bytes are asked for (S3 answers 206); a
+        part cannot be checked against the SHA, so it is relayed unverified.
         """
         sha = sha.lower()
         if sha in self._bad:
             return succeed(None)
         method = "HEAD" if head else "GET"
-        d: Deferred[Any] = maybeDeferred(self._request, method, sha)
-        d.addCallback(self._answered, sha, head)
-        d.addErrback(self._failed, sha, method)
-        return d
+        asking: Deferred[Any] = maybeDeferred(self._request, method, sha, byte_range)
+        cancelled_by_caller = False
+
+        def cancel(_: object) -> None:
+            nonlocal cancelled_by_caller
+            cancelled_by_caller = True
+            asking.cancel()
+
+        answer: Deferred[S3Object | None] = Deferred(cancel)
+        asking.addCallback(self._answered, sha, head, byte_range)
+        asking.addErrback(self._failed, sha, method, lambda: cancelled_by_caller)
+        asking.addBoth(_hand_over, answer)
+        return answer
 
     def url(self, sha: str) -> str:
         """The path-style URL of ``sha``'s object."""
@@ -160,21 +174,26 @@ class S3Reader:
 
     # -- internals ----------------------------------------------------------
 
-    def _request(self, method: str, sha: str) -> "Deferred[IResponse]":
+    def _request(self, method: str, sha: str,
+                 byte_range: ByteRange | None = None) -> "Deferred[IResponse]":
         url = self.url(sha)
+        headers = self.signed_headers(method, url)
+        if byte_range is not None:  # unsigned: SigV4 need not cover every header
+            headers.setRawHeaders(b"range", [b"bytes=%d-%d" % (byte_range.first, byte_range.last)])
         return self._client.request(
-            method, url, headers=self.signed_headers(method, url),
+            method, url, headers=headers,
             allow_redirects=False, unbuffered=True,
             reactor=self._reactor, timeout=self._config.timeout,
         )
 
-    def _answered(self, response: IResponse, sha: str, head: bool) -> S3Object | None:
+    def _answered(self, response: IResponse, sha: str, head: bool,
+                  byte_range: ByteRange | None = None) -> S3Object | None:
         method = "HEAD" if head else "GET"
         if response.code == 404:
             self._metrics.incr(NOT_FOUND)
             _drain(response, self._reactor, self._config.timeout)
             return None
-        if response.code != 200:
+        if response.code != (206 if byte_range is not None else 200):
             self._metrics.incr(ERROR)
             drained = _drain(response, self._reactor, self._config.timeout)
             drained.addCallback(self._log_refusal, response, sha, method)
@@ -187,11 +206,15 @@ class S3Reader:
         if head:
             _drain(response, self._reactor, self._config.timeout)
             return S3Object(sha, size, last_modified, None)
-        relay = _Relay(self, sha, size, self._reactor, self._config.timeout)
+        relay = _Relay(self, sha, size, self._reactor, self._config.timeout,
+                       verify=byte_range is None)
         response.deliverBody(relay)
         return S3Object(sha, size, last_modified, relay)
 
-    def _failed(self, failure: Failure, sha: str, method: str) -> None:
+    def _failed(self, failure: Failure, sha: str, method: str,
+                cancelled_by_caller: Callable[[], bool]) -> None:
+        if cancelled_by_caller():  # the client went away: not S3's fault, nothing to count
+            raise CancelledError(f"S3 {method} {sha} cancelled")
         self._metrics.incr(ERROR)
         log.warn("S3 {method} {url} failed, using local storages: {why}",
                  method=method, url=self.url(sha), why=_describe(failure, self._config.timeout))
@@ -232,7 +255,8 @@ class _Relay(Protocol):
     """
 
     def __init__(self, reader: S3Reader, sha: str, size: int, reactor: IReactorTime,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, verify: bool = True) -> None:
+        self._verify = verify
         self._reader = reader
         self._sha = sha
         self._size = size
@@ -254,7 +278,9 @@ class _Relay(Protocol):
     # -- the S3 side (IProtocol) -------------------------------------------
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()  # nobody to write to yet
+        # the S3 connection's producer side (pause/resume/stop)
+        self._s3: IPushProducer = cast(IPushProducer, self.transport)
+        self._s3.pauseProducing()  # nobody to write to yet
 
     def dataReceived(self, data: bytes) -> None:
         if self._over:
@@ -293,7 +319,7 @@ class _Relay(Protocol):
         if self._ended is not None:
             self._conclude()
         elif not self._paused and not self._over:
-            self.transport.resumeProducing()
+            self._s3.resumeProducing()
             self._arm_idle()
         return self._done
 
@@ -301,12 +327,12 @@ class _Relay(Protocol):
         self._paused = True
         self._disarm_idle()
         if not self._over and self._ended is None:
-            self.transport.pauseProducing()
+            self._s3.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._paused = False
         if not self._over and self._ended is None and self._request is not None:
-            self.transport.resumeProducing()
+            self._s3.resumeProducing()
             self._arm_idle()
 
     def stopProducing(self) -> None:
@@ -322,7 +348,7 @@ class _Relay(Protocol):
         self._held = None
         self._disarm_idle()
         if self._ended is None:
-            self.transport.stopProducing()
+            self._s3.stopProducing()
 
     # -- internals ----------------------------------------------------------
 
@@ -340,7 +366,7 @@ class _Relay(Protocol):
             why = (f"no data for {self._idle_timeout:g}s" if self._stalled
                    else _describe(self._ended, self._idle_timeout))
             self._fail(self._reader._broken_body(self._sha, why, self._received, self._size))
-        elif actual != self._sha:
+        elif self._verify and actual != self._sha:
             sent = self._received - len(self._held or b"")
             self._fail(self._reader._bad_body(self._sha, actual, sent))
         else:
@@ -380,7 +406,7 @@ class _Relay(Protocol):
         self._disarm_idle()
         self._held = None
         if self._ended is None:
-            self.transport.stopProducing()
+            self._s3.stopProducing()
         if self._done is not None and not self._done.called:
             self._done.errback(CancelledError("the client went away"))
 
@@ -401,7 +427,7 @@ class _Relay(Protocol):
     def _on_idle(self) -> None:
         self._idle = None
         self._stalled = True
-        self.transport.stopProducing()
+        self._s3.stopProducing()
 
 
 class _Drain(Protocol):
@@ -438,6 +464,14 @@ class _Drain(Protocol):
     def _cut(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()
+
+
+def _hand_over(result: "S3Object | None | Failure", answer: "Deferred[S3Object | None]") -> None:
+    """Fire ``answer`` with the outcome, unless the caller has cancelled it meanwhile."""
+    if not answer.called:
+        answer.callback(result)  # a Failure (only CancelledError gets here) errbacks
+    elif isinstance(result, S3Object):
+        result.discard()
 
 
 def _drain(response: IResponse, reactor: IReactorTime, timeout: float,

@@ -24,6 +24,7 @@ from stor.errors import ConfigError
 from stor.cache import build_cache
 from stor.metrics import build_metrics
 from stor.publisher import build_publisher
+from stor.repair import Repairer
 from stor.s3 import build_s3
 from stor.request import StorSite
 from stor.diskpool import DiskPool
@@ -107,7 +108,9 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
     s3 = build_s3(config, reactor, metrics)
-    app = StorApp(config, store, metrics=metrics, cache=cache, s3=s3, publisher=publisher)
+    repairer = Repairer(store, metrics, config.writable_pairs_regex)
+    app = StorApp(config, store, metrics=metrics, cache=cache, s3=s3, publisher=publisher,
+                  repairer=repairer)
     site = StorSite(app.resource(), uploads=app)
     site.displayTracebacks = False
     temp_sweeper(store, config.cleanup_tempdir_period).setServiceParent(services)

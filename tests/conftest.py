@@ -23,6 +23,22 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """moto's S3 server, a real HTTP endpoint checking signatures, for the whole session."""
+    from s3_peer import start_moto
+
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto: Any) -> str:
+    """A bucket no other test uses."""
+    return moto.new_bucket()
+
+
 @pytest.fixture
 def storage_dirs(tmp_path: Path) -> list[list[str]]:
     """Two pairs of empty storage directories."""

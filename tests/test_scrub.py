@@ -1,0 +1,420 @@
+"""``stor scrub``: real files under tmp_path, the real command line."""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stor import cli, layout
+from stor.scrub import Progress, Throttle
+from stor.storage import temp_dir
+
+STOR = str(Path(sys.executable).parent / "stor")
+MiB = 1024 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Host:
+    """Two storage pairs and a config file naming them."""
+
+    def __init__(self, root: Path, **extra: Any) -> None:
+        self.root = root
+        self.storages = [root / f"data{i}" for i in range(1, 5)]
+        for s in self.storages:
+            s.mkdir()
+        self.pairs = [self.storages[0:2], self.storages[2:4]]
+        self.config = root / "stor.json"
+        self.write_config(**extra)
+
+    def write_config(self, **extra: Any) -> None:
+        doc = {"storage_pairs": [[str(a), str(b)] for a, b in self.pairs], **extra}
+        self.config.write_text(json.dumps(doc))
+
+    def store(self, data: bytes, pair: int = 0) -> tuple[Path, Path]:
+        """Both replicas of ``data``, as an upload leaves them."""
+        paths = tuple(self.put(s, data) for s in self.pairs[pair])
+        return paths[0], paths[1]
+
+    @staticmethod
+    def put(storage: Path, data: bytes, sha: str | None = None) -> Path:
+        path = Path(layout.file_path(str(storage), sha or sha256(data)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def scrub(self, *args: str) -> int:
+        return cli.main(["scrub", "--config", str(self.config), *args])
+
+
+def flip(path: Path, offset: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def dead_pid() -> int:
+    """A pid that ran and is gone."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return Host(tmp_path)
+
+
+def json_report(host: Host, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = host.scrub("--json", *args)
+    return code, json.loads(capsys.readouterr().out)
+
+
+# -- the acceptance story ---------------------------------------------------
+
+
+def test_clean_tree_exits_0(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    host.store(b"one")
+    host.store(os.urandom(3 * MiB), pair=1)
+    assert host.scrub() == 0
+    captured = capsys.readouterr()
+    assert "4 files" in captured.out and "no problems found" in captured.out
+    assert captured.err == ""  # no progress bar when stderr is not a terminal
+
+
+def test_flipped_byte_is_reported_corrupt_and_left_alone(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    data = os.urandom(100_000)
+    a, b = host.store(data)
+    flip(b, 500)
+    rotten = b.read_bytes()
+    assert host.scrub() == 1
+    out = capsys.readouterr().out
+    assert f"corrupt        {b}  [NOT repaired]" in out
+    assert "1 problem(s) remain" in out
+    assert b.read_bytes() == rotten and a.read_bytes() == data
+
+
+def test_repair_mends_a_corrupt_replica_from_its_twin(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    data = os.urandom(2 * MiB + 3)
+    a, b = host.store(data)
+    os.utime(b, (1_500_000_000, 1_500_000_000))
+    flip(a, 2 * MiB)
+    assert host.scrub("--repair") == 0  # every problem found was repaired
+    out = capsys.readouterr().out
+    assert f"corrupt        {a}  [repaired]" in out and "every problem was repaired" in out
+    assert a.read_bytes() == data == b.read_bytes()
+    assert os.stat(a).st_mtime == 1_500_000_000
+    assert host.scrub() == 0
+    assert os.listdir(temp_dir(str(host.storages[0]))) == []
+
+
+def test_missing_twin_is_reported_and_recreated(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    data = b"only one copy left"
+    a, b = host.store(data, pair=1)
+    b.unlink()
+    code, report = json_report(host, capsys)
+    assert code == 1
+    assert report["problems"] == [
+        {"path": str(b), "kind": "missing-twin", "repaired": False, "detail": f"present at {a}"}
+    ]
+    assert host.scrub("--repair") == 0
+    assert b.read_bytes() == data
+    assert host.scrub() == 0
+
+
+def test_both_replicas_corrupt_is_unrecoverable_and_nothing_is_deleted(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = os.urandom(10_000)
+    a, b = host.store(data)
+    flip(a, 1)
+    flip(b, 2)
+    before = {a: a.read_bytes(), b: b.read_bytes()}
+    code, report = json_report(host, capsys, "--repair")
+    assert code == 1
+    assert report["counts"]["unrecoverable"] == 2 and report["counts"]["corrupt"] == 0
+    assert {p["path"] for p in report["problems"]} == {str(a), str(b)}
+    assert not any(p["repaired"] for p in report["problems"])
+    assert {a: a.read_bytes(), b: b.read_bytes()} == before
+
+
+def test_corrupt_with_no_twin_is_unrecoverable(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = host.store(b"data")
+    b.unlink()
+    flip(a)
+    code, report = json_report(host, capsys, "--repair")
+    assert code == 1
+    assert [p["kind"] for p in report["problems"]] == ["unrecoverable"]
+    assert "is missing" in report["problems"][0]["detail"]
+    assert a.exists() and not b.exists()
+
+
+def test_stale_temps_are_reported_and_removed_live_ones_kept(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tmp = Path(temp_dir(str(host.storages[2])))
+    tmp.mkdir()
+    sha = "ab" * 32
+    dead = tmp / f"{sha}.{dead_pid()}.00000000.tmp"
+    idle = tmp / f"{sha}.{os.getpid()}.11111111.tmp"
+    live = tmp / f"{sha}.{os.getpid()}.22222222.tmp"
+    for f in (dead, idle, live):
+        f.write_bytes(b"partial upload")
+    os.utime(idle, (time.time() - 7200, time.time() - 7200))  # older than cleanup_tempdir_period
+    code, report = json_report(host, capsys)
+    assert code == 1
+    assert sorted(p["path"] for p in report["problems"]) == sorted([str(dead), str(idle)])
+    assert report["counts"]["stale-temp"] == 2
+    assert dead.exists()  # reported only
+    assert host.scrub("--repair") == 0
+    assert sorted(os.listdir(tmp)) == [live.name]
+
+
+def test_stale_temp_uses_the_configured_period(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, cleanup_tempdir_period=10)
+    tmp = Path(temp_dir(str(host.storages[0])))
+    tmp.mkdir()
+    idle = tmp / f"{'cd' * 32}.{os.getpid()}.33333333.tmp"
+    idle.write_bytes(b"x")
+    os.utime(idle, (time.time() - 60, time.time() - 60))
+    assert host.scrub() == 1
+
+
+def test_json_summary(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    good = os.urandom(5000)
+    host.store(good)
+    _, bad = host.store(b"rotten", pair=1)
+    flip(bad)
+    code, report = json_report(host, capsys)
+    assert code == 1
+    assert report["ok"] is False
+    assert report["files"] == 4
+    assert report["bytes"] == 2 * len(good) + 2 * len(b"rotten")
+    assert report["storages"] == [str(s) for s in host.storages]
+    assert isinstance(report["seconds"], float)
+    assert report["counts"] == {"corrupt": 1, "unrecoverable": 0, "missing-twin": 0,
+                                "misplaced": 0, "stale-temp": 0, "unreadable": 0}
+    assert report["remaining"] == 1
+    assert report["problems"][0]["path"] == str(bad)
+    assert report["problems"][0]["kind"] == "corrupt"
+    assert report["problems"][0]["repaired"] is False
+
+    code, report = json_report(host, capsys, "--repair")
+    assert code == 0 and report["ok"] is True
+    assert report["repaired"]["corrupt"] == 1 and report["remaining"] == 0
+
+
+def test_misplaced_files_are_reported_other_files_ignored(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = b"somewhere else"
+    sha = sha256(data)
+    s = host.storages[0]
+    wrong_dir = s / "00" / "00" / "00" / f"{sha.upper()}.dat"
+    lower_case = Path(layout.file_path(str(s), sha)).with_name(f"{sha}.dat")
+    not_a_sha = s / "AB" / "CD" / "EF" / "notes.dat"
+    for p in (wrong_dir, lower_case, not_a_sha):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (s / "README").write_text("not stor's")
+    (s / "lost+found").mkdir()
+    (s / "lost+found" / "#1234.dat").write_bytes(b"fsck's business")
+    code, report = json_report(host, capsys, "--repair")
+    assert code == 1
+    misplaced = {p["path"]: p for p in report["problems"]}
+    assert set(misplaced) == {str(wrong_dir), str(lower_case), str(not_a_sha)}
+    assert all(p["kind"] == "misplaced" and not p["repaired"] for p in misplaced.values())
+    assert misplaced[str(not_a_sha)]["detail"] == "name is not a sha256"
+    assert misplaced[str(wrong_dir)]["detail"] == f"belongs at {layout.file_path(str(s), sha)}"
+    assert report["files"] == 0
+    assert wrong_dir.exists() and lower_case.exists() and not_a_sha.exists()  # never deleted
+
+
+def test_naming_one_storage_limits_the_walk(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    host.store(b"pair zero")
+    _, bad = host.store(b"pair one", pair=1)
+    flip(bad)
+    code, report = json_report(host, capsys, str(host.storages[0]))
+    assert code == 0
+    assert report["storages"] == [str(host.storages[0])] and report["files"] == 1
+    code, report = json_report(host, capsys, str(host.storages[3]) + "/")  # spelled differently
+    assert code == 1 and report["storages"] == [str(host.storages[3])]
+
+
+def test_a_named_storage_still_checks_its_twin(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = host.store(b"x")
+    b.unlink()
+    assert host.scrub(str(host.storages[0])) == 1
+    assert host.scrub(str(host.storages[1])) == 0  # nothing on it to check
+    assert host.scrub("--repair", str(host.storages[0])) == 0
+    assert b.read_bytes() == b"x"
+
+
+def test_a_failed_repair_is_reported_and_the_twin_storage_never_created(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = host.store(b"x")
+    gone = host.storages[1]
+    b.unlink()
+    for d in sorted(gone.rglob("*"), reverse=True):
+        d.rmdir()
+    gone.rmdir()  # the twin's disk is not mounted
+    code, report = json_report(host, capsys, "--repair", str(host.storages[0]))
+    assert code == 1
+    (problem,) = report["problems"]
+    assert problem["kind"] == "missing-twin" and problem["repaired"] is False
+    assert "repair failed" in problem["detail"]
+    assert not gone.exists()
+
+
+# -- errors: exit 2 ---------------------------------------------------------
+
+
+def test_unknown_storage_exits_2(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    assert host.scrub("/nowhere/data9") == 2
+    err = capsys.readouterr().err
+    assert "/nowhere/data9 is not a storage in the config" in err
+
+
+def test_broken_config_exits_2_with_the_config_error(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    host.config.write_text(json.dumps({"storage_pairs": [["/mnt/data1"]]}))
+    assert host.scrub() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stor scrub: config error: storage_pairs[0]: must be a list of two")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONFIG_FILE", raising=False)
+    assert cli.main(["scrub"]) == 2
+    assert "no config file" in capsys.readouterr().err
+    assert cli.main(["scrub", "--config", str(tmp_path / "absent.json")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_config_from_environment(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONFIG_FILE", str(host.config))
+    assert cli.main(["scrub"]) == 0
+
+
+def test_unreadable_storage_exits_2(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    host.storages[2].rmdir()
+    assert host.scrub() == 2
+    assert f"storage {host.storages[2]} does not exist" in capsys.readouterr().err
+    assert host.scrub(str(host.storages[0])) == 0  # scrub around a dead disk by naming the others
+
+
+@pytest.mark.parametrize("rate", ["0", "-3", "fast", "inf"])
+def test_bad_max_mbps_exits_2(host: Host, rate: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        host.scrub("--max-mbps", rate)
+    assert info.value.code == 2
+
+
+# -- throttling and progress -------------------------------------------------
+
+
+def test_max_mbps_throttles(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    host.store(os.urandom(4 * MiB))
+    start = time.monotonic()
+    assert host.scrub("--max-mbps", "8", str(host.storages[0])) == 0
+    assert time.monotonic() - start >= 0.4  # 4 MiB at 8 MB/s is 0.52 s
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rate=st.floats(1e3, 1e9),
+    reads=st.lists(st.tuples(st.integers(0, 4 * MiB), st.floats(0, 0.5)), max_size=30),
+)
+def test_property_throttle_keeps_the_average_rate(rate: float, reads: list[tuple[int, float]]) -> None:
+    """Whatever the chunk sizes and the time reads take, n bytes take at least
+    (n - burst) / rate seconds; and the throttle never sleeps more than needed."""
+    now = [0.0]
+    slept = [0.0]
+
+    def sleep(s: float) -> None:
+        assert s >= 0
+        now[0] += s
+        slept[0] += s
+
+    throttle = Throttle(rate, burst=MiB, clock=lambda: now[0], sleep=sleep)
+    total = 0
+    for size, read_time in reads:
+        now[0] += read_time
+        total += size
+        throttle.consume(size)
+    assert now[0] >= (total - MiB) / rate - 1e-6
+    assert slept[0] <= total / rate + 1e-6
+
+
+def test_no_throttle_never_sleeps() -> None:
+    def sleep(s: float) -> None:
+        raise AssertionError("slept")
+
+    Throttle(None, sleep=sleep).consume(10**12)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    now = [0.0]
+    term = Terminal()
+    progress = Progress(term, enabled=term.isatty(), clock=lambda: now[0])
+    now[0] = 2.0
+    progress.add_bytes(10_000_000)
+    progress.add_file()  # within the interval: not redrawn
+    now[0] = 4.0
+    progress.add_file()
+    assert term.getvalue().count("\r\x1b[Kscrub:") == 2
+    assert term.getvalue().endswith("scrub: 2 files, 10.0 MB, 2.5 MB/s")
+    progress.clear()
+    assert term.getvalue().endswith("\r\x1b[K")
+
+
+def test_progress_is_silent_when_disabled() -> None:
+    out = io.StringIO()
+    progress = Progress(out, enabled=False)
+    progress.add_file()
+    progress.add_bytes(5)
+    progress.clear()
+    assert out.getvalue() == ""
+
+
+# -- the installed console script ---------------------------------------------
+
+
+def test_console_script_scrub_and_repair(host: Host) -> None:
+    """The acceptance story, as an operator runs it."""
+    data = os.urandom(300_000)
+    a, b = host.store(data)
+    flip(b, 12345)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([STOR, "scrub", "--config", str(host.config), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    found = run()
+    assert found.returncode == 1, found.stderr
+    assert f"corrupt        {b}" in found.stdout
+    repaired = run("--repair", "--json")
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)["repaired"]["corrupt"] == 1
+    assert b.read_bytes() == data
+    assert run().returncode == 0
+    assert run("/not/a/storage").returncode == 2
