@@ -12,9 +12,10 @@ from stor import layout
 
 
 @pytest_twisted.async_fixture
-async def cached(start_server, config_dict, memcached):  # noqa: F811
+async def cached(start_server, config_dict, memcached, statsite):  # noqa: F811
     config_dict["memcached_servers"] = ["%s:%d" % memcached.address]
     config_dict["memcached_timeout"] = 0.2
+    config_dict["statsite"] = {"host": f"127.0.0.1:{statsite.port}", "prefix": "c"}
     return await start_server(config_dict)
 
 
@@ -30,14 +31,18 @@ async def get(server, sha: str) -> tuple[int, bytes]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_repeated_get_does_not_repeat_the_disk_lookup(cached):
+async def test_a_repeated_get_does_not_repeat_the_disk_lookup(cached, statsite):  # noqa: F811
     data = os.urandom(10_000)
     await store(cached, data)
     assert await get(cached, sha256(data)) == (200, data)
     assert cached.app.lookups == 1
+    await statsite.wait_for(r"c\.cache\.miss:1\|c")
     for _ in range(5):
         assert await get(cached, sha256(data)) == (200, data)
     assert cached.app.lookups == 1
+    await statsite.wait_for(r"c\.cache\.hit:1\|c")
+    await statsite.wait_for(r"c\.cache\.time:[0-9.]+\|ms")
+    assert sum(line.startswith("c.lookup.time:") for line in statsite.lines) == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -2,58 +2,14 @@
 
 import os
 import random
-import re
 
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import DatagramProtocol
 
 from conftest import AUTH, sha256
 from stor.config import StatsiteConfig
 from stor.metrics import StatsdMetrics
-
-
-class Statsite(DatagramProtocol):
-    """A UDP socket of the test's own that collects statsd lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._waiters: list[tuple[str, Deferred[str]]] = []
-
-    def datagramReceived(self, data: bytes, addr: object) -> None:
-        for line in data.decode().splitlines():
-            self.lines.append(line)
-            for waiter in list(self._waiters):
-                if re.fullmatch(waiter[0], line):
-                    self._waiters.remove(waiter)
-                    waiter[1].callback(line)
-
-    def wait_for(self, pattern: str, timeout: float = 5.0) -> "Deferred[str]":
-        """The first line (already seen or yet to come) matching ``pattern`` in full."""
-        for line in self.lines:
-            if re.fullmatch(pattern, line):
-                return _done(line)
-        d: Deferred[str] = Deferred()
-        self._waiters.append((pattern, d))
-        return d.addTimeout(timeout, reactor)
-
-
-def _done(line: str) -> "Deferred[str]":
-    d: Deferred[str] = Deferred()
-    d.callback(line)
-    return d
-
-
-@pytest.fixture
-def statsite():
-    proto = Statsite()
-    port = reactor.listenUDP(0, proto, interface="127.0.0.1")
-    proto.port = port.getHost().port
-    yield proto
-    port.stopListening()
 
 
 @pytest_twisted.async_fixture

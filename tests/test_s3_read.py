@@ -13,7 +13,6 @@ from twisted.internet import threads
 from conftest import AUTH, raw_http, sha256
 from s3_peer import black_hole, refused_port
 from stor import layout
-from test_metrics import Statsite, statsite  # noqa: F401  (fixture)
 
 MiB = 1024 * 1024
 
