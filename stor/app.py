@@ -52,7 +52,7 @@ _ANSWERS: list[tuple[type[StorError], int, str | None, str | None]] = [
     (Unauthorized, 401, None, None),
     (HashMismatch, 412, None, "error.post.bad_sha.count"),
     (NoSpace, 507, None, "error.post.no_space.count"),
-    (TooLarge, 413, None, "error.post.unknown.count"),
+    (TooLarge, 413, None, "error.post.too_large.count"),
     (UploadAborted, 400, None, "error.post.unknown.count"),
     (StorageFailure, 500, "error.get.500.count", "error.post.unknown.count"),
 ]
@@ -163,6 +163,19 @@ class StorApp:
             return _body(request, b"OK")
         request.setResponseCode(503)
         return _body(request, "".join(f"{s}: {why}\n" for s, why in problems).encode())
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """This API as an OpenAPI 3 document: ``stor/openapi.json``, read on first use,
+        its ``info.version`` this server's."""
+        doc = getattr(self, "_openapi_doc", None)
+        if doc is None:
+            from importlib.resources import files
+
+            spec = json.loads(files("stor").joinpath("openapi.json").read_bytes())
+            spec["info"]["version"] = __version__
+            doc = self._openapi_doc = json.dumps(spec, indent=1).encode()
+        return _body(request, doc, b"application/json")
 
     @app.route("/<segment>", methods=["GET", "HEAD"])
     def get(self, request: IRequest, segment: str) -> "Deferred[Any]":
@@ -371,6 +384,15 @@ class StorApp:
                     uri=request.uri.decode("latin-1"))
         request.setResponseCode(500)
         return _body(request, b"internal error (logged)\n")
+
+    # -- operations -----------------------------------------------------------
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus_metrics(self, request: IRequest) -> "Deferred[bytes]":
+        """Prometheus text format (see :mod:`stor.prometheus`)."""
+        from stor.prometheus import exporter_for  # here: app.py stays free of prometheus-client
+
+        return exporter_for(self).render(request)
 
 
 class FastGet(Resource):

@@ -11,12 +11,12 @@ thread when on the reactor.
 import errno
 import hashlib
 import os
-import secrets
 from collections.abc import Callable
 
 from stor import layout
 from stor.errors import HashMismatch
-from stor.storage import temp_dir
+from stor.fsio import fsync_dir, unlink_quietly, write_all
+from stor.storage import temp_dir, temp_name
 
 CHUNK = 1024 * 1024
 """Read size: big enough for sequential disk throughput, small enough for flat memory."""
@@ -89,9 +89,9 @@ def copy_to_twin(
             _make_dirs(twin_storage, os.path.dirname(final), owner)
             os.rename(temp, final)
         except BaseException:
-            _unlink(temp)
+            unlink_quietly(temp)
             raise
-    _fsync_dir(os.path.dirname(final))
+    fsync_dir(os.path.dirname(final))
     return final
 
 
@@ -125,7 +125,7 @@ def _pump(
             return
         hasher.update(view[:n])
         if dest_fd is not None:
-            _write_all(dest_fd, view[:n])
+            write_all(dest_fd, view[:n])
         if on_chunk is not None:
             on_chunk(n)
 
@@ -133,14 +133,14 @@ def _pump(
 def _new_temp(storage: str, sha: str, owner: tuple[int, int] | None) -> str:
     """Create an empty temp file for ``sha`` in ``storage``'s temp directory."""
     directory = _make_dirs(storage, temp_dir(storage), owner)
-    path = os.path.join(directory, f"{sha}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    path = os.path.join(directory, temp_name(sha))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         if owner is not None:
             os.fchown(fd, *owner)
     except BaseException:
         os.close(fd)
-        _unlink(path)
+        unlink_quietly(path)
         raise
     os.close(fd)
     return path
@@ -179,21 +179,3 @@ def _advise_sequential(fd: int) -> None:
             pass
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -35,7 +35,7 @@ from stor import layout
 from stor.config import Config, load_config
 from stor.errors import ConfigError, HashMismatch, MalformedSha
 from stor.replica import CHUNK, copy_to_twin, sha256_file
-from stor.storage import TEMP_DIR, _owner_alive, storage_problem, temp_dir
+from stor.storage import TEMP_DIR, is_stale_temp, storage_problem, temp_dir
 
 KINDS = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", "unreadable")
 """Every problem kind, in report order."""
@@ -231,12 +231,8 @@ class Scrubber:
                 self._found(problem)
 
     def _is_stale(self, entry: os.DirEntry[str], now: float) -> bool:
-        """storage.py's rule, so scrub and the daemon's sweeper agree on what is abandoned."""
-        try:
-            idle = now - entry.stat(follow_symlinks=False).st_mtime
-        except OSError:
-            return False  # gone meanwhile: its upload finished
-        return not _owner_alive(entry.name) or idle > self.stale_after
+        """The daemon's sweeper rule, so both agree on what is abandoned."""
+        return is_stale_temp(entry, now, self.stale_after)
 
     # -- data files -----------------------------------------------------
 

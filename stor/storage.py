@@ -10,6 +10,7 @@ import errno
 import os
 import random
 import re
+import secrets
 import stat
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -58,6 +59,11 @@ class Hit:
 def temp_dir(storage: str) -> str:
     """The temp directory of ``storage``."""
     return os.path.join(storage, TEMP_DIR)
+
+
+def temp_name(sha: str) -> str:
+    """A fresh temp file name: ``<sha>.<pid>.<random>.tmp`` (the sweeper reads the pid)."""
+    return f"{sha}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
 def free_bytes(storage: str) -> int:
@@ -194,16 +200,22 @@ def sweep_temp_dir(storage: str, older_than: float) -> int:
     except OSError:
         return 0
     for entry in entries:
-        if not entry.is_file(follow_symlinks=False):
-            continue
-        try:
-            stale = not _owner_alive(entry.name) or now - entry.stat().st_mtime > older_than
-            if stale:
+        if entry.is_file(follow_symlinks=False) and is_stale_temp(entry, now, older_than):
+            try:
                 os.unlink(entry.path)
                 removed += 1
-        except OSError:
-            continue
+            except OSError:
+                continue
     return removed
+
+
+def is_stale_temp(entry: os.DirEntry[str], now: float, older_than: float) -> bool:
+    """The staleness rule of :func:`sweep_temp_dir` (``stor scrub`` applies it too)."""
+    try:
+        idle = now - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return False  # gone meanwhile: its upload finished
+    return not _owner_alive(entry.name) or idle > older_than
 
 
 def _owner_alive(name: str) -> bool:

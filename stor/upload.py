@@ -10,7 +10,6 @@ URL and, only if it matches, both temp files are fsynced and renamed into place.
 
 import hashlib
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +20,8 @@ from twisted.python.failure import Failure
 from stor import layout
 from stor.errors import HashMismatch, NoSpace, StorageFailure, StorError, TooLarge, UploadAborted
 from stor.placement import Pair
-from stor.storage import LocalStore, find_all, is_no_space, temp_dir
+from stor.fsio import fsync_dir, unlink_quietly, write_all
+from stor.storage import LocalStore, find_all, is_no_space, temp_dir, temp_name
 
 HIGH_WATER = 4 * 1024 * 1024
 """Queued bytes at which the connection is paused."""
@@ -46,20 +46,6 @@ class Duplicate:
 UploadResult = Stored | Duplicate
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """Temp files being written on both members of a pair.  Every method blocks."""
 
@@ -68,7 +54,7 @@ class Spool:
         self.sha = sha
         self.temps: list[str] = []
         self._fds: list[int] = []
-        name = f"{sha}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        name = temp_name(sha)
         try:
             for storage in pair:
                 os.makedirs(temp_dir(storage), exist_ok=True)
@@ -85,7 +71,7 @@ class Spool:
         for fd, storage in zip(self._fds, self.pair):
             try:
                 for chunk in chunks:
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
             except OSError as e:
                 raise _storage_error(e, storage) from e
 
@@ -101,10 +87,10 @@ class Spool:
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.rename(temp, final)
                 placed.append(final)
-                _fsync_dir(os.path.dirname(final))
+                fsync_dir(os.path.dirname(final))
         except OSError as e:
             for path in placed:  # a lone replica after an error answer would be a surprise
-                _unlink(path)
+                unlink_quietly(path)
             self.discard()
             raise _storage_error(e, self.pair[len(placed)] if len(placed) < 2 else self.pair[1]) from e
         self.temps = []
@@ -114,7 +100,7 @@ class Spool:
         """Close and remove the temp files; safe to call more than once."""
         self._close()
         for path in self.temps:
-            _unlink(path)
+            unlink_quietly(path)
         self.temps = []
 
     def _close(self) -> None:
@@ -124,13 +110,6 @@ class Spool:
             except OSError:
                 pass
         self._fds = []
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _storage_error(e: OSError, storage: str) -> StorError:
