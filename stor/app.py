@@ -243,6 +243,8 @@ class StorApp:
                 return False
         _content_headers(request, sha, obj.last_modified)
         request.setResponseCode(status)
+        if status == 304:
+            request.responseHeaders.removeHeader(b"content-type")
         if wanted is not None:
             request.setHeader(b"content-range", wanted.content_range())
         if status != 304:
@@ -280,6 +282,7 @@ class StorApp:
         request.setResponseCode(status)
         if status == 304:
             hit.close()
+            request.responseHeaders.removeHeader(b"content-type")  # a 304 has no content
             return succeed(b"")
         offset, length = 0, hit.size
         if wanted is not None:
@@ -377,6 +380,9 @@ class StorApp:
         """Routing answers (404, 405) pass through; anything else is a logged 500."""
         if isinstance(failure.value, HTTPException):
             request.setResponseCode(failure.value.code or 500)
+            for name, value in failure.value.get_headers():
+                if name.lower() == "allow":  # RFC 9110: a 405 says what is allowed
+                    request.setHeader(b"allow", value.encode())
             return _body(request, f"{failure.value.name}\n".encode())
         is_post = request.method == b"POST"
         self.metrics.incr("error.post.unknown.count" if is_post else "error.get.500.count")

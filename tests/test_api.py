@@ -260,3 +260,11 @@ async def test_status_with_check_mounts_refuses_storages_on_the_root_fs(
     text = await r.text()
     assert f"{storage_dirs[0][0]}: is on the / filesystem" in text
     assert str(tiny_disk) not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_methods_are_405_saying_what_is_allowed(server):
+    r = await treq.request("PUT", server.at(SHA), data=b"x")
+    assert r.code == 405
+    allowed = {m.strip() for m in r.headers.getRawHeaders("allow")[0].split(",")}
+    assert allowed == {"GET", "HEAD", "POST"}
