@@ -30,6 +30,8 @@ $(TESTSTAMP): $(STAMP)
 install-test: $(TESTSTAMP)
 	@command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq memcached; }
+	@command -v systemd-analyze >/dev/null 2>&1 || \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq systemd; }
 	@if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then \
 	  command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || \
 	    { $(APT_GET) update -qq && $(APT_GET) install -y -qq rabbitmq-server; }; \
@@ -43,6 +45,9 @@ run: install
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# GET is also measured against stor --workers 2 (small-GET throughput grows with cores).
+BENCH_ARGS ?= --workers 2
 
 bench: install
 	@command -v wrk >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq wrk; }

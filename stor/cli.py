@@ -39,6 +39,10 @@ def _serve(args: argparse.Namespace) -> int:
         argv += ["--config", args.config]
     if args.listen:
         argv += ["--listen", args.listen]
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
+    if args.log_format:
+        argv += ["--log-format", args.log_format]
     os.execv(twistd, argv)
     return 1  # not reached
 
@@ -59,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon in the foreground (twistd -n stor …)")
     serve.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
     serve.add_argument("--listen", "-l", help="Twisted endpoint; overrides the config's listen")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the socket")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.set_defaults(func=_serve)
     scrubber = sub.add_parser("scrub", help="check every replica hashes to its name and has its twin")
     scrub.add_arguments(scrubber)

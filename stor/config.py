@@ -19,6 +19,7 @@ from stor.placement import BALANCE_THRESHOLD, Pair
 
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_CLEANUP_PERIOD = 1800.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
 
 KNOWN_KEYS = frozenset(
     {
@@ -29,7 +30,7 @@ KNOWN_KEYS = frozenset(
         # new keys
         "listen", "check_mounts", "max_upload_size", "s3_bucket",
         "s3_connect_timeout", "s3_timeout", "balance_threshold",
-        "memcached_timeout",
+        "memcached_timeout", "shutdown_grace_period",
     }
 )
 
@@ -71,6 +72,7 @@ class Config:
     s3: S3Config | None = None
     memcached_servers: tuple[tuple[str, int], ...] = ()
     memcached_timeout: float = 0.25
+    shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE
     statsite: StatsiteConfig | None = None
     rabbitmq_uri: str | None = None
     log: Any = None
@@ -114,9 +116,10 @@ def parse_config(raw: object) -> Config:
         s3=_s3(raw),
         memcached_servers=_memcached_servers(raw.get("memcached_servers")),
         memcached_timeout=_positive_number(raw, "memcached_timeout", 0.25),
+        shutdown_grace_period=_grace_period(raw),
         statsite=_statsite(raw.get("statsite")),
         rabbitmq_uri=_rabbitmq_uri(raw.get("rabbitmq_uri")),
-        log=raw.get("log"),
+        log=_log(raw.get("log")),
         unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)),
     )
 
@@ -203,6 +206,22 @@ def _positive_number(raw: dict[str, Any], key: str, default: float) -> float:
     value = _number(raw, key, default)
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(key, f"must be greater than 0, got {raw.get(key)}")
+    return value
+
+
+def _log(value: object) -> object:
+    """The ``log`` value as given; its ``gelf`` entry, when there is one, must be valid."""
+    from stor.gelf import parse_gelf  # here: the gelf module imports this one
+
+    parse_gelf(value)
+    return value
+
+
+def _grace_period(raw: dict[str, Any]) -> float:
+    """Seconds requests in flight get to finish on SIGTERM; 0 cuts them at once."""
+    value = _number(raw, "shutdown_grace_period", DEFAULT_SHUTDOWN_GRACE)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError("shutdown_grace_period", f"must be a number of seconds >= 0, got {raw.get('shutdown_grace_period')}")
     return value
 
 

@@ -41,6 +41,7 @@ class Repairer:
         self._queue: deque[tuple[str, str, str]] = deque()
         self._pending: set[str] = set()
         self._running = 0
+        self._checking = 0
         self._idle: list[Deferred[None]] = []
         self.repaired = 0
         self.failed = 0
@@ -60,18 +61,28 @@ class Repairer:
         except OSError:
             return  # an odd twin (unreadable, ...) is scrub's business, not a GET's
         if fd is None:  # cannot tell without the disk: let the pool look
-            self._store.run(os.path.exists, twin_path).addCallback(
-                lambda there: None if there else self._enqueue(sha, path, twin))
+            self._checking += 1
+            self._store.run(os.path.exists, twin_path).addBoth(self._checked, sha, path, twin)
         else:
             os.close(fd)
 
+    def _checked(self, there: object, sha: str, path: str, twin: str) -> None:
+        self._checking -= 1
+        if there is False:
+            self._enqueue(sha, path, twin)
+        else:
+            self._next()  # nothing to do; maybe now idle
+
     def idle(self) -> "Deferred[None]":
         """Fires when no repair is queued or running (tests, shutdown)."""
-        if not self._running and not self._queue:
+        if self._is_idle():
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idle.append(d)
         return d
+
+    def _is_idle(self) -> bool:
+        return not (self._running or self._queue or self._checking)
 
     def _enqueue(self, sha: str, source: str, twin: str) -> None:
         if sha in self._pending:
@@ -93,7 +104,7 @@ class Repairer:
             d.addCallbacks(self._done, self._failed, callbackArgs=(sha,),
                            errbackArgs=(sha, twin))
             d.addBoth(self._finished, sha)
-        if not self._running and not self._queue:
+        if self._is_idle():
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)

@@ -1,23 +1,30 @@
 """Assembling the daemon: ``twistd stor`` options and the service tree.
 
-``makeService`` builds a ``MultiService``: the HTTP endpoint, a timer that
-sweeps stale temp files, and whatever integrations the config names.  The
-config is loaded and validated here, before anything listens; an error is one
-line on stderr and exit status 2.
+``makeService`` loads and validates the config (an error is one line on
+stderr and exit status 2, before anything listens) and returns either
+
+- a :class:`~stor.shutdown.Frontend` over the daemon of :func:`build_daemon`
+  (the HTTP site, a timer that sweeps stale temp files, the integrations the
+  config names): one serving process that tells systemd when it is ready and
+  stops gracefully; or, with ``--workers N``,
+- a :class:`~stor.workers.Supervisor` that binds the socket and runs N such
+  processes over it (each started with ``--adopt-fd``).
+
+plus, when the config's ``log`` names one, the GELF sender (:mod:`stor.gelf`).
 """
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application import internet, service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from stor import __version__
+from stor import __version__, logs
 from stor.app import StorApp
 from stor.config import Config, load_config
 from stor.errors import ConfigError
@@ -29,19 +36,28 @@ from stor.s3 import build_s3
 from stor.request import StorSite
 from stor.diskpool import DiskPool
 from stor.storage import LocalStore
+from stor.gelf import build_gelf
+from stor.logs import LOG_FORMATS
+from stor.prometheus import SyncService, exporter_for
+from stor.shutdown import Frontend, adopt
+from stor.workers import Supervisor, stop_with_parent
 
 log = Logger()
+T = TypeVar("T")
 
 EXIT_CONFIG = 2
 
 
 class Options(usage.Options):
-    """``twistd stor --config FILE [--listen ENDPOINT]``."""
+    """``twistd stor --config FILE [--listen ENDPOINT] [--log-format F] [--workers N]``."""
 
-    synopsis = "[--config FILE] [--listen ENDPOINT]"
+    synopsis = "[--config FILE] [--listen ENDPOINT] [--log-format text|json] [--workers N]"
     optParameters = [
         ["config", "c", None, "Config file (JSON); defaults to $CONFIG_FILE."],
         ["listen", "l", None, "Twisted endpoint to listen on; overrides the config's 'listen'."],
+        ["log-format", None, "text", "Log lines as 'text' (twistd's) or 'json' (one object a line)."],
+        ["workers", "w", 1, "Serving processes sharing the listening socket.", int],
+        ["adopt-fd", None, None, "(internal, set by --workers) serve on this inherited socket.", int],
     ]
     longdesc = f"stor {__version__}: store and serve files addressed by their SHA-256."
 
@@ -50,6 +66,25 @@ class Options(usage.Options):
             self["config"] = os.environ.get("CONFIG_FILE")
         if not self["config"]:
             raise usage.UsageError("no config file: give --config FILE or set CONFIG_FILE")
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        parent = getattr(self, "parent", None)
+        if self["log-format"] == "json" and parent is not None and not parent.get("logger"):
+            # twistd builds its observer from --logger before makeService runs
+            logs.use_json(parent.get("logfile"), bool(parent.get("nodaemon")))
+            parent["logger"] = "stor.logs.observer_factory"
+
+    def worker_argv(self, fd: int) -> list[str]:
+        """The twistd command line of one ``--workers`` child serving inherited socket ``fd``."""
+        parent = getattr(self, "parent", None)
+        argv = ["-n", "--pidfile="]
+        logfile = parent.get("logfile") if parent is not None else None
+        if logfile:
+            argv += ["--logfile", logfile]
+        return argv + ["stor", "--config", os.path.abspath(self["config"]),
+                       "--log-format", self["log-format"], "--adopt-fd", str(fd)]
 
 
 def config_or_exit(path: str) -> Config:
@@ -111,30 +146,52 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     repairer = Repairer(store, metrics, config.writable_pairs_regex)
     app = StorApp(config, store, metrics=metrics, cache=cache, s3=s3, publisher=publisher,
                   repairer=repairer)
-    site = StorSite(app.resource(), uploads=app)
+    exporter = exporter_for(app)
+    SyncService(exporter, reactor).setServiceParent(services)
+    site = StorSite(app.resource(), uploads=app, observer=exporter)
     site.displayTracebacks = False
     temp_sweeper(store, config.cleanup_tempdir_period).setServiceParent(services)
     return Daemon(site, app, store, services)
 
 
+def _exit_on_config_error(build: Callable[[], T]) -> T:
+    try:
+        return build()
+    except ConfigError as e:  # a value only an integration can judge (e.g. the AMQP URI)
+        sys.stderr.write(f"stor: config error: {e}\n")
+        raise SystemExit(EXIT_CONFIG) from None
+
+
 def makeService(options: Options) -> service.MultiService:
-    """The whole daemon, for twistd."""
+    """The whole daemon, for twistd: one serving process, or a parent of ``--workers``."""
     from twisted.internet import reactor
 
     config = config_or_exit(options["config"])
     if config.unknown_keys:
         log.warn("config: ignoring unknown keys {keys}", keys=", ".join(config.unknown_keys))
+    gelf = _exit_on_config_error(lambda: build_gelf(config.log, reactor))
     listen = options["listen"] or config.listen
     try:
         endpoint = endpoints.serverFromString(reactor, listen)
     except (ValueError, KeyError, TypeError, IndexError) as e:
         sys.stderr.write(f"stor: config error: --listen: {listen!r} is not a valid endpoint: {e}\n")
         raise SystemExit(EXIT_CONFIG) from None
-    try:
-        daemon = build_daemon(config, reactor)
-    except ConfigError as e:  # a value only an integration can judge (e.g. the AMQP URI)
-        sys.stderr.write(f"stor: config error: {e}\n")
-        raise SystemExit(EXIT_CONFIG) from None
-    top = daemon.services
-    StreamServerEndpointService(endpoint, daemon.site).setServiceParent(top)
+
+    top: service.MultiService
+    if options["workers"] > 1 and options["adopt-fd"] is None:
+        top = service.MultiService()
+        Supervisor(endpoint, options["workers"], options.worker_argv, reactor,
+                   grace=config.shutdown_grace_period).setServiceParent(top)
+    else:
+        if options["adopt-fd"] is not None:  # a --workers child
+            os.setpgid(0, 0)  # a terminal's ^C goes to the parent, which passes it on once
+            stop_with_parent()
+            serve = adopt(reactor, options["adopt-fd"])
+        else:
+            serve = endpoint.listen
+        daemon = _exit_on_config_error(lambda: build_daemon(config, reactor))
+        top = Frontend(serve, daemon.site, daemon.services, reactor,
+                       grace=config.shutdown_grace_period)
+    if gelf is not None:
+        gelf.setServiceParent(top)
     return top

@@ -1,0 +1,51 @@
+# stor in a container, a drop-in for the old image:
+#
+#   docker build -t stor .
+#   docker run -d --name stor -p 8080:8080 --stop-timeout 45 \
+#       -v /etc/stor/stor.json:/etc/stor.conf:ro \
+#       -v /mnt/data1:/mnt/data1 -v /mnt/data2:/mnt/data2 \
+#       -v /mnt/data3:/mnt/data3 -v /mnt/data4:/mnt/data4 \
+#       stor [--workers 4] [--log-format json]
+#
+# The config is read from $CONFIG_FILE (/etc/stor.conf, as the old image did);
+# its "listen" must be reachable from outside the container (tcp:8080, not
+# interface=127.0.0.1) and its storage paths are paths inside the container.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/stor
+COPY pyproject.toml README.rst ./
+COPY stor ./stor
+COPY twisted ./twisted
+
+# Install, then build twistd's plugin cache as root: the stor user cannot
+# write site-packages, and twistd would otherwise warn at every start.
+RUN pip install . \
+ && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
+ && groupadd --system --gid 10001 stor \
+ && useradd --system --uid 10001 --gid stor --home-dir /nonexistent --no-create-home \
+        --shell /usr/sbin/nologin stor \
+ && mkdir -p /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4 \
+ && chown stor:stor /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4
+
+ENV CONFIG_FILE=/etc/stor.conf \
+    STOR_STATUS_URL=http://127.0.0.1:8080/status
+VOLUME ["/mnt/data1", "/mnt/data2", "/mnt/data3", "/mnt/data4"]
+EXPOSE 8080
+
+USER stor:stor
+WORKDIR /tmp
+
+# /status is 200 only while every storage is there (and mounted).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; urllib.request.urlopen(os.environ['STOR_STATUS_URL'], timeout=4); sys.exit(0)"]
+
+# SIGTERM (docker stop) lets requests in flight finish, then stor exits 0;
+# give it longer than shutdown_grace_period (--stop-timeout / stop_grace_period).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["twistd", "--nodaemon", "--pidfile=", "stor"]
+CMD []

@@ -1,0 +1,244 @@
+"""``GET /metrics``: Prometheus text format, next to (not instead of) statsite.
+
+What an operator graphs and alerts on:
+
+=========================================  ==========================================
+``stor_http_requests_total{method,status}``  requests answered (or lost: status 499)
+``stor_http_response_bytes_total{method}``   body bytes sent
+``stor_http_request_bytes_total{method}``    upload bytes received
+``stor_http_request_duration_seconds``       latency histogram by method, from the
+                                             request line to the last byte
+``stor_http_requests_in_flight``             requests begun and not yet finished
+``stor_storage_free_bytes{storage}``         ``statvfs`` free bytes, read at scrape time
+``stor_storage_writable{storage}``           1 when ``writable_pairs_regex`` lets it take files
+``stor_cache_hits_total{layer}``             lookup cache hits (``lru``, ``memcached``)
+``stor_cache_misses_total``                  lookup cache misses
+``stor_cache_errors_total``                  failed memcached round trips
+``stor_amqp_connected``                      processes with an open AMQP channel
+``stor_amqp_buffered_messages``              SHAs waiting for the broker
+``stor_amqp_dropped_messages_total``         SHAs dropped for buffer space
+``stor_build_info{version}``                 always 1
+=========================================  ==========================================
+
+With ``--workers N`` every worker writes its counters to files in the
+directory named by ``PROMETHEUS_MULTIPROC_DIR`` (the parent sets it up) and
+whichever worker answers ``/metrics`` reports the sum over all of them
+(prometheus-client's multiprocess mode).  Values kept by other objects (cache
+statistics, the AMQP publisher's state) are copied into metrics every second
+and at each scrape.  The scrape's disk work (``statvfs``, reading the
+multiprocess files) runs in the store's thread pool, never on the reactor.
+"""
+
+import os
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+
+from stor import __version__
+from stor import placement
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 300.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"})
+SYNC_PERIOD = 1.0
+
+
+def multiprocess() -> bool:
+    """Whether this process shares its metrics with sibling workers."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class _Storages:
+    """A collector for the per-storage gauges measured just before each scrape."""
+
+    def __init__(self) -> None:
+        self.free: dict[str, int | None] = {}
+        self.writable: dict[str, bool] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        free = GaugeMetricFamily("stor_storage_free_bytes",
+                                 "Bytes available on the storage's filesystem (statvfs).",
+                                 labels=["storage"])
+        for storage, value in self.free.items():
+            if value is not None:
+                free.add_metric([storage], value)
+        yield free
+        writable = GaugeMetricFamily("stor_storage_writable",
+                                     "1 when writable_pairs_regex lets the storage take new files.",
+                                     labels=["storage"])
+        for storage, ok in self.writable.items():
+            writable.add_metric([storage], 1 if ok else 0)
+        yield writable
+        info = GaugeMetricFamily("stor_build_info", "The running stor version.",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+class Exporter:
+    """Prometheus metrics of one :class:`~stor.app.StorApp` (one process)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        disable_created_metrics()  # the *_created series only add noise to every counter
+        self.registry = CollectorRegistry(auto_describe=True)
+        shared = multiprocess()
+        if shared:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            MultiProcessCollector(self.registry)
+            own: CollectorRegistry | None = None  # values live in the shared files
+        else:
+            own = self.registry
+            from prometheus_client import ProcessCollector
+
+            ProcessCollector(registry=self.registry)
+        self.requests = Counter("stor_http_requests", "HTTP requests by method and status.",
+                                ["method", "status"], registry=own)
+        self.sent = Counter("stor_http_response_bytes", "Response body bytes sent.",
+                            ["method"], registry=own)
+        self.received = Counter("stor_http_request_bytes", "Request body bytes received.",
+                                ["method"], registry=own)
+        self.duration = Histogram("stor_http_request_duration_seconds",
+                                  "Time from the request line to the last byte of the answer.",
+                                  ["method"], buckets=LATENCY_BUCKETS, registry=own)
+        self.in_flight = Gauge("stor_http_requests_in_flight", "Requests not yet answered.",
+                               registry=own, multiprocess_mode="livesum")
+        self.cache_hits = Counter("stor_cache_hits", "Lookup cache hits.", ["layer"], registry=own)
+        self.cache_misses = Counter("stor_cache_misses", "Lookup cache misses.", registry=own)
+        self.cache_errors = Counter("stor_cache_errors", "Failed memcached round trips.",
+                                    registry=own)
+        self.amqp_connected = Gauge("stor_amqp_connected",
+                                    "Processes with an open AMQP channel (0 or 1 per worker).",
+                                    registry=own, multiprocess_mode="livesum")
+        self.amqp_buffered = Gauge("stor_amqp_buffered_messages",
+                                   "SHAs buffered while the broker is away.",
+                                   registry=own, multiprocess_mode="livesum")
+        self.amqp_dropped = Counter("stor_amqp_dropped_messages",
+                                    "SHAs dropped because the buffer was full.", registry=own)
+        self._storages = _Storages()
+        self.registry.register(self._storages)  # type: ignore[arg-type]
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
+        self._seen: dict[str, int] = {}
+
+    # -- per request (called by StorSite when a request ends) -----------------
+
+    def request_started(self) -> None:
+        self.in_flight.inc()
+
+    def request_ended(self, method: str, status: int, sent: int, received: int,
+                      seconds: float) -> None:
+        children = self._children.get((method, status))
+        if children is None:
+            label = method if method in METHODS else "other"
+            children = (self.requests.labels(label, str(status)), self.sent.labels(label),
+                        self.received.labels(label), self.duration.labels(label))
+            self._children[(method, status)] = children
+        count, sent_c, received_c, duration = children
+        count.inc()
+        if sent:
+            sent_c.inc(sent)
+        if received:
+            received_c.inc(received)
+        duration.observe(seconds)
+        self.in_flight.dec()
+
+    # -- values other objects keep --------------------------------------------
+
+    def sync(self) -> None:
+        """Copy the cache's and the publisher's state into metrics (reactor thread)."""
+        stats = getattr(self._app.cache, "stats", None)
+        if stats is not None:
+            self._advance(self.cache_hits.labels("lru"), "lru", stats.lru_hits)
+            self._advance(self.cache_hits.labels("memcached"), "memcached", stats.memcached_hits)
+            self._advance(self.cache_misses, "misses", stats.misses)
+            self._advance(self.cache_errors, "errors", stats.errors)
+        publisher = self._app.publisher
+        from stor.publisher import AmqpPublisher
+
+        if isinstance(publisher, AmqpPublisher):
+            self.amqp_connected.set(1 if publisher.connected else 0)
+            self.amqp_buffered.set(publisher.buffered)
+            self._advance(self.amqp_dropped, "amqp_dropped", publisher.dropped)
+
+    def _advance(self, counter: Any, key: str, total: int) -> None:
+        delta = total - self._seen.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+            self._seen[key] = total
+
+    # -- the scrape -------------------------------------------------------------
+
+    def scrape(self) -> "Deferred[bytes]":
+        """The metrics page; disk work (statvfs, shared files) in the store's pool."""
+        self.sync()
+        store = self._app.store
+        regex = self._app.config.writable_pairs_regex
+        storages = tuple(store.storages)
+
+        def measure_and_render() -> bytes:
+            self._storages.free = {s: _free_or_none(s) for s in storages}
+            self._storages.writable = {s: placement.writable(s, regex) for s in storages}
+            return generate_latest(self.registry)
+
+        return store.run(measure_and_render)
+
+    def render(self, request: Any) -> "Deferred[bytes]":
+        """Answer ``GET /metrics``."""
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        d = self.scrape()
+
+        def sized(body: bytes) -> bytes:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return body
+
+        return d.addCallback(sized)
+
+
+def _free_or_none(storage: str) -> int | None:
+    """Like :func:`stor.storage.free_bytes`, but None (no sample) when unreadable."""
+    try:
+        st = os.statvfs(storage)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class SyncService(Service):
+    """Calls :meth:`Exporter.sync` every second, so sibling workers' scrapes see it."""
+
+    def __init__(self, exporter: Exporter, reactor: Any, period: float = SYNC_PERIOD) -> None:
+        self._exporter = exporter
+        self._loop = LoopingCall(exporter.sync)
+        self._loop.clock = reactor
+        self._period = period
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._period, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+
+_exporters: "weakref.WeakKeyDictionary[Any, Exporter]" = weakref.WeakKeyDictionary()
+
+
+def exporter_for(app: Any) -> Exporter:
+    """The one :class:`Exporter` of ``app`` (made on first use)."""
+    exporter = _exporters.get(app)
+    if exporter is None:
+        exporter = _exporters[app] = Exporter(app)
+    return exporter

@@ -1,0 +1,104 @@
+"""Logs as an operator reads them: one access event per request, JSON or text."""
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.logger import LogEvent, globalLogPublisher
+
+from conftest import sha256
+from ops_peer import AUTH_HEADER, request, stor_process  # noqa: F401
+from stor.logs import format_json_line
+
+COMBINED_LOG = re.compile(r'"(GET|POST|HEAD) /\S* HTTP/1\.[01]" \d{3}')
+
+
+def test_json_log_has_one_access_line_per_request(stor_process) -> None:
+    stor = stor_process(["--log-format", "json"])
+    data = os.urandom(5000)
+    sha = hashlib.sha256(data).hexdigest()
+    auth = {"Authorization": AUTH_HEADER}
+    made = [
+        ("GET", "/status", None, {}, 200),
+        ("POST", f"/{sha}", data, auth, 201),
+        ("POST", f"/{sha}", data, auth, 200),
+        ("GET", f"/{sha.upper()}", None, {"User-Agent": "ops-test"}, 200),
+        ("HEAD", f"/{sha}", None, {}, 200),
+        ("GET", "/" + "ab" * 32, None, {}, 404),
+        ("GET", "/not-a-sha", None, {}, 404),
+        ("POST", f"/{'cd' * 32}", b"x", {}, 401),
+    ]
+    for method, path, body, headers, status in made:
+        assert request(stor.port, method, path, body, headers).status == status
+    assert stor.terminate() == 0
+
+    records = stor.json_lines()  # every line of the log is JSON
+    assert all({"time", "level", "namespace", "pid", "message"} <= set(r) for r in records)
+    access = stor.access()
+    # the readiness poll's GET /status came first
+    access = access[len(access) - len(made):]
+    assert len(access) == len(made), json.dumps(access, indent=1)
+    for record, (method, path, body, headers, status) in zip(access, made):
+        assert (record["method"], record["path"], record["status"]) == (method, path, status)
+        assert record["peer"] == "127.0.0.1" and record["completed"] is True
+        assert record["duration_ms"] >= 0
+    stored, get = access[1], access[3]
+    assert stored["sha"] == sha and stored["bytes_received"] == len(data)
+    assert get["sha"] == sha and get["bytes_sent"] == len(data)
+    assert get["user_agent"] == "ops-test"
+    assert access[4]["bytes_sent"] == 0  # HEAD
+    assert access[6]["sha"] is None
+    assert not any(COMBINED_LOG.search(r["message"]) for r in records)
+
+
+def test_text_log_has_access_lines_and_no_combined_log(stor_process) -> None:
+    stor = stor_process()
+    assert request(stor.port, "GET", "/" + "ef" * 32).status == 404
+    assert stor.terminate() == 0
+    lines = [l for l in stor.out.splitlines() if "[stor.access#info]" in l]
+    assert any(f"GET /{'ef' * 32} 404 sent=" in l and "peer=127.0.0.1" in l for l in lines)
+    assert not COMBINED_LOG.search(stor.out)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every event logged in this process during the test, as JSON log lines."""
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(format_json_line(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unexpected_error_logs_its_traceback_once(start_server, config_dict,
+                                                           log_lines) -> None:
+    server = await start_server(config_dict)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk controller on fire")
+
+    server.store.open = broken  # the collaborator fails in a way nobody planned for
+    sha = sha256(b"anything")
+    response = await treq.get(server.at(sha))
+    assert response.code == 500
+    await response.content()
+
+    records = [json.loads(line) for line in log_lines]
+    assert all(line.count("\n") == 1 and line.endswith("\n") for line in log_lines)
+    with_traceback = [r for r in records if "traceback" in r]
+    assert len(with_traceback) == 1, records
+    assert "disk controller on fire" in with_traceback[0]["traceback"]
+    assert with_traceback[0]["level"] == "critical"
+    assert sum(line.count("Traceback (most recent call last)") for line in log_lines) == 1
+    access = [r for r in records if r["namespace"] == "stor.access"]
+    assert [(r["status"], r["sha"]) for r in access] == [(500, sha)]
