@@ -74,13 +74,12 @@ def answers(port: int, path: str = "/status") -> Answer | None:
 
 
 @dataclass
-class Stor:
+class Proc:
+    """A process started by a test, its output in files."""
+
     popen: subprocess.Popen[bytes]
-    port: int
     out_path: Path
     err_path: Path
-    config_path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def out(self) -> str:
@@ -92,6 +91,15 @@ class Stor:
 
     def describe(self) -> str:
         return f"exit={self.popen.poll()}\n--- stdout\n{self.out[-6000:]}\n--- stderr\n{self.err[-3000:]}"
+
+
+@dataclass
+class Stor(Proc):
+    """A stor process on ``port``."""
+
+    port: int = 0
+    config_path: Path = Path()
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def json_lines(self) -> list[dict[str, Any]]:
         """Every stdout line parsed as JSON (fails the test on a line that is not)."""
@@ -154,7 +162,8 @@ def stor_process(tmp_path: Path) -> Iterator[Callable[..., Stor]]:
                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=full_env, cwd=tmp_path,
                 start_new_session=True,
             )
-        proc = Stor(popen, port, out, err, config_path, {"storages": storages})
+        proc = Stor(popen, out, err, port=port, config_path=config_path,
+                    extra={"storages": storages})
         started.append(proc)
         if wait:
             proc.wait_serving()

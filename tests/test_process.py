@@ -12,11 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ops_peer import Proc
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -50,24 +51,6 @@ def base_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("CONFIG_FILE", None)
     return env
-
-
-@dataclass
-class Proc:
-    popen: subprocess.Popen[bytes]
-    out_path: Path
-    err_path: Path
-
-    @property
-    def out(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    @property
-    def err(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def describe(self) -> str:
-        return f"exit={self.popen.poll()}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
 
 
 @pytest.fixture
