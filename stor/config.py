@@ -298,7 +298,7 @@ def _s3(raw: dict[str, Any]) -> S3Config | None:
     endpoint = host if "://" in host else f"http://{host}"
     parts = urlsplit(endpoint)
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when asked for it
     except ValueError as e:
         raise ConfigError("s3_credentials.host", f"{host!r} has an invalid port") from e
     if (parts.scheme not in ("http", "https") or not parts.hostname

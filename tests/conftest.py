@@ -18,6 +18,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 
 from stor.config import Config, parse_config
+
+# Fixture modules shared by several test files (peers started per test).
+pytest_plugins = ["memcached_peer", "ops_peer"]
 from stor.service import build_daemon
 
 

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import globalLogPublisher
 
-from memcached_peer import MemcachedPeer, memcached, memcached_peers  # noqa: F401 (fixtures)
+from memcached_peer import MemcachedPeer
 from stor.cache import CacheStats, LocalCache, Lru, MemcachedCache, build_cache
 from stor.config import Config
 

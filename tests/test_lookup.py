@@ -7,7 +7,6 @@ import pytest_twisted
 import treq
 
 from conftest import AUTH, sha256
-from memcached_peer import memcached, memcached_peers  # noqa: F401  (fixtures)
 from stor import layout
 
 

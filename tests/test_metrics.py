@@ -3,7 +3,6 @@
 import os
 import random
 
-import pytest
 import pytest_twisted
 import treq
 

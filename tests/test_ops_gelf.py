@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ops_peer import request, stor_process  # noqa: F401
+from ops_peer import request
 from stor.config import parse_config
 from stor.errors import ConfigError
 from stor.gelf import CHUNK_SIZE, GelfConfig, chunk, datagrams, parse_gelf

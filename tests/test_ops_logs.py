@@ -13,7 +13,7 @@ import treq
 from twisted.logger import LogEvent, globalLogPublisher
 
 from conftest import sha256
-from ops_peer import AUTH_HEADER, request, stor_process  # noqa: F401
+from ops_peer import AUTH_HEADER, request
 from stor.logs import format_json_line
 
 COMBINED_LOG = re.compile(r'"(GET|POST|HEAD) /\S* HTTP/1\.[01]" \d{3}')

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from ops_peer import stor_process  # noqa: F401
 from stor.notify import notify, parse_state
 
 

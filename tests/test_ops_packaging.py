@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from ops_peer import stor_process  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "stor.service"

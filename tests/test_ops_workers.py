@@ -6,9 +6,7 @@ import signal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops_peer import (  # noqa: F401
-    AUTH_HEADER, Stor, children, pid_alive, request, stor_process, wait_for,
-)
+from ops_peer import AUTH_HEADER, Stor, children, pid_alive, request, wait_for
 
 
 def worker_pids_seen(stor: Stor, want: int, tries: int = 400) -> set[int]:

@@ -33,7 +33,7 @@ async def test_a_deleted_replica_comes_back_identical_after_a_get(server, storag
         os.unlink(gone)
         r = await treq.get(server.at(sha256(data)))
         assert r.code == 200 and await r.content() == data
-        await until(lambda: os.path.exists(gone), what=f"{gone} to come back")
+        await until(lambda gone=gone: os.path.exists(gone), what=f"{gone} to come back")
         await server.app.repairer.idle()
         assert Path(gone).read_bytes() == data
         server.app.cache.drop(sha256(data))  # the next GET looks the file up again
