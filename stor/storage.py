@@ -75,7 +75,7 @@ def free_bytes(storage: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def open_first(order: Sequence[str], sha: str, read_small: bool = True) -> Hit | None:
+def open_first(order: Sequence[str], sha: str) -> Hit | None:
     """Open ``sha``'s file on the first storage in ``order`` that has it."""
     rel = layout.relative_path(sha)
     for attempt, storage in enumerate(order, start=1):
@@ -88,7 +88,7 @@ def open_first(order: Sequence[str], sha: str, read_small: bool = True) -> Hit |
             continue  # an unreadable disk is a miss there, not a failed request
         try:
             st = os.fstat(f.fileno())
-            if st.st_size <= SMALL_FILE and read_small:
+            if st.st_size <= SMALL_FILE:
                 data = f.read(st.st_size + 1)
                 f.close()
                 return Hit(storage, path, len(data), st.st_mtime, attempt, data=data)
