@@ -89,11 +89,7 @@ class Options(usage.Options):
 
 def config_or_exit(path: str) -> Config:
     """Load the config, or print one line naming the problem and exit."""
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        sys.stderr.write(f"stor: config error: {e}\n")
-        raise SystemExit(EXIT_CONFIG) from None
+    return _exit_on_config_error(lambda: load_config(path))
 
 
 def temp_sweeper(store: LocalStore, period: float) -> internet.TimerService:
@@ -155,11 +151,19 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
 
 
 def _exit_on_config_error(build: Callable[[], T]) -> T:
+    """``build()``, or the one-line ``stor: config error: …`` and exit status 2."""
     try:
         return build()
-    except ConfigError as e:  # a value only an integration can judge (e.g. the AMQP URI)
+    except ConfigError as e:
         sys.stderr.write(f"stor: config error: {e}\n")
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def _server_endpoint(reactor: Any, listen: str) -> Any:
+    try:
+        return endpoints.serverFromString(reactor, listen)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ConfigError("--listen", f"{listen!r} is not a valid endpoint: {e}") from e
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -171,11 +175,7 @@ def makeService(options: Options) -> service.MultiService:
         log.warn("config: ignoring unknown keys {keys}", keys=", ".join(config.unknown_keys))
     gelf = _exit_on_config_error(lambda: build_gelf(config.log, reactor))
     listen = options["listen"] or config.listen
-    try:
-        endpoint = endpoints.serverFromString(reactor, listen)
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        sys.stderr.write(f"stor: config error: --listen: {listen!r} is not a valid endpoint: {e}\n")
-        raise SystemExit(EXIT_CONFIG) from None
+    endpoint = _exit_on_config_error(lambda: _server_endpoint(reactor, listen))
 
     top: service.MultiService
     if options["workers"] > 1 and options["adopt-fd"] is None:
