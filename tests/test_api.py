@@ -13,7 +13,8 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from conftest import AUTH, dat_files, raw_http, raw_request, sha256, temp_files
-from stor import __version__, layout
+from stor import __version__
+from stor.core import layout
 
 DATA = b"stor test file\n" * 1000
 SHA = sha256(DATA)

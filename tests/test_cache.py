@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import globalLogPublisher
 
 from memcached_peer import MemcachedPeer
-from stor.cache import CacheStats, LocalCache, Lru, MemcachedCache, build_cache
+from stor.peers.cache import CacheStats, LocalCache, Lru, MemcachedCache, build_cache
 from stor.config import Config
 
 T = TypeVar("T")

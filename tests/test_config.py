@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from stor.config import Config, S3Config, StatsiteConfig, load_config, parse_config
-from stor.errors import ConfigError
-from stor.storage import storage_problem
+from stor.core.errors import ConfigError
+from stor.store.local import storage_problem
 
 REPO = Path(__file__).resolve().parent.parent
 

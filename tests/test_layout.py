@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stor import layout
-from stor.errors import MalformedSha
+from stor.core import layout
+from stor.core.errors import MalformedSha
 
 # The README's worked example: 557a65…d16e.
 EXAMPLE = "557a65" + "0123456789abcdef" * 3 + "89abcd" + "d16e"

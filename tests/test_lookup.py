@@ -7,7 +7,7 @@ import pytest_twisted
 import treq
 
 from conftest import AUTH, sha256
-from stor import layout
+from stor.core import layout
 
 
 @pytest_twisted.async_fixture

@@ -8,7 +8,7 @@ import treq
 
 from conftest import AUTH, sha256
 from stor.config import StatsiteConfig
-from stor.metrics import StatsdMetrics
+from stor.peers.statsd import StatsdMetrics
 
 
 @pytest_twisted.async_fixture

@@ -21,8 +21,9 @@ from openapi_spec_validator import validate
 from twisted.internet.threads import deferToThread
 
 from conftest import AUTH, raw_request, sha256
-from stor import __version__, layout
-from stor.app import StorApp
+from stor import __version__
+from stor.core import layout
+from stor.http.app import StorApp
 
 # The files the document's examples name: the test places them by hand so GETs hit.
 EMPTY = b""
@@ -44,7 +45,7 @@ SEED = 20240917
 
 def document() -> dict[str, Any]:
     """The document as kept in the repository (and shipped as package data)."""
-    return json.loads(files("stor").joinpath("openapi.json").read_bytes())
+    return json.loads(files("stor.http").joinpath("openapi.json").read_bytes())
 
 
 def place(storage_dirs: list[list[str]], data: bytes) -> str:

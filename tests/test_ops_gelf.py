@@ -13,8 +13,8 @@ import pytest
 
 from ops_peer import request
 from stor.config import parse_config
-from stor.errors import ConfigError
-from stor.gelf import CHUNK_SIZE, GelfConfig, chunk, datagrams, parse_gelf
+from stor.core.errors import ConfigError
+from stor.ops.gelf import CHUNK_SIZE, GelfConfig, chunk, datagrams, parse_gelf
 
 
 class GelfPeer:
@@ -108,7 +108,7 @@ def test_stor_sends_its_log_events_to_graylog(stor_process, graylog) -> None:
     assert hello["version"] == "1.1" and hello["level"] == 6
     assert hello["host"] == socket.gethostname()
     assert hello["_facility"] == "stor" and hello["_env"] == "test"
-    assert hello["_namespace"] == "stor.shutdown" and hello["_pid"] == stor.popen.pid
+    assert hello["_namespace"] == "stor.ops.shutdown" and hello["_pid"] == stor.popen.pid
     assert isinstance(hello["timestamp"], float)
 
     # an access event too long for one datagram arrives in chunks

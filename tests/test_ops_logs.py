@@ -14,7 +14,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 
 from conftest import sha256
 from ops_peer import AUTH_HEADER, request
-from stor.logs import format_json_line
+from stor.ops.logs import format_json_line
 
 COMBINED_LOG = re.compile(r'"(GET|POST|HEAD) /\S* HTTP/1\.[01]" \d{3}')
 

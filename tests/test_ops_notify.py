@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stor.notify import notify, parse_state
+from stor.ops.notify import notify, parse_state
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stor import placement
-from stor.errors import NoSpace
-from stor.placement import choose_pair, lookup_order, writable
-from stor.storage import LocalStore
+from stor.core import placement
+from stor.core.errors import NoSpace
+from stor.core.placement import choose_pair, lookup_order, writable
+from stor.store.local import LocalStore
 
 GB = 1_000_000_000
 

@@ -1,4 +1,4 @@
-"""stor.publisher: URI parsing (pure) and publishing through a cuttable relay to the real broker."""
+"""stor.peers.amqp: URI parsing (pure) and publishing through a cuttable relay to the real broker."""
 
 import random
 import time
@@ -13,8 +13,8 @@ from twisted.internet import reactor, task
 
 from amqp_peer import Consumer, Relay, delete_exchange, eventually
 from stor.config import Config
-from stor.errors import ConfigError
-from stor.publisher import (
+from stor.core.errors import ConfigError
+from stor.peers.amqp import (
     CONNECTED, DISCONNECTED, DROPPED, AmqpPublisher, Backoff, NoPublisher, build_publisher,
     parse_amqp_uri,
 )

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from twisted.internet import threads
 
 from conftest import AUTH, raw_http, sha256
-from stor.ranges import ByteRange, Unsatisfiable, etag, none_match, parse_range
+from stor.core.ranges import ByteRange, Unsatisfiable, etag, none_match, parse_range
 
 SHA = "ab" * 32
 

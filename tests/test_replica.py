@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stor import layout
-from stor.errors import HashMismatch, MalformedSha
-from stor.replica import CHUNK, CorruptSource, copy_to_twin, sha256_file
-from stor.storage import _owner_alive, temp_dir
+from stor.core import layout
+from stor.core.errors import HashMismatch, MalformedSha
+from stor.store.replica import CHUNK, CorruptSource, copy_to_twin, sha256_file
+from stor.store.local import _owner_alive, temp_dir
 
 
 def sha256(data: bytes) -> str:

@@ -28,10 +28,10 @@ from twisted.web.server import NOT_DONE_YET, Site
 from treq.client import HTTPClient
 
 from s3_peer import MotoS3, ScriptedPeer, black_hole, refused_port, response
-from stor import layout
+from stor.core import layout
 from stor.config import Config, S3Config
-from stor.errors import StorageFailure
-from stor.s3 import BAD_SHA, ERROR, NOT_FOUND, NoS3, S3Object, S3Reader, build_s3, s3_client
+from stor.core.errors import StorageFailure
+from stor.peers.s3 import BAD_SHA, ERROR, NOT_FOUND, NoS3, S3Object, S3Reader, build_s3, s3_client
 
 MiB = 1024 * 1024
 WAIT = 10.0  # upper bound on any single wait in these tests; never reached when green

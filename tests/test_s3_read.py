@@ -12,7 +12,7 @@ from twisted.internet import threads
 
 from conftest import AUTH, raw_http, sha256
 from s3_peer import black_hole, refused_port
-from stor import layout
+from stor.core import layout
 
 MiB = 1024 * 1024
 

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stor import cli, layout
-from stor.scrub import Progress, Throttle
-from stor.storage import temp_dir
+from stor.cli import main as cli
+from stor.core import layout
+from stor.store.scrub import Progress, Throttle
+from stor.store.local import temp_dir
 
 STOR = str(Path(sys.executable).parent / "stor")
 MiB = 1024 * 1024

@@ -12,11 +12,11 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import DeferredList
 
 from conftest import AUTH, dat_files, sha256, temp_files
-from stor import upload as upload_module
-from stor.errors import HashMismatch
-from stor.diskpool import DiskPool
-from stor.storage import LocalStore
-from stor.upload import Stored, Upload
+from stor.store import upload as upload_module
+from stor.core.errors import HashMismatch
+from stor.fs.diskpool import DiskPool
+from stor.store.local import LocalStore
+from stor.store.upload import Stored, Upload
 
 
 async def until(condition, timeout: float = 5.0, what: str = "condition") -> None:

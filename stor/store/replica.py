@@ -13,10 +13,10 @@ import hashlib
 import os
 from collections.abc import Callable
 
-from stor import layout
-from stor.errors import HashMismatch
-from stor.fsio import fsync_dir, unlink_quietly, write_all
-from stor.storage import temp_dir, temp_name
+from stor.core import layout
+from stor.core.errors import HashMismatch
+from stor.fs.fsio import fsync_dir, unlink_quietly, write_all
+from stor.store.local import temp_dir, temp_name
 
 CHUNK = 1024 * 1024
 """Read size: big enough for sequential disk throughput, small enough for flat memory."""

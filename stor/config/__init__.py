@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from stor.errors import ConfigError
-from stor.placement import BALANCE_THRESHOLD, Pair
+from stor.core.errors import ConfigError
+from stor.core.placement import BALANCE_THRESHOLD, Pair
 
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_CLEANUP_PERIOD = 1800.0
@@ -211,7 +211,7 @@ def _positive_number(raw: dict[str, Any], key: str, default: float) -> float:
 
 def _log(value: object) -> object:
     """The ``log`` value as given; its ``gelf`` entry, when there is one, must be valid."""
-    from stor.gelf import parse_gelf  # here: the gelf module imports this one
+    from stor.ops.gelf import parse_gelf  # here: the gelf module imports this one
 
     parse_gelf(value)
     return value
@@ -322,7 +322,7 @@ def _rabbitmq_uri(value: object) -> str | None:
         raise ConfigError(key, f"must be a string, got {_type_name(value)}")
     if urlsplit(value).scheme not in ("amqp", "amqps"):
         return None  # the old service ignored other schemes; so do we
-    from stor.publisher import parse_amqp_uri  # here: the publisher module imports this one
+    from stor.peers.amqp import parse_amqp_uri  # here: the publisher module imports this one
 
     try:
         parse_amqp_uri(value)

@@ -104,7 +104,7 @@ def format_json_line(event: LogEvent) -> str:
     try:
         return json.dumps(event_as_record(event), ensure_ascii=False) + "\n"
     except Exception as e:  # a log line must never crash the daemon
-        return json.dumps({"level": "error", "namespace": "stor.logs", "pid": os.getpid(),
+        return json.dumps({"level": "error", "namespace": "stor.ops.logs", "pid": os.getpid(),
                            "message": f"unloggable event: {e!r}"}) + "\n"
 
 

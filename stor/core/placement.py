@@ -8,7 +8,7 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 
-from stor.errors import NoSpace
+from stor.core.errors import NoSpace
 
 Pair = tuple[str, str]
 

@@ -27,8 +27,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from stor.notify import notify
-from stor.request import StorSite
+from stor.ops.notify import notify
+from stor.http.request import StorSite
 
 log = Logger()
 

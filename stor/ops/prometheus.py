@@ -44,7 +44,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from stor import __version__
-from stor import placement
+from stor.core import placement
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -164,7 +164,7 @@ class Exporter:
             self._advance(self.cache_misses, "misses", stats.misses)
             self._advance(self.cache_errors, "errors", stats.errors)
         publisher = self._app.publisher
-        from stor.publisher import AmqpPublisher
+        from stor.peers.amqp import AmqpPublisher
 
         if isinstance(publisher, AmqpPublisher):
             self.amqp_connected.set(1 if publisher.connected else 0)

@@ -38,9 +38,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from stor.notify import notify, parse_state
-from stor.prometheus import MULTIPROC_ENV
-from stor.shutdown import GracefulStop, describe, exit_after_stop
+from stor.ops.notify import notify, parse_state
+from stor.ops.prometheus import MULTIPROC_ENV
+from stor.ops.shutdown import GracefulStop, describe, exit_after_stop
 
 log = Logger()
 

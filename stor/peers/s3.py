@@ -38,11 +38,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest, IResponse
 from zope.interface import implementer
 
-from stor import layout
-from stor.ranges import ByteRange
+from stor.core import layout
+from stor.core.ranges import ByteRange
 from stor.config import Config, S3Config
-from stor.errors import StorageFailure
-from stor.metrics import Metrics
+from stor.core.errors import StorageFailure
+from stor.peers.statsd import Metrics
 
 log = Logger()
 

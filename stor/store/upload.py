@@ -17,11 +17,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from stor import layout
-from stor.errors import HashMismatch, NoSpace, StorageFailure, StorError, TooLarge, UploadAborted
-from stor.placement import Pair
-from stor.fsio import fsync_dir, unlink_quietly, write_all
-from stor.storage import LocalStore, find_all, is_no_space, temp_dir, temp_name
+from stor.core import layout
+from stor.core.errors import HashMismatch, NoSpace, StorageFailure, StorError, TooLarge, UploadAborted
+from stor.core.placement import Pair
+from stor.fs.fsio import fsync_dir, unlink_quietly, write_all
+from stor.store.local import LocalStore, find_all, is_no_space, temp_dir, temp_name
 
 HIGH_WATER = 4 * 1024 * 1024
 """Queued bytes at which the connection is paused."""

@@ -18,11 +18,12 @@ from collections import deque
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from stor import layout, nowait
-from stor.metrics import Metrics
-from stor.placement import writable
-from stor.replica import copy_to_twin
-from stor.storage import LocalStore
+from stor.core import layout
+from stor.fs import nowait
+from stor.peers.statsd import Metrics
+from stor.core.placement import writable
+from stor.store.replica import copy_to_twin
+from stor.store.local import LocalStore
 
 log = Logger()
 

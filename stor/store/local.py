@@ -21,9 +21,11 @@ from twisted.internet.defer import Deferred
 
 from twisted.internet.defer import succeed
 
-from stor import layout, nowait, placement
-from stor.diskpool import DiskPool
-from stor.placement import Pair
+from stor.core import layout
+from stor.fs import nowait
+from stor.core import placement
+from stor.fs.diskpool import DiskPool
+from stor.core.placement import Pair
 
 T = TypeVar("T")
 

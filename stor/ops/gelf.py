@@ -34,8 +34,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from zope.interface import implementer
 
-from stor.errors import ConfigError
-from stor.logs import event_as_record
+from stor.core.errors import ConfigError
+from stor.ops.logs import event_as_record
 
 DEFAULT_PORT = 12201
 CHUNK_SIZE = 8192

@@ -10,9 +10,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from stor import __version__, scrub
+from stor import __version__
+from stor.store import scrub
 from stor.config import load_config
-from stor.errors import ConfigError
+from stor.core.errors import ConfigError
 
 
 def _check_config(args: argparse.Namespace) -> int:

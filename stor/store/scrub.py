@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
-from stor import layout
+from stor.core import layout
 from stor.config import Config, load_config
-from stor.errors import ConfigError, HashMismatch, MalformedSha
-from stor.replica import CHUNK, copy_to_twin, sha256_file
-from stor.storage import TEMP_DIR, is_stale_temp, storage_problem, temp_dir
+from stor.core.errors import ConfigError, HashMismatch, MalformedSha
+from stor.store.replica import CHUNK, copy_to_twin, sha256_file
+from stor.store.local import TEMP_DIR, is_stale_temp, storage_problem, temp_dir
 
 KINDS = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", "unreadable")
 """Every problem kind, in report order."""

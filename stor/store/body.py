@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from stor import nowait
+from stor.fs import nowait
 
 CHUNK = 256 * 1024
 

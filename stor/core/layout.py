@@ -7,7 +7,7 @@ first three byte pairs; S3 keys are the lower-case ``aa/bb/cc/<sha>``.
 import os
 import re
 
-from stor.errors import MalformedSha
+from stor.core.errors import MalformedSha
 
 _SHA_RE = re.compile(r"[0-9a-fA-F]{64}")
 

@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
 
-from stor.logs import emit_access
-from stor.upload import Upload
+from stor.ops.logs import emit_access
+from stor.store.upload import Upload
 
 
 class UploadStarter(Protocol):

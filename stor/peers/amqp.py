@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stor.config import Config
-from stor.errors import ConfigError
-from stor.metrics import Metrics
+from stor.core.errors import ConfigError
+from stor.peers.statsd import Metrics
 
 log = Logger()
 

@@ -24,23 +24,24 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from stor import __version__, logs
-from stor.app import StorApp
+from stor import __version__
+from stor.ops import logs
+from stor.http.app import StorApp
 from stor.config import Config, load_config
-from stor.errors import ConfigError
-from stor.cache import build_cache
-from stor.metrics import build_metrics
-from stor.publisher import build_publisher
-from stor.repair import Repairer
-from stor.s3 import build_s3
-from stor.request import StorSite
-from stor.diskpool import DiskPool
-from stor.storage import LocalStore
-from stor.gelf import build_gelf
-from stor.logs import LOG_FORMATS
-from stor.prometheus import SyncService, exporter_for
-from stor.shutdown import Frontend, adopt
-from stor.workers import Supervisor, stop_with_parent
+from stor.core.errors import ConfigError
+from stor.peers.cache import build_cache
+from stor.peers.statsd import build_metrics
+from stor.peers.amqp import build_publisher
+from stor.store.repair import Repairer
+from stor.peers.s3 import build_s3
+from stor.http.request import StorSite
+from stor.fs.diskpool import DiskPool
+from stor.store.local import LocalStore
+from stor.ops.gelf import build_gelf
+from stor.ops.logs import LOG_FORMATS
+from stor.ops.prometheus import SyncService, exporter_for
+from stor.ops.shutdown import Frontend, adopt
+from stor.ops.workers import Supervisor, stop_with_parent
 
 log = Logger()
 T = TypeVar("T")
@@ -74,7 +75,7 @@ class Options(usage.Options):
         if self["log-format"] == "json" and parent is not None and not parent.get("logger"):
             # twistd builds its observer from --logger before makeService runs
             logs.use_json(parent.get("logfile"), bool(parent.get("nodaemon")))
-            parent["logger"] = "stor.logs.observer_factory"
+            parent["logger"] = "stor.ops.logs.observer_factory"
 
     def worker_argv(self, fd: int) -> list[str]:
         """The twistd command line of one ``--workers`` child serving inherited socket ``fd``."""

@@ -22,23 +22,24 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
-from stor import __version__, layout
-from stor.auth import authorized
-from stor.cache import LocalCache, LookupCache
+from stor import __version__
+from stor.core import layout
+from stor.http.auth import authorized
+from stor.peers.cache import LocalCache, LookupCache
 from stor.config import Config
-from stor.errors import (
+from stor.core.errors import (
     HashMismatch, MalformedSha, NoSpace, NotFound, RangeNotSatisfiable, StorageFailure, StorError,
     TooLarge, Unauthorized, UploadAborted,
 )
-from stor.ranges import ByteRange, Unsatisfiable, etag, none_match, parse_range
-from stor.metrics import Metrics, NullMetrics
-from stor.publisher import NoPublisher, Publisher
-from stor.repair import Repairer
-from stor.request import StorRequest
-from stor.s3 import NoS3
-from stor.sending import FileProducer
-from stor.storage import Hit, LocalStore
-from stor.upload import Duplicate, Upload, UploadResult
+from stor.core.ranges import ByteRange, Unsatisfiable, etag, none_match, parse_range
+from stor.peers.statsd import Metrics, NullMetrics
+from stor.peers.amqp import NoPublisher, Publisher
+from stor.store.repair import Repairer
+from stor.http.request import StorRequest
+from stor.peers.s3 import NoS3
+from stor.store.body import FileProducer
+from stor.store.local import Hit, LocalStore
+from stor.store.upload import Duplicate, Upload, UploadResult
 
 log = Logger()
 
@@ -172,7 +173,7 @@ class StorApp:
         if doc is None:
             from importlib.resources import files
 
-            spec = json.loads(files("stor").joinpath("openapi.json").read_bytes())
+            spec = json.loads(files("stor.http").joinpath("openapi.json").read_bytes())
             spec["info"]["version"] = __version__
             doc = self._openapi_doc = json.dumps(spec, indent=1).encode()
         return _body(request, doc, b"application/json")
@@ -396,7 +397,7 @@ class StorApp:
     @app.route("/metrics", methods=["GET"])
     def prometheus_metrics(self, request: IRequest) -> "Deferred[bytes]":
         """Prometheus text format (see :mod:`stor.prometheus`)."""
-        from stor.prometheus import exporter_for  # here: app.py stays free of prometheus-client
+        from stor.ops.prometheus import exporter_for  # here: app.py stays free of prometheus-client
 
         return exporter_for(self).render(request)
 
