@@ -59,13 +59,14 @@ def storage_dirs(tmp_path: Path) -> list[list[str]]:
 
 
 @pytest.fixture
-def config_dict(storage_dirs: list[list[str]]) -> dict[str, Any]:
+def config_dict(storage_dirs: list[list[str]], tmp_path: Path) -> dict[str, Any]:
     """A minimal valid config, as JSON would hold it; tests adjust it before starting."""
     return {
         "storage_pairs": storage_dirs,
         "basic_auth": "writer:writer_pass",
         "check_mounts": False,
         "listen": "tcp:0:interface=127.0.0.1",
+        "lock_dir": str(tmp_path / "locks"),
     }
 
 
@@ -75,8 +76,6 @@ class Server:
 
     url: str
     config: Config
-    app: Any
-    store: Any
     port: Any
 
     def at(self, path: str) -> str:
@@ -95,8 +94,7 @@ async def start_server():
         endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
         port = await endpoint.listen(daemon.site)
         started.append((port, daemon))
-        return Server(f"http://127.0.0.1:{port.getHost().port}", config, daemon.app,
-                      daemon.store, port)
+        return Server(f"http://127.0.0.1:{port.getHost().port}", config, port)
 
     yield start
     for port, daemon in started:
@@ -118,23 +116,28 @@ class Statsite(DatagramProtocol):
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self._waiters: list[tuple[str, Deferred[str]]] = []
+        self._waiters: list[tuple[str, int, Deferred[str]]] = []
 
     def datagramReceived(self, data: bytes, addr: object) -> None:
         for line in data.decode().splitlines():
             self.lines.append(line)
-            for waiter in list(self._waiters):
-                if re.fullmatch(waiter[0], line):
-                    self._waiters.remove(waiter)
-                    waiter[1].callback(line)
+        for waiter in list(self._waiters):
+            pattern, count, d = waiter
+            found = self._matching(pattern)
+            if len(found) >= count:
+                self._waiters.remove(waiter)
+                d.callback(found[count - 1])
 
-    def wait_for(self, pattern: str, timeout: float = 5.0) -> "Deferred[str]":
-        """The first line (already seen or yet to come) matching ``pattern`` in full."""
-        for line in self.lines:
-            if re.fullmatch(pattern, line):
-                return _done(line)
+    def _matching(self, pattern: str) -> list[str]:
+        return [line for line in self.lines if re.fullmatch(pattern, line)]
+
+    def wait_for(self, pattern: str, timeout: float = 5.0, count: int = 1) -> "Deferred[str]":
+        """The ``count``-th line (already seen or yet to come) matching ``pattern`` in full."""
+        found = self._matching(pattern)
+        if len(found) >= count:
+            return _done(found[count - 1])
         d: Deferred[str] = Deferred()
-        self._waiters.append((pattern, d))
+        self._waiters.append((pattern, count, d))
         return d.addTimeout(timeout, reactor)
 
 

@@ -1,4 +1,4 @@
-"""SPEC §1 through real HTTP on a loopback port: codes, bodies, headers, order of checks."""
+"""docs/SPEC.md §1 through real HTTP on a loopback port: codes, bodies, headers, order of checks."""
 
 import json
 import os
@@ -108,7 +108,10 @@ async def test_unknown_sha_is_404(server):
 async def test_malformed_sha_get_is_404_with_a_reason(server, segment):
     r = await treq.get(server.at(segment))
     assert r.code == 404
-    assert "malformed sha256" in await r.text()
+    # the old service's body, byte for byte (docs/SPEC.md §1); the detail is in a header
+    assert await r.text() == (
+        f"Caught failure::stor::filenotfound: Given hash '{segment}' isn't SHA256\n")
+    assert "malformed sha256" in r.headers.getRawHeaders("stor-reason")[0]
 
 
 @pytest_twisted.ensureDeferred
@@ -125,7 +128,7 @@ async def test_post_without_or_with_wrong_credentials_is_401(server, storage_dir
 async def test_malformed_sha_post_is_412_before_credentials(server, storage_dirs):
     r = await treq.post(server.at("x" * 64), data=DATA)
     assert r.code == 412
-    assert "malformed" in await r.text()
+    assert await r.text() == f"Given hash '{'x' * 64}' isn't sha256"
 
 
 @pytest_twisted.ensureDeferred
@@ -133,23 +136,34 @@ async def test_body_not_matching_the_sha_is_412_naming_both_and_keeps_nothing(se
     wrong = "ab" * 32
     r = await treq.post(server.at(wrong), data=DATA, auth=AUTH)
     assert r.code == 412
-    text = await r.text()
-    assert wrong in text and SHA in text
+    assert await r.text() == f"Content sha256 {SHA} doesn't match given sha256 {wrong}"
     assert dat_files(os.path.dirname(storage_dirs[0][0])) == []
     assert temp_files(storage_dirs) == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_duplicate_is_200_listing_every_path(server, storage_dirs):
-    existing = [place(storage_dirs[0][0], DATA), place(storage_dirs[1][1], DATA)]
+    existing = [place(storage_dirs[0][0], DATA), place(storage_dirs[0][1], DATA),
+                place(storage_dirs[1][1], DATA)]
     r = await treq.post(server.at(SHA), data=DATA, auth=AUTH)
     assert r.code == 200
     assert sorted(json.loads(await r.text())) == sorted(existing)
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_lone_replica_is_not_a_duplicate_the_upload_stores_a_pair(server, storage_dirs):
+    lone = place(storage_dirs[0][0], DATA)  # its twin is missing: not a promise kept
+    r = await treq.post(server.at(SHA), data=DATA, auth=AUTH)
+    assert r.code == 201
+    paths = json.loads(await r.text())
+    assert len(paths) == 2 and all(Path(p).read_bytes() == DATA for p in paths)
+    assert Path(lone).read_bytes() == DATA
+
+
+@pytest_twisted.ensureDeferred
 async def test_order_of_checks(server, storage_dirs):
     place(storage_dirs[0][0], DATA)
+    place(storage_dirs[0][1], DATA)
     # credentials are checked before the duplicate
     r = await treq.post(server.at(SHA), data=DATA, auth=("writer", "nope"))
     assert r.code == 401
@@ -210,7 +224,8 @@ async def test_disk_filling_up_mid_upload_is_507_and_leaves_nothing(
     data = os.urandom(768 * 1024)  # fits once (pair choice passes), not twice
     r = await treq.post(server.at(sha256(data)), data=unsized(data), auth=AUTH)
     assert r.code == 507
-    assert "full" in await r.text()
+    assert await r.text() == "Caught failure::stor: Not enough space on storages\n"
+    assert "No space left" in r.headers.getRawHeaders("stor-reason")[0]
     assert dat_files(tiny_disk) == []
     assert temp_files([[str(a), str(b)]]) == []
 

@@ -1,4 +1,4 @@
-"""The configuration file (SPEC §7): the old service's file loads unchanged, every
+"""The configuration file (docs/SPEC.md §7): the old service's file loads unchanged, every
 mistake is a ConfigError whose message names the key.  No reactor."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 
 from stor.config import Config, S3Config, StatsiteConfig, load_config, parse_config
 from stor.core.errors import ConfigError
-from stor.store.local import storage_problem
+from stor.fs.health import check_storages
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def test_old_service_example_loads_unchanged(tmp_path: Path) -> None:
         host="STATSITE_HOST", port=8125, prefix="", sample_rate=0.1
     )
     assert config.basic_auth == "writer:writer_pass"
-    assert config.rabbitmq_uri == "amqp://"
+    assert config.amqp is not None and config.amqp.exchange == "stor"
     assert config.unknown_keys == ()  # "secret" is one of the old keys, accepted
 
 
@@ -78,7 +78,7 @@ def test_missing_storage_dirs_are_allowed_and_reported_by_status(tmp_path: Path)
     missing = str(tmp_path / "not-mounted")
     config = parse_config({"storage_pairs": [[missing, str(tmp_path)]]})
     assert config.storages == (missing, str(tmp_path))
-    assert storage_problem(missing, False, os.stat("/").st_dev) == "does not exist"
+    assert check_storages([missing], check_mounts=False)[0].problem == "does not exist"
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -87,14 +87,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.writable_pairs_regex.search("/any/path")
     assert config.basic_auth is None
     assert config.listen == "tcp:8080"
-    assert config.check_mounts is True
+    assert config.check_mounts is None  # absent: the old service's behaviour (docs/SPEC.md §2)
     assert config.max_upload_size is None
     assert config.cleanup_tempdir_period == 1800
     assert config.balance_threshold == 1_000_000_000
     assert config.s3 is None
     assert config.memcached_servers == ()
     assert config.statsite is None
-    assert config.rabbitmq_uri is None
+    assert config.amqp is None
 
 
 def test_new_keys(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_s3_settings_ignored_when_disabled() -> None:
 
 @pytest.mark.parametrize("uri", ["", "http://broker", "redis://x"])
 def test_rabbitmq_uri_other_than_amqp_disables_publishing(uri: str) -> None:
-    assert parse_config({"storage_pairs": [["/x/a", "/x/b"]], "rabbitmq_uri": uri}).rabbitmq_uri is None
+    assert parse_config({"storage_pairs": [["/x/a", "/x/b"]], "rabbitmq_uri": uri}).amqp is None
 
 
 @pytest.mark.parametrize("path", ["conf/stor.dev.json", "conf/stor.json.example"])

@@ -1,4 +1,4 @@
-"""The on-disk and S3 layouts (SPEC §2, §3, §6): pure functions, no reactor."""
+"""The on-disk and S3 layouts (docs/SPEC.md §2, §3, §6): pure functions, no reactor."""
 
 import re
 import string
@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stor.core import layout
+from stor.core.sha import parse_sha, sha_of_path
 from stor.core.errors import MalformedSha
 
 # The README's worked example: 557a65…d16e.
@@ -31,7 +32,7 @@ def test_example_is_well_formed() -> None:
 
 def test_worked_example_path() -> None:
     expected = f"/mnt/data1/55/7A/65/{EXAMPLE_UPPER}.dat"
-    assert layout.file_path("/mnt/data1", layout.parse_sha(EXAMPLE)) == expected
+    assert layout.file_path("/mnt/data1", parse_sha(EXAMPLE)) == expected
     assert expected.endswith("D16E.dat")
 
 
@@ -45,12 +46,12 @@ def test_storage_with_trailing_slash_gives_the_same_file() -> None:
 
 @pytest.mark.parametrize("spelling", [EXAMPLE, EXAMPLE_UPPER, EXAMPLE[:32].upper() + EXAMPLE[32:]])
 def test_any_case_is_normalised_to_lower(spelling: str) -> None:
-    assert layout.parse_sha(spelling) == EXAMPLE
+    assert parse_sha(spelling) == EXAMPLE
 
 
 @pytest.mark.parametrize("spelling", [EXAMPLE, EXAMPLE_UPPER, EXAMPLE.swapcase()])
 def test_any_case_lands_on_the_same_file(spelling: str) -> None:
-    path = layout.file_path("/s", layout.parse_sha(spelling))
+    path = layout.file_path("/s", parse_sha(spelling))
     assert path == f"/s/55/7A/65/{EXAMPLE_UPPER}.dat"
 
 
@@ -75,12 +76,12 @@ def test_any_case_lands_on_the_same_file(spelling: str) -> None:
 )
 def test_malformed_is_rejected(segment: str) -> None:
     with pytest.raises(MalformedSha):
-        layout.parse_sha(segment)
+        parse_sha(segment)
 
 
 @given(shas)
 def test_every_64_hex_string_parses_to_its_lower_case(text: str) -> None:
-    assert layout.parse_sha(text) == text.lower()
+    assert parse_sha(text) == text.lower()
 
 
 @given(
@@ -95,15 +96,15 @@ def test_every_64_hex_string_parses_to_its_lower_case(text: str) -> None:
 )
 def test_anything_but_64_hex_digits_is_rejected(text: str) -> None:
     if is_sha(text):
-        assert layout.parse_sha(text) == text.lower()
+        assert parse_sha(text) == text.lower()
     else:
         with pytest.raises(MalformedSha):
-            layout.parse_sha(text)
+            parse_sha(text)
 
 
 @given(shas)
 def test_path_layout_property(text: str) -> None:
-    sha = layout.parse_sha(text)
+    sha = parse_sha(text)
     parts = layout.file_path("/st", sha).split("/")
     up = sha.upper()
     assert parts == ["", "st", up[0:2], up[2:4], up[4:6], up + ".dat"]
@@ -147,3 +148,20 @@ def test_server_name_property(storage: str) -> None:
     # one dash per run of other characters between alphanumerics
     runs = re.findall(r"[0-9A-Za-z]+", storage)
     assert name == "-".join(runs)
+
+
+@given(st.text(alphabet="0123456789abcdefABCDEF", min_size=64, max_size=64))
+def test_a_sha_path_names_its_sha_in_lower_case(text: str) -> None:
+    assert sha_of_path(b"/" + text.encode()) == text.lower()
+
+
+@pytest.mark.parametrize("path", [b"/", b"/" + b"a" * 63, b"/" + b"a" * 65, b"//" + b"a" * 64,
+                                  b"/" + b"g" * 64, b"/" + b"a" * 63 + b"/"])
+def test_anything_else_is_not_a_sha_path(path: bytes) -> None:
+    assert sha_of_path(path) is None
+
+
+def test_storage_of_inverts_file_path() -> None:
+    sha = "ab" * 32
+    assert layout.storage_of(layout.file_path("/mnt/data1", sha), sha) == "/mnt/data1"
+    assert layout.storage_of("/mnt/data1/elsewhere.dat", sha) is None

@@ -112,8 +112,9 @@ def test_stor_sends_its_log_events_to_graylog(stor_process, graylog) -> None:
     assert isinstance(hello["timestamp"], float)
 
     # an access event too long for one datagram arrives in chunks
-    junk = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(12_000))
-    assert request(stor.port, "GET", "/" + junk).status == 404
+    junk = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(7_500))
+    agent = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(6_000))
+    assert request(stor.port, "GET", "/" + junk, None, {"User-Agent": agent}).status == 404
     access = graylog.messages(lambda m: m.get("_namespace") == "stor.access"
                               and m.get("_path") == "/" + junk)[-1]
     assert access["_status"] == 404 and access["_method"] == "GET"

@@ -10,11 +10,18 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet import endpoints, reactor
 from twisted.logger import LogEvent, globalLogPublisher
 
 from conftest import sha256
 from ops_peer import AUTH_HEADER, request
+from stor.fs.diskpool import DiskPool
+from stor.fs.locks import ShaLocks
+from stor.http.app import StorApp
+from stor.http.site import StorSite
 from stor.ops.logs import format_json_line
+from stor.store.local import LocalStore
+from stor.store.store import Store
 
 COMBINED_LOG = re.compile(r'"(GET|POST|HEAD) /\S* HTTP/1\.[01]" \d{3}')
 
@@ -79,17 +86,36 @@ def log_lines() -> Iterator[list[str]]:
     globalLogPublisher.removeObserver(observe)
 
 
-@pytest_twisted.ensureDeferred
-async def test_an_unexpected_error_logs_its_traceback_once(start_server, config_dict,
-                                                           log_lines) -> None:
-    server = await start_server(config_dict)
+class BrokenCache:
+    """A lookup cache failing in a way nobody planned for."""
 
-    def broken(*args: Any, **kwargs: Any) -> Any:
+    def get(self, sha: str) -> Any:
         raise RuntimeError("disk controller on fire")
 
-    server.store.open = broken  # the collaborator fails in a way nobody planned for
+    def put(self, sha: str, path: str) -> None:
+        pass
+
+    def drop(self, sha: str) -> None:
+        pass
+
+
+@pytest_twisted.async_yield_fixture
+async def broken_site(storage_dirs, tmp_path):
+    """A stor site whose store was given a broken collaborator."""
+    pool = DiskPool(reactor)
+    local = LocalStore([tuple(p) for p in storage_dirs], pool, check_mounts=False)
+    store = Store(local, ShaLocks(str(tmp_path / "locks")), cache=BrokenCache())
+    site = StorSite(StorApp(store).resource(), store, None)
+    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    yield f"http://127.0.0.1:{port.getHost().port}"
+    await port.stopListening()
+    pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unexpected_error_logs_its_traceback_once(broken_site, log_lines) -> None:
     sha = sha256(b"anything")
-    response = await treq.get(server.at(sha))
+    response = await treq.get(f"{broken_site}/{sha}")
     assert response.code == 500
     await response.content()
 

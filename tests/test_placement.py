@@ -1,4 +1,4 @@
-"""Where to look and where to write (SPEC §2): pure rules, no disks, no reactor.
+"""Where to look and where to write (docs/SPEC.md §2): pure rules, no disks, no reactor.
 
 Statistical tests use a fixed seed, so they are deterministic; their bounds are
 five binomial standard deviations, so a correct rule passes for any seed with
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from stor.core import placement
 from stor.core.errors import NoSpace
 from stor.core.placement import choose_pair, lookup_order, writable
+from stor.fs.health import StorageHealth
 from stor.store.local import LocalStore
 
 GB = 1_000_000_000
@@ -213,51 +214,61 @@ def test_writable_uses_re_search(pattern: str, storage: str, expected: bool) -> 
 PAIRS = [("/mnt/data1", "/mnt/data2"), ("/mnt/data3", "/mnt/data4")]
 
 
-def store(regex: str = ".*", free: dict[str, int] | None = None, seed: int = 1) -> LocalStore:
+def store(regex: str = ".*", free: dict[str, int] | None = None, seed: int = 1,
+          unplaceable: frozenset[str] = frozenset()) -> LocalStore:
     frees = free or {s: 5 * GB for pair in PAIRS for s in pair}
+
+    def health(storages, check_mounts, with_free):  # what the disks would say
+        return [StorageHealth(s, None, s not in unplaceable, frees[s]) for s in storages]
+
     return LocalStore(
         PAIRS,
-        pool=None,  # type: ignore[arg-type]  # choose_pair is called directly, no thread pool
+        pool=None,  # type: ignore[arg-type]  # choose_pair_now is called directly, no pool
         writable_regex=re.compile(regex),
         rng=random.Random(seed),
-        free=frees.__getitem__,
+        health=health,
     )
 
 
 def test_store_honours_writable_regex() -> None:
     s = store("data[12]")
-    assert {s.choose_pair(1000) for _ in range(200)} == {PAIRS[0]}
+    assert {s.choose_pair_now(1000) for _ in range(200)} == {PAIRS[0]}
     s = store("data[34]")
-    assert {s.choose_pair(1000) for _ in range(200)} == {PAIRS[1]}
+    assert {s.choose_pair_now(1000) for _ in range(200)} == {PAIRS[1]}
 
 
 def test_store_pair_needs_both_members_writable() -> None:
     # data1 and data3 match, their twins do not: no pair may be written
     with pytest.raises(NoSpace):
-        store("data[13]").choose_pair(1)
+        store("data[13]").choose_pair_now(1)
 
 
 def test_store_balances_over_all_writable_pairs() -> None:
     s = store()
-    assert {s.choose_pair(1000) for _ in range(200)} == set(PAIRS)
+    assert {s.choose_pair_now(1000) for _ in range(200)} == set(PAIRS)
+
+
+def test_store_never_places_on_an_unhealthy_member() -> None:
+    s = store(unplaceable=frozenset({"/mnt/data2"}))  # e.g. a disk that did not mount
+    assert {s.choose_pair_now(1000) for _ in range(100)} == {PAIRS[1]}
 
 
 def test_store_uses_injected_free_space() -> None:
     free = {"/mnt/data1": 900, "/mnt/data2": 2000, "/mnt/data3": 1000, "/mnt/data4": 1000}
     s = store(free=free)
-    assert {s.choose_pair(100) for _ in range(50)} == {PAIRS[1]}
+    assert {s.choose_pair_now(100) for _ in range(50)} == {PAIRS[1]}
     with pytest.raises(NoSpace):
-        s.choose_pair(1000)
+        s.choose_pair_now(1000)
 
 
 def test_store_exclude() -> None:
     s = store()
-    assert {s.choose_pair(1000, exclude=[PAIRS[0]]) for _ in range(100)} == {PAIRS[1]}
-    assert {s.choose_pair(1000, exclude=[PAIRS[1]]) for _ in range(100)} == {PAIRS[0]}
+    assert {s.choose_pair_now(1000, exclude=[PAIRS[0]]) for _ in range(100)} == {PAIRS[1]}
+    assert {s.choose_pair_now(1000, exclude=[PAIRS[1]]) for _ in range(100)} == {PAIRS[0]}
     with pytest.raises(NoSpace):
-        s.choose_pair(1000, exclude=PAIRS)
+        s.choose_pair_now(1000, exclude=PAIRS)
 
 
 def test_store_exclude_with_regex() -> None:
     with pytest.raises(NoSpace):
-        store("data[12]").choose_pair(1000, exclude=[PAIRS[0]])
+        store("data[12]").choose_pair_now(1000, exclude=[PAIRS[0]])

@@ -1,4 +1,4 @@
-"""The daemon as an operator runs it (SPEC §7, §8): real ``twistd`` and ``stor``
+"""The daemon as an operator runs it (docs/SPEC.md §7, §8): real ``twistd`` and ``stor``
 processes, each killed at the end of its test whatever happens."""
 
 import errno

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from twisted.internet import threads
 
 from conftest import AUTH, raw_http, sha256
-from stor.core.ranges import ByteRange, Unsatisfiable, etag, none_match, parse_range
+from stor.core.errors import RangeNotSatisfiable as Unsatisfiable
+from stor.core.ranges import NOT_MODIFIED, WHOLE, ByteRange, Part, Selection, etag, none_match, parse_range
 
 SHA = "ab" * 32
 
@@ -157,3 +158,29 @@ async def test_head_with_a_range_has_its_headers(server):
     assert h[":status"] == "206"
     assert h["content-length"] == "10"
     assert h["content-range"] == f"bytes 0-9/{len(SMALL)}"
+
+
+SHA = "ab" * 32
+
+
+def test_a_plain_get_needs_no_size() -> None:
+    assert Selection(SHA).plain
+    assert not Selection(SHA, head=True).plain
+    assert not Selection(SHA, range=b"bytes=0-1").plain
+    assert not Selection(SHA, if_none_match=b'"x"').plain
+
+
+def test_selection_decides_the_part_once_the_size_is_known() -> None:
+    assert Selection(SHA).part(10) == WHOLE
+    assert Selection(SHA, if_none_match=etag(SHA)).part(10) == NOT_MODIFIED
+    assert Selection(SHA, range=b"bytes=2-4").part(10) == Part(206, ByteRange(2, 4, 10))
+    assert Selection(SHA, range=b"bytes=2-4", if_range=b'"other"').part(10) == WHOLE
+    with pytest.raises(Unsatisfiable):
+        Selection(SHA, range=b"bytes=10-").part(10)
+
+
+def test_only_a_whole_answer_can_be_verified() -> None:
+    assert WHOLE.whole and not NOT_MODIFIED.whole
+    assert not Part(206, ByteRange(0, 0, 1)).whole
+    assert WHOLE.length(10) == 10 and NOT_MODIFIED.length(10) == 0
+    assert Part(206, ByteRange(2, 4, 10)).length(10) == 3

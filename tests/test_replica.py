@@ -4,6 +4,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,12 @@ from hypothesis import strategies as st
 
 from stor.core import layout
 from stor.core.errors import HashMismatch, MalformedSha
-from stor.store.replica import CHUNK, CorruptSource, copy_to_twin, sha256_file
-from stor.store.local import _owner_alive, temp_dir
+from stor.fs.locks import ShaLocks
+from stor.fs.temps import is_stale_temp, temp_dir
+from stor.store.replica import CHUNK, CorruptSource, SourceGone, copy_to_twin, sha256_file
+
+
+LOCKS = ShaLocks(tempfile.mkdtemp(prefix="stor-test-locks-"))
 
 
 def sha256(data: bytes) -> str:
@@ -48,7 +53,7 @@ def test_copies_to_the_final_path(pair: tuple[Path, Path]) -> None:
     data = os.urandom(3 * CHUNK + 17)
     source = put(a, data)
     os.utime(source, (1_000_000_000, 1_000_000_000))
-    final = copy_to_twin(str(source), str(b), sha256(data))
+    final = copy_to_twin(str(source), str(b), sha256(data), LOCKS)
     assert final == layout.file_path(str(b), sha256(data))
     assert Path(final).read_bytes() == data
     assert os.stat(final).st_mtime == 1_000_000_000  # same Last-Modified on both replicas
@@ -59,14 +64,14 @@ def test_accepts_any_case_and_returns_the_upper_case_layout_path(pair: tuple[Pat
     a, b = pair
     data = b"hello\n"
     source = put(a, data)
-    final = copy_to_twin(str(source), str(b), sha256(data).upper())
+    final = copy_to_twin(str(source), str(b), sha256(data).upper(), LOCKS)
     assert os.path.basename(final) == sha256(data).upper() + ".dat"
 
 
 def test_empty_file(pair: tuple[Path, Path]) -> None:
     a, b = pair
     source = put(a, b"")
-    assert Path(copy_to_twin(str(source), str(b), sha256(b""))).read_bytes() == b""
+    assert Path(copy_to_twin(str(source), str(b), sha256(b""), LOCKS)).read_bytes() == b""
 
 
 def test_refuses_a_source_that_does_not_hash_to_its_sha(pair: tuple[Path, Path]) -> None:
@@ -74,7 +79,7 @@ def test_refuses_a_source_that_does_not_hash_to_its_sha(pair: tuple[Path, Path])
     good = b"the real content"
     source = put(a, b"rotten content!!", sha=sha256(good))
     with pytest.raises(CorruptSource) as info:
-        copy_to_twin(str(source), str(b), sha256(good))
+        copy_to_twin(str(source), str(b), sha256(good), LOCKS)
     assert isinstance(info.value, HashMismatch)
     assert info.value.path == str(source)
     assert info.value.expected == sha256(good)
@@ -89,7 +94,7 @@ def test_a_refused_copy_leaves_an_existing_target_alone(pair: tuple[Path, Path])
     source = put(a, b"rotten", sha=sha256(good))
     target = put(b, b"also rotten, but it is all we have", sha=sha256(good))
     with pytest.raises(CorruptSource):
-        copy_to_twin(str(source), str(b), sha256(good))
+        copy_to_twin(str(source), str(b), sha256(good), LOCKS)
     assert target.read_bytes() == b"also rotten, but it is all we have"
 
 
@@ -98,7 +103,7 @@ def test_replaces_a_corrupt_target(pair: tuple[Path, Path]) -> None:
     data = os.urandom(100_000)
     source = put(a, data)
     target = put(b, b"x" + data[1:], sha=sha256(data))
-    copy_to_twin(str(source), str(b), sha256(data))
+    copy_to_twin(str(source), str(b), sha256(data), LOCKS)
     assert target.read_bytes() == data
 
 
@@ -111,7 +116,7 @@ def test_a_failure_mid_copy_leaves_no_temp_and_no_final(pair: tuple[Path, Path])
         raise OSError(5, "Input/output error")
 
     with pytest.raises(OSError):
-        copy_to_twin(str(source), str(b), sha256(data), on_chunk=fail)
+        copy_to_twin(str(source), str(b), sha256(data), LOCKS, on_chunk=fail)
     assert temps(b) == []
     assert not os.path.exists(layout.file_path(str(b), sha256(data)))
 
@@ -121,7 +126,7 @@ def test_never_creates_a_missing_twin_storage(tmp_path: Path) -> None:
     a = tmp_path / "a"
     source = put(a, b"data")
     with pytest.raises(FileNotFoundError):
-        copy_to_twin(str(source), str(tmp_path / "gone"), sha256(b"data"))
+        copy_to_twin(str(source), str(tmp_path / "gone"), sha256(b"data"), LOCKS)
     assert not (tmp_path / "gone").exists()
 
 
@@ -129,20 +134,38 @@ def test_rejects_a_malformed_sha(pair: tuple[Path, Path]) -> None:
     a, b = pair
     source = put(a, b"data")
     with pytest.raises(MalformedSha):
-        copy_to_twin(str(source), str(b), "not-a-sha")
+        copy_to_twin(str(source), str(b), "not-a-sha", LOCKS)
 
 
-def test_temp_file_is_named_so_the_sweeper_keeps_it_while_copying(pair: tuple[Path, Path]) -> None:
+def test_the_temp_file_is_owned_so_the_sweeper_keeps_it_while_copying(
+        pair: tuple[Path, Path]) -> None:
     a, b = pair
     data = os.urandom(2 * CHUNK)
     source = put(a, data)
-    seen: list[list[str]] = []
-    copy_to_twin(str(source), str(b), sha256(data), on_chunk=lambda n: seen.append(temps(b)))
-    names = {name for listing in seen for name in listing}
+    seen: list[tuple[str, bool]] = []
+
+    def look(n: int) -> None:
+        for name in temps(b):
+            path = os.path.join(temp_dir(str(b)), name)
+            seen.append((name, is_stale_temp(path, now=time.time() + 3600)))
+
+    copy_to_twin(str(source), str(b), sha256(data), LOCKS, on_chunk=look)
+    names = {name for name, _ in seen}
     assert len(names) == 1
     (name,) = names
     assert re.fullmatch(rf"{sha256(data)}\.{os.getpid()}\.[0-9a-f]{{8}}\.tmp", name)
-    assert _owner_alive(name)  # so a concurrent sweep_temp_dir leaves it alone
+    assert not any(stale for _, stale in seen)  # even an hour idle, a held temp is live
+
+
+def test_a_source_deleted_while_copied_is_not_brought_back(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    data = os.urandom(2 * CHUNK)
+    source = put(a, data)
+    with pytest.raises(SourceGone):
+        copy_to_twin(str(source), str(b), sha256(data), LOCKS,
+                     on_chunk=lambda n: source.exists() and source.unlink())
+    assert not os.path.exists(layout.file_path(str(b), sha256(data)))
+    assert temps(b) == []
 
 
 def test_on_chunk_sees_every_byte_in_chunks_of_at_most_a_mebibyte(pair: tuple[Path, Path]) -> None:
@@ -150,7 +173,7 @@ def test_on_chunk_sees_every_byte_in_chunks_of_at_most_a_mebibyte(pair: tuple[Pa
     data = os.urandom(2 * CHUNK + 5)
     source = put(a, data)
     sizes: list[int] = []
-    copy_to_twin(str(source), str(b), sha256(data), on_chunk=sizes.append)
+    copy_to_twin(str(source), str(b), sha256(data), LOCKS, on_chunk=sizes.append)
     assert sum(sizes) == len(data) and max(sizes) <= CHUNK
 
 
@@ -160,7 +183,7 @@ def test_as_root_new_entries_belong_to_the_storage_owner(pair: tuple[Path, Path]
     a, b = pair
     os.chown(b, 65534, 65534)
     data = b"owned"
-    final = copy_to_twin(str(put(a, data)), str(b), sha256(data))
+    final = copy_to_twin(str(put(a, data)), str(b), sha256(data), LOCKS)
     for path in (final, os.path.dirname(final), temp_dir(str(b)),
                  os.path.join(b, os.path.relpath(final, b).split(os.sep)[0])):
         st = os.stat(path)
@@ -182,13 +205,13 @@ def test_property_copy_is_exact_or_refused(data: bytes, chunk: int, flip: int) -
         a, b = Path(root, "a"), Path(root, "b")
         b.mkdir()
         sha = sha256(data)
-        final = copy_to_twin(str(put(a, data)), str(b), sha, chunk_size=chunk)
+        final = copy_to_twin(str(put(a, data)), str(b), sha, LOCKS, chunk_size=chunk)
         assert Path(final).read_bytes() == data
         if data:
             i = flip % len(data)
             bad = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
             os.unlink(final)
             with pytest.raises(CorruptSource):
-                copy_to_twin(str(put(a, bad, sha=sha)), str(b), sha, chunk_size=chunk)
+                copy_to_twin(str(put(a, bad, sha=sha)), str(b), sha, LOCKS, chunk_size=chunk)
             assert not os.path.exists(final)
         assert temps(b) == []

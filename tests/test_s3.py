@@ -2,7 +2,7 @@
 hole, a refused port and a scripted TCP server for answers moto cannot give.
 
 Bodies are fetched the way a client of stor would: a twisted.web site on a
-loopback port relays ``S3Object.deliver`` and a treq client reads it.
+loopback port relays ``S3Object.write_to`` and a treq client reads it.
 """
 
 import hashlib
@@ -136,8 +136,10 @@ class RelayResource(Resource):
         request.setHeader(b"content-length", b"%d" % found.size)
         request.setHeader(b"last-modified", found.last_modified)
         try:
-            await found.deliver(request)
-        except Exception as e:  # the client connection is already gone or aborted
+            await found.write_to(request)
+        except Exception as e:  # as stor's route does: a body not completed cuts the connection
+            if request.channel is not None:
+                request.transport.abortConnection()
             outcome.callback(e)
             return
         request.finish()

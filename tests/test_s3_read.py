@@ -1,4 +1,4 @@
-"""GET/HEAD through stor with S3 read-through (SPEC §3) against moto's server:
+"""GET/HEAD through stor with S3 read-through (docs/SPEC.md §3) against moto's server:
 S3 first, local storages when S3 lacks the file or fails, never a wrong body."""
 
 import hashlib

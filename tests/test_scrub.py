@@ -1,5 +1,6 @@
 """``stor scrub``: real files under tmp_path, the real command line."""
 
+import fcntl
 import hashlib
 import io
 import json
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from stor.cli import main as cli
 from stor.core import layout
 from stor.store.scrub import Progress, Throttle
-from stor.store.local import temp_dir
+from stor.fs.temps import temp_dir
 
 STOR = str(Path(sys.executable).parent / "stor")
 MiB = 1024 * 1024
@@ -40,7 +41,8 @@ class Host:
         self.write_config(**extra)
 
     def write_config(self, **extra: Any) -> None:
-        doc = {"storage_pairs": [[str(a), str(b)] for a, b in self.pairs], **extra}
+        doc = {"storage_pairs": [[str(a), str(b)] for a, b in self.pairs],
+               "lock_dir": str(self.root / "locks"), **extra}
         self.config.write_text(json.dumps(doc))
 
     def store(self, data: bytes, pair: int = 0) -> tuple[Path, Path]:
@@ -173,23 +175,29 @@ def test_stale_temps_are_reported_and_removed_live_ones_kept(
     live = tmp / f"{sha}.{os.getpid()}.22222222.tmp"
     for f in (dead, idle, live):
         f.write_bytes(b"partial upload")
-    os.utime(idle, (time.time() - 7200, time.time() - 7200))  # older than cleanup_tempdir_period
-    code, report = json_report(host, capsys)
+        os.utime(f, (time.time() - 7200, time.time() - 7200))  # idle for two hours
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as its writer holds it, however long it pauses
+    try:
+        code, report = json_report(host, capsys)
+    finally:
+        held_for_repair = held
     assert code == 1
     assert sorted(p["path"] for p in report["problems"]) == sorted([str(dead), str(idle)])
     assert report["counts"]["stale-temp"] == 2
     assert dead.exists()  # reported only
     assert host.scrub("--repair") == 0
     assert sorted(os.listdir(tmp)) == [live.name]
+    os.close(held_for_repair)
 
 
-def test_stale_temp_uses_the_configured_period(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    host = Host(tmp_path, cleanup_tempdir_period=10)
+def test_a_temp_file_just_created_is_not_stale(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
     tmp = Path(temp_dir(str(host.storages[0])))
     tmp.mkdir()
-    idle = tmp / f"{'cd' * 32}.{os.getpid()}.33333333.tmp"
-    idle.write_bytes(b"x")
-    os.utime(idle, (time.time() - 60, time.time() - 60))
+    new = tmp / f"{'cd' * 32}.{os.getpid()}.33333333.tmp"
+    new.write_bytes(b"x")  # its writer may be about to take the lock
+    assert host.scrub() == 0
+    os.utime(new, (time.time() - 60, time.time() - 60))
     assert host.scrub() == 1
 
 

@@ -12,11 +12,6 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import DeferredList
 
 from conftest import AUTH, dat_files, sha256, temp_files
-from stor.store import upload as upload_module
-from stor.core.errors import HashMismatch
-from stor.fs.diskpool import DiskPool
-from stor.store.local import LocalStore
-from stor.store.upload import Stored, Upload
 
 
 async def until(condition, timeout: float = 5.0, what: str = "condition") -> None:
@@ -81,7 +76,7 @@ async def test_two_concurrent_uploads_of_the_same_file_both_succeed(server, stor
         fireOnOneErrback=True,
     )
     codes = sorted(r.code for _, r in results)
-    assert codes in ([200, 201], [201, 201])
+    assert codes == [200, 201]  # one stores it; the other finds it stored, at its commit
     for _, r in results:
         for p in json.loads(await r.text()):
             assert Path(p).read_bytes() == data
@@ -112,44 +107,6 @@ async def test_no_writable_storage_is_an_error_and_nothing_partial(
     data = os.urandom(200_000)
     r = await treq.post(server.at(sha256(data)), data=data, auth=AUTH)
     assert r.code == 500
-    assert str(readonly_dir) in await r.text()
+    assert str(readonly_dir) in r.headers.getRawHeaders("stor-reason")[0]
     assert dat_files(storage_dirs[0][0]) == []
     assert temp_files([[storage_dirs[0][0]]]) == []
-
-
-def _store(storage_dirs) -> LocalStore:
-    return LocalStore([tuple(p) for p in storage_dirs], DiskPool(reactor))
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_fast_sender_is_paused_and_memory_stays_bounded(storage_dirs, monkeypatch):
-    monkeypatch.setattr(upload_module, "HIGH_WATER", 256 * 1024)
-    events: list[str] = []
-    chunk = os.urandom(64 * 1024)
-    total = 200
-    up = Upload(sha256(chunk * total), chunk.__len__() * total, _store(storage_dirs),
-                pause=lambda: events.append("pause"), resume=lambda: events.append("resume"))
-    peak = 0
-    for _ in range(total):  # a sender that never waits: the worst case for memory
-        up.feed(chunk)
-        peak = max(peak, up._queued)
-        if events and events[-1] == "pause":
-            await until(lambda: events[-1] == "resume", what="resume")
-    result = await up.finish()
-    assert isinstance(result, Stored)
-    assert "pause" in events and events.count("pause") == events.count("resume")
-    assert peak <= 256 * 1024 + len(chunk)
-    assert all(Path(p).stat().st_size == len(chunk) * total for p in result.paths)
-
-
-@pytest_twisted.ensureDeferred
-async def test_hash_mismatch_from_the_upload_object_keeps_nothing(storage_dirs):
-    up = Upload("0" * 64, None, _store(storage_dirs), pause=lambda: None, resume=lambda: None)
-    up.feed(b"some bytes")
-    try:
-        await up.finish()
-    except HashMismatch as e:
-        assert e.actual == sha256(b"some bytes")
-    else:
-        raise AssertionError("a mismatch must fail")
-    assert temp_files(storage_dirs) == []

@@ -23,6 +23,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     try:
         config = load_config(path)
+        _check_listen(config.listen)
     except ConfigError as e:
         sys.stderr.write(f"stor: config error: {e}\n")
         return 2
@@ -31,6 +32,15 @@ def _check_config(args: argparse.Namespace) -> int:
     for key in config.unknown_keys:
         sys.stdout.write(f"{path}: note: unknown key {key!r} is ignored\n")
     return 0
+
+
+def _check_listen(listen: str) -> None:
+    """The endpoint parses as start-up will parse it (nothing listens)."""
+    from twisted.internet import reactor
+
+    from stor.ops.service import server_endpoint
+
+    server_endpoint(reactor, listen)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from stor.config.amqp import AmqpConfig, parse_amqp
+from stor.config.problems import Problems
 from stor.core.errors import ConfigError
 from stor.core.placement import BALANCE_THRESHOLD, Pair
 
@@ -30,7 +32,8 @@ KNOWN_KEYS = frozenset(
         # new keys
         "listen", "check_mounts", "max_upload_size", "s3_bucket",
         "s3_connect_timeout", "s3_timeout", "balance_threshold",
-        "memcached_timeout", "shutdown_grace_period",
+        "memcached_timeout", "shutdown_grace_period", "lock_dir", "header_timeout",
+        "body_timeout",
     }
 )
 
@@ -65,7 +68,7 @@ class Config:
     writable_pairs_regex: re.Pattern[str] = re.compile(".*")
     basic_auth: str | None = None
     listen: str = DEFAULT_LISTEN
-    check_mounts: bool = True
+    check_mounts: bool | None = None
     max_upload_size: int | None = None
     cleanup_tempdir_period: float = DEFAULT_CLEANUP_PERIOD
     balance_threshold: int = BALANCE_THRESHOLD
@@ -74,8 +77,11 @@ class Config:
     memcached_timeout: float = 0.25
     shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE
     statsite: StatsiteConfig | None = None
-    rabbitmq_uri: str | None = None
+    amqp: AmqpConfig | None = None
     log: Any = None
+    lock_dir: str | None = None
+    header_timeout: float = 30.0
+    body_timeout: float = 120.0
     unknown_keys: tuple[str, ...] = field(default=())
 
     @property
@@ -107,7 +113,7 @@ def parse_config(raw: object) -> Config:
         writable_pairs_regex=_regex(raw.get("writable_pairs_regex", ".*")),
         basic_auth=_basic_auth(raw.get("basic_auth")),
         listen=_listen(raw),
-        check_mounts=_bool(raw, "check_mounts", True),
+        check_mounts=None if raw.get("check_mounts") is None else _bool(raw, "check_mounts", True),
         max_upload_size=_optional_positive_int(raw, "max_upload_size"),
         cleanup_tempdir_period=_positive_number(
             raw, "cleanup_tempdir_period", DEFAULT_CLEANUP_PERIOD
@@ -118,8 +124,11 @@ def parse_config(raw: object) -> Config:
         memcached_timeout=_positive_number(raw, "memcached_timeout", 0.25),
         shutdown_grace_period=_grace_period(raw),
         statsite=_statsite(raw.get("statsite")),
-        rabbitmq_uri=_rabbitmq_uri(raw.get("rabbitmq_uri")),
+        amqp=_rabbitmq_uri(raw.get("rabbitmq_uri")),
         log=_log(raw.get("log")),
+        lock_dir=_optional_string(raw, "lock_dir"),
+        header_timeout=_positive_number(raw, "header_timeout", 30.0),
+        body_timeout=_positive_number(raw, "body_timeout", 120.0),
         unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)),
     )
 
@@ -177,15 +186,14 @@ def _string(raw: dict[str, Any], key: str, default: str) -> str:
 
 
 def _listen(raw: dict[str, Any]) -> str:
-    """A Twisted server endpoint string; parsed (not listened on) to catch typos now."""
-    from twisted.internet import endpoints, reactor
+    """A Twisted server endpoint string (parsed when the daemon starts)."""
+    return _string(raw, "listen", DEFAULT_LISTEN)
 
-    value = _string(raw, "listen", DEFAULT_LISTEN)
-    try:
-        endpoints.serverFromString(reactor, value)
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise ConfigError("listen", f"{value!r} is not a valid Twisted endpoint: {e}") from e
-    return value
+
+def _optional_string(raw: dict[str, Any], key: str) -> str | None:
+    if raw.get(key) is None:
+        return None
+    return _string(raw, key, "")
 
 
 def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
@@ -314,18 +322,9 @@ def _s3(raw: dict[str, Any]) -> S3Config | None:
     )
 
 
-def _rabbitmq_uri(value: object) -> str | None:
-    key = "rabbitmq_uri"
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(key, f"must be a string, got {_type_name(value)}")
-    if urlsplit(value).scheme not in ("amqp", "amqps"):
-        return None  # the old service ignored other schemes; so do we
-    from stor.peers.amqp import parse_amqp_uri  # here: the publisher module imports this one
-
-    try:
-        parse_amqp_uri(value)
-    except ValueError as e:
-        raise ConfigError(key, str(e)) from e
-    return value
+def _rabbitmq_uri(value: object) -> "AmqpConfig | None":
+    problems = Problems()
+    amqp = parse_amqp(value, problems)
+    if problems.errors:
+        raise ConfigError.of(problems.errors)
+    return amqp

@@ -9,16 +9,9 @@ sections have been read; warnings travel with the :class:`~stor.config.Config`.
 
 from dataclasses import dataclass, field
 
+from stor.core.errors import Problem
 
-@dataclass(frozen=True)
-class Problem:
-    """One finding about one key; ``key`` is empty for the file as a whole."""
-
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.message}" if self.key else self.message
+__all__ = ["Problem", "Problems"]
 
 
 @dataclass

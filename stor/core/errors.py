@@ -1,16 +1,17 @@
 """Errors with a meaning.
 
 Every failure a client can be told about is one of these; the HTTP layer maps
-them to status codes in one place (:mod:`stor.app`).  Nothing below the HTTP
-layer knows about status codes.
+them to status codes, bodies and metric keys in one place
+(:mod:`stor.http.answers`).  Nothing below the HTTP layer knows about status
+codes.  ``str(error)`` is the detail for logs and the ``Stor-Reason`` header.
 """
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class StorError(Exception):
     """Base of all errors stor answers a request with."""
-
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    """Extra response headers the answer needs."""
 
 
 class MalformedSha(StorError):
@@ -24,19 +25,21 @@ class MalformedSha(StorError):
 class NotFound(StorError):
     """No storage (and no S3 bucket) holds the file."""
 
+    def __init__(self, sha: str) -> None:
+        super().__init__(f"{sha} not found")
+        self.sha = sha
+
 
 class Unauthorized(StorError):
-    """Missing or wrong Basic credentials for an upload."""
-
-    headers = ((b"www-authenticate", b'Basic realm="stor"'),)
+    """Missing or wrong Basic credentials."""
 
 
 class RangeNotSatisfiable(StorError):
-    """A Range starting past the end of the file."""
+    """A Range starting past the end of the file: 416."""
 
     def __init__(self, size: int) -> None:
         super().__init__(f"range not satisfiable: the file has {size} bytes")
-        self.headers = ((b"content-range", b"bytes */%d" % size),)
+        self.size = size
 
 
 class HashMismatch(StorError):
@@ -49,7 +52,7 @@ class HashMismatch(StorError):
 
 
 class NoSpace(StorError):
-    """No writable pair has room for the file (or a disk filled up mid-write)."""
+    """No writable pair has room for the file (or every candidate filled up)."""
 
 
 class TooLarge(StorError):
@@ -64,13 +67,44 @@ class StorageFailure(StorError):
     """A storage could not be written or read for a reason other than space."""
 
 
+class CorruptReplica(StorageFailure):
+    """A replica being served turned out not to hash to its name."""
+
+    def __init__(self, path: str, actual: str) -> None:
+        super().__init__(f"{path} hashes to {actual}")
+        self.path = path
+        self.actual = actual
+
+
 class UploadAborted(StorError):
-    """The client went away before the body was complete; nothing was kept."""
+    """The client went away (or stopped sending) before the body was complete."""
+
+
+class NotAllowed(StorError):
+    """The method is not enabled on this host (DELETE without ``delete_auth``)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about one config key; ``key`` is empty for the file as a whole."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
 
 
 class ConfigError(Exception):
-    """The configuration file cannot be used; ``key`` names where the problem is."""
+    """The configuration cannot be used; ``problems`` says every reason, each with its key."""
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
+    def __init__(self, key: str, message: str = "", *,
+                 problems: Sequence[Problem] = ()) -> None:
+        self.problems = tuple(problems) or (Problem(key, message),)
+        super().__init__("\n".join(str(p) for p in self.problems))
+        self.key = self.problems[0].key
+
+    @classmethod
+    def of(cls, problems: Sequence[Problem]) -> "ConfigError":
+        """One error carrying every problem found in a file."""
+        return cls("", problems=problems)

@@ -1,22 +1,24 @@
 """Where a file lives: the old service's on-disk and S3 layouts, byte for byte.
 
 ``<storage>/<AA>/<BB>/<CC>/<SHA>.dat`` with the SHA upper-cased and AA BB CC its
-first three byte pairs; S3 keys are the lower-case ``aa/bb/cc/<sha>``.
+first three byte pairs; S3 keys are the lower-case ``aa/bb/cc/<sha>``.  Below
+every storage stor also keeps directories of its own, all starting with a dot
+so that they can never be taken for a ``<AA>`` directory.
 """
 
 import os
 import re
 
-from stor.core.errors import MalformedSha
+TEMP_DIR = ".stor-tmp"
+"""Files being written; on the storage's filesystem so a rename into place is atomic."""
 
-_SHA_RE = re.compile(r"[0-9a-fA-F]{64}")
+QUARANTINE_DIR = ".stor-quarantine"
+"""Replicas found corrupt, kept for inspection (stor never deletes them)."""
 
+OUTBOX_DIR = ".stor-outbox"
+"""Markers of files still to be copied to S3 (write-through)."""
 
-def parse_sha(segment: str) -> str:
-    """Return the normalised (lower-case) SHA, or raise :class:`MalformedSha`."""
-    if not _SHA_RE.fullmatch(segment):
-        raise MalformedSha(segment)
-    return segment.lower()
+OWN_DIRS = frozenset({TEMP_DIR, QUARANTINE_DIR, OUTBOX_DIR})
 
 
 def relative_path(sha: str) -> str:
@@ -28,6 +30,14 @@ def relative_path(sha: str) -> str:
 def file_path(storage: str, sha: str) -> str:
     """The full path of ``sha``'s file on ``storage``."""
     return os.path.join(storage, relative_path(sha))
+
+
+def storage_of(path: str, sha: str) -> str | None:
+    """The storage directory a path of ``sha``'s file lies in, or None if it is not one."""
+    rel = relative_path(sha)
+    if not path.endswith(os.sep + rel):
+        return None
+    return path[: -len(rel) - 1]
 
 
 def s3_key(sha: str) -> str:

@@ -1,4 +1,4 @@
-"""Pure rules for where to look for a file and where to put a new one (SPEC §2).
+"""Pure rules for where to look for a file and where to put a new one (docs/SPEC.md §2).
 
 No I/O here: callers pass free-space figures and a random generator, so the
 rules can be tested exhaustively without disks or a reactor.

@@ -1,11 +1,15 @@
-"""Conditional and partial GETs, as pure functions (RFC 9110 §13, §14).
+"""Conditional and partial reads, as pure rules (RFC 9110 §13, §14).
 
 A stored file never changes (its name is its hash), so its ETag is the SHA
-itself and any matching validator means "you already have it".
+itself and any matching validator means "you already have it".  The HTTP
+layer turns request headers into a :class:`Selection`; the store, once it
+knows a file's size, asks it which :class:`Part` to send.
 """
 
 import re
 from dataclasses import dataclass
+
+from stor.core.errors import RangeNotSatisfiable
 
 _RANGE = re.compile(rb"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 
@@ -26,12 +30,51 @@ class ByteRange:
         return b"bytes %d-%d/%d" % (self.first, self.last, self.size)
 
 
-class Unsatisfiable(Exception):
-    """The Range asks only for bytes past the end of the file: 416."""
+@dataclass(frozen=True)
+class Part:
+    """What to answer for a file: 200 (whole), 206 (``range``) or 304 (nothing)."""
 
-    def __init__(self, size: int) -> None:
-        super().__init__(f"range not satisfiable for {size} bytes")
-        self.size = size
+    status: int
+    range: ByteRange | None = None
+
+    @property
+    def whole(self) -> bool:
+        """The complete file is sent: the only answer whose bytes can be verified."""
+        return self.status == 200
+
+    def length(self, size: int) -> int:
+        """The body length of this answer for a file of ``size`` bytes."""
+        if self.range is not None:
+            return self.range.length
+        return 0 if self.status == 304 else size
+
+
+WHOLE = Part(200)
+NOT_MODIFIED = Part(304)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a GET or HEAD asks for, from its headers; applied once the size is known."""
+
+    sha: str
+    head: bool = False
+    if_none_match: bytes | None = None
+    range: bytes | None = None
+    if_range: bytes | None = None
+
+    @property
+    def plain(self) -> bool:
+        """A plain GET: the whole body whatever the size (no validator, no range)."""
+        return not self.head and self.if_none_match is None and self.range is None
+
+    def part(self, size: int) -> Part:
+        """The part to answer for a file of ``size`` bytes; raises
+        :class:`~stor.core.errors.RangeNotSatisfiable` for a range past the end."""
+        if none_match(self.if_none_match, self.sha):
+            return NOT_MODIFIED
+        wanted = parse_range(self.range, size, self.if_range, self.sha)
+        return WHOLE if wanted is None else Part(206, wanted)
 
 
 def etag(sha: str) -> bytes:
@@ -56,7 +99,7 @@ def parse_range(header: bytes | None, size: int, if_range: bytes | None, sha: st
 
     Several ranges, a malformed header or an ``If-Range`` that is not our ETag
     mean the whole file (a server may always ignore Range).  A range starting
-    past the end raises :class:`Unsatisfiable`.
+    past the end raises :class:`~stor.core.errors.RangeNotSatisfiable`.
     """
     if header is None or (if_range is not None and if_range.strip() != etag(sha)):
         return None
@@ -69,12 +112,12 @@ def parse_range(header: bytes | None, size: int, if_range: bytes | None, sha: st
             return None
         n = int(last_text)
         if n == 0 or size == 0:
-            raise Unsatisfiable(size)
+            raise RangeNotSatisfiable(size)
         return ByteRange(max(0, size - n), size - 1, size)
     first = int(first_text)
     last = int(last_text) if last_text else size - 1
     if last_text and last < first:
         return None
     if first >= size:
-        raise Unsatisfiable(size)
+        raise RangeNotSatisfiable(size)
     return ByteRange(first, min(last, size - 1), size)

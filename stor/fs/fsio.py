@@ -1,9 +1,13 @@
-"""Small blocking file-system helpers shared by uploads, repair and scrub.
+"""Small blocking file-system helpers shared by uploads, repair, fill and scrub.
 
 Everything here blocks: call it from the disk pool, never the reactor.
 """
 
+import ctypes
+import errno
 import os
+
+_FALLOC_FL_KEEP_SIZE = 0x01
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -14,8 +18,8 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def fsync_dir(path: str) -> None:
-    """Make a rename into ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a rename into (or a creation in) directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -28,3 +32,93 @@ def unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def make_dirs(storage: str, path: str, owner: tuple[int, int] | None = None) -> list[str]:
+    """Create the missing directories from ``storage`` down to ``path``, durably.
+
+    ``storage`` itself is never created (an unmounted disk must not fill the
+    root filesystem).  The parent of every directory created is fsynced, up to
+    the storage root, so that after a power cut the new entries are there: a
+    file renamed into a new directory would otherwise be lost with its
+    directory.  The caller fsyncs ``path`` itself after putting something in
+    it.  Run as root, new directories get ``owner`` (the storage's), so the
+    daemon running as another user can still write next to them.  Returns the
+    directories created, top first.
+    """
+    if os.path.isdir(path):
+        return []
+    if not os.path.isdir(storage):
+        raise FileNotFoundError(errno.ENOENT, "storage is not a directory", storage)
+    created: list[str] = []
+    current = storage
+    for part in os.path.relpath(path, storage).split(os.sep):
+        current = os.path.join(current, part)
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            if not os.path.isdir(current):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", current) from None
+            continue
+        if owner is not None:
+            os.chown(current, *owner)
+        created.append(current)
+    for parent in dict.fromkeys(os.path.dirname(d) for d in created):
+        fsync_dir(parent)  # the new entry; the leaf is fsynced by whoever fills it
+    return created
+
+
+def owner_of(storage: str) -> tuple[int, int] | None:
+    """(uid, gid) new entries on ``storage`` should get: the storage's, when we are root."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    st = os.stat(storage)
+    return st.st_uid, st.st_gid
+
+
+def _load_fallocate() -> object | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate64
+    except (OSError, AttributeError):
+        return None
+    fallocate.restype = ctypes.c_int
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return fallocate
+
+
+_fallocate = _load_fallocate()
+
+
+def reserve(fd: int, offset: int, length: int) -> bool:
+    """Allocate ``length`` bytes at ``offset`` of ``fd`` without changing its size.
+
+    The blocks are taken from the filesystem now (so ``statvfs`` shows them as
+    used to every process) and the writes that follow cannot run out of space.
+    Raises ``OSError`` (``ENOSPC``) when the space is not there.  Returns False
+    when the filesystem cannot reserve (no ``fallocate``): the writes then
+    allocate as they go, as before.  glibc's ``posix_fallocate`` is not used:
+    where the kernel cannot, it writes zeros over the whole length.
+    """
+    if _fallocate is None or length <= 0:
+        return False
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:  # type: ignore[operator]
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def is_no_space(error: OSError) -> bool:
+    """Whether ``error`` means the filesystem is full (or over quota)."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def advise_sequential(fd: int) -> None:
+    """Tell the kernel to read ahead: files are read once, front to back."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass

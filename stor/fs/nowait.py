@@ -47,11 +47,6 @@ _syscall = _load_syscall()
 _HOW = struct.pack("QQQ", _FLAGS, 0, _RESOLVE_CACHED)  # struct open_how
 
 
-def available() -> bool:
-    """Whether the no-wait calls can be used here (checked once, on first use)."""
-    return _syscall is not None
-
-
 def open_cached(path: str) -> int | None:
     """A read-only fd for ``path`` if its lookup needs no I/O, else :data:`WOULD_BLOCK`.
 

@@ -1,4 +1,4 @@
-"""Log output: ``--log-format text|json`` and the per-request access event.
+"""Log output: ``--log-format text|json``.
 
 Everything stor logs goes through :mod:`twisted.logger`.  ``text`` is twistd's
 own format (one line per event, tracebacks as indented lines).  ``json`` is one
@@ -11,12 +11,11 @@ JSON object per line, for log shippers::
 A failure's traceback is one ``traceback`` field of its event, never
 separate lines.
 
-The access event (namespace ``stor.access``) replaces twisted.web's combined
-log line: one per request, when its answer is finished or its connection is
-lost, with the fields of :data:`ACCESS_FIELDS`.
+The access event of every request (:mod:`stor.http.access`) is one event like
+any other here.
 
 twistd builds its log observer before ``makeService`` runs, from its own
-``--logger`` option; :class:`~stor.service.Options` points that option at
+``--logger`` option; :class:`~stor.ops.service.Options` points that option at
 :func:`observer_factory` when ``--log-format json`` is given, after recording
 here where twistd would have written (stdout or ``--logfile``).
 """
@@ -28,38 +27,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from twisted.logger import (
-    FileLogObserver, ILogObserver, LogEvent, Logger, formatEvent, textFileLogObserver,
-)
+from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
 from twisted.python import logfile
 
 LOG_FORMATS = ("text", "json")
 
-access_log = Logger(namespace="stor.access")
-
-ACCESS_FORMAT = (
-    "{method} {path} {status} sent={bytes_sent} received={bytes_received} "
-    "{duration_ms:.1f}ms peer={peer}{outcome}"
-)
-ACCESS_FIELDS = ("method", "path", "sha", "status", "bytes_sent", "bytes_received",
-                 "duration_ms", "peer", "user_agent", "completed")
-
 # Legacy (twisted.python.log) keys that duplicate or clash with the JSON record's own.
 _SKIP = frozenset({"message", "format", "isError", "time", "failure", "why", "system",
                    "log_legacy", "outcome", "access_line"})
-
-
-def emit_access(**fields: Any) -> None:
-    """Log the one access event of a request (fields: :data:`ACCESS_FIELDS`).
-
-    The text line is built here, once, and the event's format is just
-    ``{access_line}``: twisted.logger re-parses a format string for every
-    observer, and on a busy host this event is most of the log.
-    """
-    outcome = "" if fields.get("completed", True) else " (connection lost before the end)"
-    line = ACCESS_FORMAT.format(outcome=outcome, **fields)
-    access_log.info("{access_line}", access_line=line, **fields)
-
 
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -135,7 +110,3 @@ def observer_factory() -> ILogObserver:
     out = _output() if _output is not None else sys.stdout
     return json_file_observer(out)
 
-
-def text_observer(out: IO[str]) -> ILogObserver:
-    """twistd's own text format (used by tests and the worker parent alike)."""
-    return textFileLogObserver(out)

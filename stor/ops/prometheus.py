@@ -30,8 +30,8 @@ multiprocess files) runs in the store's thread pool, never on the reactor.
 """
 
 import os
-import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -44,7 +44,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from stor import __version__
-from stor.core import placement
+from stor.fs.health import StorageHealth
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -85,11 +85,36 @@ class _Storages:
         yield info
 
 
-class Exporter:
-    """Prometheus metrics of one :class:`~stor.app.StorApp` (one process)."""
+@dataclass(frozen=True)
+class AmqpState:
+    """What the AMQP publisher reports."""
 
-    def __init__(self, app: Any) -> None:
-        self._app = app
+    connected: bool
+    buffered: int
+    dropped: int
+
+
+Runner = Callable[..., "Deferred[Any]"]
+
+
+class Exporter:
+    """Prometheus metrics of one stor process, from the sources it is given.
+
+    ``storages`` (blocking: run in ``run``, the disk pool) measures every
+    storage at scrape time; ``writable`` is the writable rule;
+    ``cache_stats`` and ``amqp_state`` are read every second and at each
+    scrape (either may be absent).
+    """
+
+    def __init__(self, storages: Callable[[], list[StorageHealth]],
+                 writable: Callable[[str], bool], run: Runner, *,
+                 cache_stats: Callable[[], Any] | None = None,
+                 amqp_state: Callable[[], AmqpState] | None = None) -> None:
+        self._storages_now = storages
+        self._writable = writable
+        self._run = run
+        self._cache_stats = cache_stats
+        self._amqp_state = amqp_state
         disable_created_metrics()  # the *_created series only add noise to every counter
         self.registry = CollectorRegistry(auto_describe=True)
         shared = multiprocess()
@@ -126,6 +151,9 @@ class Exporter:
                                    registry=own, multiprocess_mode="livesum")
         self.amqp_dropped = Counter("stor_amqp_dropped_messages",
                                     "SHAs dropped because the buffer was full.", registry=own)
+        self.rejected = Counter("stor_http_rejected", "Requests refused before routing (408, "
+                                "414, 431) and upload bodies cut for silence, by reason.",
+                                ["reason"], registry=own)
         self._storages = _Storages()
         self.registry.register(self._storages)  # type: ignore[arg-type]
         self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
@@ -153,23 +181,24 @@ class Exporter:
         duration.observe(seconds)
         self.in_flight.dec()
 
+    def request_rejected(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
     # -- values other objects keep --------------------------------------------
 
     def sync(self) -> None:
         """Copy the cache's and the publisher's state into metrics (reactor thread)."""
-        stats = getattr(self._app.cache, "stats", None)
-        if stats is not None:
+        if self._cache_stats is not None:
+            stats = self._cache_stats()
             self._advance(self.cache_hits.labels("lru"), "lru", stats.lru_hits)
             self._advance(self.cache_hits.labels("memcached"), "memcached", stats.memcached_hits)
             self._advance(self.cache_misses, "misses", stats.misses)
             self._advance(self.cache_errors, "errors", stats.errors)
-        publisher = self._app.publisher
-        from stor.peers.amqp import AmqpPublisher
-
-        if isinstance(publisher, AmqpPublisher):
-            self.amqp_connected.set(1 if publisher.connected else 0)
-            self.amqp_buffered.set(publisher.buffered)
-            self._advance(self.amqp_dropped, "amqp_dropped", publisher.dropped)
+        if self._amqp_state is not None:
+            state = self._amqp_state()
+            self.amqp_connected.set(1 if state.connected else 0)
+            self.amqp_buffered.set(state.buffered)
+            self._advance(self.amqp_dropped, "amqp_dropped", state.dropped)
 
     def _advance(self, counter: Any, key: str, total: int) -> None:
         delta = total - self._seen.get(key, 0)
@@ -180,38 +209,20 @@ class Exporter:
     # -- the scrape -------------------------------------------------------------
 
     def scrape(self) -> "Deferred[bytes]":
-        """The metrics page; disk work (statvfs, shared files) in the store's pool."""
+        """The metrics page; disk work (statvfs, shared files) in the disk pool."""
         self.sync()
-        store = self._app.store
-        regex = self._app.config.writable_pairs_regex
-        storages = tuple(store.storages)
 
         def measure_and_render() -> bytes:
-            self._storages.free = {s: _free_or_none(s) for s in storages}
-            self._storages.writable = {s: placement.writable(s, regex) for s in storages}
+            health = self._storages_now()
+            self._storages.free = {h.path: h.free_bytes for h in health}
+            self._storages.writable = {h.path: self._writable(h.path) for h in health}
             return generate_latest(self.registry)
 
-        return store.run(measure_and_render)
+        return self._run(measure_and_render)
 
-    def render(self, request: Any) -> "Deferred[bytes]":
-        """Answer ``GET /metrics``."""
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        d = self.scrape()
-
-        def sized(body: bytes) -> bytes:
-            request.setHeader(b"content-length", b"%d" % len(body))
-            return body
-
-        return d.addCallback(sized)
-
-
-def _free_or_none(storage: str) -> int | None:
-    """Like :func:`stor.storage.free_bytes`, but None (no sample) when unreadable."""
-    try:
-        st = os.statvfs(storage)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
+    def page(self) -> "Deferred[tuple[bytes, bytes]]":
+        """``GET /metrics``: (content type, body)."""
+        return self.scrape().addCallback(lambda body: (CONTENT_TYPE_LATEST.encode(), body))
 
 
 class SyncService(Service):
@@ -231,14 +242,3 @@ class SyncService(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
-
-
-_exporters: "weakref.WeakKeyDictionary[Any, Exporter]" = weakref.WeakKeyDictionary()
-
-
-def exporter_for(app: Any) -> Exporter:
-    """The one :class:`Exporter` of ``app`` (made on first use)."""
-    exporter = _exporters.get(app)
-    if exporter is None:
-        exporter = _exporters[app] = Exporter(app)
-    return exporter

@@ -26,20 +26,22 @@ from twisted.python import usage
 
 from stor import __version__
 from stor.ops import logs
+from stor.fs.locks import ShaLocks, default_lock_dir
+from stor.fs.temps import sweep_temp_dir
 from stor.http.app import StorApp
+from stor.http.site import StorSite
 from stor.config import Config, load_config
 from stor.core.errors import ConfigError
 from stor.peers.cache import build_cache
 from stor.peers.statsd import build_metrics
-from stor.peers.amqp import build_publisher
-from stor.store.repair import Repairer
+from stor.peers.amqp import AmqpPublisher, build_publisher
 from stor.peers.s3 import build_s3
-from stor.http.request import StorSite
 from stor.fs.diskpool import DiskPool
 from stor.store.local import LocalStore
+from stor.store.store import Store
 from stor.ops.gelf import build_gelf
 from stor.ops.logs import LOG_FORMATS
-from stor.ops.prometheus import SyncService, exporter_for
+from stor.ops.prometheus import AmqpState, Exporter, SyncService
 from stor.ops.shutdown import Frontend, adopt
 from stor.ops.workers import Supervisor, stop_with_parent
 
@@ -96,8 +98,11 @@ def config_or_exit(path: str) -> Config:
 def temp_sweeper(store: LocalStore, period: float) -> internet.TimerService:
     """Removes stale temp files at start and every ``cleanup_tempdir_period`` seconds."""
 
+    def sweep_all() -> int:
+        return sum(sweep_temp_dir(s) for s in store.storages)
+
     def sweep() -> object:
-        d = store.sweep(period)
+        d = store.run(sweep_all)
         d.addCallback(lambda n: n and log.info("removed {count} stale temp files", count=n))
         d.addErrback(lambda f: log.failure("temp sweep failed", failure=f))
         return d
@@ -114,8 +119,7 @@ class Daemon:
     """
 
     site: StorSite
-    app: StorApp
-    store: LocalStore
+    store: Store
     services: service.MultiService
 
 
@@ -127,28 +131,37 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
         metrics_service.setServiceParent(services)
     pool = DiskPool(reactor)
     pool.setServiceParent(services)
-    store = LocalStore(
+    local = LocalStore(
         config.storage_pairs,
         pool,
         writable_regex=config.writable_pairs_regex,
         balance_threshold=config.balance_threshold,
         check_mounts=config.check_mounts,
     )
+    locks = ShaLocks(config.lock_dir or default_lock_dir())
+    locks.prepare()
     cache = build_cache(config, reactor)
     cache.setServiceParent(services)
-    publisher = build_publisher(config, reactor, metrics)
+    publisher = build_publisher(config.amqp, reactor, metrics)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    s3 = build_s3(config, reactor, metrics)
-    repairer = Repairer(store, metrics, config.writable_pairs_regex)
-    app = StorApp(config, store, metrics=metrics, cache=cache, s3=s3, publisher=publisher,
-                  repairer=repairer)
-    exporter = exporter_for(app)
+    store = Store(local, locks, metrics=metrics, cache=cache, s3=build_s3(config, reactor, metrics),
+                  publisher=publisher, max_upload_size=config.max_upload_size)
+    exporter = Exporter(local.health_now, local.writable, pool.run,
+                        cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher))
     SyncService(exporter, reactor).setServiceParent(services)
-    site = StorSite(app.resource(), uploads=app, observer=exporter)
+    app = StorApp(store, metrics=metrics, metrics_page=exporter.page)
+    site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
+                    header_timeout=config.header_timeout, body_timeout=config.body_timeout)
     site.displayTracebacks = False
-    temp_sweeper(store, config.cleanup_tempdir_period).setServiceParent(services)
-    return Daemon(site, app, store, services)
+    temp_sweeper(local, config.cleanup_tempdir_period).setServiceParent(services)
+    return Daemon(site, store, services)
+
+
+def _amqp_state(publisher: object) -> "Callable[[], AmqpState] | None":
+    if not isinstance(publisher, AmqpPublisher):
+        return None
+    return lambda: AmqpState(publisher.connected, publisher.buffered, publisher.dropped)
 
 
 def _exit_on_config_error(build: Callable[[], T]) -> T:
@@ -160,11 +173,12 @@ def _exit_on_config_error(build: Callable[[], T]) -> T:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-def _server_endpoint(reactor: Any, listen: str) -> Any:
+def server_endpoint(reactor: Any, listen: str, key: str = "listen") -> Any:
+    """The Twisted server endpoint ``listen`` describes (parsed, not listened on)."""
     try:
         return endpoints.serverFromString(reactor, listen)
     except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise ConfigError("--listen", f"{listen!r} is not a valid endpoint: {e}") from e
+        raise ConfigError(key, f"{listen!r} is not a valid Twisted endpoint: {e}") from e
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -176,7 +190,8 @@ def makeService(options: Options) -> service.MultiService:
         log.warn("config: ignoring unknown keys {keys}", keys=", ".join(config.unknown_keys))
     gelf = _exit_on_config_error(lambda: build_gelf(config.log, reactor))
     listen = options["listen"] or config.listen
-    endpoint = _exit_on_config_error(lambda: _server_endpoint(reactor, listen))
+    key = "--listen" if options["listen"] else "listen"
+    endpoint = _exit_on_config_error(lambda: server_endpoint(reactor, listen, key))
 
     top: service.MultiService
     if options["workers"] > 1 and options["adopt-fd"] is None:

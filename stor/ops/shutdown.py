@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stor.ops.notify import notify
-from stor.http.request import StorSite
+from stor.http.site import StorSite
 
 log = Logger()
 

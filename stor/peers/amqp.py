@@ -1,4 +1,4 @@
-"""AMQP publishing of requested SHAs (SPEC §5), fire-and-forget on the reactor.
+"""AMQP publishing of requested SHAs (docs/SPEC.md §5), fire-and-forget on the reactor.
 
 Every well-formed GET/HEAD hands its SHA to :meth:`Publisher.publish`, which
 must never delay or fail the request.  :class:`AmqpPublisher` therefore only
@@ -25,7 +25,6 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
@@ -36,15 +35,11 @@ from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from stor.config import Config
-from stor.core.errors import ConfigError
-from stor.peers.statsd import Metrics
+from stor.config.amqp import DEFAULT_HEARTBEAT, AmqpConfig
+from stor.core.metrics import Metrics
 
 log = Logger()
 
-DEFAULT_EXCHANGE = "stor"
-DEFAULT_ROUTING_KEY = "sha"
-DEFAULT_HEARTBEAT = 60
 DEFAULT_BUFFER_SIZE = 10_000
 DEFAULT_MAX_IN_FLIGHT = 1_000
 CLOSE_TIMEOUT = 5.0
@@ -93,43 +88,13 @@ class Backoff:
         return base * (1.0 + rng.uniform(-self.jitter, self.jitter))
 
 
-def parse_amqp_uri(uri: str) -> tuple[pika.URLParameters, str, str]:
-    """Connection parameters, exchange and routing key from a RabbitMQ URI.
-
-    ``exchange`` and ``routing_key`` are stor's own query parameters: pika
-    rejects unknown ones, so they are taken out before pika parses the rest.
-    ``heartbeat`` defaults to 60 s instead of pika's "whatever the broker
-    proposes".  Raises ValueError for a URI pika or we cannot use.
-    """
-    parts = urlsplit(uri)
-    if parts.scheme.lower() not in ("amqp", "amqps"):
-        raise ValueError(f"scheme must be amqp or amqps, not {parts.scheme!r}")
-    ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in ("exchange", "routing_key"):
-            if name in ours:
-                raise ValueError(f"URL parameter {name!r} given more than once")
-            ours[name] = value
-        else:
-            theirs.append((name, value))
-    if not any(name == "heartbeat" for name, _ in theirs):
-        theirs.append(("heartbeat", str(DEFAULT_HEARTBEAT)))
-    params = pika.URLParameters(urlunsplit(parts._replace(query=urlencode(theirs))))
-    exchange = ours.get("exchange") or DEFAULT_EXCHANGE
-    routing_key = ours.get("routing_key") or DEFAULT_ROUTING_KEY
-    return params, exchange, routing_key
-
-
-def build_publisher(config: Config, reactor: Reactor, metrics: Metrics) -> NoPublisher | AmqpPublisher:
-    """The publisher ``config`` asks for; an unusable URI is a config error."""
-    if config.rabbitmq_uri is None:
+def build_publisher(amqp: AmqpConfig | None, reactor: Reactor,
+                    metrics: Metrics) -> "NoPublisher | AmqpPublisher":
+    """The publisher the config asks for (a do-nothing one without ``rabbitmq_uri``)."""
+    if amqp is None:
         return NoPublisher()
-    try:
-        params, exchange, routing_key = parse_amqp_uri(config.rabbitmq_uri)
-    except ValueError as e:
-        raise ConfigError("rabbitmq_uri", str(e)) from e
-    return AmqpPublisher(params, exchange, routing_key, reactor, metrics)
+    return AmqpPublisher(pika.URLParameters(amqp.url), amqp.exchange, amqp.routing_key,
+                         reactor, metrics)
 
 
 def broker_endpoint(params: pika.ConnectionParameters, reactor: Reactor) -> IStreamClientEndpoint:

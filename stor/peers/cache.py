@@ -1,4 +1,4 @@
-"""The lookup cache (SPEC §4): ``sha → path`` of a local hit, so a GET can skip the disk walk.
+"""The lookup cache (docs/SPEC.md §4): ``sha → path`` of a local hit, so a GET can skip the disk walk.
 
 An in-process LRU answers first, without leaving the reactor thread.  Behind
 it, when ``memcached_servers`` is configured, pymemcache's ``HashClient``

@@ -1,15 +1,16 @@
-"""The S3 read-through (SPEC §3): ask a bucket before the local storages.
+"""The S3 read-through (docs/SPEC.md §3): ask a bucket before the local storages.
 
 An S3 outage must never turn a locally stored file into an error, so
 :meth:`S3Reader.fetch` never fails: a refusal, a timeout, a 5xx, a rejected
 signature or a malformed answer is logged once, counted and answered with
 None, and the route falls through to the local disks.
 
-A found object is relayed to the client chunk by chunk with back-pressure and
-hashed on the way.  The last chunk is held back until the whole body is known
-to hash to the SHA it was asked for, so a client can never receive a complete
-file with the wrong content: on a mismatch (or a body cut short) the client's
-connection is aborted and it sees a broken transfer instead.
+A found object is relayed to a consumer (the client's request) chunk by chunk
+with back-pressure and hashed on the way.  The last chunk is held back until
+the whole body is known to hash to the SHA it was asked for, so a client can
+never receive a complete file with the wrong content: on a mismatch (or a
+body cut short) the delivery fails before that chunk, and the HTTP layer cuts
+the connection so the client sees a broken transfer.
 
 Requests are signed with botocore's own S3 SigV4 signer (no botocore HTTP
 stack: it blocks) and sent with treq over a persistent connection pool.
@@ -26,7 +27,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,14 +36,14 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest, IResponse
+from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from stor.core import layout
 from stor.core.ranges import ByteRange
 from stor.config import Config, S3Config
 from stor.core.errors import StorageFailure
-from stor.peers.statsd import Metrics
+from stor.core.metrics import Metrics
 
 log = Logger()
 
@@ -99,17 +100,17 @@ class S3Object:
         self.last_modified = last_modified
         self._relay = relay
 
-    def deliver(self, request: IRequest) -> "Deferred[None]":
-        """Stream the verified body into ``request``; fires when all of it is written.
+    def write_to(self, consumer: IConsumer) -> "Deferred[None]":
+        """Stream the verified body into ``consumer``; fires when all of it is written.
 
-        Fails with :class:`~stor.errors.StorageFailure` if the body does not hash
-        to :attr:`sha` or S3 breaks off (the client's connection has then been
-        aborted, so it sees a short transfer), and with ``CancelledError`` if
-        the client goes away (S3 is then no longer read).
+        Fails with :class:`~stor.core.errors.StorageFailure` if the body does not
+        hash to :attr:`sha` or S3 breaks off (the last chunk is then never
+        written), and with ``CancelledError`` if the consumer stops it (the
+        client went away; S3 is then no longer read).
         """
         if self._relay is None:
             raise RuntimeError("a HEAD answer has no body to deliver")
-        return self._relay.attach(request)
+        return self._relay.attach(consumer)
 
     def discard(self) -> None:
         """The body will not be read (HEAD, or the route answers otherwise): let go of it."""
@@ -246,7 +247,7 @@ class S3Reader:
 
 @implementer(IPushProducer)
 class _Relay(Protocol):
-    """Receives one S3 body and relays it, verified, into a client request.
+    """Receives one S3 body and relays it, verified, into a consumer.
 
     Paused from the moment the headers are in until :meth:`attach`; then the
     client's transport drives pause/resume of the S3 connection.  The most
@@ -267,7 +268,7 @@ class _Relay(Protocol):
         self._held: bytes | None = None
         self._pending: list[bytes] = []  # released before a request was attached
         self._ended: Failure | None = None
-        self._request: IRequest | None = None
+        self._consumer: IConsumer | None = None
         self._done: Deferred[None] | None = None
         self._paused = False  # by the client
         self._over = False  # concluded, discarded or abandoned: ignore further events
@@ -297,25 +298,24 @@ class _Relay(Protocol):
         if self._over:
             return
         self._ended = reason
-        if self._request is not None:
+        if self._consumer is not None:
             self._conclude()
 
     # -- the client side (IPushProducer) -----------------------------------
 
-    def attach(self, request: IRequest) -> "Deferred[None]":
-        """Start relaying into ``request``; the returned Deferred fires at the end."""
-        if self._request is not None or self._over:
+    def attach(self, consumer: IConsumer) -> "Deferred[None]":
+        """Start relaying into ``consumer``; the returned Deferred fires at the end.
+
+        Cancelling it (the client went away) stops reading S3.
+        """
+        if self._consumer is not None or self._over:
             raise RuntimeError("an S3 body can be delivered once")
-        self._request = request
+        self._consumer = consumer
         self._done = Deferred(lambda _: self._abandon())
-        if getattr(request, "channel", True) is None:  # the client left before we began
-            self._abandon()
-            return self._done
-        request.notifyFinish().addErrback(lambda _: self._abandon())
-        request.registerProducer(self, True)
+        consumer.registerProducer(self, True)
         pending, self._pending = self._pending, []
         for chunk in pending:
-            request.write(chunk)
+            consumer.write(chunk)
         if self._ended is not None:
             self._conclude()
         elif not self._paused and not self._over:
@@ -331,7 +331,7 @@ class _Relay(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if not self._over and self._ended is None and self._request is not None:
+        if not self._over and self._ended is None and self._consumer is not None:
             self._s3.resumeProducing()
             self._arm_idle()
 
@@ -353,10 +353,10 @@ class _Relay(Protocol):
     # -- internals ----------------------------------------------------------
 
     def _release(self, chunk: bytes) -> None:
-        if self._request is None:
+        if self._consumer is None:
             self._pending.append(chunk)
         else:
-            self._request.write(chunk)
+            self._consumer.write(chunk)
 
     def _conclude(self) -> None:
         """The body has ended and a request is attached: finish or fail it."""
@@ -375,20 +375,17 @@ class _Relay(Protocol):
             self._finish(None)
 
     def _fail(self, error: StorageFailure) -> None:
-        """Never let the client take a short or wrong body for a whole one: abort it."""
+        """Never let the client take a short or wrong body for a whole one: the
+        held-back chunk is dropped and the delivery fails (the HTTP layer cuts
+        the connection)."""
         self._held = None
-        transport = getattr(self._request, "transport", None)
-        if transport is not None and not self._client_gone:
-            # before the Deferred fires: nothing an error handler writes may reach the client
-            abort = getattr(transport, "abortConnection", None) or transport.loseConnection
-            abort()
         self._finish(error)
 
     def _finish(self, error: BaseException | None) -> None:
         self._over = True
         self._disarm_idle()
-        if self._request is not None and not self._client_gone:
-            self._request.unregisterProducer()
+        if self._consumer is not None and not self._client_gone:
+            self._consumer.unregisterProducer()
         assert self._done is not None
         if self._done.called:
             return
@@ -412,7 +409,7 @@ class _Relay(Protocol):
 
     def _arm_idle(self) -> None:
         """S3 must keep sending while the client is reading; a stalled body is cut."""
-        if self._over or self._paused or self._request is None or self._ended is not None:
+        if self._over or self._paused or self._consumer is None or self._ended is not None:
             return
         if self._idle is not None and self._idle.active():
             self._idle.reset(self._idle_timeout)

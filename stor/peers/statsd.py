@@ -1,4 +1,4 @@
-"""statsite (statsd) metrics over UDP, with the old service's key names (SPEC §6).
+"""statsite (statsd) metrics over UDP, with the old service's key names (docs/SPEC.md §6).
 
 :class:`Metrics` is what the rest of stor calls; :class:`NullMetrics` is used
 when no ``statsite`` is configured so callers never test a flag.  Sending is a
@@ -6,7 +6,7 @@ single non-blocking UDP datagram; a missing or unreachable statsite is silent.
 """
 
 import random
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
@@ -14,26 +14,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from stor.config import Config, StatsiteConfig
+from stor.core.metrics import Metrics, NullMetrics
 
 log = Logger()
-
-
-class Metrics(Protocol):
-    """Counters and timings, keyed as in SPEC §6."""
-
-    def incr(self, key: str, value: int = 1) -> None: ...
-
-    def timing(self, key: str, ms: float) -> None: ...
-
-
-class NullMetrics:
-    """Metrics that go nowhere."""
-
-    def incr(self, key: str, value: int = 1) -> None:
-        pass
-
-    def timing(self, key: str, ms: float) -> None:
-        pass
 
 
 class StatsdMetrics(DatagramProtocol):

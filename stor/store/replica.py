@@ -1,11 +1,12 @@
-"""Copying a verified file to its twin: temp + fsync + rename, never a partial file.
+"""Verified copies: a file reaches another storage whole and correct, or not at all.
 
-Both ``stor scrub --repair`` and background replica repair need "make the twin
-hold a good copy of this file".  The copy must never make things worse: the
-source is hashed while it is copied and nothing reaches the final path unless
-it hashes to its name, and the final path only ever changes by an atomic
-rename of a complete, fsynced file.  Everything here blocks: call it from a
-thread when on the reactor.
+Background repair, the move to another pair after a failed commit, and
+``stor scrub --repair`` all need "make this storage hold a good copy of that
+file".  The copy must never make things worse: the source is hashed while it
+is copied into an owned temp file (:mod:`stor.fs.temps`), nothing is
+installed unless it hashes to its name, and the final path only ever changes
+through :func:`stor.fs.commit.install` under the SHA's lock.  Everything here
+blocks: call it from a thread when on the reactor.
 """
 
 import errno
@@ -13,10 +14,12 @@ import hashlib
 import os
 from collections.abc import Callable
 
-from stor.core import layout
 from stor.core.errors import HashMismatch
-from stor.fs.fsio import fsync_dir, unlink_quietly, write_all
-from stor.store.local import temp_dir, temp_name
+from stor.core.sha import parse_sha
+from stor.fs.commit import install
+from stor.fs.fsio import advise_sequential, owner_of, write_all
+from stor.fs.locks import ShaLocks
+from stor.fs.temps import OwnedTemp, create_temp
 
 CHUNK = 1024 * 1024
 """Read size: big enough for sequential disk throughput, small enough for flat memory."""
@@ -34,6 +37,10 @@ class CorruptSource(HashMismatch):
         self.args = (f"{path} hashes to {actual}, not {expected}",)
 
 
+class SourceGone(Exception):
+    """The source was removed or replaced while it was copied (a DELETE, a quarantine)."""
+
+
 def sha256_file(path: str, on_chunk: OnChunk | None = None, chunk_size: int = CHUNK) -> str:
     """The lower-case hex sha256 of the file at ``path``, read in ``chunk_size`` pieces.
 
@@ -42,85 +49,97 @@ def sha256_file(path: str, on_chunk: OnChunk | None = None, chunk_size: int = CH
     """
     hasher = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        _advise_sequential(f.fileno())
+        advise_sequential(f.fileno())
         _pump(f.fileno(), hasher, None, on_chunk, chunk_size)
     return hasher.hexdigest()
+
+
+def copy_verified(source_fd: int, source_path: str, storage: str, sha: str,
+                  on_chunk: OnChunk | None = None, chunk_size: int = CHUNK) -> OwnedTemp:
+    """A new fsynced temp file on ``storage`` holding the source, which hashed to ``sha``.
+
+    The source's mtime is kept, so every replica answers the same
+    Last-Modified.  Raises :class:`CorruptSource` when it does not hash to
+    ``sha`` and ``OSError`` for I/O failures; no temp file is left behind then.
+    """
+    temp = create_temp(storage, sha, owner_of(storage))
+    try:
+        hasher = hashlib.sha256()
+        _pump(source_fd, hasher, temp.fd, on_chunk, chunk_size, offset=0)
+        actual = hasher.hexdigest()
+        if actual != sha:
+            raise CorruptSource(source_path, sha, actual)
+        times = os.fstat(source_fd)
+        os.utime(temp.fd, ns=(times.st_atime_ns, times.st_mtime_ns))
+        os.fsync(temp.fd)
+    except BaseException:
+        temp.discard()
+        raise
+    return temp
 
 
 def copy_to_twin(
     source_path: str,
     twin_storage: str,
     sha: str,
+    locks: ShaLocks,
     *,
     on_chunk: OnChunk | None = None,
     chunk_size: int = CHUNK,
 ) -> str:
     """Copy ``source_path`` to ``sha``'s final path on ``twin_storage``; return that path.
 
-    The source is hashed as it is copied into
-    ``<twin>/.stor-tmp/<sha>.<pid>.<rand>.tmp`` (the name the temp sweeper
-    understands, on the twin's filesystem so the rename is atomic); only when it
-    hashes to ``sha`` is the temp fsynced and renamed over the final path and
-    the directory fsynced.  An existing (e.g. corrupt) file at the final path is
-    replaced atomically; readers see the old file or the new one, never a mix.
-    The source's mtime is kept, so both replicas answer the same Last-Modified.
-
-    Raises :class:`CorruptSource` when the source does not hash to ``sha``,
-    :class:`~stor.errors.MalformedSha` for a bad ``sha``, ``FileNotFoundError``
-    when ``twin_storage`` is not a directory (a storage is never created: an
-    unmounted disk must not fill the root filesystem), and ``OSError`` for
-    I/O failures.  On any failure the temp file is gone and the final path is
-    untouched.  When run as root, directories and the file created on the twin
-    get the twin storage's owner, so the daemon (running as another user) can
-    still write next to them.
+    The copy is verified (see :func:`copy_verified`) and installed under the
+    SHA's lock only if the source is still the file that was copied: a DELETE
+    or a quarantine meanwhile wins (:class:`SourceGone`).  An existing (e.g.
+    corrupt) file at the final path is replaced atomically; readers see the
+    old file or the new one, never a mix.  A missing ``twin_storage`` raises
+    ``FileNotFoundError``: a storage is never created.
     """
-    sha = layout.parse_sha(sha)
+    sha = parse_sha(sha)
     if not os.path.isdir(twin_storage):
         raise FileNotFoundError(errno.ENOENT, "twin storage is not a directory", twin_storage)
-    final = layout.file_path(twin_storage, sha)
-    owner = _owner_to_copy(twin_storage)
     with open(source_path, "rb", buffering=0) as source:
-        _advise_sequential(source.fileno())
-        times = os.fstat(source.fileno())
-        temp = _new_temp(twin_storage, sha, owner)
-        try:
-            _fill_temp(source.fileno(), temp, source_path, sha, on_chunk, chunk_size)
-            os.utime(temp, ns=(times.st_atime_ns, times.st_mtime_ns))
-            _make_dirs(twin_storage, os.path.dirname(final), owner)
-            os.rename(temp, final)
-        except BaseException:
-            unlink_quietly(temp)
-            raise
-    fsync_dir(os.path.dirname(final))
+        advise_sequential(source.fileno())
+        copied = os.fstat(source.fileno())
+        temp = copy_verified(source.fileno(), source_path, twin_storage, sha, on_chunk,
+                             chunk_size)
+    try:
+        with locks.hold(sha):
+            if not same_file(source_path, copied):
+                raise SourceGone(f"{source_path} changed while it was copied")
+            final = install(sha, [temp])[0]
+    except BaseException:
+        temp.discard()
+        raise
+    temp.close()
     return final
 
 
-def _fill_temp(
-    source_fd: int, temp: str, source_path: str, sha: str,
-    on_chunk: OnChunk | None, chunk_size: int,
-) -> None:
-    """Copy and hash the source into ``temp``; fsync it only if the hash matches."""
-    fd = os.open(temp, os.O_WRONLY | os.O_CLOEXEC)
+def same_file(path: str, st: os.stat_result) -> bool:
+    """Whether ``path`` still names the file ``st`` was taken of."""
     try:
-        hasher = hashlib.sha256()
-        _pump(source_fd, hasher, fd, on_chunk, chunk_size)
-        actual = hasher.hexdigest()
-        if actual != sha:
-            raise CorruptSource(source_path, sha, actual)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
-def _pump(
-    source_fd: int, hasher: "hashlib._Hash", dest_fd: int | None,
-    on_chunk: OnChunk | None, chunk_size: int,
-) -> None:
-    """Read ``source_fd`` to its end into one reused buffer, hashing (and writing) each chunk."""
+def _pump(source_fd: int, hasher: "hashlib._Hash", dest_fd: int | None,
+          on_chunk: OnChunk | None, chunk_size: int, offset: int | None = None) -> None:
+    """Read ``source_fd`` to its end into one reused buffer, hashing (and writing) each chunk.
+
+    With ``offset`` the source is read with ``preadv`` from there (its file
+    position is left alone), else sequentially.
+    """
     buf = bytearray(chunk_size)
     view = memoryview(buf)
     while True:
-        n = os.readv(source_fd, [buf])
+        if offset is None:
+            n = os.readv(source_fd, [buf])
+        else:
+            n = os.preadv(source_fd, [buf], offset)
+            offset += n
         if n == 0:
             return
         hasher.update(view[:n])
@@ -128,54 +147,3 @@ def _pump(
             write_all(dest_fd, view[:n])
         if on_chunk is not None:
             on_chunk(n)
-
-
-def _new_temp(storage: str, sha: str, owner: tuple[int, int] | None) -> str:
-    """Create an empty temp file for ``sha`` in ``storage``'s temp directory."""
-    directory = _make_dirs(storage, temp_dir(storage), owner)
-    path = os.path.join(directory, temp_name(sha))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-    except BaseException:
-        os.close(fd)
-        unlink_quietly(path)
-        raise
-    os.close(fd)
-    return path
-
-
-def _make_dirs(storage: str, path: str, owner: tuple[int, int] | None) -> str:
-    """Create the missing directories from ``storage`` down to ``path`` (below it)."""
-    if os.path.isdir(path):
-        return path
-    current = storage
-    for part in os.path.relpath(path, storage).split(os.sep):
-        current = os.path.join(current, part)
-        try:
-            os.mkdir(current)
-        except FileExistsError:
-            continue
-        if owner is not None:
-            os.chown(current, *owner)
-    return path
-
-
-def _owner_to_copy(storage: str) -> tuple[int, int] | None:
-    """(uid, gid) new entries should get: the storage's, when we are root; else None."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return None
-    st = os.stat(storage)
-    return st.st_uid, st.st_gid
-
-
-def _advise_sequential(fd: int) -> None:
-    """Tell the kernel to read ahead: files are read once, front to back."""
-    if hasattr(os, "posix_fadvise"):
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except OSError:
-            pass
-
-

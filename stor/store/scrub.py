@@ -11,14 +11,14 @@ starve live reads.  It never deletes a ``.dat``.
 Problem kinds:
 
 ``corrupt``        a ``.dat`` that does not hash to its name (or cannot be read);
-                   repaired from a verified twin
+                   moved to quarantine and repaired from a verified twin
 ``unrecoverable``  a corrupt ``.dat`` with no good twin; left alone
 ``missing-twin``   the other member of the pair lacks the file (the path
                    reported is the missing one); repaired by copying a verified replica
 ``misplaced``      a ``.dat`` whose name is not a SHA or which is not at its
                    SHA's path (stor would never find it); left alone
-``stale-temp``     an abandoned upload in ``.stor-tmp`` (dead owner or idle for
-                   ``cleanup_tempdir_period``); removed by ``--repair``
+``stale-temp``     an abandoned upload in ``.stor-tmp`` (no process holds it: see
+                   :mod:`stor.fs.temps`); removed by ``--repair``
 ``unreadable``     a directory below a storage that cannot be listed
 """
 
@@ -32,15 +32,19 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from stor.core import layout
+from stor.core.sha import parse_sha
 from stor.config import Config, load_config
 from stor.core.errors import ConfigError, HashMismatch, MalformedSha
+from stor.fs.health import check_storages
+from stor.fs.locks import ShaLocks, default_lock_dir
+from stor.fs.temps import is_stale_temp, temp_dir
+from stor.store.quarantine import quarantine
 from stor.store.replica import CHUNK, copy_to_twin, sha256_file
-from stor.store.local import TEMP_DIR, is_stale_temp, storage_problem, temp_dir
 
 KINDS = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", "unreadable")
 """Every problem kind, in report order."""
 
-SKIPPED_TOP_DIRS = frozenset({TEMP_DIR, "lost+found"})
+SKIPPED_TOP_DIRS = layout.OWN_DIRS | {"lost+found"}
 """Top-level directories that hold no stor data (temp files are checked separately)."""
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
@@ -192,16 +196,16 @@ class Scrubber:
         self,
         twins: dict[str, str],
         report: Report,
+        locks: ShaLocks,
         repair: bool = False,
-        stale_after: float = 1800.0,
         throttle: Throttle | None = None,
         progress: Progress | None = None,
         on_problem: Callable[[Problem], None] = lambda p: None,
     ) -> None:
         self.twins = twins
         self.report = report
+        self.locks = locks
         self.repair = repair
-        self.stale_after = stale_after
         self.throttle = throttle or Throttle(None)
         self.progress = progress or Progress(sys.stderr, enabled=False)
         self.on_problem = on_problem
@@ -232,7 +236,7 @@ class Scrubber:
 
     def _is_stale(self, entry: os.DirEntry[str], now: float) -> bool:
         """The daemon's sweeper rule, so both agree on what is abandoned."""
-        return is_stale_temp(entry, now, self.stale_after)
+        return is_stale_temp(entry.path, now)
 
     # -- data files -----------------------------------------------------
 
@@ -295,8 +299,14 @@ class Scrubber:
             self._found(Problem(path, "unrecoverable", detail=f"{detail}; twin {twin_state}"))
             return
         problem = Problem(path, "corrupt", detail=f"{detail}; good twin at {twin_path}")
-        self._mend(problem, lambda: self._copy(twin_path, storage, sha))
+        self._mend(problem, lambda: self._replace(storage, path, twin_path, sha))
         self._found(problem)
+
+    def _replace(self, storage: str, path: str, twin_path: str, sha: str) -> None:
+        """Move the corrupt replica to quarantine, then copy the verified twin back."""
+        st = os.stat(path)
+        quarantine(storage, sha, (st.st_dev, st.st_ino), self.locks)
+        self._copy(twin_path, storage, sha)
 
     def _twin_state(self, twin_path: str, sha: str) -> str:
         """'good', or why the twin cannot be the source of a repair."""
@@ -309,7 +319,7 @@ class Scrubber:
         return "good" if actual == sha else f"{twin_path} is corrupt too"
 
     def _copy(self, source: str, storage: str, sha: str) -> None:
-        copy_to_twin(source, storage, sha, on_chunk=self.throttle.consume)
+        copy_to_twin(source, storage, sha, self.locks, on_chunk=self.throttle.consume)
 
     # -- bookkeeping ----------------------------------------------------
 
@@ -333,7 +343,7 @@ def _placed_sha(storage: str, path: str) -> str | None:
     """The SHA named by ``path`` when it is exactly where stor looks for it, else None."""
     stem = os.path.basename(path)[:-4]
     try:
-        sha = layout.parse_sha(stem)
+        sha = parse_sha(stem)
     except MalformedSha:
         return None
     return sha if os.path.relpath(path, storage) == layout.relative_path(sha) else None
@@ -342,7 +352,7 @@ def _placed_sha(storage: str, path: str) -> str | None:
 def _misplaced_reason(storage: str, path: str) -> str:
     stem = os.path.basename(path)[:-4]
     try:
-        sha = layout.parse_sha(stem)
+        sha = parse_sha(stem)
     except MalformedSha:
         return "name is not a sha256"
     return f"belongs at {layout.file_path(storage, sha)}"
@@ -420,8 +430,8 @@ def scrub(config: Config, storages: Sequence[str], args: argparse.Namespace,
             lines.flush()
 
     scrubber = Scrubber(
-        twins=_twins(config), report=report, repair=args.repair,
-        stale_after=config.cleanup_tempdir_period,
+        twins=_twins(config), report=report, locks=ShaLocks(config.lock_dir or default_lock_dir()),
+        repair=args.repair,
         throttle=Throttle(args.max_mbps * 1e6 if args.max_mbps else None),
         progress=progress, on_problem=show,
     )
@@ -461,8 +471,8 @@ def _selected(config: Config, named: Sequence[str]) -> list[str]:
 def _check_readable(storages: Sequence[str]) -> None:
     """Refuse to start on a storage that cannot be listed: a dead disk is an error,
     not a disk full of missing files.  Name the healthy storages to scrub around it."""
-    for storage in storages:
-        why = storage_problem(storage, check_mounts=False, root_dev=0)
+    for health in check_storages(storages, check_mounts=False, with_free=False):
+        storage, why = health.path, health.problem
         if why is None:
             try:
                 with os.scandir(storage):

@@ -1,0 +1,187 @@
+"""The one adapter over twisted.web's private channel state, and the limits on requests.
+
+twisted.web copies the request line to the :class:`~twisted.web.server.Request`
+only once the whole body is in, sends ``100 Continue`` by itself as soon as
+the headers are parsed, answers any malformed or over-long header with an
+empty ``400``, and lets a client take hours to send its headers.  stor needs
+the request line when the headers are in (to stream the body into an
+upload), decides ``Expect: 100-continue`` itself, and limits what a client
+may hold.  Everything that touches twisted.web's private attributes
+(``_command``, ``_path``, ``_version``, ``requests``) is in this module, and
+``tests/test_channel.py`` fails loudly if they change.
+
+Limits (counted through the site's :meth:`~stor.http.site.StorSite.rejected`):
+
+- ``header_timeout``: the request line and headers must be in within this
+  many seconds of the connection opening (or of the previous answer, for a
+  kept-alive connection); else ``408`` (or, on an idle connection, just close).
+- a request line over :data:`MAX_REQUEST_LINE` bytes: ``414``; headers over
+  :data:`MAX_HEADER_BYTES` in all (or one line over that): ``431``.
+- ``body_timeout``: an upload body that stops arriving for this long is cut
+  (twisted's idle timeout, suspended while stor itself holds the body back).
+"""
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.web import http
+from zope.interface import implementer
+
+MAX_REQUEST_LINE = 8 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+
+_REASONS = {408: b"Request Timeout", 414: b"URI Too Long",
+            431: b"Request Header Fields Too Large"}
+
+
+def request_line(channel: Any) -> tuple[bytes, bytes, bytes] | None:
+    """(method, path with query, version) of the request whose headers are being read."""
+    try:
+        return channel._command, channel._path, channel._version
+    except AttributeError:
+        return None
+
+
+def is_gone(request: Any) -> bool:
+    """Whether the client of ``request`` went away (twisted drops the channel then)."""
+    return request.channel is None
+
+
+class StorChannel(http.HTTPChannel):
+    """An HTTP/1.1 channel with header deadlines, 414/431, and ``Expect`` left to the request."""
+
+    header_timeout: float | None = 30.0
+    MAX_LENGTH = MAX_HEADER_BYTES
+    totalHeadersSize = MAX_HEADER_BYTES + MAX_REQUEST_LINE + 4
+    _deadline: IDelayedCall | None = None
+    _awaiting_line = True
+    _header_bytes = 0
+    _started = False  # any byte of the current request seen
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._started = True
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._awaiting_line:
+            if not line:  # tolerated blank line before a request
+                return super().lineReceived(line)
+            if len(line) > MAX_REQUEST_LINE:
+                return self._refuse(414, "request_line_too_long")
+            self._awaiting_line = False
+            self._header_bytes = 0
+        else:
+            self._header_bytes += len(line) + 2
+            if self._header_bytes > MAX_HEADER_BYTES:
+                return self._refuse(431, "headers_too_large")
+        return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._awaiting_line:
+            self._refuse(414, "request_line_too_long")
+        else:
+            self._refuse(431, "headers_too_large")
+
+    def allHeadersReceived(self) -> None:
+        """twisted's, without its automatic ``100 Continue`` (the request decides)."""
+        self._disarm_deadline()
+        request = self.requests[-1]
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, self._version)
+        request.gotLength(self.length)
+
+    def requestDone(self, request: Any) -> None:
+        if self.persistent:  # before twisted replays pipelined bytes into lineReceived
+            self._awaiting_line = True
+            self._started = False
+            self._arm_deadline()
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._disarm_deadline()
+        super().connectionLost(reason)
+
+    def timeoutConnection(self) -> None:
+        """The body stopped arriving (twisted's idle timeout)."""
+        site = getattr(self, "site", None)
+        if site is not None and not self._awaiting_line:
+            site.rejected("body_timeout", self.transport)
+        super().timeoutConnection()
+
+    def send_continue(self) -> None:
+        """``100 Continue``: the client may send the body now."""
+        if self.transport is not None and not self.transport.disconnecting:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    # -- deadlines and refusals --------------------------------------------
+
+    def _arm_deadline(self) -> None:
+        self._disarm_deadline()
+        if self.header_timeout:
+            self._deadline = self.callLater(self.header_timeout, self._headers_late)
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        if self._started:
+            self._refuse(408, "header_timeout")
+        elif self.transport is not None:
+            self.transport.loseConnection()  # an idle kept-alive connection: just close it
+
+    def _refuse(self, status: int, kind: str) -> None:
+        """Answer ``status`` without a request object, and close."""
+        self._disarm_deadline()
+        site = getattr(self, "site", None)
+        if site is not None:
+            site.rejected(kind, self.transport)
+        body = b"%d %s\n" % (status, _REASONS[status])
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (status, _REASONS[status], len(body), body))
+        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
+        self.setTimeout(None)
+        self.transport.loseConnection()
+
+
+@implementer(IPushProducer)
+class BodyProducer:
+    """The connection, as the producer of an upload body: paused when the disk is behind.
+
+    While stor holds the body back, the body idle timeout is suspended: the
+    client is not the one being slow.
+    """
+
+    def __init__(self, channel: StorChannel) -> None:
+        self._channel = channel
+        self._saved_timeout: float | None = None
+        self._paused = False
+        self._complete = False
+
+    def complete(self) -> None:
+        """The whole body is in: twisted manages the timeout from here on."""
+        self._complete = True
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        if not self._paused and not self._complete and self._channel.transport is not None:
+            self._paused = True
+            self._saved_timeout = self._channel.setTimeout(None)
+            self._channel.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._paused and self._channel.transport is not None:
+            self._paused = False
+            self._channel.transport.resumeProducing()
+            if not self._complete:
+                self._channel.setTimeout(self._saved_timeout)
+
+    def stopProducing(self) -> None:
+        pass

@@ -1,0 +1,170 @@
+"""The site: connections, the operator's view of each request, and a graceful stop.
+
+:class:`StorSite` builds :class:`~stor.http.channel.StorChannel` connections
+whose requests are :class:`~stor.http.request.StorRequest` (uploads stream
+into ``store``).  It logs one access event per request
+(:func:`stor.http.access.emit_access`) when its answer is finished or its
+connection lost, tells the ``observer`` (the Prometheus exporter) likewise,
+puts a ``Stor-Worker: <pid>`` header on every answer, counts requests the
+channel refused (408, 414, 431, body timeouts), and keeps the requests and
+connections still open, for a graceful stop (:meth:`close_idle`).
+"""
+
+import os
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+
+from stor.core.metrics import Metrics, NullMetrics
+from stor.core.sha import sha_of_path
+from stor.http.access import emit_access
+from stor.http.channel import StorChannel, request_line
+from stor.http.request import StorRequest
+from stor.store.store import Store
+
+log = Logger()
+
+LOST = 499
+"""Status recorded for a request whose connection was lost before its answer (nginx's)."""
+
+
+class RequestObserver(Protocol):
+    """Told when each request begins and ends, and of refused ones (the Prometheus exporter)."""
+
+    def request_started(self) -> None: ...
+
+    def request_ended(self, method: str, status: int, sent: int, received: int,
+                      seconds: float) -> None: ...
+
+    def request_rejected(self, reason: str) -> None: ...
+
+
+@dataclass
+class _Begun:
+    """What the site remembers of a request in flight."""
+
+    started: float
+    channel: Any
+    peer: str
+
+
+class StorSite(server.Site):
+    """The HTTP site of one stor process; see the module docstring."""
+
+    requestFactory = StorRequest
+    protocol = StorChannel  # type: ignore[assignment]  # HTTP/1.1 only: no h2 negotiation wrapper
+
+    def __init__(self, resource: object, store: Store, basic_auth: str | None, *,
+                 observer: RequestObserver | None = None, metrics: Metrics | None = None,
+                 header_timeout: float | None = 30.0, body_timeout: float = 120.0,
+                 **kwargs: Any) -> None:
+        super().__init__(resource, timeout=body_timeout, **kwargs)
+        self.store = store
+        self.basic_auth = basic_auth
+        self.observer = observer
+        self.metrics: Metrics = metrics or NullMetrics()
+        self.header_timeout = header_timeout
+        self.in_flight: dict[server.Request, _Begun] = {}
+        """Requests begun (request line received) and not yet ended."""
+        self.connections: "weakref.WeakSet[StorChannel]" = weakref.WeakSet()
+        self.closing = False
+        self._worker = [b"%d" % os.getpid()]
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.header_timeout = self.header_timeout
+        channel.requestFactory = self._begin
+        self.connections.add(channel)
+        return channel
+
+    def log(self, request: server.Request) -> None:
+        """twisted.web's access line is replaced by the access event (see :meth:`_end`)."""
+
+    def rejected(self, reason: str, transport: Any) -> None:
+        """The channel refused a request (or cut its body): count it and say so once."""
+        self.metrics.incr(f"error.request.{reason}.count")
+        if self.observer is not None:
+            self.observer.request_rejected(reason)
+        peer = _peer(transport.getPeer()) if transport is not None else "-"
+        log.info("refused a request from {peer}: {reason}", peer=peer, reason=reason)
+
+    def _begin(self, channel: Any, *args: Any) -> server.Request:
+        request = self.requestFactory(channel, *args)
+        peer = channel.transport.getPeer() if channel.transport is not None else None
+        self.in_flight[request] = _Begun(time.monotonic(), channel, _peer(peer))
+        request.responseHeaders.setRawHeaders(b"stor-worker", self._worker)
+        if self.observer is not None:
+            self.observer.request_started()
+        request.notifyFinish().addBoth(self._end, request)
+        return request
+
+    def _end(self, result: object, request: server.Request) -> None:
+        begun = self.in_flight.pop(request, None)
+        if begun is None:
+            return
+        seconds = time.monotonic() - begun.started
+        completed = not isinstance(result, Failure) and not getattr(request, "abandoned", False)
+        method, path = request.method, request.path
+        if path is None:  # ended before the body was in: the channel knows the request line
+            line = request_line(begun.channel)
+            method, path = (line[0], line[1].split(b"?", 1)[0]) if line else (b"-", b"-")
+        method_s = method.decode("latin-1") if isinstance(method, bytes) else str(method)
+        status = request.code if completed or request.startedWriting else LOST
+        upload = getattr(request, "upload", None)
+        received = upload.received if upload is not None else 0
+        agent = request.requestHeaders.getRawHeaders(b"user-agent", [b""])[0]
+        emit_access(method=method_s, path=path.decode("latin-1"), sha=sha_of_path(path),
+                    status=status, bytes_sent=request.sentLength, bytes_received=received,
+                    duration_ms=round(seconds * 1000, 3), peer=begun.peer,
+                    user_agent=agent.decode("latin-1"), completed=completed)
+        if self.observer is not None:
+            self.observer.request_ended(method_s, status, request.sentLength, received, seconds)
+
+    def close_idle(self) -> int:
+        """Stop keeping connections alive; close those with no request in flight.
+
+        Called repeatedly while stopping.  A request in flight answers with
+        ``Connection: close`` (when its headers are not sent yet) and its
+        connection closes after it.  Returns the connections still open.
+        """
+        self.closing = True
+        busy = set()
+        for request, begun in list(self.in_flight.items()):
+            busy.add(id(begun.channel))
+            if begun.channel is not None:
+                begun.channel.persistent = False
+            if not request.startedWriting and not request.finished:
+                request.setHeader(b"connection", b"close")
+        still_open = 0
+        for channel in self._open_connections():
+            still_open += 1
+            if id(channel) not in busy:
+                channel.transport.loseConnection()
+        return still_open
+
+    def abort_all(self) -> int:
+        """Cut every connection still open (the grace period is over); how many."""
+        count = 0
+        for channel in self._open_connections():
+            channel.transport.abortConnection()
+            count += 1
+        return count
+
+    def _open_connections(self) -> list[StorChannel]:
+        return [c for c in list(self.connections)
+                if c.transport is not None and not getattr(c.transport, "disconnected", False)]
+
+
+def _peer(address: Any) -> str:
+    host = getattr(address, "host", None)
+    if host is not None:
+        return str(host)
+    name = getattr(address, "name", None)
+    if name is not None:
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return "-"

@@ -1,0 +1,224 @@
+"""Writing an upload to a pair, and committing it: the blocking half of an upload.
+
+:class:`Spool` holds an owned temp file on each member of the chosen pair and
+writes every chunk of the body to both.  Space is reserved
+up front (``fallocate``) for the declared length, so two uploads can never
+both count on the same free bytes, whichever process runs them.  A member
+that fails while written (EIO, ENOSPC, EROFS, …) is dropped and the other
+goes on: one verified copy is enough to finish the upload elsewhere.
+
+:func:`commit` runs once the body hashed to its name: it fsyncs the temps and,
+holding the SHA's host-wide lock, checks whether the file is already stored
+(on both members of some pair) and otherwise installs the temps.  When a
+member fails, the verified copy moves on to the next pair before anything is
+answered, so a 201 always names two files in place.  Every function here
+blocks: the reactor side is :mod:`stor.store.upload`.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from stor.core.errors import NoSpace, StorageFailure, StorError
+from stor.core.placement import Pair
+from stor.fs.commit import MemberFailed, install
+from stor.fs.fsio import is_no_space, owner_of, reserve, write_all
+from stor.fs.locks import ShaLocks
+from stor.fs.temps import OwnedTemp, create_temp
+from stor.store.local import LocalStore
+from stor.store.replica import copy_verified
+
+RESERVE_STEP = 64 * 1024 * 1024
+"""A body of unknown length (chunked) reserves space in steps of this size."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The file was written: 201 with these paths.
+
+    ``failures`` lists the storages that failed on the way (the file was then
+    placed on another pair).
+    """
+
+    paths: list[str]
+    failures: tuple[MemberFailed, ...] = ()
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The file was already stored (on both members of a pair): 200 with every path."""
+
+    paths: list[str]
+
+
+UploadResult = Stored | Duplicate
+
+BeforeInstall = Callable[[str, Pair], None]
+"""Called (blocking, under the SHA's lock) just before a file is installed on a
+pair: the S3 outbox records it there."""
+
+
+def _step(storage: str, f, *args):  # type: ignore[no-untyped-def]
+    try:
+        return f(*args)
+    except OSError as e:
+        raise MemberFailed(storage, e) from e
+
+
+@dataclass
+class Spool:
+    """Owned temp files for ``sha`` on the members of ``pair``, being written."""
+
+    sha: str
+    pair: Pair
+    length: int | None
+    temps: list[OwnedTemp] = field(default_factory=list)
+    failures: list[MemberFailed] = field(default_factory=list)
+    size: int = 0
+    reserved: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            for storage in self.pair:
+                temp = _step(storage, create_temp, storage, self.sha, owner_of(storage))
+                self.temps.append(temp)
+                if self.length:
+                    _step(storage, reserve, temp.fd, 0, self.length)
+        except MemberFailed:
+            self.discard()
+            raise
+        self.reserved = self.length or 0
+
+    def write(self, chunks: Sequence[bytes]) -> None:
+        """Append ``chunks`` to every live temp; raise when none is left."""
+        incoming = sum(len(c) for c in chunks)
+        if self.length is None and self.size + incoming > self.reserved:
+            self._each(lambda t: reserve(t.fd, self.reserved, RESERVE_STEP))
+            self.reserved += RESERVE_STEP
+        self._each(lambda t: [write_all(t.fd, c) for c in chunks])
+        self.size += incoming
+
+    def sync(self) -> list[OwnedTemp]:
+        """fsync every live temp (a member failing here is dropped); the live ones."""
+        self._each(lambda t: os.fsync(t.fd))
+        return list(self.temps)
+
+    def discard(self) -> None:
+        """Remove every temp file still held; safe to call more than once."""
+        for temp in self.temps:
+            temp.discard()
+        self.temps = []
+
+    def _each(self, f: Callable[[OwnedTemp], object]) -> None:
+        for temp in list(self.temps):
+            try:
+                f(temp)
+            except OSError as e:
+                self.failures.append(MemberFailed(temp.storage, e))
+                self.temps.remove(temp)
+                temp.discard()
+        if not self.temps:
+            raise self.failures[-1]
+
+
+def as_stor_error(failures: Sequence[MemberFailed], size: int = 0) -> StorError:
+    """The answer for an upload no storage could take: 507 if only space ran out, else 500."""
+    if not failures:
+        return NoSpace(f"no writable pair has room for {size} bytes")
+    text = "; ".join(str(f) for f in failures)
+    if all(is_no_space(f.error) for f in failures):
+        return NoSpace(f"no room: {text}")
+    return StorageFailure(f"cannot write: {text}")
+
+
+def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
+    """Choose a pair with room and open (and reserve) temp files on it.
+
+    A pair where that fails is skipped in favour of the next choice, so one
+    bad or full disk does not stop uploads; when no pair is left the answer
+    says why (:func:`as_stor_error`).
+    """
+    excluded: set[Pair] = set()
+    failures: list[MemberFailed] = []
+    while True:
+        try:
+            pair = store.choose_pair_now(length or 0, excluded)
+        except NoSpace:
+            raise as_stor_error(failures, length or 0) from None
+        try:
+            spool = Spool(sha, pair, length)
+        except MemberFailed as e:
+            failures.append(e)
+            excluded.add(pair)
+            continue
+        spool.failures.extend(failures)
+        return spool
+
+
+def commit(spool: Spool, store: LocalStore, locks: ShaLocks,
+           before_install: BeforeInstall | None = None) -> UploadResult:
+    """Blocking: put the verified body in place, or find it already there.
+
+    See the module docstring.  Raises a :class:`~stor.core.errors.StorError`
+    when no pair could take the file; the spool's temps are gone either way.
+    """
+    try:
+        return _commit(spool, store, locks, before_install)
+    finally:
+        spool.discard()
+
+
+def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
+            before_install: BeforeInstall | None) -> UploadResult:
+    temps = spool.sync()
+    pair: Pair | None = spool.pair if len(temps) == 2 else None
+    tried: set[Pair] = {spool.pair}
+    while True:
+        if pair is None:
+            pair = _another_pair(spool, store, tried)
+            temps = spool.temps[-2:]
+        with locks.hold(spool.sha):
+            paths, whole = store.existing_now(spool.sha)
+            if whole:
+                return Duplicate(paths)
+            try:
+                if before_install is not None:
+                    _step(pair[0], before_install, spool.sha, pair)
+                return Stored(install(spool.sha, temps), tuple(spool.failures))
+            except MemberFailed as e:
+                spool.failures.append(e)
+                failed = e.storage
+        _drop_failed(spool, failed)
+        tried.add(pair)
+        pair = None
+
+
+def _drop_failed(spool: Spool, storage: str) -> None:
+    for temp in [t for t in spool.temps if t.storage == storage]:
+        spool.temps.remove(temp)
+        temp.discard()
+
+
+def _another_pair(spool: Spool, store: LocalStore, tried: set[Pair]) -> Pair:
+    """Copy a verified temp to a fresh pair (both new temps appended to the spool)."""
+    if not spool.temps:
+        raise as_stor_error(spool.failures, spool.size)
+    source = spool.temps[0]
+    while True:
+        try:
+            pair = store.choose_pair_now(spool.size, tried)
+        except NoSpace:
+            raise as_stor_error(spool.failures, spool.size) from None
+        copies: list[OwnedTemp] = []
+        try:
+            for storage in pair:
+                copies.append(_step(storage, copy_verified, source.fd, source.path, storage,
+                                    spool.sha))
+        except MemberFailed as e:
+            spool.failures.append(e)
+            for copy in copies:
+                copy.discard()
+            tried.add(pair)
+            continue
+        spool.temps.extend(copies)
+        return pair
