@@ -20,7 +20,7 @@ from twisted.internet.protocol import DatagramProtocol
 from stor.config import Config, parse_config
 
 # Fixture modules shared by several test files (peers started per test).
-pytest_plugins = ["memcached_peer", "ops_peer"]
+pytest_plugins = ["memcached_peer", "ops_peer", "log_peers"]
 from stor.ops.service import build_daemon
 
 
@@ -116,9 +116,11 @@ class Statsite(DatagramProtocol):
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.datagrams: list[bytes] = []
         self._waiters: list[tuple[str, int, Deferred[str]]] = []
 
     def datagramReceived(self, data: bytes, addr: object) -> None:
+        self.datagrams.append(data)
         for line in data.decode().splitlines():
             self.lines.append(line)
         for waiter in list(self._waiters):

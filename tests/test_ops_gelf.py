@@ -1,4 +1,7 @@
-"""GELF over UDP: the config's ``log.gelf`` sends every log event to Graylog."""
+"""GELF messages (:mod:`stor.ops.gelf`), and stor's own ``{"gelf": …}`` form end to end.
+
+The old service's Log::Dispatch ``Gelf`` output is tested in test_log_outputs.py.
+"""
 
 import json
 import secrets
@@ -11,10 +14,16 @@ from typing import Any
 
 import pytest
 
+from log_peers import gelf_json
 from ops_peer import request
-from stor.config import parse_config
-from stor.core.errors import ConfigError
-from stor.ops.gelf import CHUNK_SIZE, GelfConfig, chunk, datagrams, parse_gelf
+from stor.config.log import GELF_LAN_CHUNK, GelfOutput, STOR_GELF_CHUNK
+from stor.ops.gelf import CHUNK_HEADER, MAX_DATAGRAM, chunk, datagrams
+
+CHUNK_SIZE = STOR_GELF_CHUNK + CHUNK_HEADER
+"""stor's own form: datagrams of at most 8 KiB."""
+OLD = GelfOutput(key="log[0]", host="graylog")
+STOR = GelfOutput(key="log.gelf", host="graylog", compress="zlib", chunk_size=STOR_GELF_CHUNK,
+                  full_message=False)
 
 
 class GelfPeer:
@@ -69,36 +78,35 @@ def graylog() -> Iterator[GelfPeer]:
     peer.close()
 
 
-def test_log_values_without_gelf_are_accepted_and_ignored() -> None:
-    for value in (None, "", "/var/log/stor.log", {}, {"level": "debug"}, {"gelf": None}):
-        assert parse_gelf(value) is None
-
-
-@pytest.mark.parametrize("gelf, key", [
-    ({"host": ""}, "log.gelf.host"),
-    ({"host": "graylog:99999"}, "log.gelf.host"),
-    ({"host": "graylog", "level": "loud"}, "log.gelf.level"),
-    ({"host": "graylog", "fields": {"env": ["a"]}}, "log.gelf.fields"),
-    ({"host": "graylog", "hots": 1}, "log.gelf.hots"),
-    ("graylog:12201", "log.gelf"),
-])
-def test_a_bad_gelf_entry_is_a_config_error_naming_the_key(gelf: Any, key: str, tmp_path) -> None:
-    with pytest.raises(ConfigError) as e:
-        parse_config({"storage_pairs": [[str(tmp_path / "a"), str(tmp_path / "b")]],
-                      "log": {"gelf": gelf}})
-    assert str(e.value).startswith(key)
-
-
 def test_a_big_message_is_chunked_and_reassembles() -> None:
-    payload = secrets.token_bytes(3 * CHUNK_SIZE)
-    parts = chunk(payload, b"12345678")
+    payload = secrets.token_bytes(3 * STOR_GELF_CHUNK + 1)
+    parts = chunk(payload, b"12345678", STOR_GELF_CHUNK)
     assert len(parts) == 4 and all(len(p) <= CHUNK_SIZE for p in parts)
+    assert [p[:10] for p in parts] == [b"\x1e\x0f12345678"] * 4
     assert [p[10:12] for p in parts] == [bytes((i, 4)) for i in range(4)]
     assert b"".join(p[12:] for p in parts) == payload
     huge = {"version": "1.1", "short_message": "x", "full_message": secrets.token_hex(2_000_000)}
-    too_big = datagrams(huge)  # over 128 chunks: sent without its full text
+    too_big = datagrams(huge, STOR)  # over 128 chunks: sent without its full text
     assert len(too_big) == 1
     assert "truncated" in json.loads(zlib.decompress(too_big[0]))["full_message"]
+
+
+def test_payloads_are_plain_gzip_or_zlib_as_configured() -> None:
+    message = {"version": "1.1", "short_message": "hello", "_facility": "stor"}
+    assert json.loads(datagrams(message, OLD)[0]) == message  # Log::Dispatch::Gelf's default
+    gz = datagrams(message, GelfOutput(key="k", host="g", compress="gzip"))[0]
+    assert gz[:2] == b"\x1f\x8b" and gelf_json(gz) == message
+    assert json.loads(zlib.decompress(datagrams(message, STOR)[0])) == message
+
+
+def test_unchunked_messages_too_big_for_a_datagram_are_chunked_at_the_lan_size() -> None:
+    small = {"version": "1.1", "short_message": "x", "full_message": "y" * 30_000}
+    assert len(datagrams(small, OLD)) == 1  # one 30 kB datagram, as the Perl module sent it
+    big = {"version": "1.1", "short_message": "x", "full_message": secrets.token_hex(60_000)}
+    parts = datagrams(big, OLD)
+    assert len(parts) > 1 and all(len(p) <= GELF_LAN_CHUNK + CHUNK_HEADER for p in parts)
+    assert len(json.dumps(big)) > MAX_DATAGRAM
+    assert json.loads(b"".join(p[12:] for p in parts)) == big
 
 
 def test_stor_sends_its_log_events_to_graylog(stor_process, graylog) -> None:
@@ -121,10 +129,3 @@ def test_stor_sends_its_log_events_to_graylog(stor_process, graylog) -> None:
     assert access["short_message"].startswith(f"GET /{junk[:50]}")
     assert graylog.chunked >= 1 and max(graylog.sizes) <= CHUNK_SIZE
     assert stor.terminate() == 0
-
-
-def test_gelf_config_is_read_like_the_rest(tmp_path) -> None:
-    config = GelfConfig("graylog", 12201)
-    assert parse_gelf({"gelf": {"host": "graylog"}}) == config
-    assert parse_gelf({"gelf": {"host": "graylog:5140", "level": "warn"}}) == GelfConfig(
-        "graylog", 5140, "warn")

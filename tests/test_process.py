@@ -156,7 +156,9 @@ BROKEN: list[Any] = [
     pytest.param({"storage_pairs": [["/x/a", "/x/b", "/x/c"]]}, "storage_pairs[0]", id="pair-of-3"),
     pytest.param({"max_upload_size": -1}, "max_upload_size", id="max_upload_size"),
     pytest.param({"s3_enabled": True}, "s3_credentials", id="s3-without-credentials"),
-    pytest.param({"statsite": {"host": "h", "sample_rate": 2}}, "sample_rate", id="sample_rate"),
+    pytest.param({"statsite": {"host": "h", "proto": "http"}}, "statsite.proto", id="statsite-proto"),
+    pytest.param({"log": [["Gelf", "min_level", "info", "socket", {"host": "g", "port": "x"}]]},
+                 "log[0].socket.port", id="gelf-port"),
 ]
 
 

@@ -15,9 +15,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stor.config.amqp import AmqpConfig, parse_amqp
-from stor.config.problems import Problems
+from stor.config.log import LogConfig, parse_log
+from stor.config.problems import Problem, Problems
+from stor.config.statsite import StatsiteConfig, parse_statsite
 from stor.core.errors import ConfigError
 from stor.core.placement import BALANCE_THRESHOLD, Pair
+
+__all__ = ["Config", "ConfigError", "LogConfig", "S3Config", "StatsiteConfig",
+           "load_config", "parse_config"]
 
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_CLEANUP_PERIOD = 1800.0
@@ -51,16 +56,6 @@ class S3Config:
 
 
 @dataclass(frozen=True)
-class StatsiteConfig:
-    """Where statsd lines go; counters carry ``sample_rate``."""
-
-    host: str
-    port: int = 8125
-    prefix: str = ""
-    sample_rate: float = 1.0
-
-
-@dataclass(frozen=True)
 class Config:
     """Validated configuration; see README.rst for every key."""
 
@@ -78,11 +73,13 @@ class Config:
     shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE
     statsite: StatsiteConfig | None = None
     amqp: AmqpConfig | None = None
-    log: Any = None
+    log: LogConfig = LogConfig()
     lock_dir: str | None = None
     header_timeout: float = 30.0
     body_timeout: float = 120.0
     unknown_keys: tuple[str, ...] = field(default=())
+    warnings: tuple[Problem, ...] = ()
+    """What the file says that stor accepts but an operator should look at."""
 
     @property
     def storages(self) -> tuple[str, ...]:
@@ -108,6 +105,12 @@ def parse_config(raw: object) -> Config:
     """Validate an already-decoded JSON document."""
     if not isinstance(raw, dict):
         raise ConfigError("", "the config must be a JSON object")
+    problems = Problems()
+    statsite = parse_statsite(raw.get("statsite"), problems)
+    log = parse_log(raw.get("log"), problems)
+    if problems.errors:
+        first = problems.errors[0]
+        raise ConfigError(first.key, first.message)
     return Config(
         storage_pairs=_storage_pairs(raw.get("storage_pairs")),
         writable_pairs_regex=_regex(raw.get("writable_pairs_regex", ".*")),
@@ -123,13 +126,14 @@ def parse_config(raw: object) -> Config:
         memcached_servers=_memcached_servers(raw.get("memcached_servers")),
         memcached_timeout=_positive_number(raw, "memcached_timeout", 0.25),
         shutdown_grace_period=_grace_period(raw),
-        statsite=_statsite(raw.get("statsite")),
+        statsite=statsite,
         amqp=_rabbitmq_uri(raw.get("rabbitmq_uri")),
-        log=_log(raw.get("log")),
+        log=log,
         lock_dir=_optional_string(raw, "lock_dir"),
         header_timeout=_positive_number(raw, "header_timeout", 30.0),
         body_timeout=_positive_number(raw, "body_timeout", 120.0),
         unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)),
+        warnings=tuple(problems.warnings),
     )
 
 
@@ -217,14 +221,6 @@ def _positive_number(raw: dict[str, Any], key: str, default: float) -> float:
     return value
 
 
-def _log(value: object) -> object:
-    """The ``log`` value as given; its ``gelf`` entry, when there is one, must be valid."""
-    from stor.ops.gelf import parse_gelf  # here: the gelf module imports this one
-
-    parse_gelf(value)
-    return value
-
-
 def _grace_period(raw: dict[str, Any]) -> float:
     """Seconds requests in flight get to finish on SIGTERM; 0 cuts them at once."""
     value = _number(raw, "shutdown_grace_period", DEFAULT_SHUTDOWN_GRACE)
@@ -270,27 +266,6 @@ def _memcached_servers(value: object) -> tuple[tuple[str, int], ...]:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise ConfigError(key, 'must be a list of "host[:port]" strings')
     return tuple(_host_port(s, 11211, f"{key}[{i}]") for i, s in enumerate(value) if s)
-
-
-def _statsite(value: object) -> StatsiteConfig | None:
-    key = "statsite"
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ConfigError(key, "must be an object {host, prefix, sample_rate}")
-    host_text = value.get("host")
-    if host_text in (None, ""):
-        return None
-    if not isinstance(host_text, str):
-        raise ConfigError(f"{key}.host", "must be a string \"host\" or \"host:port\"")
-    host, port = _host_port(host_text, 8125, f"{key}.host")
-    prefix = value.get("prefix", "") or ""
-    if not isinstance(prefix, str):
-        raise ConfigError(f"{key}.prefix", "must be a string")
-    rate = value.get("sample_rate", 1.0)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
-        raise ConfigError(f"{key}.sample_rate", f"must be a number in (0, 1], got {json.dumps(rate)}")
-    return StatsiteConfig(host=host, port=port, prefix=prefix, sample_rate=float(rate))
 
 
 def _s3(raw: dict[str, Any]) -> S3Config | None:

@@ -27,3 +27,38 @@ def describe(value: object) -> str:
         return json.dumps(value)
     except (TypeError, ValueError):
         return repr(value)
+
+
+def perl_number(value: object) -> float | None:
+    """``value`` as Perl would use it as a number, or None when Perl would not.
+
+    JSON numbers are numbers; a string that looks like a decimal number
+    (``"8125"``, ``" 0.5"``) is one too, as Perl numifies it.  Anything else
+    (a word, a list, ``null``, a boolean) is None: Perl would read 0 with a
+    warning, which no config file means.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text and all(c in "0123456789.+-eE" for c in text):
+            try:
+                return float(text)
+            except ValueError:
+                return None
+    return None
+
+
+def perl_string(value: object) -> str | None:
+    """A scalar as Perl would interpolate it (``3`` → ``"3"``, ``0.5`` → ``"0.5"``); None if not a scalar."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.15g}"
+    return None

@@ -1,95 +1,45 @@
-"""GELF over UDP: every log event also goes to Graylog when the config says so.
+"""GELF 1.1: one log event as Graylog takes it, over UDP (chunked) or TCP.
 
-The config's ``log`` key (accepted and ignored by the old service's config
-loader) enables it::
+What a message holds follows Log::Dispatch::Gelf (the old service's output):
+``version`` 1.1, ``host`` (this machine's name unless configured),
+``short_message`` (the text up to its first line break), ``full_message``
+(the whole text, with the traceback of a failure), ``level`` (syslog numbers:
+7 debug … 0 emergency), ``timestamp``, and each configured additional field
+as ``_<name>``.  stor also sends the event's own fields (``_namespace``,
+``_pid``, the access event's ``_status``, ``_path`` …); a configured field
+wins over an event field of the same name.
 
-    "log": {"gelf": {"host": "graylog.example.net:12201",   (port default 12201)
-                     "level": "info",          (debug|info|warn|error|critical)
-                     "facility": "stor",       (the _facility field)
-                     "fields": {"env": "prod"}}}  (extra fields on every message)
-
-Any other ``log`` value (``null``, a string, an object without ``gelf``) is
-accepted and ignored, as before.
-
-Each event becomes a GELF 1.1 JSON object, zlib-compressed, in one datagram;
-one over :data:`CHUNK_SIZE` bytes is split into GELF chunks (magic ``1e 0f``,
-8-byte message id, sequence number, count; at most 128).  Sending never blocks
-and never fails anything: the socket is non-blocking, the host name is resolved
-in a thread at start and every five minutes, a datagram that cannot be sent is
-counted in :attr:`GelfSender.dropped`.  The observer may be called from any
-thread (twisted.logger delivers events where they are emitted).
+Over UDP the JSON is sent plain (Log::Dispatch::Gelf's default), gzipped
+(its ``compress``) or zlib-compressed (stor's ``{"gelf": …}`` form), in one
+datagram or in GELF chunks (magic ``1e 0f``, 8-byte message id, sequence
+number, count; at most :data:`MAX_CHUNKS`).  A message too big for one
+datagram is chunked even when no chunk size is configured (the Perl module
+lost it), and one too big even for 128 chunks loses its full text.  Over TCP
+each message is the uncompressed JSON followed by a NUL byte (GELF TCP framing).
 """
 
+import gzip
 import json
 import os
-import socket
-import threading
 import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
-from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
-from zope.interface import implementer
+from stor.config.log import GELF_LAN_CHUNK, GelfOutput
 
-from stor.core.errors import ConfigError
-from stor.ops.logs import event_as_record
-
-DEFAULT_PORT = 12201
-CHUNK_SIZE = 8192
-"""Largest datagram sent (header included): Graylog's recommended LAN maximum."""
 MAX_CHUNKS = 128
 CHUNK_MAGIC = b"\x1e\x0f"
 CHUNK_HEADER = 12
-PENDING_LIMIT = 1000
-"""Datagrams kept while the host name is not resolved yet (start-up messages)."""
+MAX_DATAGRAM = 65507
+"""The largest UDP payload over IPv4."""
+SHORT_LIMIT = 1000
+"""stor's own form cuts ``short_message`` here (the whole text is in ``full_message``)."""
 
-log = Logger()
-
-SYSLOG_LEVELS = {"debug": 7, "info": 6, "warn": 4, "error": 3, "critical": 2}
-
-
-@dataclass(frozen=True)
-class GelfConfig:
-    """Where GELF messages go and which ones."""
-
-    host: str
-    port: int = DEFAULT_PORT
-    level: str = "info"
-    facility: str = "stor"
-    fields: dict[str, Any] = field(default_factory=dict)
+_RECORD_ONLY = frozenset({"time", "level", "message", "traceback"})
 
 
-def parse_gelf(value: object) -> GelfConfig | None:
-    """The config's ``log`` value → a :class:`GelfConfig`, or None when GELF is off."""
-    if not isinstance(value, dict) or value.get("gelf") is None:
-        return None
-    key = "log.gelf"
-    gelf = value["gelf"]
-    if not isinstance(gelf, dict):
-        raise ConfigError(key, 'must be an object {"host": "host[:port]", …}')
-    host_text = gelf.get("host")
-    if not isinstance(host_text, str) or not host_text:
-        raise ConfigError(f"{key}.host", 'must be a string "host" or "host:port"')
-    from stor.config import _host_port  # the same host[:port] rules as statsite's
-
-    host, port = _host_port(host_text, DEFAULT_PORT, f"{key}.host")
-    level = gelf.get("level", "info")
-    if level not in SYSLOG_LEVELS:
-        raise ConfigError(f"{key}.level", f"must be one of {', '.join(SYSLOG_LEVELS)}, got {json.dumps(level)}")
-    facility = gelf.get("facility", "stor")
-    if not isinstance(facility, str) or not facility:
-        raise ConfigError(f"{key}.facility", "must be a non-empty string")
-    fields = gelf.get("fields", {})
-    if not isinstance(fields, dict) or not all(
-            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in fields.values()):
-        raise ConfigError(f"{key}.fields", "must be an object of string or number values")
-    unknown = set(gelf) - {"host", "level", "facility", "fields"}
-    if unknown:
-        raise ConfigError(f"{key}.{sorted(unknown)[0]}", "is not a known GELF setting")
-    return GelfConfig(host, port, level, facility, dict(fields))
+def syslog_level(level: int) -> int:
+    """A Log::Dispatch level number (0 debug … 7 emergency) → GELF's syslog number."""
+    return 7 - level
 
 
 def _field_name(key: str) -> str | None:
@@ -109,163 +59,68 @@ def _field_value(value: Any) -> str | int | float:
     return json.dumps(value, ensure_ascii=False)
 
 
-def gelf_message(event: LogEvent, source: str, facility: str,
-                 fields: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The GELF 1.1 object for one log event."""
-    record = event_as_record(event)
-    message = str(record.pop("message", "")) or "(no message)"
-    short, _, rest = message.partition("\n")
-    traceback = record.pop("traceback", None)
+def gelf_message(record: dict[str, Any], timestamp: float, level: int, source: str,
+                 output: GelfOutput) -> dict[str, Any]:
+    """The GELF object for one event, given its flat record (:func:`stor.ops.logs.event_as_record`)."""
+    message = str(record.get("message", "")) or str(record.get("error", "")) or "(no message)"
+    traceback = record.get("traceback")
+    text = f"{message}\n{traceback.rstrip()}" if traceback else message
+    short = message.partition("\n")[0]
     msg: dict[str, Any] = {
         "version": "1.1",
-        "host": source,
-        "short_message": short[:1000],
-        "timestamp": round(float(event.get("log_time", 0.0)), 6),
-        "level": SYSLOG_LEVELS.get(record.pop("level", "info"), 6),
-        "_facility": facility,
+        "host": output.source or source,
+        "short_message": short if output.full_message else short[:SHORT_LIMIT],
+        "timestamp": round(timestamp, 6),
+        "level": syslog_level(level),
     }
-    full = "\n".join(p for p in (message if rest or len(short) > 1000 else "", traceback) if p)
-    if full:
-        msg["full_message"] = full
-    record.pop("time", None)
-    for key, value in {**record, **(fields or {})}.items():
+    if output.full_message or text != msg["short_message"]:
+        msg["full_message"] = text
+    fields = {k: v for k, v in record.items() if k not in _RECORD_ONLY}
+    fields.update(output.additional_fields)
+    for key, value in fields.items():
         name = _field_name(key)
-        if name is not None and name not in msg:
+        if name is not None:
             msg[name] = _field_value(value)
     return msg
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    """JSON, zlib-compressed: what one (unchunked) GELF datagram carries."""
-    return zlib.compress(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+def encode(message: dict[str, Any], compress: str = "none") -> bytes:
+    """The JSON of ``message``, plain, gzipped or zlib-compressed."""
+    data = json.dumps(message, ensure_ascii=False).encode("utf-8")
+    if compress == "gzip":
+        return gzip.compress(data, mtime=0)
+    if compress == "zlib":
+        return zlib.compress(data)
+    return data
 
 
-def chunk(payload: bytes, message_id: bytes, size: int = CHUNK_SIZE) -> list[bytes]:
-    """``payload`` as datagrams of at most ``size`` bytes (GELF chunking when needed)."""
+def chunk(payload: bytes, message_id: bytes, size: int) -> list[bytes]:
+    """``payload`` as GELF chunks of ``size`` bytes of payload each (one datagram if it fits)."""
     if len(payload) <= size:
         return [payload]
-    room = size - CHUNK_HEADER
-    parts = [payload[i:i + room] for i in range(0, len(payload), room)]
+    parts = [payload[i:i + size] for i in range(0, len(payload), size)]
     if len(parts) > MAX_CHUNKS:
         raise ValueError(f"GELF message of {len(payload)} bytes needs more than {MAX_CHUNKS} chunks")
     return [CHUNK_MAGIC + message_id + bytes((i, len(parts))) + p for i, p in enumerate(parts)]
 
 
-def datagrams(message: dict[str, Any], size: int = CHUNK_SIZE) -> list[bytes]:
-    """The datagrams for ``message``; a message too big even chunked loses its full text."""
-    payload = encode(message)
+def datagrams(message: dict[str, Any], output: GelfOutput) -> list[bytes]:
+    """The UDP datagrams for ``message``; a message too big even chunked loses its full text."""
+    size = output.chunk_size or MAX_DATAGRAM
     try:
-        return chunk(payload, os.urandom(8), size)
+        return _datagrams(message, output, size)
     except ValueError:
         trimmed = dict(message, full_message="(truncated: too large for GELF over UDP)")
-        return chunk(encode(trimmed), os.urandom(8), size)
+        return _datagrams(trimmed, output, size)
 
 
-@implementer(ILogObserver)
-class GelfSender:
-    """A log observer sending events at or above a level as GELF datagrams."""
-
-    def __init__(self, config: GelfConfig, source: str | None = None) -> None:
-        self.config = config
-        self.source = source or socket.gethostname()
-        self._threshold = SYSLOG_LEVELS[config.level]
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
-        self._address: Any = None
-        self._pending: list[bytes] = []
-        self.sent = 0
-        self.dropped = 0
-
-    def __call__(self, event: LogEvent) -> None:
-        level = getattr(event.get("log_level"), "name", "info")
-        if SYSLOG_LEVELS.get(level, 6) > self._threshold:
-            return
-        try:
-            packets = datagrams(gelf_message(event, self.source, self.config.facility,
-                                             self.config.fields))
-        except Exception:  # never log from a log observer: that would loop
-            self.dropped += 1
-            return
-        with self._lock:
-            if self._socket is None:
-                if len(self._pending) + len(packets) <= PENDING_LIMIT:
-                    self._pending.extend(packets)
-                else:
-                    self.dropped += 1
-                return
-            self._send(packets)
-
-    def resolved(self, family: int, address: Any) -> None:
-        """Send to ``address`` from now on (resolved off the reactor); flush what waited."""
-        with self._lock:
-            if self._socket is None or self._socket.family != family:
-                if self._socket is not None:
-                    self._socket.close()
-                self._socket = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._socket.setblocking(False)
-            self._address = address
-            pending, self._pending = self._pending, []
-            self._send(pending)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._socket is not None:
-                self._socket.close()
-                self._socket = None
-            self._pending = []
-
-    def _send(self, packets: list[bytes]) -> None:
-        assert self._socket is not None
-        for packet in packets:
-            try:
-                self._socket.sendto(packet, self._address)
-                self.sent += 1
-            except OSError:
-                self.dropped += 1
+def _datagrams(message: dict[str, Any], output: GelfOutput, size: int) -> list[bytes]:
+    payload = encode(message, output.compress)
+    if not output.chunk_size and len(payload) > MAX_DATAGRAM:
+        size = GELF_LAN_CHUNK  # unchunked it could not be sent at all
+    return chunk(payload, os.urandom(8), size)
 
 
-class GelfService(Service):
-    """Adds a :class:`GelfSender` to the global log publisher while running."""
-
-    def __init__(self, sender: GelfSender, reactor: Any, refresh: float = 300.0) -> None:
-        self.sender = sender
-        self._reactor = reactor
-        self._refresh = refresh
-        self._loop: LoopingCall | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        globalLogPublisher.addObserver(self.sender)
-        self._loop = LoopingCall(self._resolve)
-        self._loop.clock = self._reactor
-        self._loop.start(self._refresh, now=True)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        globalLogPublisher.removeObserver(self.sender)
-        self.sender.close()
-
-    def _resolve(self) -> Any:
-        cfg = self.sender.config
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), socket.getaddrinfo,
-                              cfg.host, cfg.port, type=socket.SOCK_DGRAM)
-        d.addCallbacks(self._resolved, self._unresolved)
-        return d
-
-    def _resolved(self, infos: list[Any]) -> None:
-        family, _, _, _, address = infos[0]
-        self.sender.resolved(family, address)
-
-    def _unresolved(self, failure: Any) -> None:
-        log.warn("GELF host {host} does not resolve: {error}",
-                      host=self.sender.config.host, error=failure.getErrorMessage())
-
-
-def build_gelf(log_value: object, reactor: Any) -> GelfService | None:
-    """The GELF service for the config's ``log`` value, or None (raises ConfigError)."""
-    config = parse_gelf(log_value)
-    if config is None:
-        return None
-    return GelfService(GelfSender(config), reactor)
+def tcp_frame(message: dict[str, Any]) -> bytes:
+    """GELF over TCP: the uncompressed JSON and a NUL byte."""
+    return encode(message) + b"\0"

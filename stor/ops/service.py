@@ -10,10 +10,13 @@ stderr and exit status 2, before anything listens) and returns either
 - a :class:`~stor.workers.Supervisor` that binds the socket and runs N such
   processes over it (each started with ``--adopt-fd``).
 
-plus, when the config's ``log`` names one, the GELF sender (:mod:`stor.gelf`).
+under a :class:`~stor.ops.log_outputs.LogOutputs` service for the outputs the
+config's ``log`` names (started first, stopped last, so the start-up and
+shutdown messages reach them).
 """
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +42,7 @@ from stor.peers.s3 import build_s3
 from stor.fs.diskpool import DiskPool
 from stor.store.local import LocalStore
 from stor.store.store import Store
-from stor.ops.gelf import build_gelf
+from stor.ops.log_outputs import build_log_outputs
 from stor.ops.logs import LOG_FORMATS
 from stor.ops.prometheus import AmqpState, Exporter, SyncService
 from stor.ops.shutdown import Frontend, adopt
@@ -188,18 +191,21 @@ def makeService(options: Options) -> service.MultiService:
     config = config_or_exit(options["config"])
     if config.unknown_keys:
         log.warn("config: ignoring unknown keys {keys}", keys=", ".join(config.unknown_keys))
-    gelf = _exit_on_config_error(lambda: build_gelf(config.log, reactor))
     listen = options["listen"] or config.listen
     key = "--listen" if options["listen"] else "listen"
     endpoint = _exit_on_config_error(lambda: server_endpoint(reactor, listen, key))
+    child = options["adopt-fd"] is not None
+    reopened: list[Callable[[], object]] = []
 
     top: service.MultiService
-    if options["workers"] > 1 and options["adopt-fd"] is None:
+    if options["workers"] > 1 and not child:
         top = service.MultiService()
-        Supervisor(endpoint, options["workers"], options.worker_argv, reactor,
-                   grace=config.shutdown_grace_period).setServiceParent(top)
+        supervisor = Supervisor(endpoint, options["workers"], options.worker_argv, reactor,
+                                grace=config.shutdown_grace_period)
+        supervisor.setServiceParent(top)
+        reopened.append(lambda: supervisor.signal_workers(signal.SIGUSR1))
     else:
-        if options["adopt-fd"] is not None:  # a --workers child
+        if child:  # a --workers child
             os.setpgid(0, 0)  # a terminal's ^C goes to the parent, which passes it on once
             stop_with_parent()
             serve = adopt(reactor, options["adopt-fd"])
@@ -208,6 +214,9 @@ def makeService(options: Options) -> service.MultiService:
         daemon = _exit_on_config_error(lambda: build_daemon(config, reactor))
         top = Frontend(serve, daemon.site, daemon.services, reactor,
                        grace=config.shutdown_grace_period)
-    if gelf is not None:
-        gelf.setServiceParent(top)
-    return top
+    outputs = _exit_on_config_error(lambda: build_log_outputs(
+        config.log, reactor, warnings=config.warnings, child=child, on_reopen=reopened))
+    root = service.MultiService()
+    outputs.setServiceParent(root)  # first: starts before and stops after everything else
+    top.setServiceParent(root)
+    return root

@@ -227,6 +227,11 @@ class Supervisor(Service):
         log.info("all workers have stopped")
         await deferLater(self._reactor, 0, lambda: None)
 
+    def signal_workers(self, signum: int) -> None:
+        """Send ``signum`` to every worker (SIGUSR1: reopen your log files)."""
+        for worker in list(self.workers.values()):
+            self._signal(worker, signum)
+
     def _pass_signal_on(self) -> None:
         for worker in list(self.workers.values()):
             self._signal(worker, signal.SIGTERM)
