@@ -1,17 +1,21 @@
-"""A real memcached for tests: started on a free loopback port, killed and restarted at will.
+"""A real memcached for tests: on a free loopback port or a unix socket, killed and restarted at will.
 
-Import the fixtures into a test module (``from memcached_peer import memcached,
-memcached_peers``); every peer a test started is killed when it ends.
+The fixtures are registered by conftest (``pytest_plugins``); every peer a
+test started is killed when it ends.
 """
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+
+from stor.config.memcached import MemcachedServer, TcpServer, UnixServer
 
 HOST = "127.0.0.1"
 
@@ -31,36 +35,82 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def answers(address: tuple[str, int], timeout: float = 0.2) -> bool:
-    """Whether a memcached at ``address`` answers ``version``."""
+def connect(server: MemcachedServer, timeout: float) -> socket.socket:
+    """A blocking socket to ``server``, TCP or unix."""
+    if isinstance(server, TcpServer):
+        return socket.create_connection((server.host, server.port), timeout=timeout)
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
     try:
-        with socket.create_connection(address, timeout=timeout) as s:
+        s.connect(server.path)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def answers(server: MemcachedServer, timeout: float = 0.2) -> bool:
+    """Whether a memcached at ``server`` answers ``version``."""
+    try:
+        with connect(server, timeout) as s:
             s.sendall(b"version\r\n")
             return s.recv(64).startswith(b"VERSION ")
     except OSError:
         return False
 
 
-class MemcachedPeer:
-    """One memcached process on a fixed port, so a restart comes back at the same address."""
+def raw_get(server: MemcachedServer, key: bytes) -> bytes | None:
+    """What memcached itself holds under ``key``, read with the text protocol by hand."""
+    with connect(server, 1.0) as s:
+        s.sendall(b"get " + key + b"\r\n")
+        reply = b""
+        while not reply.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, f"memcached closed the connection after {reply!r}"
+            reply += chunk
+    if reply == b"END\r\n":
+        return None
+    header, _, rest = reply.partition(b"\r\n")
+    _, got_key, _flags, length = header.split(b" ")
+    assert got_key == key
+    return rest[: int(length)]
 
-    def __init__(self, binary: str, port: int) -> None:
+
+class MemcachedPeer:
+    """One memcached process at a fixed address, so a restart comes back at the same one.
+
+    It listens on ``port`` on the loopback, or on the unix socket ``path``.
+    """
+
+    def __init__(self, binary: str, port: int = 0, path: str = "") -> None:
         self.binary = binary
         self.host = HOST
         self.port = port
+        self.path = path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
+        assert not self.path, "a unix socket peer has no TCP address"
         return (self.host, self.port)
+
+    @property
+    def server(self) -> MemcachedServer:
+        """Where it listens, as the config describes a server."""
+        return UnixServer(self.path) if self.path else TcpServer(self.host, self.port)
+
+    def get(self, key: bytes) -> bytes | None:
+        """What it holds under ``key`` (a blocking client of the test's own)."""
+        return raw_get(self.server, key)
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 5.0) -> "MemcachedPeer":
-        """Start memcached (TCP only, 16 MiB) and return once it answers."""
-        argv = [self.binary, "-l", self.host, "-p", str(self.port), "-U", "0", "-m", "16"]
+        """Start memcached (TCP or unix socket only, 16 MiB) and return once it answers."""
+        where = ["-s", self.path] if self.path else ["-l", self.host, "-p", str(self.port)]
+        argv = [self.binary, *where, "-U", "0", "-m", "16"]
         if os.geteuid() == 0:
             argv += ["-u", "root"]  # memcached refuses to run as root unless told whom to be
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -78,6 +128,16 @@ class MemcachedPeer:
             self.process.stderr.close()
         self.process = None
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as on a hung host."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: it answers again, on the connections it had."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def restart(self) -> "MemcachedPeer":
         """Kill (if running) and start again on the same port, empty."""
         self.kill()
@@ -85,7 +145,7 @@ class MemcachedPeer:
 
     def _wait_until_answering(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not answers(self.address):
+        while not answers(self.server):
             assert self.process is not None
             if self.process.poll() is not None:
                 stderr = self.process.stderr
@@ -94,31 +154,41 @@ class MemcachedPeer:
                 raise RuntimeError(f"memcached exited at start: {error.strip()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"memcached did not answer on port {self.port} in {timeout} s")
+                raise RuntimeError(f"memcached did not answer at {self.server.name} in {timeout} s")
             time.sleep(0.01)  # polling with a deadline: a process start has no event to await
 
 
 @pytest.fixture
-def memcached_peers() -> Iterator[Callable[[], MemcachedPeer]]:
-    """A factory of running memcached peers on free ports; all killed after the test."""
+def memcached_peers() -> Iterator[Callable[..., MemcachedPeer]]:
+    """A factory of running memcached peers on free ports (``unix=True``: on a unix socket).
+
+    All are killed after the test, and their sockets' directories removed.
+    """
     binary = memcached_binary()
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("memcached is not installed: `make test` should have installed it")
         pytest.skip("memcached is not installed (run `make install-test`)")
     started: list[MemcachedPeer] = []
+    directories: list[str] = []
 
-    def start() -> MemcachedPeer:
-        peer = MemcachedPeer(binary, free_port()).start()
-        started.append(peer)
+    def start(unix: bool = False) -> MemcachedPeer:
+        if unix:  # short, under /tmp: a socket path is at most 107 bytes
+            directories.append(tempfile.mkdtemp(prefix="stor-mc-"))
+            peer = MemcachedPeer(binary, path=os.path.join(directories[-1], "sock"))
+        else:
+            peer = MemcachedPeer(binary, port=free_port())
+        started.append(peer.start())
         return peer
 
     yield start
     for peer in started:
         peer.kill()
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
-def memcached(memcached_peers: Callable[[], MemcachedPeer]) -> MemcachedPeer:
+def memcached(memcached_peers: Callable[..., MemcachedPeer]) -> MemcachedPeer:
     """One running memcached."""
     return memcached_peers()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from stor.config import Config, S3Config, StatsiteConfig, load_config, parse_config
+from stor.config.memcached import TcpServer
 from stor.core.errors import ConfigError
 from stor.fs.health import check_storages
 
@@ -64,7 +65,7 @@ def test_old_service_example_loads_unchanged(tmp_path: Path) -> None:
         endpoint="http://S3_HOST",
         bucket="samples",
     )
-    assert config.memcached_servers == (("MEMCACHED_SERVER1", 11211),)
+    assert config.memcached.servers == (TcpServer("MEMCACHED_SERVER1", 11211),)
     assert config.statsite == StatsiteConfig(
         host="STATSITE_HOST", port=8125, prefix="", sample_rate=0.1
     )
@@ -92,7 +93,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.cleanup_tempdir_period == 1800
     assert config.balance_threshold == 1_000_000_000
     assert config.s3 is None
-    assert config.memcached_servers == ()
+    assert config.memcached.servers == ()
     assert config.statsite is None
     assert config.amqp is None
 
@@ -120,7 +121,7 @@ def test_new_keys(tmp_path: Path) -> None:
     assert config.s3.endpoint == "https://s3.example:9000"
     assert config.s3.bucket == "other"
     assert config.statsite == StatsiteConfig(host="stats", port=9125, prefix="stor", sample_rate=1.0)
-    assert config.memcached_servers == (("mc1", 11211), ("mc2", 11212))
+    assert config.memcached.servers == (TcpServer("mc1", 11211), TcpServer("mc2", 11212))
 
 
 def test_unknown_keys_are_accepted_and_listed() -> None:

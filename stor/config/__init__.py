@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from stor.config.amqp import AmqpConfig, parse_amqp
 from stor.config.log import LogConfig, parse_log
+from stor.config.memcached import MemcachedConfig, parse_memcached
 from stor.config.problems import Problem, Problems
 from stor.config.statsite import StatsiteConfig, parse_statsite
 from stor.core.errors import ConfigError
@@ -37,8 +38,8 @@ KNOWN_KEYS = frozenset(
         # new keys
         "listen", "check_mounts", "max_upload_size", "s3_bucket",
         "s3_connect_timeout", "s3_timeout", "balance_threshold",
-        "memcached_timeout", "shutdown_grace_period", "lock_dir", "header_timeout",
-        "body_timeout",
+        "memcached_timeout", "memcached_prefix", "shutdown_grace_period", "lock_dir",
+        "header_timeout", "body_timeout",
     }
 )
 
@@ -68,8 +69,7 @@ class Config:
     cleanup_tempdir_period: float = DEFAULT_CLEANUP_PERIOD
     balance_threshold: int = BALANCE_THRESHOLD
     s3: S3Config | None = None
-    memcached_servers: tuple[tuple[str, int], ...] = ()
-    memcached_timeout: float = 0.25
+    memcached: MemcachedConfig = MemcachedConfig()
     shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE
     statsite: StatsiteConfig | None = None
     amqp: AmqpConfig | None = None
@@ -123,8 +123,7 @@ def parse_config(raw: object) -> Config:
         ),
         balance_threshold=_non_negative_int(raw, "balance_threshold", BALANCE_THRESHOLD),
         s3=_s3(raw),
-        memcached_servers=_memcached_servers(raw.get("memcached_servers")),
-        memcached_timeout=_positive_number(raw, "memcached_timeout", 0.25),
+        memcached=_memcached(raw),
         shutdown_grace_period=_grace_period(raw),
         statsite=statsite,
         amqp=_rabbitmq_uri(raw.get("rabbitmq_uri")),
@@ -259,13 +258,13 @@ def _host_port(text: str, default_port: int, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _memcached_servers(value: object) -> tuple[tuple[str, int], ...]:
-    key = "memcached_servers"
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise ConfigError(key, 'must be a list of "host[:port]" strings')
-    return tuple(_host_port(s, 11211, f"{key}[{i}]") for i, s in enumerate(value) if s)
+def _memcached(raw: dict[str, Any]) -> MemcachedConfig:
+    problems = Problems()
+    memcached = parse_memcached(raw, problems)
+    if problems.errors:
+        first = problems.errors[0]
+        raise ConfigError(first.key, first.message)
+    return memcached
 
 
 def _s3(raw: dict[str, Any]) -> S3Config | None:
