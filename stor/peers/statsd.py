@@ -25,6 +25,8 @@ class Metrics(Protocol):
 
     def timing(self, key: str, ms: float) -> None: ...
 
+    def gauge(self, key: str, value: float) -> None: ...
+
 
 class NullMetrics:
     """Metrics that go nowhere."""
@@ -33,6 +35,9 @@ class NullMetrics:
         pass
 
     def timing(self, key: str, ms: float) -> None:
+        pass
+
+    def gauge(self, key: str, value: float) -> None:
         pass
 
 
@@ -61,6 +66,11 @@ class StatsdMetrics(DatagramProtocol):
 
     def timing(self, key: str, ms: float) -> None:
         self._send(f"{self._prefix}{key}:{ms:.3f}|ms")
+
+    def gauge(self, key: str, value: float) -> None:
+        """A level (``|g``), never sampled: statsite keeps the last value sent."""
+        text = str(int(value)) if float(value).is_integer() else f"{value:.3f}"
+        self._send(f"{self._prefix}{key}:{text}|g")
 
     def _send(self, line: str) -> None:
         if self.transport is None or self._address is None:
