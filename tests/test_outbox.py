@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from amqp_peer import Relay, eventually
-from s3_peer import MotoS3, black_hole
+from s3_peer import black_hole
 from s3write_peer import MiB, bounded, make_file, place_big, s3_config, stored_sha
 from stor.config import StatsiteConfig
 from stor.core import layout
@@ -127,12 +127,24 @@ def test_a_claimed_sha_is_busy_for_everyone_else(pair):
     first = claim(sha, pair)
     assert isinstance(first, Claim)
     assert claim(sha, pair) == BUSY
-    release(first, pair, drained=False)
+    assert release(first, pair, None) is False
     second = claim(sha, pair)
     assert isinstance(second, Claim)
-    release(second, pair, drained=True)
+    assert release(second, pair, "stored") is True
     assert markers(pair) == []
     assert claim(sha, pair) is None
+
+
+def test_markers_of_a_file_gone_are_kept_if_it_is_stored_again_meanwhile(pair):
+    sha = "9a" * 32
+    record(sha, pair)
+    owned = claim(sha, pair)
+    make_file(pair[1], b"stored again", sha=sha)  # an upload after it was found gone
+    assert release(owned, pair, "gone") is False
+    assert markers(pair) == [sha, sha]
+    os.unlink(layout.file_path(pair[1], sha))
+    assert release(claim(sha, pair), pair, "gone") is True
+    assert markers(pair) == []
 
 
 # -- draining ------------------------------------------------------------------

@@ -202,12 +202,20 @@ def local_copies(sha: str, storages: Sequence[str]) -> list[str]:
     return [p for p in (layout.file_path(s, sha) for s in order) if os.path.isfile(p)]
 
 
-def release(owned: Claim, storages: Sequence[str], drained: bool) -> None:
-    """Blocking: drop the lock; with ``drained``, first remove every marker of the SHA."""
+STORED, GONE = "stored", "gone"
+
+
+def release(owned: Claim, storages: Sequence[str], outcome: str | None) -> bool:
+    """Blocking: drop the lock, first removing every marker of the SHA when the
+    ``outcome`` allows: :data:`STORED` (the bucket has it), :data:`GONE` (no
+    local copy to upload, and still none now: one stored again since is kept).
+    Returns whether the markers were removed."""
     try:
-        if drained:
-            for storage in storages:
-                _remove_marker(storage, owned.sha)
+        if outcome is None or (outcome == GONE and local_copies(owned.sha, storages)):
+            return False
+        for storage in storages:
+            _remove_marker(storage, owned.sha)
+        return True
     finally:
         os.close(owned.fd)
 
@@ -258,6 +266,7 @@ class Outbox(Service):
         self._pending: dict[str, float] = {}  # sha -> when recorded
         self._queue: deque[str] = deque()
         self._active: dict[str, Deferred[None]] = {}
+        self._again: set[str] = set()  # queued while in flight: go round once more
         self._later: dict[str, IDelayedCall] = {}  # SHAs waiting after a local failure
         self._failures = 0  # consecutive S3 failures
         self._paused_until: IDelayedCall | None = None
@@ -306,6 +315,8 @@ class Outbox(Service):
         """Upload ``sha`` (its markers are on disk: :func:`record` has run)."""
         sha = sha.lower()
         if sha in self._pending:
+            if sha in self._active:  # its markers may be removed by the upload in flight
+                self._again.add(sha)
             return
         self._pending[sha] = recorded_at if recorded_at is not None else self._clock()
         self._queue.append(sha)
@@ -354,41 +365,47 @@ class Outbox(Service):
 
     def _drained(self, result: "bool | Failure", sha: str) -> None:
         del self._active[sha]
+        again = sha in self._again
+        self._again.discard(sha)
         if isinstance(result, Failure):
-            self._failed(sha, result)
-        else:  # drained, or another process owns it (a later scan finds it if it fails)
+            self._failed(sha, result)  # queued again, later
+        elif again or not result:  # recorded anew meanwhile, or stored again since "gone"
+            self._queue.append(sha)
+        else:  # done, or another process owns it (a later scan finds it if that one dies)
             del self._pending[sha]
         self._pump()
 
     async def _drain(self, sha: str) -> bool:
-        """Upload one SHA; True when its markers are gone, False when it is someone else's."""
+        """Upload one SHA; False when its markers had to stay although it was not
+        uploaded (its file came back after it was found gone)."""
         owned = await self._run(claim, sha, self._storages)
         if not isinstance(owned, Claim):
-            return False
-        drained = False
+            return True  # drained by someone else, or theirs now
+        outcome = None
         try:
-            drained = await self._upload(sha)
+            outcome = await self._upload(sha)
         finally:
-            await self._run(release, owned, self._storages, drained)
-        return True
-
-    async def _upload(self, sha: str) -> bool:
-        if await self._writer.exists(sha):
-            self._count("present", PUT_PRESENT)
-            self._succeeded()
-            return True
-        copies = await self._run(local_copies, sha, self._storages)
-        if not copies:
+            removed = await self._run(release, owned, self._storages, outcome)
+        if outcome == GONE and removed:
             self._count("dropped", DROPPED)
             log.warn("S3 outbox: {sha} is on no local storage any more (deleted?); "
                      "not uploaded, marker removed", sha=sha)
-            return True
+        return removed
+
+    async def _upload(self, sha: str) -> str:
+        if await self._writer.exists(sha):
+            self._count("present", PUT_PRESENT)
+            self._succeeded()
+            return STORED
+        copies = await self._run(local_copies, sha, self._storages)
+        if not copies:
+            return GONE
         start = time.monotonic()
         await self._put_from(sha, copies)
         self._metrics.timing(PUT_TIME, (time.monotonic() - start) * 1000.0)
         self._count("ok", PUT_OK)
         self._succeeded()
-        return True
+        return STORED
 
     async def _put_from(self, sha: str, copies: list[str]) -> None:
         """Put the first replica that reads whole and right; report the rotten ones."""
