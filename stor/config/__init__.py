@@ -40,13 +40,15 @@ KNOWN_KEYS = frozenset(
         "s3_connect_timeout", "s3_timeout", "balance_threshold",
         "memcached_timeout", "memcached_prefix", "shutdown_grace_period", "lock_dir",
         "header_timeout", "body_timeout",
+        "s3_write_through", "s3_region", "s3_outbox_concurrency", "s3_outbox_max_backoff",
     }
 )
 
 
 @dataclass(frozen=True)
 class S3Config:
-    """Where the read-through bucket is and how long to wait for it."""
+    """Where the bucket is, how long to wait for it, and what stor does with it:
+    read through it (``s3_enabled``), write through to it (``s3_write_through``)."""
 
     access_key: str
     secret_key: str
@@ -54,6 +56,11 @@ class S3Config:
     bucket: str = "samples"
     connect_timeout: float = 2.0
     timeout: float = 10.0
+    region: str = "us-east-1"
+    read_through: bool = True
+    write_through: bool = False
+    outbox_concurrency: int = 4
+    outbox_max_backoff: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -268,14 +275,17 @@ def _memcached(raw: dict[str, Any]) -> MemcachedConfig:
 
 
 def _s3(raw: dict[str, Any]) -> S3Config | None:
-    if not _bool(raw, "s3_enabled", False):
+    read = _bool(raw, "s3_enabled", False)
+    write = _bool(raw, "s3_write_through", False)
+    if not (read or write):
         return None
+    needed_by = "s3_enabled" if read else "s3_write_through"
     creds = raw.get("s3_credentials")
     if not isinstance(creds, dict):
-        raise ConfigError("s3_credentials", "must be an object {access_key, secret_key, host} when s3_enabled is true")
+        raise ConfigError("s3_credentials", f"must be an object {{access_key, secret_key, host}} when {needed_by} is true")
     for part in ("access_key", "secret_key", "host"):
         if not isinstance(creds.get(part), str) or not creds[part]:
-            raise ConfigError(f"s3_credentials.{part}", "must be a non-empty string when s3_enabled is true")
+            raise ConfigError(f"s3_credentials.{part}", f"must be a non-empty string when {needed_by} is true")
     host = creds["host"]
     endpoint = host if "://" in host else f"http://{host}"
     parts = urlsplit(endpoint)
@@ -293,7 +303,28 @@ def _s3(raw: dict[str, Any]) -> S3Config | None:
         bucket=_string(raw, "s3_bucket", "samples"),
         connect_timeout=_positive_number(raw, "s3_connect_timeout", 2.0),
         timeout=_positive_number(raw, "s3_timeout", 10.0),
+        region=_region(raw),
+        read_through=read,
+        write_through=write,
+        outbox_concurrency=_outbox_concurrency(raw),
+        outbox_max_backoff=_positive_number(raw, "s3_outbox_max_backoff", 30.0),
     )
+
+
+def _region(raw: dict[str, Any]) -> str:
+    """An AWS region name (``eu-central-1``); signatures name it, so a wrong one is refused."""
+    value = _string(raw, "s3_region", "us-east-1")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+        raise ConfigError("s3_region", f"{value!r} is not a region name like \"eu-central-1\"")
+    return value
+
+
+def _outbox_concurrency(raw: dict[str, Any]) -> int:
+    value = raw.get("s3_outbox_concurrency", 4)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise ConfigError("s3_outbox_concurrency",
+                          f"must be a whole number from 1 to 256, got {json.dumps(value)}")
+    return value
 
 
 def _rabbitmq_uri(value: object) -> "AmqpConfig | None":

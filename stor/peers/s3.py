@@ -22,9 +22,6 @@ from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import quote
 
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
@@ -44,11 +41,10 @@ from stor.core.ranges import ByteRange
 from stor.config import Config, S3Config
 from stor.core.errors import StorageFailure
 from stor.core.metrics import Metrics
+from stor.peers.s3sign import Signer
 
 log = Logger()
 
-REGION = "us-east-1"  # S3Config has no region; AWS us-east-1 and most S3-compatibles accept it
-SERVICE = "s3"
 BAD_SHA_LIMIT = 10_000  # remembered bad objects, oldest forgotten first
 DRAIN_LIMIT = 64 * 1024  # an error body larger than this is cut off rather than read
 SNIPPET = 512  # bytes of an error body kept for the log line
@@ -74,7 +70,7 @@ def s3_client(config: S3Config, reactor: Any,
 
 def build_s3(config: Config, reactor: Any, metrics: Metrics) -> "S3Reader | NoS3":
     """The reader the config asks for: a real one, or one that never finds anything."""
-    if config.s3 is None:
+    if config.s3 is None or not config.s3.read_through:
         return NoS3()
     return S3Reader(config.s3, s3_client(config.s3, reactor), reactor, metrics)
 
@@ -127,7 +123,7 @@ class S3Reader:
         self._client = client
         self._reactor = reactor
         self._metrics = metrics
-        self._credentials = Credentials(config.access_key, config.secret_key)
+        self._signer = Signer(config.access_key, config.secret_key, config.region)
         self._bad: OrderedDict[str, None] = OrderedDict()
 
     def fetch(self, sha: str, head: bool,
@@ -169,9 +165,7 @@ class S3Reader:
         (``X-Amz-Content-SHA256: e3b0c4…``), over http and https alike; the
         ``Host`` it signs is the one twisted's Agent sends (default port omitted).
         """
-        request = AWSRequest(method=method, url=url)
-        S3SigV4Auth(self._credentials, SERVICE, REGION).add_auth(request)
-        return Headers({name: [value] for name, value in request.headers.items()})
+        return self._signer.headers(method, url)
 
     # -- internals ----------------------------------------------------------
 

@@ -48,6 +48,12 @@ class StatsdMetrics:
     def timing(self, key: str, ms: float) -> None:
         self._line(key, f"{ms:.3f}|ms")
 
+    def gauge(self, key: str, value: float) -> None:
+        """A level (``|g``), never sampled: statsite keeps the last value sent."""
+        text = str(int(value)) if float(value).is_integer() else f"{value:.3f}"
+        name = _UNSAFE.sub("_", self._prefix + key)
+        self._send(f"{name}:{text}|g\n".encode())
+
     def _line(self, key: str, value: str) -> None:
         if self._suffix and not self._rng.random() <= self._rate:
             return  # sampled out, as the old client's rand() <= rate
