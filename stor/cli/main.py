@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from stor import __version__
+from stor.cli import client
 from stor.store import scrub
 from stor.config import load_config
 from stor.core.errors import ConfigError
@@ -70,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
     scrubber = sub.add_parser("scrub", help="check every replica hashes to its name and has its twin")
     scrub.add_arguments(scrubber)
     scrubber.set_defaults(func=_scrub)
+    client.add_commands(sub)
     return p
 
 
