@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from stor import __version__
 from stor.cli import s3sync
+from stor.cli import client
 from stor.store import scrub
 from stor.config import load_config
 from stor.core.errors import ConfigError
@@ -82,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     scrub.add_arguments(scrubber)
     scrubber.set_defaults(func=_scrub)
     s3sync.add_command(sub)
+    client.add_commands(sub)
     return p
 
 
