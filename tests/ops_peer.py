@@ -115,8 +115,8 @@ class Stor(Proc):
         return [r for r in self.json_lines() if r.get("namespace") == "stor.access"]
 
     def wait_serving(self) -> None:
-        wait_for(lambda: (a := answers(self.port)) is not None and a.status == 200,
-                 f"GET /status = 200 on port {self.port}", self)
+        wait_for(lambda: (a := answers(self.port, "/health/live")) is not None
+                 and a.status == 200, f"GET /health/live = 200 on port {self.port}", self)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM, then the exit status."""

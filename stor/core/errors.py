@@ -76,6 +76,10 @@ class CorruptReplica(StorageFailure):
         self.actual = actual
 
 
+class Conflict(StorError):
+    """The file was deleted while this upload was under way: it is not stored."""
+
+
 class UploadAborted(StorError):
     """The client went away (or stopped sending) before the body was complete."""
 

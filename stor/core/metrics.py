@@ -30,3 +30,22 @@ class NullMetrics:
 
     def gauge(self, key: str, value: float) -> None:
         pass
+
+
+class Tee:
+    """Every event to each of ``targets`` (statsite and Prometheus)."""
+
+    def __init__(self, *targets: Metrics) -> None:
+        self._targets = targets
+
+    def incr(self, key: str, value: int = 1) -> None:
+        for target in self._targets:
+            target.incr(key, value)
+
+    def timing(self, key: str, ms: float) -> None:
+        for target in self._targets:
+            target.timing(key, ms)
+
+    def gauge(self, key: str, value: float) -> None:
+        for target in self._targets:
+            target.gauge(key, value)

@@ -19,6 +19,7 @@ its locks.  Everything here blocks: call it from the disk pool.
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -84,3 +85,50 @@ def default_lock_dir() -> str:
     import tempfile
 
     return os.path.join(tempfile.gettempdir(), f"stor-{os.getuid()}", "locks")
+
+
+class Tombstones:
+    """When each SHA was last deleted on this host, shared by every process.
+
+    A DELETE leaves ``<lock_dir>/deleted/<sha>`` (under the SHA's lock) so
+    that work begun before it — an upload still receiving its body, a fill
+    from S3 — does not bring the file back when it commits after it: those
+    check, under the same lock, whether the SHA was deleted since they began.
+    Repairs and scrubs need no tombstone: their source is gone.  Old
+    tombstones are swept (:meth:`sweep`); only recent ones can matter.
+    """
+
+    def __init__(self, locks: ShaLocks) -> None:
+        self.directory = os.path.join(locks.directory, "deleted")
+
+    def bury(self, sha: str) -> None:
+        """Record that ``sha`` is deleted now (blocking; hold its lock)."""
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, sha.lower())
+        with open(path, "w"):
+            pass
+        os.utime(path)
+
+    def deleted_since(self, sha: str, since: float) -> bool:
+        """Whether ``sha`` was deleted at or after ``since`` (a ``time.time()``)."""
+        try:
+            return os.stat(os.path.join(self.directory, sha.lower())).st_mtime >= since
+        except FileNotFoundError:
+            return False
+
+    def sweep(self, older_than: float) -> int:
+        """Remove tombstones older than ``older_than`` seconds; how many went."""
+        removed = 0
+        limit = time.time() - older_than
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.stat().st_mtime < limit:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from twisted.logger import LogLevel
 
 from stor.core.errors import (
-    HashMismatch, MalformedSha, NoSpace, NotAllowed, NotFound, RangeNotSatisfiable,
+    Conflict, HashMismatch, MalformedSha, NoSpace, NotAllowed, NotFound, RangeNotSatisfiable,
     StorError, TooLarge, Unauthorized, UploadAborted,
 )
 
@@ -75,6 +75,9 @@ def error_answer(error: BaseException, method: bytes, segment: str) -> Answer:
     if isinstance(error, RangeNotSatisfiable):
         return Answer(416, f"Range not satisfiable: the file has {error.size} bytes\n".encode(),
                       headers=((b"content-range", b"bytes */%d" % error.size),))
+    if isinstance(error, Conflict):
+        return Answer(409, b"Deleted while it was uploaded: not stored\n", "error.post.conflict.count",
+                      level=LogLevel.warn, log=f"409 upload of {segment} raced a DELETE")
     if isinstance(error, UploadAborted):
         return Answer(400, b"Upload aborted\n", "error.post.unknown.count")
     if isinstance(error, NotAllowed):

@@ -22,11 +22,12 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
 from stor import __version__
-from stor.core.errors import StorageFailure, StorError
+from stor.core.errors import NotAllowed, StorageFailure, StorError, Unauthorized
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.ranges import Selection, etag
 from stor.core.sha import parse_sha, sha_of_path
 from stor.http.answers import TEXT, Answer, error_answer, reason_header
+from stor.http.auth import authorized, user_of
 from stor.http.channel import is_gone
 from stor.http.handshake import Accepted, Refused, segment_of
 from stor.store.spool import Duplicate, Stored, UploadResult
@@ -45,6 +46,11 @@ def _body(request: IRequest, data: bytes, content_type: bytes = TEXT) -> bytes:
     request.setHeader(b"content-type", content_type)
     request.setHeader(b"content-length", b"%d" % len(data))
     return data
+
+
+def _wants_json(request: IRequest) -> bool:
+    accept = request.getHeader(b"accept") or b""
+    return b"application/json" in accept.lower()
 
 
 def _content_headers(request: IRequest, sha: str, reading: Reading) -> None:
@@ -71,10 +77,15 @@ class StorApp:
     app = Klein()
 
     def __init__(self, store: Store, metrics: Metrics | None = None,
-                 metrics_page: MetricsPage | None = None) -> None:
+                 metrics_page: MetricsPage | None = None, delete_auth: str | None = None,
+                 stopping: Callable[[], bool] = lambda: False,
+                 status_extra: Callable[[], dict[str, Any]] = dict) -> None:
         self.store = store
         self.metrics: Metrics = metrics or NullMetrics()
         self._metrics_page = metrics_page
+        self._delete_auth = delete_auth
+        self._stopping = stopping
+        self._status_extra = status_extra
         self._openapi: bytes | None = None
 
     def resource(self) -> Resource:
@@ -89,7 +100,8 @@ class StorApp:
 
     @app.route("/status", methods=["GET"])
     async def status(self, request: IRequest) -> bytes:
-        """200 ``OK`` when every storage is healthy, else 503 naming each failing one."""
+        """200 ``OK`` when every storage is healthy, else 503 naming each failing one
+        (the old service's meaning); as JSON with ``Accept: application/json``."""
         self.metrics.incr("healthcheck.count")
         try:
             health = await self.store.health()
@@ -99,8 +111,31 @@ class StorApp:
         problems = [(h.path, h.problem) for h in health if h.problem]
         if problems:
             request.setResponseCode(503)
+        if _wants_json(request):
+            doc = {"ok": not problems, "storages": [
+                {"path": h.path, "ok": h.ok, "reason": h.problem, "free_bytes": h.free_bytes,
+                 "writable": self.store.local.writable(h.path)} for h in health],
+                   **self._status_extra()}
+            return _body(request, json.dumps(doc, indent=1).encode() + b"\n", b"application/json")
+        if problems:
             return _body(request, "".join(f"{s}: {why}\n" for s, why in problems).encode())
         return _body(request, b"OK")
+
+    @app.route("/health/live", methods=["GET", "HEAD"])
+    def live(self, request: IRequest) -> bytes:
+        """200 while the process serves: for a supervisor that restarts hung processes."""
+        return _body(request, b"OK\n")
+
+    @app.route("/health/ready", methods=["GET", "HEAD"])
+    async def ready(self, request: IRequest) -> bytes:
+        """200 while this host can serve and store (docs/SPEC.md §9): for a load balancer."""
+        reasons = ["stopping"] if self._stopping() else []
+        if not reasons:
+            reasons = self.store.local.not_ready(await self.store.health(with_free=False))
+        if reasons:
+            request.setResponseCode(503)
+            return _body(request, "".join(f"{r}\n" for r in reasons).encode())
+        return _body(request, b"OK\n")
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
@@ -166,7 +201,6 @@ class StorApp:
         if not isinstance(decision, Accepted) or request.upload is None:  # type: ignore[attr-defined]
             raise StorageFailure("the request body was not captured")
         result = await request.upload.finish()  # type: ignore[attr-defined]
-        self.store.stored(result)
         return self._stored(request, result, decision.sha)
 
     def _stored(self, request: IRequest, result: UploadResult, sha: str) -> bytes:
@@ -182,6 +216,22 @@ class StorApp:
                     "stored after " + "; ".join(str(f) for f in result.failures)))
         return _body(request, json.dumps(result.paths).encode(), b"application/json")
 
+    @app.route("/<segment>", methods=["DELETE"])
+    async def delete(self, request: IRequest, segment: str) -> bytes:
+        """Remove a file from this host (and S3), with the ``delete_auth`` credentials."""
+        self.metrics.incr("request.delete.count")
+        if self._delete_auth is None:
+            raise NotAllowed("DELETE is not enabled on this host (no delete_auth)")
+        sha = parse_sha(segment)
+        if not authorized(request.requestHeaders, self._delete_auth):
+            raise Unauthorized("DELETE needs the delete_auth Basic credentials")
+        removed = await self.store.delete(sha)
+        log.warn("deleted {sha} at the request of {user} ({count} local copies: {paths})",
+                 sha=sha, user=user_of(request.requestHeaders), count=len(removed),
+                 paths=removed)
+        request.setResponseCode(204)
+        return b""
+
     # -- the one place errors become answers --------------------------------
 
     @app.handle_errors(Exception)
@@ -192,7 +242,7 @@ class StorApp:
             request.setResponseCode(error.code or 500)
             for name, value in error.get_headers():
                 if name.lower() == "allow":  # RFC 9110: a 405 says what is allowed
-                    request.setHeader(b"allow", value.encode())
+                    request.setHeader(b"allow", self._allowed(value).encode())
             return _body(request, f"{error.name}\n".encode())
         answer = error_answer(error, request.method, segment_of(request.uri))
         if not isinstance(error, StorError):
@@ -200,6 +250,12 @@ class StorApp:
                         method=request.method.decode("latin-1"),
                         uri=request.uri.decode("latin-1"))
         return self._apply(request, answer, error)
+
+    def _allowed(self, methods: str) -> str:
+        """Klein's ``Allow`` value, less DELETE when it is not enabled here."""
+        if self._delete_auth is not None:
+            return methods
+        return ", ".join(m for m in (m.strip() for m in methods.split(",")) if m != "DELETE")
 
     def _apply(self, request: IRequest, answer: Answer, error: BaseException) -> bytes:
         if answer.metric:

@@ -22,10 +22,18 @@ def credentials(headers: Headers) -> bytes | None:
 def authorized(headers: Headers, expected: str | None) -> bool:
     """Whether ``headers`` carry exactly the configured credentials.
 
-    With no ``basic_auth`` configured nobody may upload: a storage host that
-    lost its credentials must not turn into an open one.
+    With nothing configured (``expected`` None or empty) nobody is authorized:
+    a storage host that lost its credentials must not turn into an open one.
     """
     given = credentials(headers)
-    if expected is None or given is None:
+    if not expected or given is None:
         return False
     return hmac.compare_digest(given, expected.encode())
+
+
+def user_of(headers: Headers) -> str:
+    """The user name of a request's Basic credentials (for a log line), or ``-``."""
+    given = credentials(headers)
+    if given is None:
+        return "-"
+    return given.split(b":", 1)[0].decode("utf-8", "replace")

@@ -9,8 +9,24 @@ What an operator graphs and alerts on:
 ``stor_http_request_duration_seconds``       latency histogram by method, from the
                                              request line to the last byte
 ``stor_http_requests_in_flight``             requests begun and not yet finished
+``stor_storage_up{storage}``                 1 when the storage is healthy (as ``/status``)
 ``stor_storage_free_bytes{storage}``         ``statvfs`` free bytes, read at scrape time
 ``stor_storage_writable{storage}``           1 when ``writable_pairs_regex`` lets it take files
+``stor_http_rejected_total{reason}``         requests refused before routing (408/414/431)
+                                             and upload bodies cut for silence
+``stor_uploads_total{outcome}``              uploads answered: stored, duplicate, too_large,
+                                             bad_sha, no_space, malformed_sha, unauthorized,
+                                             conflict, failed
+``stor_storage_errors_total{storage}``       a storage failed while written (the upload
+                                             moved on to another pair)
+``stor_corrupt_replicas_total``              replicas found not to hash to their name
+``stor_repairs_total{outcome}``              replica repairs: queued, done, failed,
+                                             dropped, quarantined
+``stor_s3_errors_total``                     S3 reads that failed (served locally instead)
+``stor_s3_bad_objects_total``                S3 objects that did not hash to their name
+``stor_s3_puts_total{outcome}``              write-through puts: ok, error, present, corrupt
+``stor_s3_outbox_depth``                     files waiting for S3 (write-through)
+``stor_deletes_total``                       files removed by DELETE
 ``stor_cache_hits_total{layer}``             lookup cache hits (``lru``, ``memcached``)
 ``stor_cache_misses_total``                  lookup cache misses
 ``stor_cache_errors_total``                  failed memcached round trips
@@ -62,10 +78,16 @@ class _Storages:
     """A collector for the per-storage gauges measured just before each scrape."""
 
     def __init__(self) -> None:
+        self.up: dict[str, bool] = {}
         self.free: dict[str, int | None] = {}
         self.writable: dict[str, bool] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("stor_storage_up", "1 when the storage is healthy (as /status).",
+                               labels=["storage"])
+        for storage, ok in self.up.items():
+            up.add_metric([storage], 1 if ok else 0)
+        yield up
         free = GaugeMetricFamily("stor_storage_free_bytes",
                                  "Bytes available on the storage's filesystem (statvfs).",
                                  labels=["storage"])
@@ -83,6 +105,70 @@ class _Storages:
                                  labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+
+
+class StatsdMirror:
+    """The statsite events an operator also wants in Prometheus, as counters.
+
+    It is a :class:`~stor.core.metrics.Metrics` (the daemon sends every event
+    to statsite and to this), so the store and the HTTP layer count once and
+    both systems see the same figures.
+    """
+
+    _UPLOADS = {"success.post.write.count": "stored",
+                "success.post.duplicate.count": "duplicate",
+                "error.post.too_large.count": "too_large",
+                "error.post.bad_sha.count": "bad_sha",
+                "error.post.no_space.count": "no_space",
+                "error.post.malformed_sha.count": "malformed_sha",
+                "error.post.unauthorized.count": "unauthorized",
+                "error.post.conflict.count": "conflict",
+                "error.post.unknown.count": "failed"}
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.uploads = Counter("stor_uploads", "Uploads answered, by outcome.", ["outcome"],
+                               registry=registry)
+        self.storage_errors = Counter("stor_storage_errors",
+                                      "Storage failures while writing, by storage.",
+                                      ["storage"], registry=registry)
+        self.corrupt = Counter("stor_corrupt_replicas", "Replicas found corrupt.",
+                               registry=registry)
+        self.repairs = Counter("stor_repairs", "Replica repairs, by outcome.", ["outcome"],
+                               registry=registry)
+        self.s3_errors = Counter("stor_s3_errors", "S3 reads that failed.", registry=registry)
+        self.s3_bad = Counter("stor_s3_bad_objects", "S3 objects not hashing to their name.",
+                              registry=registry)
+        self.s3_puts = Counter("stor_s3_puts", "Write-through puts, by outcome.", ["outcome"],
+                               registry=registry)
+        self.outbox = Gauge("stor_s3_outbox_depth", "Files waiting for S3 (write-through).",
+                            registry=registry, multiprocess_mode="livesum")
+        self.deletes = Counter("stor_deletes", "Files removed by DELETE.", registry=registry)
+
+    def incr(self, key: str, value: int = 1) -> None:
+        outcome = self._UPLOADS.get(key)
+        if outcome is not None:
+            self.uploads.labels(outcome).inc(value)
+        elif key.startswith("error.storage.") and key.endswith(".count"):
+            self.storage_errors.labels(key[len("error.storage."):-len(".count")]).inc(value)
+        elif key == "error.get.corrupt_replica.count":
+            self.corrupt.inc(value)
+        elif key.startswith("repair.") and key.endswith(".count"):
+            self.repairs.labels(key[len("repair."):-len(".count")]).inc(value)
+        elif key == "error.get.hcp_error.count":
+            self.s3_errors.inc(value)
+        elif key == "error.get.hcp_bad_sha.count":
+            self.s3_bad.inc(value)
+        elif key.startswith("s3.put."):
+            self.s3_puts.labels(key[len("s3.put."):]).inc(value)
+        elif key == "success.delete.count":
+            self.deletes.inc(value)
+
+    def timing(self, key: str, ms: float) -> None:
+        pass
+
+    def gauge(self, key: str, value: float) -> None:
+        if key == "s3.outbox.depth":
+            self.outbox.set(value)
 
 
 @dataclass(frozen=True)
@@ -151,6 +237,7 @@ class Exporter:
                                    registry=own, multiprocess_mode="livesum")
         self.amqp_dropped = Counter("stor_amqp_dropped_messages",
                                     "SHAs dropped because the buffer was full.", registry=own)
+        self.events = StatsdMirror(own)
         self.rejected = Counter("stor_http_rejected", "Requests refused before routing (408, "
                                 "414, 431) and upload bodies cut for silence, by reason.",
                                 ["reason"], registry=own)
@@ -214,6 +301,7 @@ class Exporter:
 
         def measure_and_render() -> bytes:
             health = self._storages_now()
+            self._storages.up = {h.path: h.ok for h in health}
             self._storages.free = {h.path: h.free_bytes for h in health}
             self._storages.writable = {h.path: self._writable(h.path) for h in health}
             return generate_latest(self.registry)

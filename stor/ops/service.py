@@ -29,7 +29,8 @@ from twisted.python import usage
 
 from stor import __version__
 from stor.ops import logs
-from stor.fs.locks import ShaLocks, default_lock_dir
+from stor.core.metrics import Tee
+from stor.fs.locks import ShaLocks, Tombstones, default_lock_dir
 from stor.fs.temps import sweep_temp_dir
 from stor.http.app import StorApp
 from stor.http.site import StorSite
@@ -38,9 +39,11 @@ from stor.core.errors import ConfigError
 from stor.peers.cache import build_cache
 from stor.peers.statsd import build_metrics
 from stor.peers.amqp import AmqpPublisher, build_publisher
-from stor.peers.s3 import build_s3
+from stor.peers.s3 import build_s3, s3_client
+from stor.peers.s3put import S3Writer
 from stor.fs.diskpool import DiskPool
 from stor.store.local import LocalStore
+from stor.store.outbox import build_outbox
 from stor.store.store import Store
 from stor.ops.log_outputs import build_log_outputs
 from stor.ops.logs import LOG_FORMATS
@@ -52,6 +55,8 @@ log = Logger()
 T = TypeVar("T")
 
 EXIT_CONFIG = 2
+TOMBSTONE_AGE = 24 * 3600.0
+"""Seconds a DELETE's tombstone is kept: longer than any upload or fill can take."""
 
 
 class Options(usage.Options):
@@ -98,10 +103,13 @@ def config_or_exit(path: str) -> Config:
     return _exit_on_config_error(lambda: load_config(path))
 
 
-def temp_sweeper(store: LocalStore, period: float) -> internet.TimerService:
-    """Removes stale temp files at start and every ``cleanup_tempdir_period`` seconds."""
+def temp_sweeper(store: LocalStore, tombstones: Tombstones,
+                 period: float) -> internet.TimerService:
+    """Removes stale temp files (and old DELETE tombstones) at start and every
+    ``cleanup_tempdir_period`` seconds."""
 
     def sweep_all() -> int:
+        tombstones.sweep(TOMBSTONE_AGE)
         return sum(sweep_temp_dir(s) for s in store.storages)
 
     def sweep() -> object:
@@ -127,38 +135,84 @@ class Daemon:
 
 
 def build_daemon(config: Config, reactor: Any) -> Daemon:
-    """The web site for ``config``, its collaborators, and their services."""
+    """The web site for ``config``, its collaborators, and their services.
+
+    Services stop in the reverse order they were added: the disk pool last.
+    """
     services = service.MultiService()
-    metrics, metrics_service = build_metrics(config, reactor)
-    if metrics_service is not None:
-        metrics_service.setServiceParent(services)
+    statsd, statsd_service = build_metrics(config, reactor)
+    if statsd_service is not None:
+        statsd_service.setServiceParent(services)
     pool = DiskPool(reactor)
     pool.setServiceParent(services)
-    local = LocalStore(
-        config.storage_pairs,
-        pool,
-        writable_regex=config.writable_pairs_regex,
-        balance_threshold=config.balance_threshold,
-        check_mounts=config.check_mounts,
-    )
+    local = LocalStore(config.storage_pairs, pool, writable_regex=config.writable_pairs_regex,
+                       balance_threshold=config.balance_threshold,
+                       check_mounts=config.check_mounts)
     locks = ShaLocks(config.lock_dir or default_lock_dir())
     locks.prepare()
     cache = build_cache(config, reactor)
     cache.setServiceParent(services)
-    publisher = build_publisher(config.amqp, reactor, metrics)
+    publisher = build_publisher(config.amqp, reactor, statsd)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    store = Store(local, locks, metrics=metrics, cache=cache, s3=build_s3(config, reactor, metrics),
-                  publisher=publisher, max_upload_size=config.max_upload_size)
     exporter = Exporter(local.health_now, local.writable, pool.run,
                         cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher))
     SyncService(exporter, reactor).setServiceParent(services)
-    app = StorApp(store, metrics=metrics, metrics_page=exporter.page)
+    metrics = Tee(statsd, exporter.events)
+    corrupt: list[Callable[[str], object]] = []
+    outbox = build_outbox(config, reactor, pool.run, metrics,
+                          on_corrupt=lambda path: corrupt[0](path))
+    store = Store(local, locks, metrics=metrics, cache=cache,
+                  s3=build_s3(config, reactor, metrics),
+                  s3_first=getattr(config.s3, "read_order", "first") != "fallback",
+                  publisher=publisher, max_upload_size=config.max_upload_size, outbox=outbox,
+                  s3_objects=_s3_objects(config, reactor, pool.run),
+                  fill_local=bool(getattr(config, "s3_fill_local", False)))
+    corrupt.append(store.corrupt_file)
+    if outbox is not None:
+        outbox.setServiceParent(services)
+    sites: list[StorSite] = []
+    app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
+                  delete_auth=getattr(config, "delete_auth", None),
+                  stopping=lambda: any(site.closing for site in sites),
+                  status_extra=lambda: {"s3_outbox": outbox.state()} if outbox else {})
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
+    sites.append(site)
     site.displayTracebacks = False
-    temp_sweeper(local, config.cleanup_tempdir_period).setServiceParent(services)
+    temp_sweeper(local, store.tombstones, config.cleanup_tempdir_period).setServiceParent(services)
+    StartupCheck(local).setServiceParent(services)
     return Daemon(site, store, services)
+
+
+def _s3_objects(config: Config, reactor: Any, run: Any) -> "S3Writer | None":
+    """What DELETE uses in the bucket, whenever S3 is configured at all."""
+    if config.s3 is None:
+        return None
+    return S3Writer(config.s3, s3_client(config.s3, reactor), reactor, run)
+
+
+class StartupCheck(service.Service):
+    """Says at start, one line each, which storages cannot serve or take files."""
+
+    def __init__(self, local: LocalStore) -> None:
+        self._local = local
+
+    def startService(self) -> None:
+        super().startService()
+        d = self._local.health()
+        d.addCallback(self._report)
+        d.addErrback(lambda f: log.failure("storage check at start failed", failure=f))
+
+    def _report(self, health: list[Any]) -> None:
+        for h in health:
+            if h.problem is not None and not h.placeable:
+                log.warn("storage {storage} {problem}: it gets no new files",
+                         storage=h.path, problem=h.problem)
+            elif h.problem is not None:
+                log.warn("storage {storage} {problem}; /status reports it (check_mounts is not "
+                         "set: files still go to it, as with the old service)",
+                         storage=h.path, problem=h.problem)
 
 
 def _amqp_state(publisher: object) -> "Callable[[], AmqpState] | None":

@@ -277,7 +277,17 @@ class S3Writer:
         """
         return ensureDeferred(self._put_file(sha.lower(), path, pace))
 
+    def delete(self, sha: str) -> "Deferred[None]":
+        """Remove ``sha``'s object (DELETE /<sha>); :class:`S3WriteError` if refused."""
+        return ensureDeferred(self._delete(sha.lower()))
+
     # -- internals --------------------------------------------------------------
+
+    async def _delete(self, sha: str) -> None:
+        url = self.url(sha)
+        response, body = await self._send("DELETE", url, self._signer.headers("DELETE", url))
+        if response.code not in (200, 204, 404):
+            raise _refusal("DELETE", url, response, body)
 
     async def _exists(self, sha: str) -> bool:
         url = self.url(sha)

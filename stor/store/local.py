@@ -206,6 +206,19 @@ class LocalStore:
         """Every storage's health, measured now in the pool (``/status``, metrics)."""
         return self.run(self.health_now, with_free)
 
+    def not_ready(self, health: list[StorageHealth]) -> list[str]:
+        """Why this host should not get traffic (empty: ready).  Ready means every
+        pair has a usable member (reads) and some pair that ``writable_pairs_regex``
+        lets take files is usable on both members (uploads)."""
+        usable = {h.path for h in health if h.ok or h.placeable}
+        reasons = [f"pair {a} {b}: no usable member" for a, b in self.pairs
+                   if a not in usable and b not in usable]
+        if not any(a in usable and b in usable and self.writable(a) and self.writable(b)
+                   for a, b in self.pairs):
+            reasons.append("no writable pair has both members usable")
+        why = {h.path: h.problem for h in health}
+        return reasons + [f"{s}: {why[s]}" for s in self.storages if why.get(s) and reasons]
+
     # -- blocking (pool threads) -----------------------------------------
 
     def health_now(self, with_free: bool = True) -> list[StorageHealth]:

@@ -220,6 +220,20 @@ def release(owned: Claim, storages: Sequence[str], outcome: str | None) -> bool:
         os.close(owned.fd)
 
 
+def forget(sha: str, storages: Sequence[str]) -> None:
+    """Blocking: remove ``sha``'s markers (its file is being deleted), first waiting
+    for an upload of it in flight in any process, so that the object is not put
+    to S3 after the deletion removed it there."""
+    fd = _open_first_marker(sha, storages)
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # an upload holds it until it is done
+            for storage in storages:
+                _remove_marker(storage, sha)
+        finally:
+            os.close(fd)
+
+
 def _remove_marker(storage: str, sha: str) -> None:
     try:
         os.unlink(marker_path(storage, sha))

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stor.core.errors import NoSpace, StorageFailure, StorError
+from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
 from stor.core.placement import Pair
 from stor.fs.commit import MemberFailed, install
 from stor.fs.fsio import is_no_space, owner_of, reserve, write_all
@@ -56,6 +56,10 @@ UploadResult = Stored | Duplicate
 BeforeInstall = Callable[[str, Pair], None]
 """Called (blocking, under the SHA's lock) just before a file is installed on a
 pair: the S3 outbox records it there."""
+
+StillWanted = Callable[[str], bool]
+"""Asked (blocking, under the SHA's lock) before installing: False when the SHA
+was deleted since the upload began, which must not bring it back."""
 
 
 def _step(storage: str, f, *args):  # type: ignore[no-untyped-def]
@@ -156,20 +160,23 @@ def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
 
 
 def commit(spool: Spool, store: LocalStore, locks: ShaLocks,
-           before_install: BeforeInstall | None = None) -> UploadResult:
+           before_install: BeforeInstall | None = None,
+           still_wanted: StillWanted | None = None) -> UploadResult:
     """Blocking: put the verified body in place, or find it already there.
 
     See the module docstring.  Raises a :class:`~stor.core.errors.StorError`
-    when no pair could take the file; the spool's temps are gone either way.
+    when no pair could take the file (or :class:`~stor.core.errors.Conflict`
+    when it was deleted meanwhile); the spool's temps are gone either way.
     """
     try:
-        return _commit(spool, store, locks, before_install)
+        return _commit(spool, store, locks, before_install, still_wanted)
     finally:
         spool.discard()
 
 
 def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
-            before_install: BeforeInstall | None) -> UploadResult:
+            before_install: BeforeInstall | None,
+            still_wanted: StillWanted | None) -> UploadResult:
     temps = spool.sync()
     pair: Pair | None = spool.pair if len(temps) == 2 else None
     tried: set[Pair] = {spool.pair}
@@ -178,6 +185,8 @@ def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
             pair = _another_pair(spool, store, tried)
             temps = spool.temps[-2:]
         with locks.hold(spool.sha):
+            if still_wanted is not None and not still_wanted(spool.sha):
+                raise Conflict(f"{spool.sha} was deleted while it was uploaded")
             paths, whole = store.existing_now(spool.sha)
             if whole:
                 return Duplicate(paths)

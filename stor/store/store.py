@@ -18,6 +18,7 @@ are additions to this class, not to the routes.
 """
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,12 +30,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stor.core import layout
-from stor.core.errors import CorruptReplica, NotFound, RangeNotSatisfiable
+from stor.core.errors import CorruptReplica, NotFound, RangeNotSatisfiable, StorageFailure
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.ranges import Part, Selection
 from stor.fs.health import StorageHealth
-from stor.fs.locks import ShaLocks
+from stor.fs.fsio import fsync_dir
+from stor.fs.locks import ShaLocks, Tombstones
 from stor.store.body import Body, BytesBody, FileBody
+from stor.store import outbox as outbox_markers
 from stor.store.local import Hit, LocalStore
 from stor.store.quarantine import quarantine
 from stor.store.repair import Repairer
@@ -66,6 +69,20 @@ class Publisher(Protocol):
     """Where every requested SHA is published (:mod:`stor.peers.amqp`)."""
 
     def publish(self, sha: str) -> None: ...
+
+
+class S3Objects(Protocol):
+    """The bucket, for what a DELETE does there (:class:`stor.peers.s3put.S3Writer`)."""
+
+    def exists(self, sha: str) -> "Deferred[bool]": ...
+
+    def delete(self, sha: str) -> "Deferred[None]": ...
+
+
+class Outbox(Protocol):
+    """The S3 write-through's queue (:class:`stor.store.outbox.Outbox`)."""
+
+    def queue(self, sha: str) -> None: ...
 
 
 class _NoCache:
@@ -133,9 +150,13 @@ class Store:
         repairer: Repairer | None = None,
         max_upload_size: int | None = None,
         before_install: BeforeInstall | None = None,
+        outbox: Outbox | None = None,
+        s3_objects: S3Objects | None = None,
+        fill_local: bool = False,
     ) -> None:
         self.local = local
         self.locks = locks
+        self.tombstones = Tombstones(locks)
         self._metrics: Metrics = metrics or NullMetrics()
         self._cache: LookupCache = cache or _NoCache()
         self._s3 = s3
@@ -143,7 +164,11 @@ class Store:
         self._publisher: Publisher = publisher or _NoPublisher()
         self._repairer = repairer or Repairer(local, locks, self._metrics)
         self._max_upload_size = max_upload_size
-        self._before_install = before_install
+        self._outbox = outbox
+        self._before_install = before_install or (self._record_for_s3 if outbox else None)
+        self._s3_objects = s3_objects
+        self._fill_local = fill_local
+        self._filling: set[str] = set()
 
     # -- reads ------------------------------------------------------------
 
@@ -195,6 +220,8 @@ class Store:
                 self._metrics.incr("success.get.ok_hcp.count")
                 self._metrics.incr("success.get.ok_hcp.size", obj.size)  # type: ignore[attr-defined]
                 self._metrics.timing("success.get.ok_hcp.time", _ms(start))
+                if self._fill_local:
+                    self._fill(sha)
 
         return Reading(obj.size, obj.last_modified, part,  # type: ignore[attr-defined]
                        obj if wants_body else None, ended)  # type: ignore[arg-type]
@@ -285,8 +312,16 @@ class Store:
 
     def upload(self, sha: str, length: int | None) -> Upload:
         """Start receiving the body of ``sha`` (``length``: its declared size, if any)."""
-        return Upload(sha, length, self.local.run, self._prepare, self._commit,
-                      max_size=self._max_upload_size)
+        started = time.time()
+
+        def still_wanted(sha: str) -> bool:  # a DELETE since the upload began wins
+            return not self.tombstones.deleted_since(sha, started)
+
+        def commit(spool: Spool) -> UploadResult:
+            return commit_spool(spool, self.local, self.locks, self._before_install, still_wanted)
+
+        return Upload(sha, length, self.local.run, self._prepare, commit,
+                      max_size=self._max_upload_size, committed=self._committed)
 
     def _prepare(self, sha: str, length: int | None) -> Duplicate | Spool:
         """Blocking: the duplicate check, then a pair with room and temps on it."""
@@ -296,14 +331,100 @@ class Store:
             return Duplicate(paths)
         return open_spool(self.local, sha, length)
 
-    def _commit(self, spool: Spool) -> UploadResult:
-        return commit_spool(spool, self.local, self.locks, self._before_install)
-
-    def stored(self, result: UploadResult) -> None:
-        """An upload was answered: log and count what happened to the storages."""
+    def _committed(self, sha: str, result: UploadResult) -> None:
+        """An upload is in place: log and count failed storages, queue it for S3."""
         if isinstance(result, Stored):
             for failure in result.failures:
                 self._member_failed(failure.storage, str(failure))
+            if self._outbox is not None:
+                self._outbox.queue(sha)
+
+    def _record_for_s3(self, sha: str, pair: tuple[str, str]) -> None:
+        """Blocking, under the SHA's lock: the write-through's durable marker, before the 201."""
+        outbox_markers.record(sha, pair)
+
+    def _fill(self, sha: str) -> None:
+        """Served from S3: store it on a local pair too (``s3_fill_local``), in the background,
+        through the same verified upload and commit as a POST."""
+        if sha in self._filling or self._s3 is None:
+            return
+        self._filling.add(sha)
+        d = Deferred.fromCoroutine(self._fill_from_s3(sha))
+        d.addErrback(lambda f: log.warn("could not fill {sha} from S3: {error}", sha=sha,
+                                        error=f.getErrorMessage()))
+        d.addBoth(lambda _: self._filling.discard(sha))
+
+    async def _fill_from_s3(self, sha: str) -> None:
+        assert self._s3 is not None
+        obj = await self._s3.fetch(sha, False)
+        if obj is None:
+            return
+        upload = self.upload(sha, obj.size)  # type: ignore[attr-defined]
+        if await upload.screen() is not None:
+            obj.discard()  # type: ignore[attr-defined]
+            return  # already stored here
+        await obj.write_to(upload)  # type: ignore[attr-defined]
+        result = await upload.finish()
+        if isinstance(result, Stored):
+            self._metrics.incr("s3.fill.count")
+            log.info("filled {sha} from S3 to {paths}", sha=sha, paths=result.paths)
+
+    def corrupt_file(self, path: str) -> None:
+        """Someone else (the S3 outbox) read ``path`` and found it corrupt."""
+        sha = os.path.basename(path)[:-4].lower()
+        storage = layout.storage_of(path, sha)
+        if storage is None:
+            return
+        d = self.local.run(os.stat, path)
+        d.addCallback(lambda st: self._corrupt(
+            Hit(storage, path, st.st_size, st.st_mtime, 0, (st.st_dev, st.st_ino)), sha,
+            "(read by the S3 outbox)"))
+        d.addErrback(lambda f: None)  # gone meanwhile
+
+    # -- deletes ----------------------------------------------------------
+
+    async def delete(self, sha: str) -> list[str]:
+        """Remove ``sha`` from every storage, and from S3 when configured.
+
+        Holds the SHA's lock while it removes the local files, and leaves a
+        tombstone, so no repair, fill, scrub or upload in flight brings the
+        file back.  Returns the local paths removed; :class:`NotFound` when
+        the file was nowhere.  A storage that cannot remove its copy fails the
+        request (after the others were removed), naming it.
+        """
+        removed, failures = await self.local.run(self._delete_now, sha)
+        in_s3 = False
+        if self._s3_objects is not None:
+            in_s3 = await self._s3_objects.exists(sha)
+            if in_s3:
+                await self._s3_objects.delete(sha)
+        self._cache.drop(sha)
+        if failures:
+            raise StorageFailure("cannot delete: " + "; ".join(failures))
+        if not removed and not in_s3:
+            raise NotFound(sha)
+        self._metrics.incr("success.delete.count")
+        return removed
+
+    def _delete_now(self, sha: str) -> tuple[list[str], list[str]]:
+        """Blocking: under the SHA's lock, bury it and remove every local copy."""
+        removed: list[str] = []
+        failures: list[str] = []
+        with self.locks.hold(sha):
+            self.tombstones.bury(sha)
+            outbox_markers.forget(sha, self.local.storages)
+            for storage in self.local.storages:
+                path = layout.file_path(storage, sha)
+                try:
+                    os.unlink(path)
+                    fsync_dir(os.path.dirname(path))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError as e:
+                    failures.append(f"{storage}: {e.strerror}")
+                    continue
+                removed.append(path)
+        return removed, failures
 
     def _member_failed(self, storage: str, why: str) -> None:
         self._metrics.incr(f"error.storage.{layout.server_name(storage)}.count")

@@ -58,20 +58,23 @@ class Upload:
     """One POST body on its way to disk; lives on the reactor thread.
 
     ``prepare(length)`` (blocking, in the pool) returns a :class:`Duplicate` or
-    an open :class:`Spool`; ``commit(spool)`` (blocking) returns the result.
-    ``run`` runs a blocking call in the disk pool.
+    an open :class:`Spool`; ``commit(spool)`` (blocking) returns the result,
+    which ``committed(sha, result)`` is then told on the reactor.  ``run``
+    runs a blocking call in the disk pool.
     """
 
     def __init__(self, sha: str, length: int | None, run: Runner,
                  prepare: Callable[[str, int | None], "Duplicate | Spool"],
                  commit: Callable[[Spool], UploadResult],
-                 max_size: int | None = None) -> None:
+                 max_size: int | None = None,
+                 committed: Callable[[str, UploadResult], None] | None = None) -> None:
         self.sha = sha
         self.length = length
         self.received = 0
         self.state = State.PREPARING
         self._run = run
         self._commit = commit
+        self._committed = committed
         self._max_size = max_size
         self._hasher = hashlib.sha256()
         self._spool: Spool | None = None
@@ -159,6 +162,8 @@ class Upload:
         self.state = State.COMMITTING
         result = await self._run(self._commit, spool)
         self.state = State.DONE
+        if self._committed is not None:
+            self._committed(self.sha, result)
         return result
 
     def abort(self) -> None:
