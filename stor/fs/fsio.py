@@ -17,6 +17,22 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def write_chunks(fd: int, chunks: "list[bytes] | tuple[bytes, ...]") -> None:
+    """Write every byte of ``chunks``, in order, with as few system calls as possible."""
+    if len(chunks) == 1:
+        write_all(fd, chunks[0])
+        return
+    pending = [memoryview(c) for c in chunks if c]
+    while pending:
+        n = os.writev(fd, pending[:1024])  # IOV_MAX
+        while n and pending:
+            if n >= len(pending[0]):
+                n -= len(pending.pop(0))
+            else:
+                pending[0] = pending[0][n:]
+                n = 0
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename into (or a creation in) directory ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -108,6 +124,32 @@ def reserve(fd: int, offset: int, length: int) -> bool:
     if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
         return False
     raise OSError(err, os.strerror(err))
+
+
+def _load_sync_file_range() -> object | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        f = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    f.restype = ctypes.c_int
+    f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return f
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range of ``fd`` to disk, without waiting.
+
+    Not a replacement for fsync (which still runs before any answer): it only
+    makes the disk work start while the rest of the body is still arriving.
+    Silently nothing where the call does not exist.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # type: ignore[operator]
 
 
 def is_no_space(error: OSError) -> bool:

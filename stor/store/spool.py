@@ -16,13 +16,14 @@ blocks: the reactor side is :mod:`stor.store.upload`.
 """
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
 from stor.core.placement import Pair
 from stor.fs.commit import MemberFailed, install
-from stor.fs.fsio import is_no_space, owner_of, reserve, write_all
+from stor.fs.fsio import is_no_space, owner_of, reserve, start_writeback, write_chunks
 from stor.fs.locks import ShaLocks
 from stor.fs.temps import OwnedTemp, create_temp
 from stor.store.local import LocalStore
@@ -30,6 +31,10 @@ from stor.store.replica import copy_verified
 
 RESERVE_STEP = 64 * 1024 * 1024
 """A body of unknown length (chunked) reserves space in steps of this size."""
+
+WRITEBACK_STEP = 8 * 1024 * 1024
+"""After this many bytes written, the kernel is asked to start writing them to
+disk (without waiting): the fsync before the answer then finds little left to do."""
 
 
 @dataclass(frozen=True)
@@ -71,56 +76,108 @@ def _step(storage: str, f, *args):  # type: ignore[no-untyped-def]
 
 @dataclass
 class Spool:
-    """Owned temp files for ``sha`` on the members of ``pair``, being written."""
+    """Owned temp files for ``sha`` on the members of ``pair``, being written.
+
+    Each member can be written (and fsynced) on its own, from its own thread,
+    so both replicas and the hash proceed in parallel (:mod:`stor.store.upload`
+    gives each member a lane); a member that fails is dropped, under a lock.
+    """
 
     sha: str
     pair: Pair
     length: int | None
     temps: list[OwnedTemp] = field(default_factory=list)
     failures: list[MemberFailed] = field(default_factory=list)
-    size: int = 0
-    reserved: int = 0
 
     def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._written: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}
+        self._flushed: dict[str, int] = {}
         try:
             for storage in self.pair:
                 temp = _step(storage, create_temp, storage, self.sha, owner_of(storage))
                 self.temps.append(temp)
                 if self.length:
                     _step(storage, reserve, temp.fd, 0, self.length)
+                self._written[storage] = self._flushed[storage] = 0
+                self._reserved[storage] = self.length or 0
         except MemberFailed:
             self.discard()
             raise
-        self.reserved = self.length or 0
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far (to the members still written)."""
+        return max(self._written.values(), default=0)
+
+    def live(self) -> list[str]:
+        """The storages still being written."""
+        with self._lock:
+            return [t.storage for t in self.temps]
 
     def write(self, chunks: Sequence[bytes]) -> None:
-        """Append ``chunks`` to every live temp; raise when none is left."""
+        """Append ``chunks`` to every live temp, in turn; raise when none is left."""
+        for storage in self.live():
+            self.write_member(storage, chunks)
+        self._check_alive()
+
+    def write_member(self, storage: str, chunks: Sequence[bytes]) -> None:
+        """Append ``chunks`` to ``storage``'s temp; a failure drops the member."""
+        temp = self._temp(storage)
+        if temp is None:
+            return
         incoming = sum(len(c) for c in chunks)
-        if self.length is None and self.size + incoming > self.reserved:
-            self._each(lambda t: reserve(t.fd, self.reserved, RESERVE_STEP))
-            self.reserved += RESERVE_STEP
-        self._each(lambda t: [write_all(t.fd, c) for c in chunks])
-        self.size += incoming
+        try:
+            written = self._written[storage]
+            if self.length is None and written + incoming > self._reserved[storage]:
+                reserve(temp.fd, self._reserved[storage], RESERVE_STEP)
+                self._reserved[storage] += RESERVE_STEP
+            write_chunks(temp.fd, chunks)
+            self._written[storage] = written + incoming
+            if self._written[storage] - self._flushed[storage] >= WRITEBACK_STEP:
+                start_writeback(temp.fd, self._flushed[storage],
+                                self._written[storage] - self._flushed[storage])
+                self._flushed[storage] = self._written[storage]
+        except OSError as e:
+            self._drop(temp, e)
+
+    def sync_member(self, storage: str) -> None:
+        """fsync ``storage``'s temp; a failure drops the member."""
+        temp = self._temp(storage)
+        if temp is not None:
+            try:
+                os.fsync(temp.fd)
+            except OSError as e:
+                self._drop(temp, e)
 
     def sync(self) -> list[OwnedTemp]:
         """fsync every live temp (a member failing here is dropped); the live ones."""
-        self._each(lambda t: os.fsync(t.fd))
+        for storage in self.live():
+            self.sync_member(storage)
+        self._check_alive()
         return list(self.temps)
 
     def discard(self) -> None:
         """Remove every temp file still held; safe to call more than once."""
-        for temp in self.temps:
+        with self._lock:
+            temps, self.temps = self.temps, []
+        for temp in temps:
             temp.discard()
-        self.temps = []
 
-    def _each(self, f: Callable[[OwnedTemp], object]) -> None:
-        for temp in list(self.temps):
-            try:
-                f(temp)
-            except OSError as e:
-                self.failures.append(MemberFailed(temp.storage, e))
-                self.temps.remove(temp)
-                temp.discard()
+    def _temp(self, storage: str) -> OwnedTemp | None:
+        with self._lock:
+            return next((t for t in self.temps if t.storage == storage), None)
+
+    def _drop(self, temp: OwnedTemp, error: OSError) -> None:
+        with self._lock:
+            if temp not in self.temps:
+                return
+            self.temps.remove(temp)
+            self.failures.append(MemberFailed(temp.storage, error))
+        temp.discard()
+
+    def _check_alive(self) -> None:
         if not self.temps:
             raise self.failures[-1]
 

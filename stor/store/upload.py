@@ -3,10 +3,12 @@
 An :class:`Upload` is the consumer of one POST body.  It is created when the
 request's headers are in; the duplicate check and the choice (and space
 reservation) of a pair run in the disk pool meanwhile.  Each chunk the
-connection delivers is queued on the reactor thread; one pool call at a time
-hashes the queued chunks and writes them to the pair (:class:`~stor.store.spool.Spool`).
-When more than :data:`HIGH_WATER` bytes wait, the connection (the registered
-producer) is paused, so memory stays flat whatever the file size.  When the
+connection delivers is queued on the reactor thread and handed, in batches,
+to a :class:`~stor.store.pipeline.Pipeline` whose lanes hash the body and
+write it to each member of the pair (:class:`~stor.store.spool.Spool`) side
+by side.  When more than :data:`HIGH_WATER` bytes wait or are being written,
+the connection (the registered producer) is paused, so memory stays flat
+whatever the file size.  When the
 body is complete the digest is compared with the SHA and, only on a match,
 :func:`~stor.store.spool.commit` puts the file in place.
 
@@ -28,13 +30,14 @@ import hashlib
 from collections.abc import Callable
 from enum import Enum
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.core.errors import HashMismatch, StorageFailure, StorError, TooLarge, UploadAborted
 from stor.fs.commit import MemberFailed
+from stor.store.pipeline import Pipeline
 from stor.store.spool import Duplicate, Spool, UploadResult, as_stor_error
 
 HIGH_WATER = 4 * 1024 * 1024
@@ -82,7 +85,8 @@ class Upload:
         self._outcome: UploadResult | StorError | None = None  # decided before the body's end
         self._queue: list[bytes] = []
         self._queued = 0
-        self._working = True  # a pool call is in flight (the preparation, first)
+        self._pipeline: Pipeline | None = None  # once prepared
+        self._working = True  # a pool call is in flight outside the pipeline (preparing)
         self._waiters: list[Deferred[None]] = []
         self._producer: IPushProducer | None = None
         self._paused = False
@@ -112,7 +116,7 @@ class Upload:
             return
         self._queue.append(data)
         self._queued += len(data)
-        if self._queued >= HIGH_WATER and not self._paused and self._producer is not None:
+        if self._holding() >= HIGH_WATER and not self._paused and self._producer is not None:
             self._paused = True
             self._producer.pauseProducing()
         self._kick()
@@ -140,7 +144,7 @@ class Upload:
 
     async def finish(self) -> UploadResult:
         """The whole body has arrived: wait for it on disk, then verify and commit."""
-        while self._working or self._queue:
+        while self._busy() or self._queue:
             await self._idle()
         await self._cleanup  # temps of a refused body are gone before the answer
         if self.state is State.ABORTED:
@@ -160,6 +164,7 @@ class Upload:
         spool, self._spool = self._spool, None
         assert spool is not None
         self.state = State.COMMITTING
+        await gatherResults([self._run(spool.sync_member, s) for s in spool.live()])
         result = await self._run(self._commit, spool)
         self.state = State.DONE
         if self._committed is not None:
@@ -172,7 +177,7 @@ class Upload:
             return
         self.state = State.ABORTED
         self._drop_queue()
-        if not self._working:
+        if not self._busy():
             self._discard()
         self._wake()
 
@@ -192,42 +197,61 @@ class Upload:
             self._failure = self._as_error(result)
             if self.state is State.PREPARING:
                 self.state = State.RECEIVING  # hash the body all the same (see the module doc)
+        if self.state is State.RECEIVING:
+            self._pipeline = Pipeline(self._run, self._lanes(), self._progressed)
         self._kick()
+
+    def _lanes(self) -> list[Callable[[list[bytes]], object]]:
+        """The hash, and one lane a member: each sees every chunk, in order."""
+        lanes: list[Callable[[list[bytes]], object]] = [self._hash]
+        spool = self._spool
+        if spool is not None:
+            for storage in spool.live():
+                lanes.append(lambda chunks, s=storage: spool.write_member(s, chunks))
+        return lanes
+
+    def _hash(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._hasher.update(chunk)
 
     def _skip(self, outcome: UploadResult | StorError) -> None:
         self._outcome = outcome
         self.state = State.SKIPPING
         self._drop_queue()
-        if not self._working:
+        if not self._busy():
             self._discard()
         self._wake()
 
+    def _busy(self) -> bool:
+        return self._working or (self._pipeline is not None and not self._pipeline.idle)
+
+    def _holding(self) -> int:
+        """Body bytes in memory: queued here, or being hashed and written."""
+        return self._queued + (self._pipeline.in_flight if self._pipeline is not None else 0)
+
     def _kick(self) -> None:
-        """Hand the queued chunks to the pool, unless a call is already in flight."""
-        if self._working:
+        """Push the queued chunks to the pipeline unless its lanes are still behind."""
+        pipeline = self._pipeline
+        if pipeline is None or self.state is not State.RECEIVING:
+            if not self._busy():
+                self._unpause()
+                self._wake()
             return
-        if not self._queue or self.state is not State.RECEIVING:
+        if self._queue and pipeline.backlog < 2:
+            chunks, self._queue, self._queued = self._queue, [], 0
+            pipeline.push(chunks)
+        if self._holding() < HIGH_WATER:
             self._unpause()
-            self._wake()
-            return
-        chunks, self._queue, self._queued = self._queue, [], 0
-        self._working = True
-        self._run(self._consume, chunks).addBoth(self._consumed)
-        self._unpause()
+        self._wake()
 
-    def _consume(self, chunks: list[bytes]) -> None:
-        """In the pool: hash ``chunks`` and write them to the pair (if it still takes them)."""
-        for chunk in chunks:
-            self._hasher.update(chunk)
-        if self._spool is not None and self._failure is None:
-            self._spool.write(chunks)
-
-    def _consumed(self, result: "None | Failure") -> None:
-        self._working = False
-        if isinstance(result, Failure):
-            self._failure = self._as_error(result)
-            self._discard()
-        if self.state is not State.RECEIVING:
+    def _progressed(self) -> None:
+        """A lane finished a batch."""
+        pipeline, spool = self._pipeline, self._spool
+        if pipeline is not None and pipeline.error is not None and self._failure is None:
+            self._failure = self._as_error(pipeline.error)
+        if spool is not None and not spool.live() and self._failure is None:
+            self._failure = as_stor_error(spool.failures)  # every member failed: hash on
+        if self.state is not State.RECEIVING and not self._busy():
             self._discard()
         self._kick()
 
@@ -246,7 +270,7 @@ class Upload:
         self._unpause()
 
     def _unpause(self) -> None:
-        if self._paused and self._queued < HIGH_WATER:
+        if self._paused and self._holding() < HIGH_WATER:
             self._paused = False
             if self._producer is not None:
                 self._producer.resumeProducing()
@@ -258,7 +282,7 @@ class Upload:
         return d
 
     def _wake(self) -> None:
-        if self._waiters and not self._working:
+        if self._waiters and not self._busy():
             waiters, self._waiters = self._waiters, []
             for d in waiters:
                 d.callback(None)

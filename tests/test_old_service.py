@@ -1,0 +1,118 @@
+"""The old service's own HTTP test, ``t/01_upload_download.t`` of github:avast/Stor, replayed
+against stor: its config exactly as that test writes it (storages in temp directories on
+the root filesystem, no ``check_mounts`` key, ``"s3_enabled": 0``, ``"log": []``), the
+config file named by ``CONFIG_FILE``, the same requests, and stor stopped with SIGHUP as
+that test stopped the old service.  Then every error body of docs/SPEC.md §1, byte for byte.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ops_peer import TWISTD, Proc, answers, free_port, request, wait_for
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def old_test_stor(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
+    storages = [tempfile.mkdtemp() for _ in range(4)]  # Path::Tiny->tempdir(): /tmp
+    cfg = {
+        "storage_pairs": [[storages[0], storages[1]], [storages[2], storages[3]]],
+        "secret": "test secret",
+        "basic_auth": "user:pass",
+        "s3_credentials": {"access_key": "some_key", "secret_key": "another_key",
+                           "host": "host"},
+        "s3_enabled": 0,
+        "log": [],
+    }
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg))  # encode_json: one line, no check_mounts
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",)}
+    env["CONFIG_FILE"] = str(cfg_file)
+    out, err = tmp_path / "stor.out", tmp_path / "stor.err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        popen = subprocess.Popen([TWISTD, "-n", "--pidfile=", "stor",
+                                  "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env,
+                                 cwd=tmp_path, start_new_session=True)  # setpgrp(0, 0)
+    proc = Proc(popen, out, err)
+    try:
+        wait_for(lambda: answers(port, "/") is not None, "stor to answer", proc)
+        yield proc, port
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait(10)
+        for s in storages:
+            subprocess.run(["rm", "-rf", s], check=False)
+
+
+def basic(userinfo: str) -> dict[str, str]:
+    """What Mojo::UserAgent sends for ``http://user:pass@host/``."""
+    return {"Authorization": "Basic " + base64.b64encode(userinfo.encode()).decode()}
+
+
+def test_the_old_services_upload_download_test_passes(old_test_stor) -> None:
+    proc, port = old_test_stor
+    content = b"Content!" + str(random.random()).encode()  # 'Content!' . rand
+    sha = sha256_hex(content)
+
+    tx = request(port, "POST", f"/{sha}", content)
+    assert tx.status == 401, "basic authorization"
+
+    tx = request(port, "POST", f"/{sha}", content, basic("user:pass"))
+    assert tx.status == 201, "file created"
+    res = request(port, "GET", f"/{sha}")
+    assert res.body == content, "received what we had sent"
+    assert re.search(r"\w+, \d+ \w+ \d+ \d+:\d+:\d+ GMT", res.headers["last-modified"]), \
+        "Last-Modified header exists"
+    tx = request(port, "GET", "/" + "0" * 64)
+    assert tx.status == 404, "zero hash not found"
+
+    os.killpg(proc.popen.pid, signal.SIGHUP)  # kill 'HUP', -$pid
+    assert proc.popen.wait(30) == 0, proc.describe()
+
+
+def test_error_bodies_are_the_old_services_byte_for_byte(old_test_stor) -> None:
+    _, port = old_test_stor
+    auth = basic("user:pass")
+    body = b"some content"
+    wrong = "AB" * 32
+
+    unknown = "0" * 64
+    got = request(port, "GET", f"/{unknown}")
+    assert (got.status, got.body) == (
+        404, f"Caught failure::stor::filenotfound: File '{unknown}' not found\n".encode())
+    got = request(port, "HEAD", f"/{unknown}")
+    assert got.status == 404
+
+    got = request(port, "GET", "/not-a-sha")
+    assert (got.status, got.body) == (
+        404, b"Caught failure::stor::filenotfound: Given hash 'not-a-sha' isn't SHA256\n")
+
+    got = request(port, "POST", "/not-a-sha", body, auth)
+    assert (got.status, got.body) == (412, b"Given hash 'not-a-sha' isn't sha256")
+
+    got = request(port, "POST", f"/{sha256_hex(body)}", body)
+    assert (got.status, got.body) == (401, b"Authentication required!")
+    assert got.headers["www-authenticate"].startswith("Basic")
+
+    got = request(port, "POST", f"/{wrong}", body, auth)
+    assert (got.status, got.body) == (
+        412, f"Content sha256 {sha256_hex(body)} doesn't match given sha256 {wrong}".encode())
+    for answer in (got,):  # the detail stor knows beyond the old body is in a header
+        assert "stor-reason" in answer.headers
