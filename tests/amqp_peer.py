@@ -44,6 +44,7 @@ class _Upstream(protocol.Protocol):
         self.downstream = downstream
 
     def dataReceived(self, data: bytes) -> None:
+        self.downstream.from_broker += data
         self.downstream.transport.write(data)
 
     def connectionLost(self, reason: object = None) -> None:
@@ -60,10 +61,13 @@ class _Downstream(protocol.Protocol):
         self.closed = False
         self.held = False
         self.lost: defer.Deferred[None] = defer.Deferred()
+        self.from_client = bytearray()
+        self.from_broker = bytearray()
 
     def connectionMade(self) -> None:
         self.relay.connections.add(self)
         self.relay.accepted += 1
+        self.relay.accept_times.append(time.monotonic())
         if self.relay.mode == "refuse":
             self.transport.abortConnection()
             return
@@ -85,6 +89,7 @@ class _Downstream(protocol.Protocol):
         self.pending = []
 
     def dataReceived(self, data: bytes) -> None:
+        self.from_client += data
         if self.held:
             return
         if self.upstream is None:
@@ -95,6 +100,7 @@ class _Downstream(protocol.Protocol):
     def connectionLost(self, reason: object = None) -> None:
         self.closed = True
         self.relay.connections.discard(self)
+        self.relay.finished.append(self)
         if self.upstream is not None:
             self.upstream.transport.abortConnection()
         self.lost.callback(None)
@@ -108,7 +114,8 @@ class Relay(protocol.Factory):
     port.  ``mode`` decides what a new connection gets: ``"relay"`` (the
     broker), ``"refuse"`` (accepted and dropped at once) or ``"hold"``
     (accepted, then silence: a hung broker).  ``accepted`` counts connection
-    attempts whatever the mode.
+    attempts whatever the mode, ``accept_times`` says when (``time.monotonic()``);
+    ``finished`` holds the closed connections, with the bytes each side sent.
     """
 
     def __init__(self, reactor: Any, target: tuple[str, int] = BROKER) -> None:
@@ -118,6 +125,8 @@ class Relay(protocol.Factory):
         self.listening: IListeningPort | None = None
         self.connections: set[_Downstream] = set()
         self.accepted = 0
+        self.accept_times: list[float] = []
+        self.finished: list[_Downstream] = []
         self.mode = "relay"
 
     def buildProtocol(self, addr: object) -> _Downstream:
@@ -125,7 +134,10 @@ class Relay(protocol.Factory):
 
     @property
     def uri(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        return self.uri_for("guest", "guest")
+
+    def uri_for(self, user: str, password: str) -> str:
+        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/%2F"
 
     async def start(self) -> Relay:
         await self.restore()
@@ -153,6 +165,20 @@ class Relay(protocol.Factory):
 
     async def stop(self) -> None:
         await self.cut()
+
+
+def amqp_methods(data: bytes) -> list[tuple[int, int]]:
+    """The (class id, method id) of each AMQP method frame in ``data`` (after the protocol
+    header a client sends first); e.g. (10, 50) is Connection.Close, (10, 51) Close-Ok."""
+    if data.startswith(b"AMQP"):
+        data = data[8:]
+    methods = []
+    while len(data) >= 8:
+        kind, size = data[0], int.from_bytes(data[3:7], "big")
+        if kind == 1:  # a method frame: class and method ids open its payload
+            methods.append((int.from_bytes(data[7:9], "big"), int.from_bytes(data[9:11], "big")))
+        data = data[8 + size:]
+    return methods
 
 
 # -- the consumer -------------------------------------------------------------

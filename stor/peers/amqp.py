@@ -1,7 +1,7 @@
 """AMQP publishing of requested SHAs (docs/SPEC.md §5), fire-and-forget on the reactor.
 
-Every well-formed GET/HEAD hands its SHA to :meth:`Publisher.publish`, which
-must never delay or fail the request.  :class:`AmqpPublisher` therefore only
+Every well-formed GET/HEAD hands its SHA to :meth:`AmqpPublisher.publish`,
+which must never delay or fail the request.  :class:`AmqpPublisher` therefore only
 ever appends to an in-memory queue and, when a channel is open, writes frames
 to the transport; a broker that is down, slow or restarting only changes where
 the message waits:
@@ -13,27 +13,33 @@ the message waits:
   again after reconnecting, so a message is delivered at least once and in
   order unless it is dropped for space.
 
-The connection uses pika's Twisted adapter on the running reactor and is
-re-established with capped, jittered exponential backoff.
+Twisted's :class:`~twisted.application.internet.ClientService` keeps the
+connection (reconnecting with capped, jittered exponential backoff); each
+connection is pika's Twisted adapter, which opens a confirm-mode channel and
+declares the exchange before anything is sent.  The log gets one warning per
+outage and one line when the connection is back, never a line per attempt.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 import socket
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import pika
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
-from pika.exceptions import NackError
+from pika.exceptions import ConnectionClosedByBroker, ConnectionWrongStateError, NackError
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints, protocol, ssl
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.logger import Logger
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.logger import (
+    FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, globalLogPublisher,
+)
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from stor.config.amqp import DEFAULT_HEARTBEAT, AmqpConfig
 from stor.core.metrics import Metrics
@@ -42,8 +48,17 @@ log = Logger()
 
 DEFAULT_BUFFER_SIZE = 10_000
 DEFAULT_MAX_IN_FLIGHT = 1_000
+DEFAULT_HANDSHAKE_TIMEOUT = 15.0
+"""pika's ``stack_timeout`` default; its Twisted adapter does not apply it, so stor does."""
 CLOSE_TIMEOUT = 5.0
 """Seconds a clean close may take before the socket is simply dropped."""
+MAX_DELAY = 30.0
+BACKOFF = backoffPolicy(initialDelay=0.5, maxDelay=MAX_DELAY, factor=2.0)
+"""Seconds to wait after ``n + 1`` consecutive failures: 0.5 s doubling up to 30 s, plus up to
+1 s of jitter (Twisted's default) so a fleet of stor hosts does not reconnect to a restarted
+broker in lock-step."""
+STABLE = MAX_DELAY
+"""A connection that lasted this long resets the backoff; a shorter one counts as a failure."""
 
 DROPPED = "amqp.dropped.count"
 NACKED = "amqp.nacked.count"
@@ -55,37 +70,11 @@ DISCONNECTED = "amqp.disconnect.count"
 Reactor = Any
 
 
-class Publisher(Protocol):
-    """Where the HTTP layer sends the SHA of every well-formed GET/HEAD."""
-
-    def publish(self, sha: str) -> None: ...
-
-
 class NoPublisher:
     """Publishing disabled (no ``rabbitmq_uri``): routes call it without a flag."""
 
     def publish(self, sha: str) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Delays between connection attempts: ``initial`` doubling up to ``maximum``.
-
-    Jitter (± ``jitter`` of the delay) keeps a fleet of stor hosts from
-    reconnecting to a restarted broker in lock-step.
-    """
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.1
-
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """Seconds to wait after ``failures`` consecutive failed attempts (>= 1)."""
-        exponent = min(max(failures - 1, 0), 64)  # past the cap anyway; avoids float overflow
-        base = min(self.maximum, self.initial * self.factor**exponent)
-        return base * (1.0 + rng.uniform(-self.jitter, self.jitter))
 
 
 def build_publisher(amqp: AmqpConfig | None, reactor: Reactor,
@@ -117,39 +106,19 @@ class HandshakeTimeout(Exception):
     """The broker accepted the TCP connection but did not finish the AMQP handshake."""
 
 
-class _Connection(TwistedProtocolConnection):
-    """pika's Twisted connection, keeping why a handshake failed or the broker closed it.
+def broker_close_reason(connection: TwistedProtocolConnection) -> ConnectionClosedByBroker | None:
+    """Why the broker closed ``connection`` (403 bad login, 530 no vhost, 320 shutdown…), if it did.
 
-    The adapter errbacks ``ready`` with ``AMQPConnectionError(1)`` whatever
-    went wrong, and a broker's refusal (``Connection.Close`` 403 for bad
-    credentials, 530 for a vhost) is overwritten by the clean TCP close that
-    follows it.  The real reason is what an operator needs in the log, so it
-    is kept in ``failure_reason`` (best effort: it reads pika internals).
+    pika's Twisted adapter has no public way to tell: ``ready`` fails with
+    ``AMQPConnectionError(1)``, and ``closed`` fires with the clean TCP close
+    that follows ``Connection.Close``, which pika 1.3/1.4 writes over the
+    reason.  So this reads pika's private ``_impl._error`` (call it before
+    pika sees the connection lost); test_publisher's
+    ``test_a_refused_login_is_logged_with_the_brokers_reason_and_backs_off``
+    fails if pika changes.
     """
-
-    failure_reason: Exception | None = None
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        refused = getattr(getattr(self, "_impl", None), "_error", None)
-        if isinstance(refused, pika.exceptions.ConnectionClosedByBroker):
-            self.failure_reason = refused
-        super().connectionLost(reason)
-
-    def _on_connection_failed(self, connection: Any, error: Exception | None = None) -> None:
-        self.failure_reason = self.failure_reason or error
-        super()._on_connection_failed(connection, error)
-
-
-class _Once(protocol.Factory):
-    """Hands a ready-made protocol to an endpoint, quietly (no log line per attempt)."""
-
-    noisy = False
-
-    def __init__(self, connection: protocol.Protocol) -> None:
-        self._connection = connection
-
-    def buildProtocol(self, addr: object) -> protocol.Protocol:
-        return self._connection
+    error = getattr(getattr(connection, "_impl", None), "_error", None)
+    return error if isinstance(error, ConnectionClosedByBroker) else None
 
 
 def _limit_unacknowledged_time(transport: Any, seconds: float) -> None:
@@ -168,12 +137,109 @@ def _limit_unacknowledged_time(transport: Any, seconds: float) -> None:
         log.debug("cannot set TCP_USER_TIMEOUT: {error}", error=e)
 
 
+class _Connection(TwistedProtocolConnection):
+    """pika's Twisted connection, made ready to publish, that says why it ended.
+
+    ``opened`` fires with a confirm-mode channel once the exchange is declared
+    (never, if that fails); ``gone`` fires once the socket is closed, ``why``
+    then holds the reason to log.
+    """
+
+    def __init__(self, params: pika.ConnectionParameters, reactor: Reactor, exchange: str) -> None:
+        super().__init__(params, custom_reactor=reactor)
+        self._params = params
+        self._reactor = reactor
+        self._exchange = exchange
+        self.opened: defer.Deferred[TwistedChannel] = defer.Deferred()
+        self.gone: defer.Deferred[None] = defer.Deferred()
+        self.why: Exception | None = None
+
+    def connectionMade(self) -> None:
+        heartbeat = self._params.heartbeat  # None or a callable: the broker's proposal
+        seconds = heartbeat if isinstance(heartbeat, (int, float)) else DEFAULT_HEARTBEAT
+        _limit_unacknowledged_time(self.transport, seconds * 2)
+        defer.ensureDeferred(self._open())
+
+    async def _open(self) -> None:
+        """Handshake, channel, exchange, confirms; cut off if the broker never answers
+        (pika's ``stack_timeout`` is not applied by its Twisted adapter)."""
+        timeout = self._params.stack_timeout or DEFAULT_HANDSHAKE_TIMEOUT
+        watchdog = self._reactor.callLater(
+            timeout, self.fail, HandshakeTimeout(f"no AMQP handshake within {timeout:g}s"))
+        try:
+            await self.ready
+            channel = await self.channel()
+            await channel.exchange_declare(exchange=self._exchange, exchange_type="topic",
+                                           durable=True)
+            await channel.confirm_delivery()
+        except Exception as e:
+            self.fail(e)
+            return
+        finally:
+            if watchdog.active():
+                watchdog.cancel()
+        self.opened.callback(channel)
+
+    def fail(self, why: Exception) -> None:
+        """Drop the socket now; the first reason given is the one reported."""
+        self.why = self.why or why
+        if self.connected:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.connected = False
+        self.why = self.why or broker_close_reason(self) or reason.value
+        super().connectionLost(reason)
+        self.gone.callback(None)
+
+
+class _Factory(protocol.Factory):
+    noisy = False  # no "Starting factory" line per attempt
+
+    def __init__(self, build: Callable[[], protocol.Protocol]) -> None:
+        self.build = build
+
+    def buildProtocol(self, addr: object) -> protocol.Protocol:
+        return self.build()
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """An endpoint that reports failed attempts, which ClientService keeps to itself."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._failed = failed
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
+        def report(failure: Failure) -> Failure:
+            self._failed(failure)
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(report)
+
+
+class _QuietClientService(ClientService):
+    """ClientService without its info line per attempt ("Scheduling retry N to connect …").
+
+    Its logger is the class attribute ``_log`` (private: Twisted offers no
+    other way); warnings still get through.  tests/test_publisher.py
+    ``test_an_outage_logs_one_warning_and_one_line_when_back`` fails if Twisted changes it.
+    """
+
+    _log = Logger(observer=FilteringLogObserver(
+        globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]))
+
+
 class AmqpPublisher(Service):
     """Publishes SHAs to a topic exchange over one reconnecting AMQP connection.
 
-    ``connected`` is true while a confirm-mode channel is open;  ``published``
-    counts messages the broker confirmed, ``dropped`` those lost for buffer
-    space, ``attempts`` connection attempts made.
+    ``connected`` is true while a confirm-mode channel is open; ``buffered``
+    and ``in_flight`` count the messages waiting to be sent and to be
+    confirmed, ``dropped`` those lost for buffer space.  ``backoff(n)`` is the
+    delay after ``n + 1`` consecutive failures (a connection that did not last
+    :data:`STABLE` seconds counts as one, so a broker that accepts TCP and
+    then refuses stor backs off too).
     """
 
     def __init__(
@@ -186,9 +252,8 @@ class AmqpPublisher(Service):
         *,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        backoff: Backoff = Backoff(),
+        backoff: Callable[[int], float] = BACKOFF,
         endpoint: IStreamClientEndpoint | None = None,
-        rng: random.Random | None = None,
     ) -> None:
         if buffer_size < 1 or max_in_flight < 1:
             raise ValueError("buffer_size and max_in_flight must be at least 1")
@@ -199,32 +264,30 @@ class AmqpPublisher(Service):
         self._metrics = metrics
         self._buffer_size = buffer_size
         self._max_in_flight = max_in_flight
-        self._backoff = backoff
-        self._endpoint = endpoint or broker_endpoint(params, reactor)
-        self._rng = rng or random.Random()
-        self._where = f"{params.host}:{params.port}{'/' + params.virtual_host.lstrip('/')}"
+        self._where = f"{params.host}:{params.port}/{params.virtual_host.lstrip('/')}"
+        self._client = _QuietClientService(
+            _ReportingEndpoint(endpoint or broker_endpoint(params, reactor), self._unreachable),
+            _Factory(self._new_connection),
+            retryPolicy=lambda _attempt: backoff(max(self._failures - 1, 0)),
+            clock=reactor,
+        )
 
         self._buffer: deque[bytes] = deque()
         self._in_flight: dict[int, bytes] = {}  # insertion order = publish order
         self._sequence = itertools.count()
         self._connection: _Connection | None = None
         self._channel: TwistedChannel | None = None
-        self._handshaking: _Connection | None = None
-        self._attempt: defer.Deferred[None] | None = None
-        self._retry: IDelayedCall | None = None
-        self._failures = 0  # consecutive failures, for the backoff
-        self._connected_at = 0.0
-        self._last_failure = ""
-        self._drop_reason = ""
+        self._opened_at: float | None = None  # when the current connection's channel opened
+        self._failures = 0  # consecutive, for the backoff
+        self._down_since: float | None = None  # the outage the log has warned about
         self._overflowing = False
-        self._stopping = False
-
-        self.connected = False
-        self.published = 0
         self.dropped = 0
-        self.attempts = 0
 
     # -- what the HTTP layer and operators see ------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None
 
     @property
     def buffered(self) -> int:
@@ -242,16 +305,13 @@ class AmqpPublisher(Service):
         Never raises and never waits: at worst the message sits in the buffer.
         """
         try:
-            self._enqueue(sha.encode("utf-8", "replace"))
+            self._buffer.append(sha.encode("utf-8", "replace"))
+            self._trim()
             self._flush()
         except Exception:  # a publish must never fail a GET; the log says why
             log.failure("AMQP publish failed")
 
-    # -- the buffer ----------------------------------------------------------
-
-    def _enqueue(self, body: bytes) -> None:
-        self._buffer.append(body)
-        self._trim()
+    # -- the messages ----------------------------------------------------------
 
     def _trim(self) -> None:
         """Drop the oldest buffered messages beyond the bound, counting them."""
@@ -264,27 +324,29 @@ class AmqpPublisher(Service):
         self._metrics.incr(DROPPED, excess)
         if not self._overflowing:
             self._overflowing = True
-            log.warn("AMQP buffer full ({size} messages): dropping the oldest", size=self._buffer_size)
+            log.warn("AMQP buffer full ({size} messages): dropping the oldest",
+                     size=self._buffer_size)
 
     def _flush(self) -> None:
         """Send buffered messages while a channel is open and the confirm window has room."""
-        while self._channel is not None and self._buffer and len(self._in_flight) < self._max_in_flight:
-            self._send(self._buffer.popleft())
+        while (self._channel is not None and self._buffer
+               and len(self._in_flight) < self._max_in_flight):
+            self._send(self._channel, self._buffer.popleft())
 
-    def _send(self, body: bytes) -> None:
-        assert self._channel is not None
+    def _send(self, channel: TwistedChannel, body: bytes) -> None:
         tag = next(self._sequence)
         self._in_flight[tag] = body
         try:
-            d = self._channel.basic_publish(self._exchange, self._routing_key, body)
-        except Exception as e:  # pika refused: the channel is going; _channel_closed re-buffers
-            self._abort_connection(f"basic_publish refused: {_describe(e)}")
+            d = channel.basic_publish(self._exchange, self._routing_key, body)
+        except Exception as e:  # pika refused: the channel is closing; reconnect, resend later
+            self._channel = None
+            if self._connection is not None:
+                self._connection.fail(e)
             return
         d.addCallbacks(self._confirmed, self._unconfirmed, callbackArgs=(tag,), errbackArgs=(tag,))
 
     def _confirmed(self, _ack: object, tag: int) -> None:
-        if self._in_flight.pop(tag, None) is not None:
-            self.published += 1
+        self._in_flight.pop(tag, None)
         self._flush()
 
     def _unconfirmed(self, failure: Failure, tag: int) -> None:
@@ -293,7 +355,7 @@ class AmqpPublisher(Service):
             self._metrics.incr(NACKED)
             log.warn("AMQP broker nacked a message")
             self._flush()
-        # ChannelClosed & co: _channel_closed puts the message back in the buffer.
+        # ChannelClosed & co: the message goes back to the buffer when the channel is gone.
 
     def _requeue_in_flight(self) -> None:
         """Unconfirmed messages go back before the buffered ones, in their order."""
@@ -307,172 +369,86 @@ class AmqpPublisher(Service):
     def startService(self) -> None:
         """Start connecting; returns at once, publishes are buffered until connected."""
         super().startService()
-        self._stopping = False
-        self._connect()
+        self._down_since = None
+        self._client.startService()
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop reconnecting and close the connection; fires once the socket is closed."""
         super().stopService()
         return defer.ensureDeferred(self._stop())
 
-    def _connect(self) -> None:
-        self._retry = None
-        self.attempts += 1
-        attempt = defer.ensureDeferred(self._open())
-        self._attempt = attempt
-        attempt.addCallbacks(self._opened, self._open_failed)
-
-    async def _open(self) -> tuple[_Connection, TwistedChannel]:
-        """Connect, handshake, open a confirm-mode channel and declare the exchange.
-
-        pika's stack timeout is not applied by its Twisted adapter, so a broker
-        that accepts TCP but never answers is cut off here.
-        """
-        connection = _Connection(self._params, custom_reactor=self._reactor)
-        await self._endpoint.connect(_Once(connection))
-        self._handshaking = connection
-        _limit_unacknowledged_time(connection.transport, self._heartbeat_seconds() * 2)
-        timeout = self._params.stack_timeout or 15.0
-        timed_out: list[bool] = []
-
-        def give_up() -> None:
-            timed_out.append(True)
-            connection.transport.abortConnection()
-
-        watchdog = self._reactor.callLater(timeout, give_up)
+    async def _stop(self) -> None:
+        connection, channel = self._connection, self._channel
+        self._channel = None  # nothing more is sent; confirms may still arrive until the close
+        watchdog = self._reactor.callLater(CLOSE_TIMEOUT, self._abort)
         try:
-            await connection.ready
-            channel = await connection.channel()
-            await channel.exchange_declare(exchange=self._exchange, exchange_type="topic", durable=True)
-            await channel.confirm_delivery()
-        except Exception as e:
-            connection.transport.abortConnection()  # e.g. the declare was refused: don't leak the socket
-            if timed_out:
-                raise HandshakeTimeout(f"no AMQP handshake within {timeout:g}s") from e
-            raise connection.failure_reason or e
+            if connection is not None and channel is not None:
+                try:
+                    connection.close()  # the broker sees a normal close
+                except ConnectionWrongStateError:
+                    pass  # already closing: just wait for it
+                await connection.gone
+            await self._client.stopService()
         finally:
-            self._handshaking = None
             if watchdog.active():
                 watchdog.cancel()
-        return connection, channel
+        self._requeue_in_flight()  # kept for a later startService
+        log.info("AMQP publisher stopped; {unsent} messages unsent", unsent=len(self._buffer))
 
-    def _heartbeat_seconds(self) -> float:
-        heartbeat = self._params.heartbeat
-        return float(heartbeat) if isinstance(heartbeat, (int, float)) else DEFAULT_HEARTBEAT
+    def _abort(self) -> None:
+        if self._connection is not None:
+            self._connection.fail(TimeoutError(f"no clean close within {CLOSE_TIMEOUT:g}s"))
 
-    def _opened(self, opened: tuple[_Connection, TwistedChannel]) -> None:
-        connection, channel = opened
-        self._attempt = None
-        if self._stopping:  # cannot happen (stop aborts a handshake first); never leak a socket
-            connection.transport.abortConnection()
+    def _new_connection(self) -> _Connection:
+        connection = self._connection = _Connection(self._params, self._reactor, self._exchange)
+        connection.opened.addCallback(self._opened)
+        connection.gone.addCallback(self._lost, connection)
+        return connection
+
+    def _opened(self, channel: TwistedChannel) -> None:
+        """A connection is ready: send what waited."""
+        if not self.running:  # stopped during the handshake: ClientService is closing it
             return
-        self._connection, self._channel = connection, channel
-        self.connected = True
-        self._connected_at = self._reactor.seconds()
-        self._last_failure = ""
+        self._channel = channel
+        self._opened_at = self._reactor.seconds()
         self._overflowing = False
-        channel.on_closed.addBoth(self._channel_closed)
-        assert connection.closed is not None
-        connection.closed.addBoth(self._connection_closed)
+        channel.on_closed.addCallback(self._channel_closed, channel)
         self._metrics.incr(CONNECTED)
-        log.info("AMQP connected to {where}, exchange {exchange!r}; {count} messages to send",
-                 where=self._where, exchange=self._exchange, count=len(self._buffer))
+        down, self._down_since = self._down_since, None
+        log.info("AMQP connected to {where}, exchange {exchange!r}{after}; {count} to send",
+                 where=self._where, exchange=self._exchange, count=len(self._buffer),
+                 after="" if down is None else f", again after {self._opened_at - down:.1f}s")
         self._flush()
 
-    def _open_failed(self, failure: Failure) -> None:
-        self._attempt = None
-        if self._stopping:
-            return
-        self._failures += 1
-        reason = _describe(failure)
-        if reason != self._last_failure:  # a broker down for hours logs once, not per attempt
-            self._last_failure = reason
-            log.warn("AMQP cannot connect to {where}: {reason}; retrying with backoff",
-                     where=self._where, reason=reason)
-        self._schedule_retry()
+    def _channel_closed(self, reason: Exception, channel: TwistedChannel) -> None:
+        """A channel closed alone (e.g. a 404 on publish): reconnect, to declare again."""
+        if channel is self._channel and self._connection is not None:
+            self._channel = None
+            self._connection.fail(reason)
 
-    def _channel_closed(self, reason: object) -> None:
-        """The channel went away (alone, or with the connection): stop sending, keep the messages."""
-        if self._channel is None:
-            return
-        self._channel = None
-        self.connected = False
+    def _lost(self, _: None, connection: _Connection) -> None:
+        """``connection``'s socket is closed: keep its messages, count the failure, say why."""
+        self._connection = self._channel = None
         self._requeue_in_flight()
-        if not self._stopping and self._connection is not None and self._connection.is_open:
-            self._abort_connection(f"channel closed: {_describe(reason)}")
-
-    def _connection_closed(self, reason: object) -> None:
-        if self._connection is not None and self._connection.failure_reason is not None:
-            reason = self._connection.failure_reason  # e.g. 320 CONNECTION_FORCED: the broker is stopping
-        self._channel_closed(reason)
-        self._connection = None
-        self._metrics.incr(DISCONNECTED)
-        if self._stopping:
+        opened_at, self._opened_at = self._opened_at, None
+        if opened_at is not None:
+            self._metrics.incr(DISCONNECTED)
+        if not self.running:
             return
-        stable = self._reactor.seconds() - self._connected_at >= self._backoff.maximum
-        self._failures = 1 if stable else self._failures + 1  # a flapping broker gets backoff too
-        self._last_failure = self._drop_reason or _describe(reason)
-        self._drop_reason = ""
-        log.warn("AMQP connection to {where} lost ({reason}); buffering and reconnecting",
-                 where=self._where, reason=self._last_failure)
-        self._schedule_retry()
+        stable = opened_at is not None and self._reactor.seconds() - opened_at >= STABLE
+        self._failures = 1 if stable else self._failures + 1
+        self._outage("lost the connection to" if opened_at is not None else "cannot connect to",
+                     connection.why)
 
-    def _schedule_retry(self) -> None:
-        delay = self._backoff.delay(self._failures, self._rng)
-        self._retry = self._reactor.callLater(delay, self._connect)
+    def _unreachable(self, failure: Failure) -> None:
+        """A connection attempt failed before TCP was up (refused, timed out, no such host)."""
+        if self.running:
+            self._failures += 1
+            self._outage("cannot connect to", failure.value)
 
-    def _abort_connection(self, reason: str) -> None:
-        """Drop the socket now; pika's close callbacks then log ``reason`` and reconnect."""
-        self._drop_reason = reason
-        if self._connection is not None and self._connection.transport is not None:
-            self._connection.transport.abortConnection()
-
-    async def _stop(self) -> None:
-        self._stopping = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        await self._cancel_attempt()
-        await self._close_connection()
-        unsent = len(self._buffer) + len(self._in_flight)
-        log.info("AMQP publisher stopped; {unsent} messages unsent", unsent=unsent)
-
-    async def _cancel_attempt(self) -> None:
-        attempt = self._attempt
-        if attempt is None:
-            return
-        if self._handshaking is not None:
-            self._handshaking.transport.abortConnection()  # ready/channel calls then errback
-        else:
-            attempt.cancel()  # still connecting TCP (or resolving the name)
-        await attempt  # its callbacks swallow the failure
-
-    async def _close_connection(self) -> None:
-        """Close cleanly (the broker sees a normal close), but never wait forever."""
-        connection = self._connection
-        if connection is None or connection.closed is None:
-            return
-        closed = connection.closed
-        self._channel = None  # nothing more is sent; confirms may still arrive until the close
-        self.connected = False
-        watchdog = self._reactor.callLater(CLOSE_TIMEOUT, connection.transport.abortConnection)
-        try:
-            connection.close()
-        except pika.exceptions.ConnectionWrongStateError:
-            pass  # already closing: just wait for it
-        try:
-            await closed
-        finally:
-            if watchdog.active():
-                watchdog.cancel()
-            self._requeue_in_flight()  # kept for a later startService
-
-
-def _describe(reason: object) -> str:
-    """A short, password-free reason for a log line."""
-    if isinstance(reason, Failure):
-        reason = reason.value
-    if isinstance(reason, BaseException):
-        text = str(reason) or type(reason).__name__
-        return f"{type(reason).__name__}: {text}" if text != type(reason).__name__ else text
-    return str(reason)
+    def _outage(self, what: str, why: BaseException | None) -> None:
+        """Warn at the start of an outage only: a broker down for hours logs once."""
+        if self._down_since is None:
+            self._down_since = self._reactor.seconds()
+            log.warn("AMQP {what} {where}: {reason}; buffering and reconnecting", what=what,
+                     where=self._where, reason=f"{type(why).__name__}: {why}")
