@@ -253,7 +253,7 @@ def test_a_bad_stor_gelf_entry_is_an_error_naming_the_key(gelf: Any, key: str) -
 
 
 @pytest.mark.parametrize("value, key", [
-    ("/var/log/stor.log", "log"), (True, "log"), ({"level": "debug"}, "log.level"),
+    ("/var/log/stor.log", "log"), (True, "log"),
 ])
 def test_other_log_values_name_no_outputs_with_a_warning(value: object, key: str) -> None:
     config, problems = parsed(value)
@@ -262,7 +262,26 @@ def test_other_log_values_name_no_outputs_with_a_warning(value: object, key: str
 
 
 def test_log_warnings_travel_with_the_config() -> None:
-    config = parse_config({"storage_pairs": [["/x/a", "/x/b"]],
+    config = parse_config({"storage_pairs": [["/x/a", "/x/b"]], "basic_auth": "w:p",
                            "log": [["Email::MailSend", "min_level", "error"]]})
     assert config.log.outputs == ()
     assert [w.key for w in config.warnings] == ["log[0]"]
+
+
+@pytest.mark.parametrize("value, key, hint", [
+    ({"glef": {"host": "graylog"}}, "log.glef", "gelf"),
+    ({"Gelf": {"host": "graylog"}}, "log.Gelf", "gelf"),
+    ({"level": "debug"}, "log.level", None),
+])
+def test_an_unknown_key_of_stors_log_form_is_an_error(value: object, key: str,
+                                                       hint: str | None) -> None:
+    # stor alone defines {"gelf": …}: a misspelt key must not switch GELF off without a word
+    config, problems = parsed(value)
+    assert [e.key for e in problems.errors] == [key]
+    assert problems.errors[0].message.endswith(f'(did you mean "{hint}"?)' if hint else "(known: gelf)")
+
+
+def test_an_unknown_log_dispatch_parameter_names_the_nearest_one() -> None:
+    _, problems = parsed([["File", "min_level", "info", "filename", "/tmp/x.log", "mdoe", ">>"]])
+    assert [w.key for w in problems.warnings] == ["log[0].mdoe"]
+    assert problems.warnings[0].message.endswith('(did you mean "mode"?)')

@@ -24,13 +24,15 @@ def test_the_old_readme_example_means_what_it_meant() -> None:
     assert not problems.errors and not problems.warnings
 
 
-def test_absent_or_null_is_off_and_empty_object_is_the_clients_defaults() -> None:
-    assert parsed(None)[0] is None
-    assert parse_config({"storage_pairs": [["/x/a", "/x/b"]]}).statsite is None
-    config, problems = parsed({})
+@pytest.mark.parametrize("value", [None, {}], ids=["absent-or-null", "empty"])
+def test_absent_null_or_empty_is_the_old_clients_defaults(value: object) -> None:
+    # the old service always built its client: no statsite key meant localhost:8125 over UDP
+    config, problems = parsed(value)
     assert config == StatsiteConfig(host="localhost", port=8125, proto="udp", prefix="",
                                     sample_rate=1.0)
-    assert not problems.warnings
+    assert not problems.warnings and not problems.errors
+    assert parse_config({"storage_pairs": [["/x/a", "/x/b"]]}).statsite == config
+    assert parse_config({"storage_pairs": [["/x/a", "/x/b"]], "statsite": None}).statsite == config
 
 
 def test_port_and_proto_are_read() -> None:
@@ -76,6 +78,7 @@ def test_an_unknown_option_is_a_warning_naming_it() -> None:
     config, problems = parsed({"host": "h", "protocol": "tcp"})
     assert config == StatsiteConfig(host="h")
     assert [w.key for w in problems.warnings] == ["statsite.protocol"]
+    assert problems.warnings[0].message.endswith('(did you mean "proto"?)')
 
 
 @pytest.mark.parametrize("value, key", [
@@ -96,11 +99,11 @@ def test_a_bad_value_is_an_error_naming_its_key(value: object, key: str) -> None
     assert [e.key for e in problems.errors] == [key]
     with pytest.raises(ConfigError) as e:
         parse_config({"storage_pairs": [["/x/a", "/x/b"]], "statsite": value})
-    assert str(e.value).startswith(key + ":")
+    assert [p.key for p in e.value.problems] == [key]
 
 
 def test_warnings_travel_with_the_config() -> None:
-    config = parse_config({"storage_pairs": [["/x/a", "/x/b"]],
+    config = parse_config({"storage_pairs": [["/x/a", "/x/b"]], "basic_auth": "w:p",
                            "statsite": {"host": "h", "sample_rate": 0}})
     assert [w.key for w in config.warnings] == ["statsite.sample_rate"]
 

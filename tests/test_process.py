@@ -1,7 +1,9 @@
 """The daemon as an operator runs it (docs/SPEC.md §7, §8): real ``twistd`` and ``stor``
 processes, each killed at the end of its test whatever happens."""
 
+import base64
 import errno
+import hashlib
 import http.client
 import json
 import os
@@ -18,6 +20,8 @@ from typing import Any
 import pytest
 
 from ops_peer import Proc
+
+REPO = Path(__file__).resolve().parent.parent
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -222,12 +226,54 @@ def test_invalid_listen_option_stops_start(spawn, write_config) -> None:
     assert_refused_start(proc, port, "listen")
 
 
-def test_no_config_at_all(spawn) -> None:
-    proc = spawn([TWISTD, "-n", "--pidfile=", "stor"])
-    assert proc.popen.wait(START_TIMEOUT) != 0, proc.describe()
-    output = proc.out + proc.err
-    assert "--config" in output and "CONFIG_FILE" in output, proc.describe()
-    assert "Traceback" not in output
+@pytest.mark.parametrize("command", [[TWISTD, "-n", "--pidfile=", "stor"], [STOR, "serve"]],
+                         ids=["twistd", "stor-serve"])
+def test_no_config_at_all_is_one_line_and_exit_2(spawn, command: list[str]) -> None:
+    proc = spawn(command)
+    assert proc.popen.wait(START_TIMEOUT) == 2, proc.describe()
+    assert proc.err == "stor: no config file: give --config FILE or set CONFIG_FILE\n", proc.describe()
+    assert proc.out == "", proc.describe()
+
+
+THREE_ERRORS = {
+    "check_mounts": "yes",
+    "writable_pairs_regex": "data[",
+    "statsite": {"proto": "http"},
+}
+
+
+@pytest.mark.parametrize("how", ["twistd", "stor-serve", "check-config"])
+def test_every_error_is_one_line_and_nothing_listens(spawn, write_config, how: str) -> None:
+    path, port = write_config(**THREE_ERRORS)
+    command = {"twistd": [TWISTD, "-n", "--pidfile=", "stor", "--config", path],
+               "stor-serve": [STOR, "serve", "--config", path],
+               "check-config": [STOR, "check-config", "--config", path]}[how]
+    proc = spawn(command)
+    assert proc.popen.wait(START_TIMEOUT) == 2, proc.describe()
+    assert refused(port)
+    errors = [line for line in proc.err.splitlines() if line.startswith("stor: config error: ")]
+    assert [line.split(": ")[2] for line in errors] == [
+        "writable_pairs_regex", "check_mounts", "statsite.proto"], proc.describe()
+    assert "Traceback" not in proc.err + proc.out
+
+
+def test_config_warnings_are_logged_once_at_start(spawn, write_config) -> None:
+    path, port = write_config(lisen="tcp:1")
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--config", path])
+    wait_serving(proc, port)
+    stop(proc)
+    lines = [line for line in proc.out.splitlines() if "lisen" in line]
+    assert len(lines) == 1, proc.describe()
+    assert 'did you mean "listen"' in lines[0]
+
+
+def test_config_warnings_are_logged_by_the_workers_parent_only(stor_process) -> None:
+    stor = stor_process(["--workers", "2"], colour="blue")
+    wait_for(lambda: "all 2 workers serving" in stor.out, "both workers to serve", stor)
+    assert stor.terminate() == 0, stor.describe()
+    lines = [line for line in stor.out.splitlines() if "colour" in line]
+    assert len(lines) == 1, stor.describe()
+    assert "is not a stor key" in lines[0]
 
 
 # ---------------------------------------------------------------- serving
@@ -266,6 +312,54 @@ def test_stor_serve_runs_the_daemon(spawn, write_config) -> None:
     stop(proc)
 
 
+def test_the_old_services_test_config_runs_as_the_old_test_ran_it(spawn, storages, tmp_path) -> None:
+    # t/01_upload_download.t: encode_json of this hash in a temp file named by CONFIG_FILE,
+    # the port on the command line, stopped with HUP
+    config = {
+        "storage_pairs": storages,
+        "secret": "test secret",
+        "basic_auth": "user:pass",
+        "s3_credentials": {"access_key": "some_key", "secret_key": "another_key", "host": "host"},
+        "s3_enabled": 0,
+        "log": [],
+    }
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config, separators=(",", ":")))
+    port = free_port()
+    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                 env=base_env() | {"CONFIG_FILE": str(path)})
+    wait_for(lambda: status(port) is not None, "stor to answer", proc)
+    content = b"Content!0.123456789"
+    sha = hashlib.sha256(content).hexdigest()
+    assert post(port, sha, content) == 401  # basic authorization
+    assert post(port, sha, content, "user:pass") == 201  # file created
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", f"/{sha}")
+    answer = conn.getresponse()
+    assert answer.read() == content
+    assert re.fullmatch(r"\w+, \d+ \w+ \d+ \d+:\d+:\d+ GMT", answer.getheader("Last-Modified", ""))
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/" + "0" * 64)
+    assert conn.getresponse().status == 404
+    conn.close()
+    proc.popen.send_signal(signal.SIGHUP)
+    proc.popen.wait(30)
+    assert "config:" not in proc.out and proc.err == "", proc.describe()  # no warning either
+
+
+def post(port: int, sha: str, body: bytes, credentials: str | None = None) -> int:
+    headers = {}
+    if credentials is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", f"/{sha}", body=body, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 # ------------------------------------------------------------- check-config
 
 def test_check_config_good(spawn, write_config) -> None:
@@ -302,6 +396,58 @@ def test_check_config_without_a_file(spawn) -> None:
     proc = spawn([STOR, "check-config"])
     assert proc.popen.wait(START_TIMEOUT) == 2, proc.describe()
     assert "CONFIG_FILE" in proc.err
+
+
+def test_check_config_prints_each_warning_and_exits_0(spawn, write_config) -> None:
+    path, _ = write_config(lisen="tcp:1", s3_enabled="false",
+                           s3_credentials={"access_key": "k", "secret_key": "s", "host": "h"})
+    proc = spawn([STOR, "check-config", "--config", path])
+    assert proc.popen.wait(START_TIMEOUT) == 0, proc.describe()
+    assert proc.err.splitlines() == [
+        'stor: config warning: lisen: is not a stor key: ignored (did you mean "listen"?)',
+        'stor: config warning: s3_enabled: "false" is true, as the old service read it (every '
+        'string but "" and "0" is): S3 is read',
+    ], proc.describe()
+    assert proc.out == f"{path}: OK (2 storage pairs)\n"
+
+
+def write_unit(tmp_path: Path, timeout: str) -> str:
+    unit = tmp_path / "stor.service"
+    unit.write_text(f"[Unit]\nDescription=stor\n\n[Service]\nExecStart=/bin/true\n{timeout}\n")
+    return str(unit)
+
+
+def test_check_config_unit_with_a_short_stop_timeout_warns(spawn, write_config, tmp_path) -> None:
+    path, _ = write_config(shutdown_grace_period=30)
+    unit = write_unit(tmp_path, "TimeoutStopSec=20s")
+    proc = spawn([STOR, "check-config", "--config", path, "--unit", unit])
+    assert proc.popen.wait(START_TIMEOUT) == 0, proc.describe()
+    warnings = proc.err.splitlines()
+    assert len(warnings) == 1, proc.describe()
+    assert warnings[0].startswith("stor: config warning: shutdown_grace_period: 30 s is not below "
+                                  f"TimeoutStopSec (20 s, {unit}:6)")
+
+
+def test_check_config_unit_with_room_for_the_grace_period(spawn, write_config, tmp_path) -> None:
+    path, _ = write_config(shutdown_grace_period=30)
+    proc = spawn([STOR, "check-config", "--config", path,
+                  "--unit", write_unit(tmp_path, "TimeoutStopSec=1min")])
+    assert proc.popen.wait(START_TIMEOUT) == 0, proc.describe()
+    assert proc.err == "", proc.describe()
+
+
+def test_check_config_of_the_shipped_example_and_unit(spawn) -> None:
+    proc = spawn([STOR, "check-config", "--config", str(REPO / "conf" / "stor.json.example"),
+                  "--unit", str(REPO / "systemd" / "stor.service")])
+    assert proc.popen.wait(START_TIMEOUT) == 0, proc.describe()
+    assert proc.err == "", proc.describe()
+
+
+def test_check_config_unit_that_cannot_be_read(spawn, write_config, tmp_path) -> None:
+    path, _ = write_config()
+    proc = spawn([STOR, "check-config", "--config", path, "--unit", str(tmp_path / "nope.service")])
+    assert proc.popen.wait(START_TIMEOUT) == 2, proc.describe()
+    assert proc.err.startswith("stor: config error: --unit: cannot read "), proc.describe()
 
 
 # ------------------------------------------------------------ temp sweep at start

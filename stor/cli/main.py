@@ -1,8 +1,9 @@
 """The ``stor`` command: run the daemon and small operator tools.
 
 ``stor serve`` is ``twistd -n stor`` with the same options; ``stor
-check-config`` validates a config file without starting anything (exit 0 or 2,
-the same one-line errors as start-up).
+check-config`` validates a config file without starting anything: every error
+and every warning on a line of its own (``stor: config error: <key>:
+<message>``, the lines start-up prints), exit 0, or 2 when there is an error.
 """
 
 import argparse
@@ -14,35 +15,29 @@ from stor import __version__
 from stor.cli import s3sync
 from stor.cli import client
 from stor.store import scrub
-from stor.config import load_config
-from stor.core.errors import ConfigError
+from stor.config import check_config
+from stor.config.problems import EXIT_CONFIG, NO_CONFIG_FILE, Problems, report_lines
+from stor.config.systemd import check_unit
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Every error and warning of the file (and ``--unit``), one line each; exit 2 on an error."""
     path = args.config or os.environ.get("CONFIG_FILE")
     if not path:
-        sys.stderr.write("stor: no config file: give --config FILE or set CONFIG_FILE\n")
-        return 2
-    try:
-        config = load_config(path)
-        _check_listen(config.listen)
-    except ConfigError as e:
-        sys.stderr.write(f"stor: config error: {e}\n")
-        return 2
-    pairs = len(config.storage_pairs)
+        sys.stderr.write(f"stor: {NO_CONFIG_FILE}\n")
+        return EXIT_CONFIG
+    checked = check_config(path)
+    found = Problems(list(checked.errors), list(checked.warnings))
+    if args.unit:
+        grace = checked.config.shutdown_grace_period if checked.config is not None else None
+        check_unit(args.unit, grace, found)
+    for line in report_lines(found.errors, found.warnings):
+        sys.stderr.write(line + "\n")
+    if found.errors or checked.config is None:
+        return EXIT_CONFIG
+    pairs = len(checked.config.storage_pairs)
     sys.stdout.write(f"{path}: OK ({pairs} storage pair{'s' if pairs != 1 else ''})\n")
-    for key in config.unknown_keys:
-        sys.stdout.write(f"{path}: note: unknown key {key!r} is ignored\n")
     return 0
-
-
-def _check_listen(listen: str) -> None:
-    """The endpoint parses as start-up will parse it (nothing listens)."""
-    from twisted.internet import reactor
-
-    from stor.ops.service import server_endpoint
-
-    server_endpoint(reactor, listen)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
+    check.add_argument("--unit", metavar="FILE",
+                       help="systemd unit of the service: warn if shutdown_grace_period is not "
+                            "below its TimeoutStopSec (drop-ins in FILE.d/ are read too)")
     check.set_defaults(func=_check_config)
     serve = sub.add_parser("serve", help="run the daemon in the foreground (twistd -n stor …)")
     serve.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from stor.config.problems import Problems
 
+KEYS = frozenset({"rabbitmq_uri"})
 DEFAULT_EXCHANGE = "stor"
 DEFAULT_ROUTING_KEY = "sha"
 DEFAULT_HEARTBEAT = 60

@@ -22,6 +22,9 @@ Two forms are read:
       "log": {"gelf": {"host": "graylog:12201", "level": "info",
                        "facility": "stor", "fields": {"env": "prod"}}}
 
+  Only stor defines this form, so a key it does not know (``"glef"``) is an
+  error naming the nearest one, not a warning.
+
 ``null`` or absent means no outputs.  Levels are Log::Dispatch's, as numbers
 0 (debug) to 7 (emergency): :data:`LEVELS`.
 """
@@ -31,9 +34,10 @@ from dataclasses import dataclass, field
 
 from stor.config.address import split_host_port, valid_port
 from stor.config.perl import describe, perl_number, perl_string, perl_true
-from stor.config.problems import Problems
+from stor.config.problems import Problems, did_you_mean
 
 KEY = "log"
+KEYS = frozenset({KEY})
 
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 """Log::Dispatch's levels; an output's ``min_level``/``max_level`` are indexes into this."""
@@ -219,7 +223,8 @@ def _output(key: str, cls: str, params: dict[str, object], problems: Problems) -
         if name in CODE_PARAMS:
             problems.warn(f"{key}.{name}", "is Perl code, which a config file cannot give: ignored")
         else:
-            problems.warn(f"{key}.{name}", f"is not a parameter of {cls}: ignored")
+            hint = did_you_mean(name, known | COMMON_PARAMS)
+            problems.warn(f"{key}.{name}", f"is not a parameter of {cls}: ignored{hint}")
     levels = _levels(key, params, problems)
     if levels is None:
         return None
@@ -264,8 +269,8 @@ def _gelf(key: str, levels: tuple[int, int], params: dict[str, object],
                                         f'"udp"|"tcp"}}, got {describe(socket)}')
         return None
     skey = f"{key}.socket"
-    for name in sorted(set(socket) - {"host", "port", "protocol"}):
-        problems.warn(f"{skey}.{name}", "is not a socket parameter: ignored")
+    problems.unknown_keys(skey, socket, ("host", "port", "protocol"), strict=False,
+                          what="a socket parameter")
     host = socket.get("host")
     if not isinstance(host, str) or not host:
         problems.error(f"{skey}.host", f"must be a host name, got {describe(host)}")
@@ -445,13 +450,15 @@ BUILDERS: dict[str, tuple[Builder, frozenset[str]]] = {
 
 # -- stor's own form ---------------------------------------------------------------
 
+STOR_LOG_KEYS = frozenset({"gelf"})
 STOR_GELF_KEYS = frozenset({"host", "level", "facility", "fields"})
 STOR_LEVELS = {"debug": 0, "info": 1, "warn": 3, "error": 4, "critical": 5}
 
 
 def _stor_form(value: dict[str, object], problems: Problems) -> LogConfig:
-    for name in sorted(set(value) - {"gelf"}):
-        problems.warn(f"{KEY}.{name}", 'is not a stor log setting (only "gelf"): ignored')
+    """stor's ``{"gelf": …}``: stor alone defines it, so an unknown key is an error, not a warning
+    (a misspelt ``"glef"`` must not switch GELF off without a word)."""
+    problems.unknown_keys(KEY, value, STOR_LOG_KEYS, strict=True, what="a stor log setting")
     if value.get("gelf") is None:
         return LogConfig()
     output = _stor_gelf(value["gelf"], problems)
@@ -464,8 +471,7 @@ def _stor_gelf(gelf: object, problems: Problems) -> GelfOutput | None:
     if not isinstance(gelf, dict):
         problems.error(key, f'must be an object {{"host": "host[:port]", …}}, got {describe(gelf)}')
         return None
-    for name in sorted(set(gelf) - STOR_GELF_KEYS):
-        problems.error(f"{key}.{name}", f"is not a GELF setting ({', '.join(sorted(STOR_GELF_KEYS))})")
+    problems.unknown_keys(key, gelf, STOR_GELF_KEYS, strict=True, what="a GELF setting")
     host_text = gelf.get("host")
     if not isinstance(host_text, str) or not host_text:
         problems.error(f"{key}.host", 'must be a string "host" or "host:port"')

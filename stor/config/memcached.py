@@ -17,6 +17,7 @@ from typing import Any
 
 from stor.config.problems import Problems
 
+KEYS = frozenset({"memcached_servers", "memcached_timeout", "memcached_prefix"})
 DEFAULT_PORT = 11211
 DEFAULT_TIMEOUT = 0.25
 

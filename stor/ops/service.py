@@ -35,6 +35,8 @@ from stor.fs.temps import sweep_temp_dir
 from stor.http.app import StorApp
 from stor.http.site import StorSite
 from stor.config import Config, load_config
+from stor.config.problems import EXIT_CONFIG, NO_CONFIG_FILE, report_lines
+from stor.config.server import listen_problem
 from stor.core.errors import ConfigError
 from stor.peers.cache import build_cache
 from stor.peers.statsd import build_metrics
@@ -54,7 +56,6 @@ from stor.ops.workers import Supervisor, stop_with_parent
 log = Logger()
 T = TypeVar("T")
 
-EXIT_CONFIG = 2
 TOMBSTONE_AGE = 24 * 3600.0
 """Seconds a DELETE's tombstone is kept: longer than any upload or fill can take."""
 
@@ -73,10 +74,11 @@ class Options(usage.Options):
     longdesc = f"stor {__version__}: store and serve files addressed by their SHA-256."
 
     def postOptions(self) -> None:
+        # No config file is not a usage error: makeService says so in one line
+        # and exits 2, as for any other config problem (twistd would print the
+        # whole usage and exit 1).
         if not self["config"]:
-            self["config"] = os.environ.get("CONFIG_FILE")
-        if not self["config"]:
-            raise usage.UsageError("no config file: give --config FILE or set CONFIG_FILE")
+            self["config"] = os.environ.get("CONFIG_FILE") or None
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         if self["workers"] < 1:
@@ -98,8 +100,12 @@ class Options(usage.Options):
                        "--log-format", self["log-format"], "--adopt-fd", str(fd)]
 
 
-def config_or_exit(path: str) -> Config:
-    """Load the config, or print one line naming the problem and exit."""
+def config_or_exit(path: str | None) -> Config:
+    """Load the config, or print one line per error (``stor: config error: <key>: <message>``)
+    and exit 2.  Its warnings are logged later, once, by the log outputs' service."""
+    if not path:
+        sys.stderr.write(f"stor: {NO_CONFIG_FILE}\n")
+        raise SystemExit(EXIT_CONFIG)
     return _exit_on_config_error(lambda: load_config(path))
 
 
@@ -164,16 +170,16 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
                           on_corrupt=lambda path: corrupt[0](path))
     store = Store(local, locks, metrics=metrics, cache=cache,
                   s3=build_s3(config, reactor, metrics),
-                  s3_first=getattr(config.s3, "read_order", "first") != "fallback",
+                  s3_first=config.s3 is None or config.s3.read != "fallback",
                   publisher=publisher, max_upload_size=config.max_upload_size, outbox=outbox,
                   s3_objects=_s3_objects(config, reactor, pool.run),
-                  fill_local=bool(getattr(config, "s3_fill_local", False)))
+                  fill_local=config.s3 is not None and config.s3.fill_local)
     corrupt.append(store.corrupt_file)
     if outbox is not None:
         outbox.setServiceParent(services)
     sites: list[StorSite] = []
     app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
-                  delete_auth=getattr(config, "delete_auth", None),
+                  delete_auth=config.delete_auth,
                   stopping=lambda: any(site.closing for site in sites),
                   status_extra=lambda: {"s3_outbox": outbox.state()} if outbox else {})
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
@@ -222,20 +228,20 @@ def _amqp_state(publisher: object) -> "Callable[[], AmqpState] | None":
 
 
 def _exit_on_config_error(build: Callable[[], T]) -> T:
-    """``build()``, or the one-line ``stor: config error: …`` and exit status 2."""
+    """``build()``, or one ``stor: config error: <key>: <message>`` line per error and exit status 2."""
     try:
         return build()
     except ConfigError as e:
-        sys.stderr.write(f"stor: config error: {e}\n")
+        sys.stderr.writelines(line + "\n" for line in report_lines(e.problems))
         raise SystemExit(EXIT_CONFIG) from None
 
 
 def server_endpoint(reactor: Any, listen: str, key: str = "listen") -> Any:
     """The Twisted server endpoint ``listen`` describes (parsed, not listened on)."""
-    try:
-        return endpoints.serverFromString(reactor, listen)
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise ConfigError(key, f"{listen!r} is not a valid Twisted endpoint: {e}") from e
+    problem = listen_problem(listen)  # the checks load_config made of the config's listen
+    if problem is not None:
+        raise ConfigError(key, problem)
+    return endpoints.serverFromString(reactor, listen)
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -243,8 +249,6 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     config = config_or_exit(options["config"])
-    if config.unknown_keys:
-        log.warn("config: ignoring unknown keys {keys}", keys=", ".join(config.unknown_keys))
     listen = options["listen"] or config.listen
     key = "--listen" if options["listen"] else "listen"
     endpoint = _exit_on_config_error(lambda: server_endpoint(reactor, listen, key))

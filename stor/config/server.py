@@ -1,0 +1,92 @@
+"""The serving keys (all stor's own): where to listen, how long to wait, how much to take.
+
+``listen`` is a Twisted server endpoint string (``tcp:8080``,
+``tcp:8080:interface=127.0.0.1``, ``unix:/run/stor/http.sock``,
+``systemd:domain=INET:index=0``); it is parsed here, when the file is read,
+so a bad one is reported with the other problems of the file before anything
+listens.  Parsing needs no reactor: endpoints keep the one they are given
+until they listen, and the probe below stands in for it.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stor.config import values
+from stor.config.problems import Problems
+
+KEYS = frozenset({"listen", "header_timeout", "body_timeout", "max_upload_size",
+                  "shutdown_grace_period"})
+DEFAULT_LISTEN = "tcp:8080"
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_BODY_TIMEOUT = 120.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the HTTP side listens and how long it waits."""
+
+    listen: str = DEFAULT_LISTEN
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_upload_size: int | None = None
+    shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE
+    """Seconds requests in flight get to finish on SIGTERM; 0 cuts them at once."""
+
+
+def parse_server_config(raw: Mapping[str, object], problems: Problems) -> ServerConfig:
+    """The serving keys of ``raw``; whatever is wrong goes to ``problems``."""
+    listen = values.string(raw, "listen", DEFAULT_LISTEN, problems)
+    problem = listen_problem(listen)
+    if problem is not None:
+        problems.error("listen", problem)
+    return ServerConfig(
+        listen=listen,
+        header_timeout=values.number(raw, "header_timeout", DEFAULT_HEADER_TIMEOUT, problems),
+        body_timeout=values.number(raw, "body_timeout", DEFAULT_BODY_TIMEOUT, problems),
+        max_upload_size=values.optional_whole(raw, "max_upload_size", problems, low=1),
+        shutdown_grace_period=values.number(raw, "shutdown_grace_period", DEFAULT_SHUTDOWN_GRACE,
+                                            problems, above=None, at_least=0.0),
+    )
+
+
+def listen_problem(description: str) -> str | None:
+    """What is wrong with the endpoint string ``description``, or None if start-up can use it.
+
+    ``serverFromString`` checks the syntax and the endpoint type's arguments
+    (an SSL endpoint's key and certificate files are read); a TCP port is
+    checked against 0-65535 by letting the endpoint "listen" on a
+    :class:`_Probe`, which only records the port it is asked for.
+    """
+    from twisted.internet import endpoints  # no reactor is imported, none is installed
+
+    probe = _Probe()
+    try:
+        endpoint = endpoints.serverFromString(probe, description)
+    except IndexError:  # systemd:…:index=N with fewer sockets passed (LISTEN_FDS)
+        return f"{description!r} names a socket systemd did not pass to this process"
+    except KeyError as e:  # systemd:…:name=N with no such FileDescriptorName
+        return f"{description!r} names a socket systemd did not pass to this process: {e}"
+    except (ValueError, TypeError, OSError, AttributeError) as e:
+        return f"{description!r} is not a valid Twisted endpoint: {e}"
+    tcp = (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint,
+           endpoints.SSL4ServerEndpoint)
+    if isinstance(endpoint, tcp):
+        endpoint.listen(None)
+        if probe.port is not None and not 0 <= probe.port <= 65535:
+            return f"{description!r}: port {probe.port} is not from 0 to 65535"
+    return None
+
+
+class _Probe:
+    """Stands in for the reactor while an endpoint is parsed: it only notes the TCP port asked for."""
+
+    port: int | None = None
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> None:
+        self.port = port
+
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
+                  interface: str = "") -> None:
+        self.port = port
