@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from stor import __version__
 from stor.cli import s3sync
 from stor.cli import client
-from stor.store import scrub
+from stor.cli import scrub
 from stor.config import load_config
 from stor.core.errors import ConfigError
 
@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _scrub(args: argparse.Namespace) -> int:
-    """Check every replica (``--repair`` mends them); see :mod:`stor.scrub`."""
+    """Check every replica (``--repair`` mends them); see :mod:`stor.cli.scrub`."""
     return scrub.run_command(args)
 
 
