@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from twisted.logger import (
-    FileLogObserver, ILogObserver, LogEvent, formatEvent, formatEventAsClassicLogText,
+    FileLogObserver, LogEvent, formatEvent, formatEventAsClassicLogText,
 )
 from twisted.python import logfile
 
@@ -157,7 +157,7 @@ def _rotate_on_sigusr1(opened: logfile.LogFile) -> None:
     signal.signal(signal.SIGUSR1, rotate)
 
 
-def observer_factory() -> ILogObserver:
+def observer_factory() -> FileLogObserver:
     """twistd's ``--logger``: lines of the chosen format where twistd would have written."""
     out = _output() if _output is not None else sys.stdout
     if _format == "json":
