@@ -10,6 +10,13 @@
 # The config is read from $CONFIG_FILE (/etc/stor.conf, as the old image did);
 # its "listen" must be reachable from outside the container (tcp:8080, not
 # interface=127.0.0.1) and its storage paths are paths inside the container.
+#
+# stor runs as root, as in the old image, so storages that image wrote take
+# new files.  To run it as the image's user stor (uid/gid 10001) instead,
+# give it the storages first, then add --user:
+#
+#   chown -R 10001:10001 /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4
+#   docker run ... --user 10001:10001 ... stor
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,13 +25,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/stor
-COPY pyproject.toml README.rst ./
+COPY pyproject.toml README.rst constraints.txt ./
 COPY stor ./stor
 COPY twisted ./twisted
 
-# Install, then build twistd's plugin cache as root: the stor user cannot
-# write site-packages, and twistd would otherwise warn at every start.
-RUN pip install . \
+# Install at the versions pinned in constraints.txt, then build twistd's
+# plugin cache at build time: a --user run cannot write site-packages, and
+# twistd would otherwise warn at every start.
+RUN pip install -c constraints.txt . \
  && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
  && groupadd --system --gid 10001 stor \
  && useradd --system --uid 10001 --gid stor --home-dir /nonexistent --no-create-home \
@@ -37,7 +45,6 @@ ENV CONFIG_FILE=/etc/stor.conf \
 VOLUME ["/mnt/data1", "/mnt/data2", "/mnt/data3", "/mnt/data4"]
 EXPOSE 8080
 
-USER stor:stor
 WORKDIR /tmp
 
 # /status is 200 only while every storage is there (and mounted).

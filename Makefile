@@ -8,20 +8,31 @@ STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install install-test run test bench clean
+# Dependencies come at the versions pinned in constraints.txt (runtime) and
+# constraints-test.txt (what the tests add); `make lock` refreshes both.
+CONSTRAINTS      := -c constraints.txt
+TEST_CONSTRAINTS := -c constraints.txt -c constraints-test.txt
+LOCK_VENV ?= .venv-lock
+# twistd finds its plugins through a cache file beside them (dropin.cache);
+# building it at install time, as the user who installs, means the user stor
+# runs as never needs to write it (and never logs "Unable to write to plugin cache").
+PLUGIN_CACHE := from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))
+
+.PHONY: install install-test run test bench lock clean
 
 install: $(STAMP)
 
 # Editable ("compat") install: the package and the twistd plugin are imported
 # from this working tree, so an edit needs no reinstall.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e . --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e . --config-settings editable_mode=compat
+	$(BIN)/python -c "$(PLUGIN_CACHE)"
 	touch $@
 
-$(TESTSTAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+$(TESTSTAMP): $(STAMP) constraints-test.txt
+	$(BIN)/pip install --quiet $(TEST_CONSTRAINTS) -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
 # The peers the tests talk to: memcached (started per test by the tests
@@ -53,5 +64,15 @@ bench: install
 	@command -v wrk >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq wrk; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Re-resolve every dependency (newest versions allowed by pyproject.toml) in a
+# throw-away venv and pin the result; review the diff, run `make test`, commit.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet '.[test]'
+	$(LOCK_VENV)/bin/python tools/lock.py --runtime constraints.txt --test constraints-test.txt
+	rm -rf $(LOCK_VENV) build
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) var .pytest_cache .hypothesis

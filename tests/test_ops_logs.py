@@ -11,7 +11,8 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import endpoints, reactor
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 
 from conftest import sha256
 from ops_peer import AUTH_HEADER, request
@@ -19,7 +20,7 @@ from stor.fs.diskpool import DiskPool
 from stor.fs.locks import ShaLocks
 from stor.http.app import StorApp
 from stor.http.site import StorSite
-from stor.ops.logs import format_json_line
+from stor.ops.logs import format_json_line, format_text_line
 from stor.store.local import LocalStore
 from stor.store.store import Store
 
@@ -71,6 +72,36 @@ def test_text_log_has_access_lines_and_no_combined_log(stor_process) -> None:
     lines = [l for l in stor.out.splitlines() if "[stor.access#info]" in l]
     assert any(f"GET /{'ef' * 32} 404 sent=" in l and "peer=127.0.0.1" in l for l in lines)
     assert not COMBINED_LOG.search(stor.out)
+
+
+TEXT_LINE = re.compile(r"^\S+ \[(\d+)\] \[[^\]]*\] ")
+
+
+def test_text_log_lines_carry_the_pid(stor_process) -> None:
+    stor = stor_process()
+    assert request(stor.port, "GET", "/status").status == 200
+    assert stor.terminate() == 0
+    lines = stor.out.splitlines()
+    assert len(lines) > 3
+    for line in lines:
+        match = TEXT_LINE.match(line)
+        assert match and int(match.group(1)) == stor.popen.pid, line
+
+
+def test_a_text_traceback_stays_under_its_line() -> None:
+    try:
+        raise RuntimeError("disk controller on fire")
+    except RuntimeError:
+        failure = Failure()
+    event = {"log_format": "request failed", "log_failure": failure, "log_time": 1e9,
+             "log_namespace": "stor.test", "log_level": LogLevel.critical}
+    first, *rest = format_text_line(event).splitlines()
+    stamp, _, text = first.partition(" ")
+    assert stamp.startswith("2001-09-0") and " " not in stamp  # local time, whatever TZ says
+    assert text == f"[{os.getpid()}] [stor.test#critical] request failed"
+    assert rest and all(line.startswith("\t") for line in rest)
+    assert any("disk controller on fire" in line for line in rest)
+    assert format_text_line({"log_time": 1e9}) == ""  # nothing to say: no line
 
 
 @pytest.fixture

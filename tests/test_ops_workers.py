@@ -2,7 +2,9 @@
 
 import hashlib
 import os
+import re
 import signal
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,3 +68,100 @@ def test_workers_do_not_outlive_a_killed_parent(stor_process) -> None:
     stor.popen.kill()
     stor.popen.wait(10)
     wait_for(lambda: not any(pid_alive(p) for p in workers), "the workers to stop")
+
+
+# -- what an operator reads: log lines and /metrics of every process ----------
+
+LINE = re.compile(r"^(\S+) \[(\d+)\] \[([^\]]*)\] (.*)$")
+INTERNALS = ("<class ", " object at 0x", "_NeverServed", "_ChildNotices", "stor-workers-")
+PROCESS_METRICS = ("process_resident_memory_bytes", "process_cpu_seconds_total",
+                   "process_open_fds", "process_start_time_seconds")
+
+
+def text_lines(stor: Stor) -> list[re.Match[str]]:
+    """Every log line of stdout, parsed (fails on one without a pid); tracebacks' lines skipped."""
+    parsed = []
+    for line in stor.out.splitlines():
+        if line.startswith(("\t", " ")):
+            continue  # a traceback's continuation
+        match = LINE.match(line)
+        assert match, f"no pid in log line {line!r}"
+        parsed.append(match)
+    return parsed
+
+
+def test_every_text_log_line_names_its_process_and_no_internal_object(stor_process) -> None:
+    stor = stor_process(["--workers", "2"])
+    wait_for(lambda: "all 2 workers serving" in stor.out, "both workers to serve", stor)
+    workers = children(stor.popen.pid)
+    answer = request(stor.port, "GET", "/" + "ab" * 32)
+    assert answer.status == 404
+    assert stor.terminate() == 0, stor.describe()
+
+    lines = text_lines(stor)
+    pids = {int(m.group(2)) for m in lines}
+    assert pids == {stor.popen.pid, *workers}, stor.describe()
+    access = [m for m in lines if m.group(3) == "stor.access#info" and "ab" * 32 in m.group(4)]
+    assert [int(m.group(2)) for m in access] == [int(answer.headers["stor-worker"])]
+    for worker in workers:  # each worker's own start-up, under its own pid
+        assert any(int(m.group(2)) == worker and m.group(4).startswith("serving on")
+                   for m in lines), stor.describe()
+    for internal in INTERNALS:
+        assert internal not in stor.out, f"{internal!r} in the log:\n{stor.out}"
+
+
+def test_every_json_log_line_names_its_process(stor_process) -> None:
+    stor = stor_process(["--workers", "2", "--log-format", "json"])
+    wait_for(lambda: "all 2 workers serving" in stor.out, "both workers to serve", stor)
+    workers = children(stor.popen.pid)
+    assert stor.terminate() == 0, stor.describe()
+    records = stor.json_lines()
+    assert {r["pid"] for r in records} == {stor.popen.pid, *workers}
+    for internal in INTERNALS:
+        assert not [r for r in records if internal in r["message"]], internal
+
+
+def process_samples(stor: Stor) -> dict[str, dict[int, tuple[str, float]]]:
+    """``{metric: {pid: (worker label, value)}}`` of the process_* series on GET /metrics."""
+    found: dict[str, dict[int, tuple[str, float]]] = {name: {} for name in PROCESS_METRICS}
+    text = request(stor.port, "GET", "/metrics").body.decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in found:
+                pid = int(sample.labels["pid"])
+                assert pid not in found[sample.name], f"{sample.name} twice for {pid}"
+                found[sample.name][pid] = (sample.labels["worker"], sample.value)
+    return found
+
+
+def test_metrics_show_process_figures_of_every_worker(stor_process) -> None:
+    stor = stor_process(["--workers", "2"])
+    wait_for(lambda: "all 2 workers serving" in stor.out, "both workers to serve", stor)
+    parent = stor.popen.pid
+    workers = children(parent)
+    now = time.time()
+
+    for _ in range(6):  # whichever worker answers, every process is there
+        samples = process_samples(stor)
+        for name, by_pid in samples.items():
+            assert set(by_pid) == {parent, *workers}, (name, by_pid)
+            assert by_pid[parent][0] == "parent"
+            assert sorted(by_pid[w][0] for w in workers) == ["0", "1"]
+        for pid in (parent, *workers):
+            assert samples["process_resident_memory_bytes"][pid][1] > 10e6  # a Python process
+            assert samples["process_open_fds"][pid][1] >= 3
+            assert samples["process_cpu_seconds_total"][pid][1] > 0
+            assert now - 120 < samples["process_start_time_seconds"][pid][1] <= now + 1
+
+    victim = workers[0]
+    victim_slot = process_samples(stor)["process_open_fds"][victim][0]
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_for(lambda: len(c := children(parent)) == 2 and victim not in c and c,
+                        "a new worker", stor)
+    (newcomer,) = set(replaced) - set(workers)
+    wait_for(lambda: newcomer in process_samples(stor)["process_open_fds"],
+             "the new worker's figures", stor)
+    for _ in range(6):
+        by_pid = process_samples(stor)["process_resident_memory_bytes"]
+        assert set(by_pid) == {parent, *replaced}
+        assert by_pid[newcomer][0] == victim_slot

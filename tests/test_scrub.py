@@ -5,6 +5,9 @@ import hashlib
 import io
 import json
 import os
+import pty
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +20,9 @@ from hypothesis import strategies as st
 
 from stor.cli import main as cli
 from stor.core import layout
-from stor.store.scrub import Progress, Throttle
+from stor.cli.scrub_progress import Progress
+from stor.fs.locks import ShaLocks
+from stor.store.scrub import Report, Scrubber, Throttle, count
 from stor.fs.temps import temp_dir
 
 STOR = str(Path(sys.executable).parent / "stor")
@@ -381,28 +386,180 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_progress_bar_on_a_terminal() -> None:
+def test_progress_line_on_a_terminal_has_totals_percent_and_eta() -> None:
     now = [0.0]
     term = Terminal()
-    progress = Progress(term, enabled=term.isatty(), clock=lambda: now[0])
-    now[0] = 2.0
+    progress = Progress(term, terminal=True, every=30, clock=lambda: now[0])
+    progress.counted(10_000_000)
+    progress.counted(10_000_000)  # within the redraw interval: not redrawn
+    assert term.getvalue() == "\r\x1b[Kscrub: counting: 1 files, 10.0 MB so far"
+    now[0] = 1.0
+    progress.counting_done()
+    now[0] = 3.0
     progress.add_bytes(10_000_000)
     progress.add_file()  # within the interval: not redrawn
-    now[0] = 4.0
+    now[0] = 5.0
     progress.add_file()
-    assert term.getvalue().count("\r\x1b[Kscrub:") == 2
-    assert term.getvalue().endswith("scrub: 2 files, 10.0 MB, 2.5 MB/s")
+    assert term.getvalue().count("\r\x1b[Kscrub:") == 3
+    assert term.getvalue().endswith(
+        "\r\x1b[Kscrub: 2/2 files, 10.0 MB/20.0 MB (50%), 2.5 MB/s, 4s elapsed, ETA 4s")
     progress.clear()
     assert term.getvalue().endswith("\r\x1b[K")
 
 
-def test_progress_is_silent_when_disabled() -> None:
+def test_progress_off_a_terminal_is_a_line_every_n_seconds() -> None:
+    now = [0.0]
     out = io.StringIO()
-    progress = Progress(out, enabled=False)
+    progress = Progress(out, terminal=False, every=30, clock=lambda: now[0])
+    for n in (2_000_000_000, 1_000_000_000, 1_000_000_000):
+        progress.counted(n)
+    progress.counting_done()
+    for t, n in ((10, 1), (29, 1), (31, 1)):
+        now[0] = t
+        progress.add_bytes(n * 500_000_000)
+        progress.add_file()
+    now[0] = 45
+    progress.add_bytes(500_000_000)
+    now[0] = 62
+    progress.add_bytes(500_000_000)
+    progress.clear()  # nothing to erase: lines stay
+    assert out.getvalue().splitlines() == [
+        "stor scrub: 2/3 files, 1.5 GB/4.0 GB (38%), 48.4 MB/s, 31s elapsed, ETA 51s",
+        "stor scrub: 3/3 files, 2.5 GB/4.0 GB (62%), 40.3 MB/s, 1m02s elapsed, ETA 37s",
+    ]
+
+
+def test_progress_without_bytes_counts_files() -> None:
+    out = io.StringIO()
+    progress = Progress(out, terminal=False, every=30, clock=lambda: 0.0)
+    progress.counted(0)
+    progress.counted(0)
+    progress.counting_done()
     progress.add_file()
-    progress.add_bytes(5)
-    progress.clear()
-    assert out.getvalue() == ""
+    assert progress.figures(10.0) == \
+        "1/2 files, 0.0 MB/0.0 MB (50%), 0.0 MB/s, 10s elapsed, ETA 10s"
+    assert Progress(out, terminal=False, every=30).figures(0.0).startswith("counting: 0 files")
+
+
+def test_scrub_off_a_terminal_logs_progress_every_n_seconds(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host.store(os.urandom(8 * MiB))
+    capsys.readouterr()
+    assert host.scrub("--max-mbps", "16", "--progress-every", "0.1", str(host.storages[0])) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) >= 2, captured.err  # 8 MiB at 16 MB/s take 0.5 s
+    figures = re.compile(r"stor scrub: \d/1 files, [\d.]+ MB/8\.4 MB \((\d+)%\), [\d.]+ MB/s, "
+                         r"\d+s elapsed, ETA (\d+s|\?)")
+    percents = []
+    for line in lines:
+        match = figures.fullmatch(line)
+        assert match, line
+        percents.append(int(match.group(1)))
+    assert percents == sorted(percents) and percents[-1] > 0
+    assert "1 files, 8.4 MB checked" in captured.out
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "soon", "inf"])
+def test_bad_progress_every_exits_2(host: Host, seconds: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        host.scrub("--progress-every", seconds)
+    assert info.value.code == 2
+
+
+def test_the_first_pass_counts_what_the_scrub_hashes(host: Host) -> None:
+    sizes = [0, 1, 5000, MiB + 7]
+    for i, n in enumerate(sizes):
+        host.store(os.urandom(n), pair=i % 2)
+    misplaced = host.storages[0] / "00" / "00" / "00" / f"{'ab' * 32}.dat"
+    misplaced.parent.mkdir(parents=True)
+    misplaced.write_bytes(b"not counted")
+    (host.storages[1] / "lost+found").mkdir()
+    (host.storages[1] / "lost+found" / f"{'cd' * 32}.dat").write_bytes(b"nor this")
+    storages = [str(s) for s in host.storages]
+    sizes_seen: list[int] = []
+    totals = count(storages, on_file=sizes_seen.append)
+    assert totals.files == 2 * len(sizes) and totals.bytes == 2 * sum(sizes)
+    assert sorted(sizes_seen) == sorted(sizes * 2)
+    report = Report(storages)
+    Scrubber(twins={s: s for s in storages}, report=report,
+             locks=ShaLocks(str(host.root / "locks"))).run(storages)
+    assert (report.files, report.bytes) == (totals.files, totals.bytes)
+
+
+# -- statsite ------------------------------------------------------------------
+
+
+def received_lines(sock: socket.socket, want: int) -> list[str]:
+    lines: list[str] = []
+    sock.settimeout(10)
+    while len(lines) < want:
+        data = sock.recv(65536)
+        assert data.endswith(b"\n")
+        lines += data.decode().splitlines()
+    return lines
+
+
+def expected_lines(files: int, nbytes: int, found: dict[str, int], repaired: dict[str, int]
+                   ) -> set[str]:
+    kinds = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", "unreadable")
+    return {f"stor.scrub.files:{files}|c", f"stor.scrub.bytes:{nbytes}|c"} | \
+        {f"stor.scrub.{k}.count:{found.get(k, 0)}|c" for k in kinds} | \
+        {f"stor.scrub.repaired.{k}.count:{repaired.get(k, 0)}|c" for k in kinds}
+
+
+def test_run_metrics_go_to_statsite_over_udp(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsite:
+        statsite.bind(("127.0.0.1", 0))
+        port = statsite.getsockname()[1]
+        host.write_config(statsite={"host": f"127.0.0.1:{port}", "prefix": "stor",
+                                    "sample_rate": 0.01})
+        a, _ = host.store(b"twelve bytes")
+        flip(a)
+        assert host.scrub("--repair") == 0
+        lines = received_lines(statsite, 15)
+    timing = [line for line in lines if line.startswith("stor.scrub.seconds:")]
+    assert len(timing) == 1 and re.fullmatch(r"stor\.scrub\.seconds:\d+\.\d{3}\|ms", timing[0])
+    assert set(lines) - set(timing) == expected_lines(2, 24, {"corrupt": 1}, {"corrupt": 1})
+    assert len(lines) == 15  # one each, never sampled (no |@rate) whatever sample_rate says
+    assert "cannot send" not in capsys.readouterr().err
+
+
+def test_run_metrics_go_to_statsite_over_tcp(host: Host) -> None:
+    with socket.socket() as statsite:
+        statsite.bind(("127.0.0.1", 0))
+        statsite.listen(1)
+        port = statsite.getsockname()[1]
+        host.write_config(statsite={"host": "127.0.0.1", "port": port, "proto": "tcp",
+                                    "prefix": "stor"})
+        _, b = host.store(b"x")
+        b.unlink()
+        assert host.scrub() == 1  # the kernel completes the connection; read it afterwards
+        conn, _ = statsite.accept()
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+    lines = data.decode().splitlines()
+    assert {line for line in lines if not line.startswith("stor.scrub.seconds:")} == \
+        expected_lines(1, 1, {"missing-twin": 1}, {})
+
+
+def test_unreachable_statsite_is_one_line_and_changes_nothing(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        host.write_config(statsite={"host": f"127.0.0.1:{port}", "proto": "tcp"})
+        host.store(b"fine")
+        capsys.readouterr()
+        assert host.scrub() == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"stor scrub: cannot send metrics to statsite 127.0.0.1:{port} (tcp)")
 
 
 # -- the installed console script ---------------------------------------------
@@ -427,3 +584,35 @@ def test_console_script_scrub_and_repair(host: Host) -> None:
     assert b.read_bytes() == data
     assert run().returncode == 0
     assert run("/not/a/storage").returncode == 2
+
+
+def test_console_script_draws_progress_on_a_terminal(host: Host) -> None:
+    """stderr on a pseudo-terminal, as an operator at a shell sees it."""
+    host.store(os.urandom(6 * MiB))
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([STOR, "scrub", "--config", str(host.config), "--max-mbps", "12",
+                                 str(host.storages[0])],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    text = shown.decode()
+    draws = text.split("\r\x1b[K")
+    assert any(d.startswith("scrub: counting: ") for d in draws), text
+    scrubbing = [d for d in draws if re.fullmatch(
+        r"scrub: \d/1 files, [\d.]+ MB/6\.3 MB \(\d+%\), [\d.]+ MB/s, \d+s elapsed, ETA \S+", d)]
+    assert len(scrubbing) >= 2, text  # 6 MiB at 12 MB/s: half a second of redraws
+    assert text.endswith("\r\x1b[K")  # the line is erased before the summary
+    assert b"1 files, 6.3 MB checked" in out

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from stor import __version__
 from stor.cli import s3sync
 from stor.cli import client
-from stor.store import scrub
+from stor.cli import scrub
 from stor.config import check_config
 from stor.config.problems import EXIT_CONFIG, NO_CONFIG_FILE, Problems, report_lines
 from stor.config.systemd import check_unit
@@ -56,7 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _scrub(args: argparse.Namespace) -> int:
-    """Check every replica (``--repair`` mends them); see :mod:`stor.scrub`."""
+    """Check every replica (``--repair`` mends them); see :mod:`stor.cli.scrub`."""
     return scrub.run_command(args)
 
 

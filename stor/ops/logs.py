@@ -1,8 +1,13 @@
 """Log output: ``--log-format text|json``.
 
 Everything stor logs goes through :mod:`twisted.logger`.  ``text`` is twistd's
-own format (one line per event, tracebacks as indented lines).  ``json`` is one
-JSON object per line, for log shippers::
+own format (one line per event, tracebacks as indented lines) with the pid of
+the process after the time, so the lines of ``--workers`` processes sharing
+one stdout (one journal stream) can be told apart::
+
+    2025-01-01T12:00:00+0000 [1234] [stor.access#info] GET /… 200 …
+
+``json`` is one JSON object per line, for log shippers::
 
     {"time": "2025-01-01T12:00:00.123456+00:00", "level": "info",
      "namespace": "stor.access", "pid": 1234, "message": "GET /… 200 …",
@@ -14,10 +19,12 @@ separate lines.
 The access event of every request (:mod:`stor.http.access`) is one event like
 any other here.
 
-twistd builds its log observer before ``makeService`` runs, from its own
-``--logger`` option; :class:`~stor.ops.service.Options` points that option at
-:func:`observer_factory` when ``--log-format json`` is given, after recording
-here where twistd would have written (stdout or ``--logfile``).
+twistd builds its log observer from its own ``--logger`` option (read when
+the options are parsed, before ``makeService`` runs);
+:class:`~stor.ops.service.Options` calls :func:`use_format`, which records
+the format and where twistd would have written (stdout or ``--logfile``) and
+returns the ``--logger`` value naming :func:`observer_factory`.  An explicit
+``--logger`` or ``--syslog`` is left alone.
 """
 
 import json
@@ -27,7 +34,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
+from twisted.logger import (
+    FileLogObserver, LogEvent, formatEvent, formatEventAsClassicLogText,
+)
 from twisted.python import logfile
 
 LOG_FORMATS = ("text", "json")
@@ -88,25 +97,69 @@ def json_file_observer(out: IO[str]) -> FileLogObserver:
     return FileLogObserver(out, format_json_line)
 
 
+def format_text_line(event: LogEvent) -> str:
+    """twistd's classic line with this process's pid after the time stamp."""
+    line = formatEventAsClassicLogText(event)
+    if not line:
+        return ""
+    stamp, _, rest = line.partition(" ")  # the stamp (RFC 3339, or "-") has no space
+    return f"{stamp} [{os.getpid()}] {rest}"
+
+
+def text_file_observer(out: IO[str]) -> FileLogObserver:
+    """An observer writing :func:`format_text_line` lines to ``out``."""
+    return FileLogObserver(out, format_text_line)
+
+
 # -- twistd wiring --------------------------------------------------------------
 
+OBSERVER_FACTORY = "stor.ops.logs.observer_factory"
+"""The ``--logger`` value that makes twistd log through :func:`observer_factory`."""
+
 _output: Callable[[], IO[str]] | None = None
+_format = "text"
 
 
-def use_json(logfile_option: str | None, nodaemon: bool) -> None:
-    """Remember where twistd would log (its ``--logfile``, ``--nodaemon``), for JSON."""
-    global _output
+def use_format(log_format: str, logfile_option: str | None, nodaemon: bool) -> str:
+    """Remember the format and where twistd would log; the ``--logger`` value to set.
+
+    ``logfile_option`` and ``nodaemon`` are twistd's ``--logfile`` and
+    ``--nodaemon``: stdout for ``-`` or a foreground process without a log
+    file, else the file (rotated on SIGUSR1 unless a handler is there, as
+    twistd does).
+    """
+    global _output, _format
 
     def open_output() -> IO[str]:
         if logfile_option == "-" or (nodaemon and not logfile_option):
             return sys.stdout
-        return logfile.LogFile.fromFullPath(logfile_option or "twistd.log")  # type: ignore[return-value]
+        opened = logfile.LogFile.fromFullPath(logfile_option or "twistd.log")
+        _rotate_on_sigusr1(opened)
+        return opened  # type: ignore[return-value]
 
+    _format = log_format
     _output = open_output
+    return OBSERVER_FACTORY
 
 
-def observer_factory() -> ILogObserver:
-    """twistd's ``--logger``: JSON lines where twistd would have written text."""
+def _rotate_on_sigusr1(opened: logfile.LogFile) -> None:
+    """twistd's own behaviour for ``--logfile``: SIGUSR1 rotates it, if nobody else wants it."""
+    import signal
+
+    if signal.getsignal(signal.SIGUSR1):
+        return
+
+    def rotate(signum: int, frame: object) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(opened.rotate)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, rotate)
+
+
+def observer_factory() -> FileLogObserver:
+    """twistd's ``--logger``: lines of the chosen format where twistd would have written."""
     out = _output() if _output is not None else sys.stdout
-    return json_file_observer(out)
-
+    if _format == "json":
+        return json_file_observer(out)
+    return text_file_observer(out)

@@ -49,7 +49,8 @@ from stor.store.outbox import build_outbox
 from stor.store.store import Store
 from stor.ops.log_outputs import build_log_outputs
 from stor.ops.logs import LOG_FORMATS
-from stor.ops.prometheus import AmqpState, Exporter, SyncService
+from stor.ops.prometheus import MULTIPROC_ENV, AmqpState, Exporter, SyncService, multiprocess
+from stor.ops.worker_metrics import register_worker_processes
 from stor.ops.shutdown import Frontend, adopt
 from stor.ops.workers import Supervisor, stop_with_parent
 
@@ -84,10 +85,10 @@ class Options(usage.Options):
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
         parent = getattr(self, "parent", None)
-        if self["log-format"] == "json" and parent is not None and not parent.get("logger"):
+        if parent is not None and not parent.get("logger") and not parent.get("syslog"):
             # twistd builds its observer from --logger before makeService runs
-            logs.use_json(parent.get("logfile"), bool(parent.get("nodaemon")))
-            parent["logger"] = "stor.ops.logs.observer_factory"
+            parent["logger"] = logs.use_format(self["log-format"], parent.get("logfile"),
+                                               bool(parent.get("nodaemon")))
 
     def worker_argv(self, fd: int) -> list[str]:
         """The twistd command line of one ``--workers`` child serving inherited socket ``fd``."""
@@ -163,6 +164,8 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
         publisher.setServiceParent(services)
     exporter = Exporter(local.health_now, local.writable, pool.run,
                         cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher))
+    if multiprocess():  # a --workers child: process_* of every worker, not only its own
+        register_worker_processes(exporter.registry, os.environ[MULTIPROC_ENV])
     SyncService(exporter, reactor).setServiceParent(services)
     metrics = Tee(statsd, exporter.events)
     corrupt: list[Callable[[str], object]] = []
@@ -186,6 +189,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
     sites.append(site)
     site.displayTracebacks = False
+    site.noisy = False  # no "Starting factory <StorSite object at 0x…>" lines
     temp_sweeper(local, store.tombstones, config.cleanup_tempdir_period).setServiceParent(services)
     StartupCheck(local).setServiceParent(services)
     return Daemon(site, store, services)

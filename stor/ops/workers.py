@@ -18,13 +18,17 @@ spreads them over the workers.  The parent:
 
 Each worker answers with ``Stor-Worker: <pid>``.  Their Prometheus counters
 are shared through files in a directory the parent makes (prometheus-client's
-multiprocess mode), so any worker's ``/metrics`` shows the whole.
+multiprocess mode), so any worker's ``/metrics`` shows the whole, and the
+``process_*`` figures of every process labelled by worker and pid (see
+:mod:`stor.ops.worker_metrics`).  Every log line carries the pid of the
+process that wrote it (:mod:`stor.ops.logs`).
 """
 
 import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,13 +37,16 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, ProcessProtocol
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from stor.ops.notify import notify, parse_state
 from stor.ops.prometheus import MULTIPROC_ENV
+from stor.ops.worker_metrics import PARENT_ENV, SLOT_ENV
 from stor.ops.shutdown import GracefulStop, describe, exit_after_stop
 
 log = Logger()
@@ -52,11 +59,16 @@ MAX_DELAY = 10.0
 GIVE_UP = 10
 KILL_MARGIN = 10.0
 PR_SET_PDEATHSIG = 1
-PARENT_ENV = "STOR_PARENT_PID"
 
 
 class _NeverServed(Factory):
     """The parent's factory for the socket it binds but never accepts on."""
+
+    noisy = False  # no "Starting factory <…object at 0x…>" lines
+
+    def logPrefix(self) -> str:
+        """What the port's "… starting on <port>" line calls it."""
+        return "stor --workers"
 
     def buildProtocol(self, addr: object) -> Protocol | None:
         return None
@@ -78,13 +90,47 @@ class _Worker(ProcessProtocol):
         self.ended.callback(None)
 
 
-class _ChildNotices(DatagramProtocol):
-    def __init__(self, supervisor: "Supervisor") -> None:
-        self.supervisor = supervisor
+@implementer(IReadDescriptor)
+class _ChildNotices:
+    """The parent's private notify socket, read on the reactor.
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        if parse_state(data).get("READY") == "1":
-            self.supervisor.worker_ready()
+    A plain reader rather than ``listenUNIXDatagram``, whose port logs its
+    protocol's class and the socket's abstract name when it starts and stops.
+    """
+
+    def __init__(self, name: str, on_ready: Callable[[], None], reactor: Any) -> None:
+        self._on_ready = on_ready
+        self._reactor = reactor
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                                     | socket.SOCK_CLOEXEC)
+        self._socket.bind(name)
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def doRead(self) -> None:
+        while True:
+            try:
+                data = self._socket.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # never seen on an AF_UNIX datagram socket; keep serving
+                log.warn("workers' notify socket: {error}", error=e)
+                return
+            if parse_state(data).get("READY") == "1":
+                self._on_ready()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
+
+    def logPrefix(self) -> str:
+        return "stor --workers"
+
+    def close(self) -> None:
+        if self._socket.fileno() >= 0:
+            self._reactor.removeReader(self)
+            self._socket.close()
 
 
 class Supervisor(Service):
@@ -111,7 +157,7 @@ class Supervisor(Service):
         self.workers: dict[int, _Worker] = {}
         self.port: Any = None
         self._notice_name = ""
-        self._notice_port: Any = None
+        self._notices: _ChildNotices | None = None
         self._metrics_dir: str | None = None
         self._ready_needed = count
         self._stopping = False
@@ -138,8 +184,7 @@ class Supervisor(Service):
         self.signals.hurry = self._pass_signal_on
         self._reactor.callWhenRunning(self.signals.install)
         self._notice_name = f"\0stor-workers-{os.getpid()}-{secrets.token_hex(6)}"
-        self._notice_port = self._reactor.listenUNIXDatagram(self._notice_name,
-                                                              _ChildNotices(self))
+        self._notices = _ChildNotices(self._notice_name, self.worker_ready, self._reactor)
         self._metrics_dir = tempfile.mkdtemp(prefix="stor-metrics-",
                                              dir=os.environ.get("RUNTIME_DIRECTORY") or None)
         log.info("{count} workers sharing {address}", count=self.count,
@@ -153,7 +198,7 @@ class Supervisor(Service):
         env = dict(os.environ)
         env["NOTIFY_SOCKET"] = "@" + self._notice_name[1:]
         env[MULTIPROC_ENV] = self._metrics_dir or ""
-        env["STOR_WORKER"] = str(slot)
+        env[SLOT_ENV] = str(slot)
         env[PARENT_ENV] = str(os.getpid())
         worker = _Worker(self, slot, self._reactor.seconds())
         argv = [self._executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -220,8 +265,8 @@ class Supervisor(Service):
             await ended
         if deadline.active():
             deadline.cancel()
-        if self._notice_port is not None:
-            await maybeDeferred(self._notice_port.stopListening)
+        if self._notices is not None:
+            self._notices.close()
         if self._metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
         log.info("all workers have stopped")

@@ -20,23 +20,25 @@ Problem kinds:
 ``stale-temp``     an abandoned upload in ``.stor-tmp`` (no process holds it: see
                    :mod:`stor.fs.temps`); removed by ``--repair``
 ``unreadable``     a directory below a storage that cannot be listed
+
+This module is the engine: it knows storages and replicas, not terminals.
+:func:`count` is the quick first pass (``stat`` only) that gives a long scrub
+its totals; :class:`Scrubber` hashes and mends, telling a :class:`ProgressSink`
+how far it got.  The command, its progress display, its report and its
+metrics are :mod:`stor.cli.scrub`.
 """
 
-import argparse
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TextIO
+from typing import Protocol
 
 from stor.core import layout
 from stor.core.sha import parse_sha
-from stor.config import Config, load_config
-from stor.core.errors import ConfigError, HashMismatch, MalformedSha
-from stor.fs.health import check_storages
-from stor.fs.locks import ShaLocks, default_lock_dir
+from stor.config import Config
+from stor.core.errors import HashMismatch, MalformedSha
+from stor.fs.locks import ShaLocks
 from stor.fs.temps import is_stale_temp, temp_dir
 from stor.store.quarantine import quarantine
 from stor.store.replica import CHUNK, copy_to_twin, sha256_file
@@ -47,7 +49,7 @@ KINDS = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", 
 SKIPPED_TOP_DIRS = layout.OWN_DIRS | {"lost+found"}
 """Top-level directories that hold no stor data (temp files are checked separately)."""
 
-EXIT_CLEAN, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
+EXIT_CLEAN, EXIT_PROBLEMS = 0, 1
 
 
 @dataclass
@@ -62,12 +64,17 @@ class Problem:
 
 @dataclass
 class Report:
-    """What a scrub found; ``bytes`` counts the ``.dat`` bytes hashed in the walk."""
+    """What a scrub found; ``bytes`` counts the ``.dat`` bytes hashed in the walk.
+
+    ``seconds`` is the walk (hashing and mending); ``count_seconds`` the
+    first pass that only counted (0 when there was none).
+    """
 
     storages: list[str]
     files: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    count_seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
 
     def remaining(self) -> list[Problem]:
@@ -94,6 +101,7 @@ class Report:
             "files": self.files,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
+            "count_seconds": round(self.count_seconds, 3),
             "counts": self.counts(),
             "repaired": self.repaired_counts(),
             "remaining": len(self.remaining()),
@@ -133,55 +141,65 @@ class Throttle:
             self._sleep(-self._tokens / self.rate)
 
 
-class Progress:
-    """A one-line progress display on a terminal; does nothing when disabled."""
+class ProgressSink(Protocol):
+    """Told of every file checked and every byte hashed (a display, a log line)."""
 
-    def __init__(
-        self,
-        stream: TextIO,
-        enabled: bool,
-        clock: Callable[[], float] = time.monotonic,
-        interval: float = 0.2,
-    ) -> None:
-        self.files = 0
-        self.bytes = 0
-        self._stream, self._enabled = stream, enabled
-        self._clock, self._interval = clock, interval
-        self._start = clock()
-        self._shown_at = float("-inf")
-        self._dirty = False
+    def add_file(self) -> None: ...
 
+    def add_bytes(self, n: int) -> None: ...
+
+
+class _NoProgress:
     def add_file(self) -> None:
-        """One more file checked."""
-        self.files += 1
-        self._maybe_show()
+        pass
 
     def add_bytes(self, n: int) -> None:
-        """``n`` more bytes hashed."""
-        self.bytes += n
-        self._maybe_show()
+        pass
 
-    def clear(self) -> None:
-        """Erase the line, so other output starts on a clean line."""
-        if self._enabled and self._dirty:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
-            self._dirty = False
-            self._shown_at = float("-inf")
 
-    def _maybe_show(self) -> None:
-        if not self._enabled:
-            return
-        now = self._clock()
-        if now - self._shown_at < self._interval:
-            return
-        self._shown_at = now
-        rate = self.bytes / max(now - self._start, 1e-9) / 1e6
-        self._stream.write(
-            f"\r\x1b[Kscrub: {self.files} files, {_megabytes(self.bytes)}, {rate:.1f} MB/s"
-        )
-        self._stream.flush()
-        self._dirty = True
+@dataclass(frozen=True)
+class Totals:
+    """What the first pass found to hash: well-placed ``.dat`` files and their bytes."""
+
+    files: int
+    bytes: int
+
+
+def count(storages: Sequence[str], on_file: Callable[[int], None] = lambda size: None
+          ) -> Totals:
+    """The files and bytes a scrub of ``storages`` will hash, by ``stat`` alone.
+
+    The same walk as the scrub (same skipped directories, misplaced files
+    left out), reading no file: on a disk it costs a directory read per
+    directory and an inode read per file, against reading every byte.
+    ``on_file`` gets each file's size as it is counted.  Unreadable
+    directories and vanished files are skipped here; the scrub reports them.
+    """
+    files = size_total = 0
+    for storage in storages:
+        for path, sha in walk(storage, on_error=lambda e: None):
+            if sha is None:
+                continue
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            files += 1
+            size_total += size
+            on_file(size)
+    return Totals(files, size_total)
+
+
+def walk(storage: str, on_error: Callable[[OSError], None]) -> Iterator[tuple[str, str | None]]:
+    """Every ``.dat`` below ``storage`` in a stable order: (path, its SHA or None if misplaced)."""
+    for directory, dirs, files in os.walk(storage, onerror=on_error):
+        if directory == storage:
+            dirs[:] = [d for d in dirs if d not in SKIPPED_TOP_DIRS]
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(".dat"):  # anything else is none of scrub's business
+                path = os.path.join(directory, name)
+                yield path, _placed_sha(storage, path)
 
 
 class Scrubber:
@@ -199,16 +217,26 @@ class Scrubber:
         locks: ShaLocks,
         repair: bool = False,
         throttle: Throttle | None = None,
-        progress: Progress | None = None,
+        progress: ProgressSink | None = None,
         on_problem: Callable[[Problem], None] = lambda p: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.twins = twins
         self.report = report
         self.locks = locks
         self.repair = repair
         self.throttle = throttle or Throttle(None)
-        self.progress = progress or Progress(sys.stderr, enabled=False)
+        self.progress: ProgressSink = progress or _NoProgress()
         self.on_problem = on_problem
+        self._clock = clock
+
+    def run(self, storages: Sequence[str]) -> Report:
+        """Scrub every one of ``storages`` in turn; the report, with the time it took."""
+        start = self._clock()
+        for storage in storages:
+            self.scrub(storage)
+        self.report.seconds = self._clock() - start
+        return self.report
 
     def scrub(self, storage: str) -> None:
         """Check ``storage``'s temp directory, then every file below it."""
@@ -245,19 +273,11 @@ class Scrubber:
         def unreadable(e: OSError) -> None:
             self._found(Problem(e.filename or storage, "unreadable", detail=_reason(e)))
 
-        for directory, dirs, files in os.walk(storage, onerror=unreadable):
-            if directory == storage:
-                dirs[:] = [d for d in dirs if d not in SKIPPED_TOP_DIRS]
-            dirs.sort()
-            for name in sorted(files):
-                if not name.lower().endswith(".dat"):
-                    continue  # not stor's: none of scrub's business
-                path = os.path.join(directory, name)
-                sha = _placed_sha(storage, path)
-                if sha is None:
-                    self._found(Problem(path, "misplaced", detail=_misplaced_reason(storage, path)))
-                else:
-                    yield path, sha
+        for path, sha in walk(storage, on_error=unreadable):
+            if sha is None:
+                self._found(Problem(path, "misplaced", detail=_misplaced_reason(storage, path)))
+            else:
+                yield path, sha
 
     def check_file(self, storage: str, path: str, sha: str) -> None:
         """Hash one replica; then mend it from its twin, or mend its twin from it."""
@@ -364,158 +384,9 @@ def _reason(e: BaseException) -> str:
     return str(e)
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-# -- the command -------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``stor scrub``'s options on its subparser."""
-    parser.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
-    parser.add_argument("--repair", action="store_true",
-                        help="replace corrupt replicas and create missing twins from verified "
-                             "copies; remove stale temp files")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    parser.add_argument("--max-mbps", type=_positive_rate, metavar="N",
-                        help="read at most N megabytes (10^6 bytes) per second")
-    parser.add_argument("storages", nargs="*", metavar="STORAGE",
-                        help="only these storages (default: every configured one)")
-
-
-def _positive_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, got {text}")
-    return value
-
-
-class UsageError(Exception):
-    """The command cannot run: exit 2 with this message."""
-
-
-def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
-                stderr: TextIO | None = None) -> int:
-    """``stor scrub``: returns the exit status (0 clean, 1 problems remain, 2 error)."""
-    out, err = stdout or sys.stdout, stderr or sys.stderr
-    try:
-        config = _load(args.config or os.environ.get("CONFIG_FILE"))
-        storages = _selected(config, args.storages)
-        _check_readable(storages)
-    except UsageError as e:
-        err.write(f"stor scrub: {e}\n")
-        return EXIT_ERROR
-    report = scrub(config, storages, args, err, None if args.json else out)
-    if args.json:
-        out.write(json.dumps(report.to_json(), indent=2) + "\n")
-    else:
-        _print_summary(report, args.repair, out)
-    return report.exit_code()
-
-
-def scrub(config: Config, storages: Sequence[str], args: argparse.Namespace,
-          err: TextIO, lines: TextIO | None) -> Report:
-    """Scrub ``storages`` with the command's options; problem lines go to ``lines``."""
-    report = Report(list(storages))
-    progress = Progress(err, enabled=_is_terminal(err))
-
-    def show(problem: Problem) -> None:
-        if lines is not None:
-            progress.clear()
-            lines.write(_problem_line(problem) + "\n")
-            lines.flush()
-
-    scrubber = Scrubber(
-        twins=_twins(config), report=report, locks=ShaLocks(config.lock_dir or default_lock_dir()),
-        repair=args.repair,
-        throttle=Throttle(args.max_mbps * 1e6 if args.max_mbps else None),
-        progress=progress, on_problem=show,
-    )
-    start = time.monotonic()
-    for storage in storages:
-        scrubber.scrub(storage)
-    report.seconds = time.monotonic() - start
-    progress.clear()
-    return report
-
-
-def _load(path: str | None) -> Config:
-    if not path:
-        raise UsageError("no config file: give --config FILE or set CONFIG_FILE")
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        raise UsageError(f"config error: {e}") from e
-
-
-def _selected(config: Config, named: Sequence[str]) -> list[str]:
-    """The storages to walk, spelled as in the config; every name must be one of them."""
-    if not named:
-        return list(config.storages)
-    by_real = {os.path.realpath(s): s for s in config.storages}
-    chosen: list[str] = []
-    for name in named:
-        storage = by_real.get(os.path.realpath(name))
-        if storage is None:
-            raise UsageError(f"{name} is not a storage in the config "
-                             f"(storages: {', '.join(config.storages)})")
-        if storage not in chosen:
-            chosen.append(storage)
-    return chosen
-
-
-def _check_readable(storages: Sequence[str]) -> None:
-    """Refuse to start on a storage that cannot be listed: a dead disk is an error,
-    not a disk full of missing files.  Name the healthy storages to scrub around it."""
-    for health in check_storages(storages, check_mounts=False, with_free=False):
-        storage, why = health.path, health.problem
-        if why is None:
-            try:
-                with os.scandir(storage):
-                    pass
-            except OSError as e:
-                why = f"cannot be listed: {e.strerror}"
-        if why is not None:
-            raise UsageError(f"storage {storage} {why}")
-
-
-def _twins(config: Config) -> dict[str, str]:
-    twins: dict[str, str] = {}
+def twins(config: Config) -> dict[str, str]:
+    """Every configured storage → the other member of its pair."""
+    found: dict[str, str] = {}
     for a, b in config.storage_pairs:
-        twins[a], twins[b] = b, a
-    return twins
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _problem_line(problem: Problem) -> str:
-    state = "repaired" if problem.repaired else "NOT repaired"
-    return f"{problem.kind:<14} {problem.path}  [{state}] {problem.detail}".rstrip()
-
-
-def _print_summary(report: Report, repair: bool, out: TextIO) -> None:
-    rate = report.bytes / max(report.seconds, 1e-9) / 1e6
-    out.write(f"stor scrub: {report.files} files, {_megabytes(report.bytes)} checked on "
-              f"{len(report.storages)} storage(s) in {report.seconds:.1f} s ({rate:.1f} MB/s)\n")
-    counts, repaired = report.counts(), report.repaired_counts()
-    found = [f"{counts[k]} {k}" + (f" ({repaired[k]} repaired)" if repair else "")
-             for k in KINDS if counts[k]]
-    if not found:
-        out.write("stor scrub: no problems found\n")
-        return
-    out.write(f"stor scrub: found {', '.join(found)}\n")
-    left = len(report.remaining())
-    if left == 0:
-        out.write("stor scrub: every problem was repaired\n")
-    else:
-        hint = "" if repair else " (--repair mends corrupt, missing-twin and stale-temp)"
-        out.write(f"stor scrub: {left} problem(s) remain{hint}\n")
+        found[a], found[b] = b, a
+    return found
