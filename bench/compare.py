@@ -207,6 +207,19 @@ def old_build(args: argparse.Namespace) -> StorBuild:
     return build
 
 
+def own_imports_env() -> dict[str, str]:
+    """The environment for both builds, without ``PYTHONPATH``.
+
+    Each build must import its own ``stor`` from its own venv; an inherited
+    ``PYTHONPATH`` would make both import the same tree and compare it with
+    itself.
+    """
+    env = dict(os.environ)
+    if env.pop("PYTHONPATH", None):
+        warn("PYTHONPATH is ignored: each build imports stor from its own venv")
+    return env
+
+
 def build_rows(args: argparse.Namespace, workdir: Path, servers: tuple[Server, Server],
                pairs: Sequence[tuple[Path, Path]]) -> list[Row]:
     """The selected rows, each set up now; a row whose setup fails is reported FAILED."""
@@ -253,8 +266,9 @@ def run(args: argparse.Namespace) -> None:
         if args.rounds < MIN_ROUNDS:
             warn(f"{args.rounds} rounds: fewer than {MIN_ROUNDS}, a quick look, not a judgement")
         pairs = make_storages(workdir / "storage")
-        both = (start_stor(servers, new, pairs, name="new"),
-                start_stor(servers, old, pairs, name="old"))
+        env = own_imports_env()
+        both = (start_stor(servers, new, pairs, name="new", env=env),
+                start_stor(servers, old, pairs, name="old", env=env))
         print("setting up (files, warm-up) ...", flush=True)
         rows = build_rows(args, workdir, both, pairs)
         run_rounds(rows, args.rounds, lambda line: print(line, flush=True))

@@ -293,11 +293,12 @@ def stor_config(pairs: Sequence[tuple[Path, Path]], port: int,
 
 def start_stor(servers: Servers, build: StorBuild, pairs: Sequence[tuple[Path, Path]],
                name: str | None = None, extra: dict[str, Any] | None = None,
-               workers: int | None = None) -> Server:
+               workers: int | None = None, env: dict[str, str] | None = None) -> Server:
     """Start ``build`` in the foreground (``twistd -n --pidfile= stor --config F``).
 
     The endpoint is given in the config's ``listen`` only (old builds may not
-    know ``--listen``).  ``workers`` adds ``--workers N``.
+    know ``--listen``).  ``workers`` adds ``--workers N``; ``env`` replaces
+    the inherited environment.
     """
     port = free_port()
     name = name or build.label
@@ -307,7 +308,7 @@ def start_stor(servers: Servers, build: StorBuild, pairs: Sequence[tuple[Path, P
     argv = [str(build.tool("twistd")), "-n", "--pidfile=", "stor", "--config", str(config_path)]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    server = servers.start(name, argv, port, "/status")
+    server = servers.start(name, argv, port, "/status", env)
     server.info["config"] = config_path
     return server
 

@@ -297,20 +297,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
-    """How busy a server process was while a measurement ran: CPU seconds / wall seconds.
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``stor --workers N`` serves from child processes)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as kids:
+                    todo += [int(child) for child in kids.read().split()]
+            except OSError:
+                continue
+    return found
 
-    100 % means one core flat out: the server, not the disk or the client, set the pace.
+
+class CpuMeter:
+    """How busy a server was while a measurement ran: CPU seconds / wall seconds.
+
+    Counts the process and its children (every thread of each).  100 % means
+    one core flat out: the server, not the disk or the client, set the pace.
     """
 
     def __init__(self, pid: int) -> None:
         """Start counting now."""
         self.pid = pid
-        self._cpu = cpu_seconds(pid)
+        self._start = {p: cpu_seconds(p) for p in process_tree(pid)}
 
     def percent(self, wall_seconds: float) -> float:
         """CPU used since the start, as a percentage of ``wall_seconds``."""
-        used = cpu_seconds(self.pid) - self._cpu
+        used = sum(cpu_seconds(p) - self._start.get(p, 0.0) for p in process_tree(self.pid))
         return 100.0 * used / wall_seconds if wall_seconds > 0 else 0.0
 
 
