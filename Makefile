@@ -18,7 +18,7 @@ LOCK_VENV ?= .venv-lock
 # runs as never needs to write it (and never logs "Unable to write to plugin cache").
 PLUGIN_CACHE := from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))
 
-.PHONY: install install-test run test bench lock clean
+.PHONY: install install-test run test bench bench-tools bench-compare lock clean
 
 install: $(STAMP)
 
@@ -57,11 +57,18 @@ run: install
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# GET is also measured against stor --workers 2 (small-GET throughput grows with cores).
-BENCH_ARGS ?= --workers 2
-
-bench: install
+# The benchmark tools, installed only when missing: wrk (many small GETs) and
+# nginx (the big-GET ceiling; run by the bench as its own child process).
+bench-tools:
 	@command -v wrk >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq wrk; }
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends nginx; }
+
+# stor next to its ceilings, 5 alternating rounds (bench/README.rst). The test
+# extra brings moto's server, the S3 of the write-through row. E.g.
+# BENCH_ARGS="--rss-upload 4GiB" or "--rows get4k,post4m --rounds 9".
+BENCH_ARGS ?=
+bench: $(TESTSTAMP) bench-tools
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Re-resolve every dependency (newest versions allowed by pyproject.toml) in a
@@ -73,6 +80,17 @@ lock:
 	$(LOCK_VENV)/bin/pip install --quiet '.[test]'
 	$(LOCK_VENV)/bin/python tools/lock.py --runtime constraints.txt --test constraints-test.txt
 	rm -rf $(LOCK_VENV) build
+
+# This tree against an older build: BASE=<git ref> (checked out into a reused
+# worktree with its own venv) or BASE_DIR=<checkout with its .venv>.
+BASE ?=
+BASE_DIR ?=
+COMPARE_ARGS ?=
+bench-compare: install bench-tools
+	@if [ -n "$(BASE_DIR)" ]; then base="--base-dir $(BASE_DIR)"; \
+	elif [ -n "$(BASE)" ]; then base="--base $(BASE)"; \
+	else echo "usage: make bench-compare BASE=<git ref> | BASE_DIR=<checkout with .venv>"; exit 2; fi; \
+	$(BIN)/python bench/compare.py $$base $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,435 @@
+"""The measurements the rows are made of, shared by ``run.py`` and ``compare.py``.
+
+Each ``*_measure`` function returns a callable that takes one measurement
+(one side of one round) and returns a :class:`~rounds.Measure`.  Every
+measurement checks what the server answered (status, and for uploads the
+stored bytes) outside the timed part: a fast wrong answer is not a result.
+Stored copies are deleted after each measurement so the disk holds the same
+amount of data from one round to the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ceilings import CHUNK, durable_two_replicas, sha256_pass, timed_durable_store
+from harness import (BenchError, Server, human_size, remove_quietly, s3_object_size,
+                     stor_relative_path)
+from load import (CpuMeter, RssSampler, get_discard, kib_to_mb, post_concurrently, post_file,
+                  read_status_kb, run_wrk, write_wrk_script)
+from rounds import Measure
+
+SMALL_GET_SIZE = 4096
+SMALL_GET_COUNT = 1000
+WARMUP_SECONDS = 2
+DRAIN_TIMEOUT = 120.0
+DRAIN_POLL = 0.002
+NO_MARKER_GRACE = 5.0
+
+Pairs = Sequence[tuple[Path, Path]]
+
+
+def sha256_path(path: Path) -> str:
+    """Hash a file in 1 MiB chunks, so big files never sit in memory."""
+    return sha256_pass(path)[1]
+
+
+def mb_per_s(size: int, seconds: float) -> float:
+    """Throughput in MB/s (10^6 bytes)."""
+    return size / seconds / 1e6 if seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------
+# files in stor's layout
+
+
+def place(pairs: Pairs, index: int, sha: str, data: bytes) -> None:
+    """Write ``data`` on both members of pair ``index % len(pairs)``, as stor stores it."""
+    for storage in pairs[index % len(pairs)]:
+        target = storage / stor_relative_path(sha)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def make_small_files(pairs: Pairs, webroot: Path | None,
+                     count: int = SMALL_GET_COUNT) -> tuple[list[str], bytes]:
+    """``count`` random 4 KiB files in stor's layout (alternating pairs), and flat in ``webroot``.
+
+    Returns the shas and the first file's bytes (to check one answer).
+    """
+    if webroot is not None:
+        webroot.mkdir(parents=True, exist_ok=True)
+    shas, first = [], b""
+    for index in range(count):
+        data = os.urandom(SMALL_GET_SIZE)
+        sha = hashlib.sha256(data).hexdigest()
+        place(pairs, index, sha, data)
+        if webroot is not None:
+            (webroot / f"{sha}.dat").write_bytes(data)
+        shas.append(sha)
+        first = first or data
+    return shas, first
+
+
+def make_big_file(pair: tuple[Path, Path], size: int) -> tuple[str, list[Path]]:
+    """``size`` random bytes stored on both members of ``pair``; (sha, the two paths).
+
+    Written in 1 MiB chunks so the bench never holds the file in memory; the
+    paths are fixed once the sha is known, so the chunks go to temp names first.
+    """
+    digest = hashlib.sha256()
+    temps = [storage / "big.tmp" for storage in pair]
+    handles = [temp.open("wb") for temp in temps]
+    try:
+        remaining = size
+        while remaining:
+            chunk = os.urandom(min(CHUNK, remaining))
+            digest.update(chunk)
+            for handle in handles:
+                handle.write(chunk)
+            remaining -= len(chunk)
+    finally:
+        for handle in handles:
+            handle.close()
+    sha = digest.hexdigest()
+    finals = []
+    for storage, temp in zip(pair, temps):
+        final = storage / stor_relative_path(sha)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp.rename(final)
+        finals.append(final)
+    return sha, finals
+
+
+# --------------------------------------------------------------------------
+# GET
+
+
+def check_get(server: Server, path: str, expected_sha: str, expected_size: int) -> None:
+    """One GET, hashed: the server sends the right bytes (once, before any timing)."""
+    result = get_discard(server.port, path, hash_body=True)
+    if result.status != 200 or result.size != expected_size or result.sha != expected_sha:
+        raise BenchError(f"{server.name}: GET {path} answered {result.status} with "
+                         f"{result.size} bytes hashing to {result.sha}; expected 200, "
+                         f"{expected_size} bytes, {expected_sha}\n{server.log_tail()}")
+
+
+@dataclass
+class WrkSettings:
+    """How wrk is run: the same for every server so the ratios compare like with like."""
+
+    wrk: str
+    seconds: float
+    connections: int
+    threads: int
+    script_dir: Path
+
+
+def wrk_measure(server: Server, urls: Sequence[str], settings: WrkSettings
+                ) -> Callable[[], Measure]:
+    """GET req/s over ``urls`` with wrk; a warm-up run (discarded) happens now, once."""
+    script = write_wrk_script(settings.script_dir / f"get-{server.port}.lua", urls)
+    threads = min(settings.threads, settings.connections)
+    run_wrk(settings.wrk, server.base_url, script, WARMUP_SECONDS, settings.connections, threads)
+
+    def measure() -> Measure:
+        server.check_alive()
+        cpu = CpuMeter(server.pid)
+        result = run_wrk(settings.wrk, server.base_url, script, settings.seconds,
+                         settings.connections, threads)
+        busy = cpu.percent(result.seconds)
+        return Measure(result.rps, f"{server.name} p50 {result.p50_ms:.1f} ms "
+                                   f"p99 {result.p99_ms:.1f} ms cpu {busy:.0f}%")
+
+    return measure
+
+
+def big_get_measure(server: Server, path: str, size: int, repeat: int
+                    ) -> Callable[[], Measure]:
+    """MB/s of ``repeat`` back-to-back GETs of one big file, read and discarded."""
+    def measure() -> Measure:
+        server.check_alive()
+        seconds = 0.0
+        cpu = CpuMeter(server.pid)
+        for _ in range(repeat):
+            result = get_discard(server.port, path)
+            if result.status != 200 or result.size != size:
+                raise BenchError(f"{server.name}: GET {path} answered {result.status} "
+                                 f"with {result.size} of {size} bytes\n{server.log_tail()}")
+            seconds += result.seconds
+        return Measure(mb_per_s(size * repeat, seconds),
+                       f"{server.name} cpu {cpu.percent(seconds):.0f}%")
+
+    return measure
+
+
+def big_get_ceiling(nginx: Server, path: str, file: Path, size: int, repeat: int
+                    ) -> Callable[[], Measure]:
+    """The slower of nginx ``sendfile`` and one core's sha256 over the same cached file."""
+    nginx_measure = big_get_measure(nginx, path, size, repeat)
+
+    def measure() -> Measure:
+        served = nginx_measure().value
+        hashed = mb_per_s(size * repeat, sum(sha256_pass(file)[0] for _ in range(repeat)))
+        return Measure(min(served, hashed),
+                       f"nginx {served:,.0f} MB/s, sha256 {hashed:,.0f} MB/s")
+
+    return measure
+
+
+# --------------------------------------------------------------------------
+# POST of one file at a time
+
+
+class PostSource:
+    """A file to upload again and again, with a new SHA each time.
+
+    Each :meth:`next_sha` overwrites the first 32 bytes with fresh random ones
+    and hashes the file again (outside any timing), so every upload is a new
+    file to stor (a 201, never a 200 duplicate) while the body stays in the
+    page cache, as the ceiling assumes.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        """Create ``size`` random bytes at ``path``."""
+        self.path = path
+        self.size = size
+        with path.open("wb") as handle:
+            remaining = size
+            while remaining:
+                chunk = os.urandom(min(CHUNK, remaining))
+                handle.write(chunk)
+                remaining -= len(chunk)
+
+    def next_sha(self) -> str:
+        """Make the file a new one and return its sha256."""
+        with self.path.open("r+b") as handle:
+            handle.write(os.urandom(min(32, self.size)))
+        return sha256_path(self.path)
+
+
+def verify_stored(result_paths: Sequence[str], size: int, sha: str) -> None:
+    """stor's 201 names two distinct absolute paths holding exactly the body."""
+    if len(result_paths) != 2 or len(set(result_paths)) != 2:
+        raise BenchError(f"a 201 must name two paths, got {list(result_paths)}")
+    for stored in map(Path, result_paths):
+        if not stored.is_absolute() or not stored.exists():
+            raise BenchError(f"stor answered {stored}, which is not an existing absolute path")
+        if stored.stat().st_size != size or sha256_path(stored) != sha:
+            raise BenchError(f"{stored} does not hold the {size} bytes hashing to {sha}")
+
+
+@dataclass
+class PostStats:
+    """What the uploads of a row saw besides their speed."""
+
+    rss_peak_kb: int = 0
+    drains: list[float] = field(default_factory=list)
+
+
+def upload_one(server: Server, source: PostSource, sha: str
+               ) -> tuple[float, list[str], float]:
+    """POST the source once; check the 201 and the stored bytes.
+
+    Returns the seconds the request took, the two stored paths and the
+    ``time.perf_counter()`` at which the answer had arrived.
+    """
+    result = post_file(server.port, sha, source.path)
+    if result.status != 201:
+        raise BenchError(f"{server.name} answered HTTP {result.status} to a "
+                         f"{human_size(source.size)} upload (expected 201): "
+                         f"{result.body[:300]!r}\n{server.log_tail()}")
+    paths = result.stored_paths()
+    verify_stored(paths, source.size, sha)
+    return result.seconds, paths, result.finished_at
+
+
+def stor_post_measure(server: Server, source: PostSource, count: int,
+                      stats: PostStats | None = None,
+                      after_each: Callable[[str, list[str], float], float] | None = None,
+                      ) -> Callable[[], Measure]:
+    """MB/s of ``count`` sequential uploads of ``source`` (each a new SHA) to ``server``.
+
+    The clock runs only while a request is in flight; checking the stored
+    bytes, deleting them and ``after_each`` (the write-through row waits for
+    the outbox there) happen between requests, off the clock.  With ``stats``
+    stor's RSS is sampled during the uploads.
+    """
+    def measure() -> Measure:
+        server.check_alive()
+        os.sync()
+        seconds, stored, waits = 0.0, [], []
+        cpu = CpuMeter(server.pid)
+        sampler = RssSampler(server.pid) if stats is not None else None
+        if sampler is not None:
+            sampler.start()
+        try:
+            for _ in range(count):
+                sha = source.next_sha()
+                took, paths, answered_at = upload_one(server, source, sha)
+                seconds += took
+                stored += paths
+                if after_each is not None:
+                    waits.append(after_each(sha, paths, answered_at))
+        finally:
+            if sampler is not None:
+                sampler.stop()
+            remove_quietly(stored)
+        if stats is not None and sampler is not None:
+            stats.rss_peak_kb = max(stats.rss_peak_kb, sampler.peak_kb)
+            stats.drains += waits
+        detail = "" if after_each is not None else f"{server.name} cpu {cpu.percent(seconds):.0f}%"
+        return Measure(mb_per_s(source.size * count, seconds), detail)
+
+    return measure
+
+
+def ceiling_post_measure(source: PostSource, count: int, storages: tuple[Path, Path]
+                         ) -> Callable[[], Measure]:
+    """MB/s of ``count`` durable two-replica stores of ``source`` done in this process."""
+    def measure() -> Measure:
+        os.sync()
+        seconds, stored = 0.0, []
+        try:
+            for _ in range(count):
+                sha = source.next_sha()
+                took, finals = timed_durable_store(sha, source.path, storages)
+                seconds += took
+                stored += finals
+        finally:
+            remove_quietly(stored)
+        return Measure(mb_per_s(source.size * count, seconds))
+
+    return measure
+
+
+# --------------------------------------------------------------------------
+# many small POSTs
+
+
+def random_uploads(size: int, count: int) -> list[tuple[str, bytes]]:
+    """``count`` fresh random bodies of ``size`` bytes with their shas."""
+    uploads = []
+    for _ in range(count):
+        body = os.urandom(size)
+        uploads.append((hashlib.sha256(body).hexdigest(), body))
+    return uploads
+
+
+def small_posts_measure(server: Server, size: int, count: int, clients: int
+                        ) -> Callable[[], Measure]:
+    """files/s of ``count`` new small files uploaded by ``clients`` concurrent clients."""
+    def measure() -> Measure:
+        server.check_alive()
+        uploads = random_uploads(size, count)
+        os.sync()
+        cpu = CpuMeter(server.pid)
+        seconds, results = post_concurrently(server.port, uploads, clients)
+        stored = [path for result in results for path in result.stored_paths()]
+        remove_quietly(stored)
+        bad = [r for r in results if r.status != 201]
+        if bad or len(results) != count:
+            sample = bad[0] if bad else None
+            raise BenchError(
+                f"{server.name}: {len(bad)} of {count} small uploads were not answered 201"
+                + (f" (e.g. {sample.status}: {sample.body[:200]!r})" if sample else "")
+                + f"\n{server.log_tail()}")
+        latencies = sorted(r.seconds for r in results)
+        return Measure(count / seconds,
+                       f"{server.name} p50 {latencies[len(latencies) // 2] * 1000:.1f} ms "
+                       f"cpu {cpu.percent(seconds):.0f}%")
+
+    return measure
+
+
+def small_ceiling_measure(size: int, count: int, storages: tuple[Path, Path]
+                          ) -> Callable[[], Measure]:
+    """files/s of the durable two-replica protocol for ``count`` small files, one Python loop."""
+    def measure() -> Measure:
+        uploads = random_uploads(size, count)
+        os.sync()
+        stored: list[Path] = []
+        started = time.perf_counter()
+        try:
+            for sha, body in uploads:
+                stored += durable_two_replicas(sha, (body,), storages)
+            seconds = time.perf_counter() - started
+        finally:
+            remove_quietly(stored)
+        return Measure(count / seconds)
+
+    return measure
+
+
+# --------------------------------------------------------------------------
+# S3 write-through
+
+
+def outbox_drain_waiter(moto: Server, bucket: str, size: int
+                        ) -> Callable[[str, list[str], float], float]:
+    """Wait until a stored file has left the outbox; return seconds since its 201.
+
+    Drained means: the outbox marker ``<storage>/.stor-outbox/<sha>`` is gone
+    from both storages of the pair *and* the bucket answers HEAD on the key
+    ``aa/bb/cc/<sha>`` with the file's size.  Each upload waits for its own
+    drain before the next one starts, so moto (which runs on this machine; a
+    real S3 would not) does not take the CPU from the next measured POST.
+    """
+    def wait(sha: str, paths: list[str], answered_at: float) -> float:
+        markers = [Path(path).parents[3] / ".stor-outbox" / sha.lower() for path in paths]
+        key = f"{sha[0:2]}/{sha[2:4]}/{sha[4:6]}/{sha}".lower()
+        deadline = answered_at + DRAIN_TIMEOUT
+        if not any(marker.exists() for marker in markers):
+            # Drained already, or never recorded: the bucket tells which, quickly.
+            deadline = min(deadline, time.perf_counter() + NO_MARKER_GRACE)
+        while any(marker.exists() for marker in markers):
+            if time.perf_counter() > deadline:
+                raise BenchError(f"the outbox kept {sha} for {DRAIN_TIMEOUT:.0f}s")
+            time.sleep(DRAIN_POLL)
+        while s3_object_size(moto, bucket, key) != size:
+            if time.perf_counter() > deadline:
+                raise BenchError(
+                    f"{key} is not in the bucket {time.perf_counter() - answered_at:.0f}s after "
+                    "the 201 and no outbox marker is left: is the write-through wired in "
+                    "this build?")
+            time.sleep(DRAIN_POLL * 5)
+        return time.perf_counter() - answered_at
+
+    return wait
+
+
+# --------------------------------------------------------------------------
+# memory
+
+
+def rss_upload(server: Server, source: PostSource) -> tuple[float, int, int]:
+    """Upload ``source`` once to a fresh stor: (seconds, sampled peak kB, VmHWM kB)."""
+    sha = source.next_sha()
+    os.sync()
+    sampler = RssSampler(server.pid)
+    sampler.start()
+    try:
+        result = post_file(server.port, sha, source.path)
+    finally:
+        sampler.stop()
+    hwm = read_status_kb(server.pid, "VmHWM") or 0
+    if result.status != 201:
+        raise BenchError(f"{server.name} answered HTTP {result.status} to the "
+                         f"{human_size(source.size)} upload: {result.body[:300]!r}\n"
+                         f"{server.log_tail()}")
+    paths = result.stored_paths()
+    try:
+        verify_stored(paths, source.size, sha)
+    finally:
+        remove_quietly(paths)
+    return result.seconds, sampler.peak_kb, hwm
+
+
+def fmt_mb(kib: int) -> str:
+    """kB from /proc as decimal MB."""
+    return f"{kib_to_mb(kib):,.0f} MB"
