@@ -309,7 +309,7 @@ def test_a_file_output_is_reopened_after_sigusr1_and_sighup_still_stops(stor_pro
     assert "SIGUSR1: reopening 1 log files" in (tmp_path / "stor.log.1").read_text() + path.read_text()
 
     stor.popen.send_signal(signal.SIGHUP)  # the old service's tests stop it so
-    assert stor.popen.wait(30) == -signal.SIGHUP
+    assert stor.popen.wait(30) == 0  # a graceful stop, as SIGTERM
 
 
 def test_sigusr1_does_not_kill_stor_without_a_file_output(stor_process) -> None:

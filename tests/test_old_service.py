@@ -84,7 +84,8 @@ def test_the_old_services_upload_download_test_passes(old_test_stor) -> None:
     assert tx.status == 404, "zero hash not found"
 
     os.killpg(proc.popen.pid, signal.SIGHUP)  # kill 'HUP', -$pid
-    assert proc.popen.wait(30) == 0, proc.describe()
+    assert proc.popen.wait(30) == 0, proc.describe()  # a graceful stop
+    assert "config warning" not in proc.out + proc.err, proc.describe()  # the file is fine
 
 
 def test_error_bodies_are_the_old_services_byte_for_byte(old_test_stor) -> None:

@@ -3,7 +3,6 @@ processes, each killed at the end of its test whatever happens."""
 
 import base64
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -310,42 +309,6 @@ def test_stor_serve_runs_the_daemon(spawn, write_config) -> None:
     proc = spawn([STOR, "serve", "--config", path])
     wait_serving(proc, port)
     stop(proc)
-
-
-def test_the_old_services_test_config_runs_as_the_old_test_ran_it(spawn, storages, tmp_path) -> None:
-    # t/01_upload_download.t: encode_json of this hash in a temp file named by CONFIG_FILE,
-    # the port on the command line, stopped with HUP
-    config = {
-        "storage_pairs": storages,
-        "secret": "test secret",
-        "basic_auth": "user:pass",
-        "s3_credentials": {"access_key": "some_key", "secret_key": "another_key", "host": "host"},
-        "s3_enabled": 0,
-        "log": [],
-    }
-    path = tmp_path / "cfg.json"
-    path.write_text(json.dumps(config, separators=(",", ":")))
-    port = free_port()
-    proc = spawn([TWISTD, "-n", "--pidfile=", "stor", "--listen", f"tcp:{port}:interface=127.0.0.1"],
-                 env=base_env() | {"CONFIG_FILE": str(path)})
-    wait_for(lambda: status(port) is not None, "stor to answer", proc)
-    content = b"Content!0.123456789"
-    sha = hashlib.sha256(content).hexdigest()
-    assert post(port, sha, content) == 401  # basic authorization
-    assert post(port, sha, content, "user:pass") == 201  # file created
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", f"/{sha}")
-    answer = conn.getresponse()
-    assert answer.read() == content
-    assert re.fullmatch(r"\w+, \d+ \w+ \d+ \d+:\d+:\d+ GMT", answer.getheader("Last-Modified", ""))
-    conn.close()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/" + "0" * 64)
-    assert conn.getresponse().status == 404
-    conn.close()
-    proc.popen.send_signal(signal.SIGHUP)
-    proc.popen.wait(30)
-    assert "config:" not in proc.out and proc.err == "", proc.describe()  # no warning either
 
 
 def post(port: int, sha: str, body: bytes, credentials: str | None = None) -> int:

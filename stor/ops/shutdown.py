@@ -35,7 +35,8 @@ log = Logger()
 DRAIN_TICK = 0.05
 """How often, while stopping, idle connections are closed and the end is checked."""
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""SIGHUP too: the old service's tests stopped it with HUP (docs/SPEC.md §8)."""
 
 
 class GracefulStop:
