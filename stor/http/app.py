@@ -7,6 +7,7 @@ policy.  Every error a client can see becomes its answer in one place
 (:func:`stor.http.answers.error_answer`, applied by :meth:`StorApp.answer`).
 """
 
+import functools
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -48,6 +49,12 @@ def _body(request: IRequest, data: bytes, content_type: bytes = TEXT) -> bytes:
     return data
 
 
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> bytes:
+    """An mtime as an HTTP date (files are read many times, their dates formatted once)."""
+    return datetimeToString(seconds)
+
+
 def _wants_json(request: IRequest) -> bool:
     accept = request.getHeader(b"accept") or b""
     return b"application/json" in accept.lower()
@@ -59,7 +66,7 @@ def _content_headers(request: IRequest, sha: str, reading: Reading) -> None:
     request.setResponseCode(part.status)
     modified = reading.last_modified
     request.setHeader(b"last-modified", modified if isinstance(modified, bytes)
-                      else datetimeToString(modified))
+                      else _http_date(int(modified)))
     request.setHeader(b"etag", etag(sha))
     request.setHeader(b"accept-ranges", b"bytes")
     request.setHeader(b"cache-control", IMMUTABLE)

@@ -58,8 +58,12 @@ class StorChannel(http.HTTPChannel):
     _header_bytes = 0
     _started = False  # any byte of the current request seen
 
+    peer_name = "-"
+    """The client's address as the access log shows it (read once a connection)."""
+
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.peer_name = describe_peer(self.transport.getPeer())
         self._arm_deadline()
 
     def dataReceived(self, data: bytes) -> None:
@@ -185,3 +189,14 @@ class BodyProducer:
 
     def stopProducing(self) -> None:
         pass
+
+
+def describe_peer(address: Any) -> str:
+    """An address as the access log shows it: the host, or a unix socket's path."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        return str(host)
+    name = getattr(address, "name", None)
+    if name is not None:
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return "-"

@@ -36,6 +36,8 @@ class StorRequest(server.Request):
     _body: BodyProducer | None = None
     _body_started = False
     _answered_early = False
+    site_ended: Any = None
+    """The site's accounting, told when this request is answered or lost."""
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # stays empty: form parsing finds nothing to parse
@@ -97,10 +99,17 @@ class StorRequest(server.Request):
             return  # answered before the body; the body was not wanted
         super().process()
 
+    def finish(self) -> None:
+        super().finish()
+        if self.site_ended is not None:
+            self.site_ended(self, True)
+
     def connectionLost(self, reason: Failure) -> None:
         if self.upload is not None and not self.finished:
             self.upload.abort()
         super().connectionLost(reason)
+        if self.site_ended is not None:
+            self.site_ended(self, False)
 
     def cut(self) -> None:
         """End the answer by closing the connection: a short body must never pass

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web import server
 
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.sha import sha_of_path
 from stor.http.access import emit_access
-from stor.http.channel import StorChannel, request_line
+from stor.http.channel import StorChannel, describe_peer, request_line
 from stor.http.request import StorRequest
 from stor.store.store import Store
 
@@ -90,40 +89,43 @@ class StorSite(server.Site):
         self.metrics.incr(f"error.request.{reason}.count")
         if self.observer is not None:
             self.observer.request_rejected(reason)
-        peer = _peer(transport.getPeer()) if transport is not None else "-"
+        peer = describe_peer(transport.getPeer()) if transport is not None else "-"
         log.info("refused a request from {peer}: {reason}", peer=peer, reason=reason)
 
     def _begin(self, channel: Any, *args: Any) -> server.Request:
         request = self.requestFactory(channel, *args)
-        peer = channel.transport.getPeer() if channel.transport is not None else None
-        self.in_flight[request] = _Begun(time.monotonic(), channel, _peer(peer))
+        self.in_flight[request] = _Begun(time.monotonic(), channel, channel.peer_name)
         request.responseHeaders.setRawHeaders(b"stor-worker", self._worker)
+        request.site_ended = self.ended  # told by the request itself: no Deferred a request
         if self.observer is not None:
             self.observer.request_started()
-        request.notifyFinish().addBoth(self._end, request)
         return request
 
-    def _end(self, result: object, request: server.Request) -> None:
+    def ended(self, request: server.Request, completed: bool) -> None:
+        """``request`` is answered (or its connection lost): account for it once."""
         begun = self.in_flight.pop(request, None)
         if begun is None:
             return
         seconds = time.monotonic() - begun.started
-        completed = not isinstance(result, Failure) and not getattr(request, "abandoned", False)
+        completed = completed and not getattr(request, "abandoned", False)
         method, path = request.method, request.path
         if path is None:  # ended before the body was in: the channel knows the request line
             line = request_line(begun.channel)
             method, path = (line[0], line[1].split(b"?", 1)[0]) if line else (b"-", b"-")
-        method_s = method.decode("latin-1") if isinstance(method, bytes) else str(method)
         status = request.code if completed or request.startedWriting else LOST
         upload = getattr(request, "upload", None)
-        received = upload.received if upload is not None else 0
-        agent = request.requestHeaders.getRawHeaders(b"user-agent", [b""])[0]
-        emit_access(method=method_s, path=path.decode("latin-1"), sha=sha_of_path(path),
-                    status=status, bytes_sent=request.sentLength, bytes_received=received,
-                    duration_ms=round(seconds * 1000, 3), peer=begun.peer,
-                    user_agent=agent.decode("latin-1"), completed=completed)
+        agent = request.requestHeaders.getRawHeaders(b"user-agent")
+        self.account(method.decode("latin-1") if isinstance(method, bytes) else str(method),
+                     path, status, request.sentLength, upload.received if upload else 0,
+                     seconds, begun.peer, agent[0] if agent else b"", completed)
+
+    def account(self, method: str, path: bytes, status: int, sent: int, received: int,
+                seconds: float, peer: str, agent: bytes, completed: bool) -> None:
+        """The access event and the observer's figures of one request."""
+        emit_access(method, path.decode("latin-1"), sha_of_path(path), status, sent, received,
+                    round(seconds * 1000, 3), peer, agent.decode("latin-1"), completed)
         if self.observer is not None:
-            self.observer.request_ended(method_s, status, request.sentLength, received, seconds)
+            self.observer.request_ended(method, status, sent, received, seconds)
 
     def close_idle(self) -> int:
         """Stop keeping connections alive; close those with no request in flight.
@@ -159,12 +161,3 @@ class StorSite(server.Site):
         return [c for c in list(self.connections)
                 if c.transport is not None and not getattr(c.transport, "disconnected", False)]
 
-
-def _peer(address: Any) -> str:
-    host = getattr(address, "host", None)
-    if host is not None:
-        return str(host)
-    name = getattr(address, "name", None)
-    if name is not None:
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    return "-"

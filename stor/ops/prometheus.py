@@ -39,9 +39,11 @@ What an operator graphs and alerts on:
 With ``--workers N`` every worker writes its counters to files in the
 directory named by ``PROMETHEUS_MULTIPROC_DIR`` (the parent sets it up) and
 whichever worker answers ``/metrics`` reports the sum over all of them
-(prometheus-client's multiprocess mode).  Values kept by other objects (cache
-statistics, the AMQP publisher's state) are copied into metrics every second
-and at each scrape.  The scrape's disk work (``statvfs``, reading the
+(prometheus-client's multiprocess mode).  Request counts and values kept by
+other objects (cache statistics, the AMQP publisher's state) are copied into
+the metrics every second and at each scrape, so a request does not pay for
+metric locks: the answering worker's figures are current, its siblings' at
+most a second old.  The scrape's disk work (``statvfs``, reading the
 multiprocess files) runs in the store's thread pool, never on the reactor.
 """
 
@@ -107,6 +109,10 @@ class _Storages:
         yield info
 
 
+_IGNORED = object()
+"""A statsite key with no Prometheus counterpart."""
+
+
 class StatsdMirror:
     """The statsite events an operator also wants in Prometheus, as counters.
 
@@ -126,6 +132,7 @@ class StatsdMirror:
                 "error.post.unknown.count": "failed"}
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
+        self._counts: dict[str, Any] = {}
         self.uploads = Counter("stor_uploads", "Uploads answered, by outcome.", ["outcome"],
                                registry=registry)
         self.storage_errors = Counter("stor_storage_errors",
@@ -145,23 +152,32 @@ class StatsdMirror:
         self.deletes = Counter("stor_deletes", "Files removed by DELETE.", registry=registry)
 
     def incr(self, key: str, value: int = 1) -> None:
+        count = self._counts.get(key)
+        if count is None:
+            count = self._counts[key] = self._counter_for(key)
+        if count is not _IGNORED:
+            count.inc(value)
+
+    def _counter_for(self, key: str) -> Any:
+        """The counter a statsite key feeds (looked up once a key), or :data:`_IGNORED`."""
         outcome = self._UPLOADS.get(key)
         if outcome is not None:
-            self.uploads.labels(outcome).inc(value)
-        elif key.startswith("error.storage.") and key.endswith(".count"):
-            self.storage_errors.labels(key[len("error.storage."):-len(".count")]).inc(value)
-        elif key == "error.get.corrupt_replica.count":
-            self.corrupt.inc(value)
-        elif key.startswith("repair.") and key.endswith(".count"):
-            self.repairs.labels(key[len("repair."):-len(".count")]).inc(value)
-        elif key == "error.get.hcp_error.count":
-            self.s3_errors.inc(value)
-        elif key == "error.get.hcp_bad_sha.count":
-            self.s3_bad.inc(value)
-        elif key.startswith("s3.put."):
-            self.s3_puts.labels(key[len("s3.put."):]).inc(value)
-        elif key == "success.delete.count":
-            self.deletes.inc(value)
+            return self.uploads.labels(outcome)
+        if key.startswith("error.storage.") and key.endswith(".count"):
+            return self.storage_errors.labels(key[len("error.storage."):-len(".count")])
+        if key == "error.get.corrupt_replica.count":
+            return self.corrupt
+        if key.startswith("repair.") and key.endswith(".count"):
+            return self.repairs.labels(key[len("repair."):-len(".count")])
+        if key == "error.get.hcp_error.count":
+            return self.s3_errors
+        if key == "error.get.hcp_bad_sha.count":
+            return self.s3_bad
+        if key.startswith("s3.put."):
+            return self.s3_puts.labels(key[len("s3.put."):])
+        if key == "success.delete.count":
+            return self.deletes
+        return _IGNORED
 
     def timing(self, key: str, ms: float) -> None:
         pass
@@ -244,29 +260,44 @@ class Exporter:
         self._storages = _Storages()
         self.registry.register(self._storages)  # type: ignore[arg-type]
         self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
+        self._tallies: dict[tuple[str, int], list[int]] = {}
+        self._started = self._ended = 0
         self._seen: dict[str, int] = {}
 
     # -- per request (called by StorSite when a request ends) -----------------
 
     def request_started(self) -> None:
-        self.in_flight.inc()
+        self._started += 1
 
     def request_ended(self, method: str, status: int, sent: int, received: int,
                       seconds: float) -> None:
-        children = self._children.get((method, status))
-        if children is None:
+        """Tallied in plain integers (a request must not pay for locks and label
+        lookups); :meth:`sync` moves them into the metrics every second and
+        before each scrape.  Only the latency histogram is fed at once."""
+        tally = self._tallies.get((method, status))
+        if tally is None:
             label = method if method in METHODS else "other"
-            children = (self.requests.labels(label, str(status)), self.sent.labels(label),
-                        self.received.labels(label), self.duration.labels(label))
-            self._children[(method, status)] = children
-        count, sent_c, received_c, duration = children
-        count.inc()
-        if sent:
-            sent_c.inc(sent)
-        if received:
-            received_c.inc(received)
-        duration.observe(seconds)
-        self.in_flight.dec()
+            tally = self._tallies[(method, status)] = [0, 0, 0]
+            self._children[(method, status)] = (
+                self.requests.labels(label, str(status)), self.sent.labels(label),
+                self.received.labels(label), self.duration.labels(label))
+        tally[0] += 1
+        tally[1] += sent
+        tally[2] += received
+        self._children[(method, status)][3].observe(seconds)
+        self._ended += 1
+
+    def _sync_requests(self) -> None:
+        for key, tally in self._tallies.items():
+            if tally[0]:
+                count, sent, received, _ = self._children[key]
+                count.inc(tally[0])
+                if tally[1]:
+                    sent.inc(tally[1])
+                if tally[2]:
+                    received.inc(tally[2])
+                tally[0] = tally[1] = tally[2] = 0
+        self.in_flight.set(self._started - self._ended)
 
     def request_rejected(self, reason: str) -> None:
         self.rejected.labels(reason).inc()
@@ -274,7 +305,9 @@ class Exporter:
     # -- values other objects keep --------------------------------------------
 
     def sync(self) -> None:
-        """Copy the cache's and the publisher's state into metrics (reactor thread)."""
+        """Copy request tallies, the cache's and the publisher's state into metrics
+        (reactor thread)."""
+        self._sync_requests()
         if self._cache_stats is not None:
             stats = self._cache_stats()
             self._advance(self.cache_hits.labels("lru"), "lru", stats.lru_hits)

@@ -155,6 +155,7 @@ class LocalStore:
         self.pairs = tuple(pairs)
         self.storages = tuple(s for pair in self.pairs for s in pair)
         self._twins = {a: b for pair in self.pairs for a, b in (pair, pair[::-1])}
+        self._servers = {s: layout.server_name(s) for s in self.storages}
         self._pool = pool
         self._writable = writable_regex
         self._threshold = balance_threshold
@@ -169,6 +170,10 @@ class LocalStore:
     def twin(self, storage: str) -> str:
         """The other member of ``storage``'s pair."""
         return self._twins[storage]
+
+    def server_name(self, storage: str) -> str:
+        """``storage`` as a metric key segment (computed once)."""
+        return self._servers.get(storage) or layout.server_name(storage)
 
     def pair_of(self, storage: str) -> Pair:
         """The pair ``storage`` belongs to, in configuration order."""

@@ -240,7 +240,7 @@ class Store:
             hit.close()
             raise
         body = self._body(hit, sha, part, selection.head)
-        server = layout.server_name(hit.storage)
+        server = self.local.server_name(hit.storage)
 
         def ended(result: "None | Failure") -> None:
             if result is None:
@@ -427,7 +427,7 @@ class Store:
         return removed, failures
 
     def _member_failed(self, storage: str, why: str) -> None:
-        self._metrics.incr(f"error.storage.{layout.server_name(storage)}.count")
+        self._metrics.incr(f"error.storage.{self.local.server_name(storage)}.count")
         log.warn("storage {storage} failed: {error}", storage=storage, error=why)
 
     # -- health -----------------------------------------------------------
