@@ -7,7 +7,6 @@ policy.  Every error a client can see becomes its answer in one place
 (:func:`stor.http.answers.error_answer`, applied by :meth:`StorApp.answer`).
 """
 
-import functools
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -16,7 +15,6 @@ from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -30,6 +28,7 @@ from stor.core.sha import parse_sha, sha_of_path
 from stor.http.answers import TEXT, Answer, error_answer, reason_header
 from stor.http.auth import authorized, user_of
 from stor.http.channel import is_gone
+from stor.http.dates import http_date
 from stor.http.handshake import Accepted, Refused, segment_of
 from stor.store.spool import Duplicate, Stored, UploadResult
 from stor.store.store import Reading, Store
@@ -49,12 +48,6 @@ def _body(request: IRequest, data: bytes, content_type: bytes = TEXT) -> bytes:
     return data
 
 
-@functools.lru_cache(maxsize=4096)
-def _http_date(seconds: int) -> bytes:
-    """An mtime as an HTTP date (files are read many times, their dates formatted once)."""
-    return datetimeToString(seconds)
-
-
 def _wants_json(request: IRequest) -> bool:
     accept = request.getHeader(b"accept") or b""
     return b"application/json" in accept.lower()
@@ -66,7 +59,7 @@ def _content_headers(request: IRequest, sha: str, reading: Reading) -> None:
     request.setResponseCode(part.status)
     modified = reading.last_modified
     request.setHeader(b"last-modified", modified if isinstance(modified, bytes)
-                      else _http_date(int(modified)))
+                      else http_date(int(modified)))
     request.setHeader(b"etag", etag(sha))
     request.setHeader(b"accept-ranges", b"bytes")
     request.setHeader(b"cache-control", IMMUTABLE)

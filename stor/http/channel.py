@@ -66,9 +66,25 @@ class StorChannel(http.HTTPChannel):
         self.peer_name = describe_peer(self.transport.getPeer())
         self._arm_deadline()
 
+    fast_lane: Any = None
+    """Offered each read that starts a request (:mod:`stor.http.fastlane`)."""
+
+    _receiving = False
+
     def dataReceived(self, data: bytes) -> None:
+        # Only a read from the network, between requests, can be a whole request on
+        # its own; twisted also calls this with pipelined bytes it had held back.
+        if (self._awaiting_line and not self._started and not self._receiving
+                and self.fast_lane is not None and self.fast_lane(self, data)):
+            self.resetTimeout()
+            self._arm_deadline()  # the next request's headers are due from now
+            return
         self._started = True
-        super().dataReceived(data)
+        receiving, self._receiving = self._receiving, True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving = receiving
 
     def lineReceived(self, line: bytes) -> None:
         if self._awaiting_line:

@@ -72,11 +72,16 @@ class StorSite(server.Site):
         """Requests begun (request line received) and not yet ended."""
         self.connections: "weakref.WeakSet[StorChannel]" = weakref.WeakSet()
         self.closing = False
-        self._worker = [b"%d" % os.getpid()]
+        self.worker = b"%d" % os.getpid()
+        """This process's pid, as every answer's ``Stor-Worker`` header says."""
+        self._worker = [self.worker]
+        self.fast_lane: Any = None
+        """Called with each connection's reads first (:mod:`stor.http.fastlane`)."""
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.header_timeout = self.header_timeout
+        channel.fast_lane = self.fast_lane
         channel.requestFactory = self._begin
         self.connections.add(channel)
         return channel
@@ -100,6 +105,11 @@ class StorSite(server.Site):
         if self.observer is not None:
             self.observer.request_started()
         return request
+
+    def started(self) -> None:
+        """A request begins that the fast lane answers at once."""
+        if self.observer is not None:
+            self.observer.request_started()
 
     def ended(self, request: server.Request, completed: bool) -> None:
         """``request`` is answered (or its connection lost): account for it once."""

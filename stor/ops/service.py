@@ -33,6 +33,7 @@ from stor.core.metrics import Tee
 from stor.fs.locks import ShaLocks, Tombstones, default_lock_dir
 from stor.fs.temps import sweep_temp_dir
 from stor.http.app import StorApp
+from stor.http.fastlane import FastLane
 from stor.http.site import StorSite
 from stor.config import Config, load_config
 from stor.config.problems import EXIT_CONFIG, NO_CONFIG_FILE, report_lines
@@ -41,7 +42,7 @@ from stor.core.errors import ConfigError
 from stor.peers.cache import build_cache
 from stor.peers.statsd import build_metrics
 from stor.peers.amqp import AmqpPublisher, build_publisher
-from stor.peers.s3 import build_s3, s3_client
+from stor.peers.s3 import NoS3, build_s3, s3_client
 from stor.peers.s3put import S3Writer
 from stor.fs.diskpool import DiskPool
 from stor.store.local import LocalStore
@@ -171,8 +172,9 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     corrupt: list[Callable[[str], object]] = []
     outbox = build_outbox(config, reactor, pool.run, metrics,
                           on_corrupt=lambda path: corrupt[0](path))
+    s3 = build_s3(config, reactor, metrics)
     store = Store(local, locks, metrics=metrics, cache=cache,
-                  s3=build_s3(config, reactor, metrics),
+                  s3=None if isinstance(s3, NoS3) else s3,
                   s3_first=config.s3 is None or config.s3.read != "fallback",
                   publisher=publisher, max_upload_size=config.max_upload_size, outbox=outbox,
                   s3_objects=_s3_objects(config, reactor, pool.run),
@@ -188,6 +190,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
     sites.append(site)
+    site.fast_lane = FastLane(app, site)
     site.displayTracebacks = False
     site.noisy = False  # no "Starting factory <StorSite object at 0x…>" lines
     temp_sweeper(local, store.tombstones, config.cleanup_tempdir_period).setServiceParent(services)

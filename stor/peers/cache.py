@@ -85,6 +85,9 @@ class LookupCache(Protocol):
     def get(self, sha: str) -> "Deferred[str | None]":
         """The cached path of ``sha``, or None; never fails."""
 
+    def peek(self, sha: str) -> str | None:
+        """The path this process itself remembers (no round trip), or None."""
+
     def put(self, sha: str, path: str) -> None:
         """Remember that ``sha`` was found at ``path``."""
 
@@ -142,6 +145,13 @@ class LocalCache(Service):
             self._counts["lru_hits"] += 1
             return succeed(path)
         return self._get_remote(sha)
+
+    def peek(self, sha: str) -> str | None:
+        """The path this process remembers for ``sha``, without asking memcached."""
+        path = self._lru.get(sha)
+        if path is not None:
+            self._counts["lru_hits"] += 1
+        return path
 
     def put(self, sha: str, path: str) -> None:
         self._lru.put(sha, path)

@@ -201,6 +201,13 @@ class LocalStore:
             return succeed(None)
         return self._open([storage], sha, head)
 
+    def find_at_now(self, path: str, sha: str, head: bool) -> "Hit | None | _Blocked":
+        """:meth:`find_at` without waiting: the answer, or :data:`BLOCKED`."""
+        storage = layout.storage_of(path, sha)
+        if storage is None or storage not in self._twins:
+            return None
+        return open_now([storage], sha, head)
+
     def _open(self, order: list[str], sha: str, head: bool) -> "Deferred[Hit | None]":
         hit = open_now(order, sha, head)
         if isinstance(hit, _Blocked):
