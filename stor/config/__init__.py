@@ -70,6 +70,7 @@ class Config:
     lock_dir: str | None = None
     header_timeout: float = server.DEFAULT_HEADER_TIMEOUT
     body_timeout: float = server.DEFAULT_BODY_TIMEOUT
+    sendfile: bool = True
     unknown_keys: tuple[str, ...] = field(default=())
     """Top-level keys stor does not read (each is also one of ``warnings``)."""
     warnings: tuple[Problem, ...] = ()

@@ -16,7 +16,7 @@ from stor.config import values
 from stor.config.problems import Problems
 
 KEYS = frozenset({"listen", "header_timeout", "body_timeout", "max_upload_size",
-                  "shutdown_grace_period"})
+                  "shutdown_grace_period", "sendfile"})
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_BODY_TIMEOUT = 120.0
@@ -33,6 +33,9 @@ class ServerConfig:
     max_upload_size: int | None = None
     shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE
     """Seconds requests in flight get to finish on SIGTERM; 0 cuts them at once."""
+    sendfile: bool = True
+    """Large whole files go to plain TCP connections by ``sendfile(2)``; false
+    sends every body through twisted.web (to rule it out when debugging)."""
 
 
 def parse_server_config(raw: Mapping[str, object], problems: Problems) -> ServerConfig:
@@ -48,6 +51,7 @@ def parse_server_config(raw: Mapping[str, object], problems: Problems) -> Server
         max_upload_size=values.optional_whole(raw, "max_upload_size", problems, low=1),
         shutdown_grace_period=values.number(raw, "shutdown_grace_period", DEFAULT_SHUTDOWN_GRACE,
                                             problems, above=None, at_least=0.0),
+        sendfile=values.switch(raw, "sendfile", True, problems),
     )
 
 

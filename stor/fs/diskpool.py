@@ -61,6 +61,10 @@ class DiskPool(Service):
             t.join()
         self._threads = []
 
+    def call_from_thread(self, f: Callable[..., object], *args: Any) -> None:
+        """From a pool thread: call ``f(*args)`` on the reactor thread, soon."""
+        self._reactor.callFromThread(f, *args)
+
     def run(self, f: Callable[..., T], *args: Any) -> "Deferred[T]":
         """Call ``f(*args)`` in a worker; the Deferred fires on the reactor thread."""
         if not self._threads:

@@ -27,7 +27,7 @@ from stor.core.ranges import Selection, etag
 from stor.core.sha import parse_sha, sha_of_path
 from stor.http.answers import TEXT, Answer, error_answer, reason_header
 from stor.http.auth import authorized, user_of
-from stor.http.channel import is_gone
+from stor.http.channel import SocketSendfile, is_gone
 from stor.http.dates import http_date
 from stor.http.handshake import Accepted, Refused, segment_of
 from stor.store.spool import Duplicate, Stored, UploadResult
@@ -79,13 +79,15 @@ class StorApp:
     def __init__(self, store: Store, metrics: Metrics | None = None,
                  metrics_page: MetricsPage | None = None, delete_auth: str | None = None,
                  stopping: Callable[[], bool] = lambda: False,
-                 status_extra: Callable[[], dict[str, Any]] = dict) -> None:
+                 status_extra: Callable[[], dict[str, Any]] = dict,
+                 sendfile: bool = True) -> None:
         self.store = store
         self.metrics: Metrics = metrics or NullMetrics()
         self._metrics_page = metrics_page
         self._delete_auth = delete_auth
         self._stopping = stopping
         self._status_extra = status_extra
+        self._sendfile = sendfile
         self._openapi: bytes | None = None
 
     def resource(self) -> Resource:
@@ -175,7 +177,7 @@ class StorApp:
         reading = await self.store.read(selection, segment)
         _content_headers(request, sha, reading)
         try:
-            await reading.send(request)
+            await reading.send(request, SocketSendfile.of(request) if self._sendfile else None)
         except CancelledError:
             pass  # the client went away
         except Exception as e:

@@ -23,7 +23,10 @@ Limits (counted through the site's :meth:`~stor.http.site.StorSite.rejected`):
 
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+import os
+import socket
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.web import http
 from zope.interface import implementer
 
@@ -216,3 +219,61 @@ def describe_peer(address: Any) -> str:
     if name is not None:
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
     return "-"
+
+
+class SocketSendfile:
+    """A request's connection as a target for ``os.sendfile``: plain TCP only.
+
+    Twisted has no API for it, so this is the one place that steps around the
+    transport: the answer's headers go through twisted.web as usual; once the
+    transport's buffer is empty the kernel sends the file straight to the
+    socket; when the socket is full (``EAGAIN``) the transport is asked to
+    wake the producer when it is writable again (``producerPaused`` and
+    ``startWriting``: the transport then resumes its producer, the channel,
+    which resumes the request's producer).  ``tests/test_channel.py`` checks
+    these hold.
+    """
+
+    def __init__(self, request: Any, transport: Any, sock: socket.socket) -> None:
+        self._request = request
+        self._transport = transport
+        self._fd = sock.fileno()
+
+    @classmethod
+    def of(cls, request: Any) -> "SocketSendfile | None":
+        """The target for ``request``, or None (TLS, a unix socket, a test transport)."""
+        transport = getattr(request.channel, "transport", None)
+        if transport is None or ISSLTransport.providedBy(transport):
+            return None
+        get_handle = getattr(transport, "getHandle", None)
+        sock = get_handle() if get_handle is not None else None
+        if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET,
+                                                                        socket.AF_INET6):
+            return None
+        if not hasattr(transport, "producerPaused") or not hasattr(transport, "startWriting"):
+            return None
+        return cls(request, transport, sock)
+
+    def begin(self, producer: IPushProducer) -> None:
+        self._request.registerProducer(producer, True)
+        self._request.write(b"")  # the headers, through twisted.web
+        self.wait_writable()
+
+    def send(self, fd: int, offset: int, count: int) -> int | None:
+        try:
+            n = os.sendfile(self._fd, fd, offset, count)
+        except BlockingIOError:
+            self.wait_writable()
+            return None
+        self._request.sentLength += n
+        return n
+
+    def wait_writable(self) -> None:
+        """Have the producer resumed once the transport's buffer is out and the socket
+        takes more."""
+        self._transport.producerPaused = True
+        self._transport.startWriting()
+
+    def end(self) -> None:
+        if self._request.channel is not None:
+            self._request.unregisterProducer()

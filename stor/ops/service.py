@@ -186,7 +186,8 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
                   delete_auth=config.delete_auth,
                   stopping=lambda: any(site.closing for site in sites),
-                  status_extra=lambda: {"s3_outbox": outbox.state()} if outbox else {})
+                  status_extra=lambda: {"s3_outbox": outbox.state()} if outbox else {},
+                  sendfile=config.sendfile)
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
     sites.append(site)

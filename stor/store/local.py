@@ -167,6 +167,14 @@ class LocalStore:
         """Run blocking ``f(*args)`` in the disk pool."""
         return self._pool.run(f, *args)
 
+    def call_from_thread(self, f: Callable[..., object], *args: object) -> None:
+        """From a pool thread: run ``f(*args)`` on the reactor."""
+        call = getattr(self._pool, "call_from_thread", None)
+        if call is None:  # a pool without threads (tests): we are on the caller's thread
+            f(*args)
+        else:
+            call(f, *args)
+
     def twin(self, storage: str) -> str:
         """The other member of ``storage``'s pair."""
         return self._twins[storage]

@@ -36,7 +36,7 @@ from stor.core.ranges import Part, Selection
 from stor.fs.health import StorageHealth
 from stor.fs.fsio import fsync_dir
 from stor.fs.locks import ShaLocks, Tombstones
-from stor.store.body import Body, BytesBody, FileBody
+from stor.store.body import Body, BytesBody, FileBody, SendTarget
 from stor.store import outbox as outbox_markers
 from stor.store.local import Hit, LocalStore
 from stor.store.quarantine import quarantine
@@ -121,12 +121,18 @@ class Reading:
     part: Part
     body: Body | None
     _ended: Callable[["None | Failure"], None] = field(repr=False)
+    _call_from_thread: Callable[..., object] | None = field(default=None, repr=False)
 
-    def send(self, consumer: IConsumer) -> "Deferred[None]":
+    def send(self, consumer: IConsumer, sendfile: SendTarget | None = None) -> "Deferred[None]":
+        """Write the body to ``consumer`` (``sendfile``: the kernel may send a large
+        local file straight to the connection instead)."""
         if self.body is None:
             self._ended(None)
             return succeed(None)
-        d = self.body.write_to(consumer)
+        if isinstance(self.body, FileBody):
+            d = self.body.write_to(consumer, sendfile, self._call_from_thread)
+        else:
+            d = self.body.write_to(consumer)
         d.addBoth(self._end)
         return d
 
@@ -292,7 +298,7 @@ class Store:
             elif result.check(CorruptReplica):
                 self._corrupt(hit, sha, result.value.actual)
 
-        return Reading(hit.size, hit.mtime, part, body, ended)
+        return Reading(hit.size, hit.mtime, part, body, ended, self.local.call_from_thread)
 
     def _body(self, hit: Hit, sha: str, part: Part, head: bool) -> Body | None:
         if head or part.status == 304:
