@@ -43,6 +43,8 @@ install-test: $(TESTSTAMP)
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq memcached; }
 	@command -v systemd-analyze >/dev/null 2>&1 || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq systemd; }
+	@command -v strace >/dev/null 2>&1 || \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq strace; }
 	@if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then \
 	  command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || \
 	    { $(APT_GET) update -qq && $(APT_GET) install -y -qq rabbitmq-server; }; \

@@ -1,0 +1,104 @@
+"""The folder tree is the architecture: imports point down the layers only, and no
+module imports itself back through others (README "Architecture")."""
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+STOR = Path(__file__).resolve().parent.parent / "stor"
+
+RANK = {"core": 0, "config": 1, "fs": 1, "peers": 2, "store": 3, "http": 4, "client": 4,
+        "ops": 5, "cli": 6}
+"""A package may import only packages of a lower rank (and ``stor`` itself for the
+version)."""
+
+CLIENT_MAY_IMPORT = {"core"}
+"""The client talks to a server over HTTP only: it shares the SHA rules, nothing else."""
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(STOR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> Iterator[str]:
+    """Every ``stor`` module ``path`` imports, at any depth of its code."""
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" \
+        else _module_name(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.split(".")[0] == "stor")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            if module.split(".")[0] == "stor":
+                # "from stor.config import values" imports the module stor.config.values.
+                yield from (f"{module}.{a.name}" for a in node.names)
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in STOR.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in _imports(path):
+            # "stor.fs.locks.ShaLocks" is a name in the module stor.fs.locks.
+            while imported not in modules and "." in imported:
+                imported = imported.rsplit(".", 1)[0]
+            if imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in RANK) else None
+
+
+def test_every_package_has_a_rank() -> None:
+    packages = {p.name for p in STOR.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(RANK)
+
+
+def test_imports_point_down_only() -> None:
+    wrong = []
+    for module, targets in _graph().items():
+        source = _package(module)
+        for target in targets:
+            dest = _package(target)
+            if source is None or dest is None or dest == source:
+                continue
+            allowed = (dest in CLIENT_MAY_IMPORT if source == "client"
+                       else RANK[dest] < RANK[source])
+            if not allowed:
+                wrong.append(f"{module} imports {target}")
+    assert wrong == []
+
+
+def test_no_module_imports_itself_back() -> None:
+    graph = _graph()
+    cycles = []
+    state: dict[str, int] = {}  # 1 on the path, 2 done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_the_checks_see_the_store_under_the_http_layer() -> None:
+    """The graph is not empty by mistake: the routes do import the store."""
+    assert "stor.store.store" in _graph()["stor.http.app"]
