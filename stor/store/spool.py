@@ -20,10 +20,11 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from stor.core import layout
 from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
 from stor.core.placement import Pair
 from stor.fs.commit import MemberFailed, install
-from stor.fs.fsio import is_no_space, owner_of, reserve, start_writeback, write_chunks
+from stor.fs.fsio import is_no_space, make_dirs, owner_of, reserve, start_writeback, write_chunks
 from stor.fs.locks import ShaLocks
 from stor.fs.temps import OwnedTemp, create_temp
 from stor.store.local import LocalStore
@@ -78,9 +79,9 @@ def _step(storage: str, f, *args):  # type: ignore[no-untyped-def]
 class Spool:
     """Owned temp files for ``sha`` on the members of ``pair``, being written.
 
-    Each member can be written (and fsynced) on its own, from its own thread,
-    so both replicas and the hash proceed in parallel (:mod:`stor.store.upload`
-    gives each member a lane); a member that fails is dropped, under a lock.
+    Writing runs beside the hash (:mod:`stor.store.upload`), and each member
+    can be fsynced from its own thread; a member that fails is dropped, under
+    a lock, and the other goes on.
     """
 
     sha: str
@@ -94,12 +95,19 @@ class Spool:
         self._written: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
         self._flushed: dict[str, int] = {}
+        self._synced: dict[str, int] = {}
         try:
             for storage in self.pair:
-                temp = _step(storage, create_temp, storage, self.sha, owner_of(storage))
+                owner = owner_of(storage)
+                temp = _step(storage, create_temp, storage, self.sha, owner)
                 self.temps.append(temp)
                 if self.length:
                     _step(storage, reserve, temp.fd, 0, self.length)
+                # The final directories now, while the body arrives, rather than after it:
+                # their creation (and the fsyncs that make it durable) leave the answer's
+                # path, and a member that cannot hold them is known before the body.
+                _step(storage, make_dirs, storage,
+                      os.path.dirname(layout.file_path(storage, self.sha)), owner)
                 self._written[storage] = self._flushed[storage] = 0
                 self._reserved[storage] = self.length or 0
         except MemberFailed:
@@ -117,10 +125,9 @@ class Spool:
             return [t.storage for t in self.temps]
 
     def write(self, chunks: Sequence[bytes]) -> None:
-        """Append ``chunks`` to every live temp, in turn; raise when none is left."""
+        """Append ``chunks`` to every live temp, in turn (a failing member is dropped)."""
         for storage in self.live():
             self.write_member(storage, chunks)
-        self._check_alive()
 
     def write_member(self, storage: str, chunks: Sequence[bytes]) -> None:
         """Append ``chunks`` to ``storage``'s temp; a failure drops the member."""
@@ -145,11 +152,13 @@ class Spool:
     def sync_member(self, storage: str) -> None:
         """fsync ``storage``'s temp; a failure drops the member."""
         temp = self._temp(storage)
-        if temp is not None:
-            try:
-                os.fsync(temp.fd)
-            except OSError as e:
-                self._drop(temp, e)
+        if temp is None or self._synced.get(storage) == self._written[storage]:
+            return  # gone, or nothing written since its last fsync
+        try:
+            os.fsync(temp.fd)
+            self._synced[storage] = self._written[storage]
+        except OSError as e:
+            self._drop(temp, e)
 
     def sync(self) -> list[OwnedTemp]:
         """fsync every live temp (a member failing here is dropped); the live ones."""
