@@ -438,15 +438,18 @@ class Store:
         tombstone, so no repair, fill, scrub or upload in flight brings the
         file back.  Returns the local paths removed; :class:`NotFound` when
         the file was nowhere.  A storage that cannot remove its copy fails the
-        request (after the others were removed), naming it.
+        request (after the others were removed), naming it; so does S3.
         """
         removed, failures = await self.local.run(self._delete_now, sha)
+        self._cache.drop(sha)
         in_s3 = False
         if self._s3_objects is not None:
-            in_s3 = await self._s3_objects.exists(sha)
-            if in_s3:
-                await self._s3_objects.delete(sha)
-        self._cache.drop(sha)
+            try:
+                in_s3 = await self._s3_objects.exists(sha)
+                if in_s3:
+                    await self._s3_objects.delete(sha)
+            except Exception as e:  # the bucket is one more member that could not delete
+                failures.append(f"S3: {e}")
         if failures:
             raise StorageFailure("cannot delete: " + "; ".join(failures))
         if not removed and not in_s3:
