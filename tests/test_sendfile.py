@@ -2,6 +2,7 @@
 verified (a rotten file is never sent whole), back-pressure and hang-ups handled."""
 
 import hashlib
+import http.client
 import os
 import socket
 import time
@@ -15,7 +16,7 @@ from conftest import sha256
 from stor.core import layout
 from stor.core.errors import CorruptReplica
 from stor.store.body import TAIL, SendfileBody
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 
 MiB = 1024 * 1024
 
@@ -78,6 +79,41 @@ async def test_sendfile_and_the_producer_give_the_same_answer(two_servers, stora
     assert body_a == body_b
     expected = data[1000:3000000] if headers else data
     assert body_a == expected
+
+
+def fetch_all_kept_alive(port: int, shas: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(status, sha256 of the body) of every GET, ``rounds`` times over ``shas``, all on
+    one kept-alive connection (blocking: run in a thread)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    seen = []
+    try:
+        for _ in range(rounds):
+            for sha in shas:
+                conn.request("GET", f"/{sha}")
+                answer = conn.getresponse()
+                seen.append((answer.status, hashlib.sha256(answer.read()).hexdigest()))
+    finally:
+        conn.close()
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_parallel_kept_alive_downloads_each_get_their_own_bytes(start_server, config_dict,
+                                                                      storage_dirs):
+    """The headers twisted.web buffers always go before the file the kernel sends,
+    whenever the hashing thread lets the sender go on."""
+    server = await start_server(config_dict)
+    shas = []
+    for size in (MiB, MiB + 1, 3 * MiB, 4 * MiB):
+        data = os.urandom(size)
+        place(storage_dirs[0][0], data)
+        place(storage_dirs[0][1], data)
+        shas.append(sha256(data))
+    results = await gatherResults([threads.deferToThread(fetch_all_kept_alive, server.port.getHost().port,
+                                                           shas, 8)
+                                   for _ in range(8)])
+    for seen in results:
+        assert seen == [(200, sha) for sha in shas] * 8
 
 
 @pytest_twisted.ensureDeferred

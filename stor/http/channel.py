@@ -250,7 +250,8 @@ class SocketSendfile:
         if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET,
                                                                         socket.AF_INET6):
             return None
-        if not hasattr(transport, "producerPaused") or not hasattr(transport, "startWriting"):
+        if not all(hasattr(transport, a) for a in ("producerPaused", "startWriting", "dataBuffer",
+                                                   "offset", "_tempDataLen")):
             return None
         return cls(request, transport, sock)
 
@@ -260,6 +261,9 @@ class SocketSendfile:
         self.wait_writable()
 
     def send(self, fd: int, offset: int, count: int) -> int | None:
+        if self._buffered():
+            self.wait_writable()  # what twisted holds goes first, or the stream is garbled
+            return None
         try:
             n = os.sendfile(self._fd, fd, offset, count)
         except BlockingIOError:
@@ -267,6 +271,11 @@ class SocketSendfile:
             return None
         self._request.sentLength += n
         return n
+
+    def _buffered(self) -> int:
+        """Bytes twisted's transport still holds for this socket (``abstract.FileDescriptor``)."""
+        t = self._transport
+        return len(t.dataBuffer) - t.offset + t._tempDataLen
 
     def wait_writable(self) -> None:
         """Have the producer resumed once the transport's buffer is out and the socket

@@ -267,8 +267,7 @@ class SendfileBody:
 
     def _hashed_to(self, offset: int) -> None:
         self._hashed = offset
-        if not self._stopped:
-            self.resumeProducing()
+        self._pump()  # more may go now; only the connection itself unpauses the sender
 
     def _digested(self, actual: str | None) -> None:
         if self._stopped or actual is None:
@@ -277,7 +276,7 @@ class SendfileBody:
             self._stop(CorruptReplica(self._path, actual))
             return
         self._hashed, self._verified = self._size, True
-        self.resumeProducing()
+        self._pump()
 
     def _hash_failed(self, failure: Any) -> None:
         if self._stopped:
@@ -292,7 +291,15 @@ class SendfileBody:
         self._paused = True
 
     def resumeProducing(self) -> None:
+        """The connection takes more (the headers, or what it had buffered, are out)."""
         self._paused = False
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what the hash allows, unless the connection is paused: a sender woken
+        by the hashing thread must not overtake what twisted still buffers."""
+        if self._paused or self._stopped:
+            return
         limit = self._size if self._verified else min(self._hashed, self._size - TAIL)
         budget = SEND_BUDGET
         assert self._target is not None
@@ -313,7 +320,7 @@ class SendfileBody:
         if self._sent >= self._size:
             self._stop(None)
         elif budget <= 0 and not self._paused:
-            self._call_from_thread(self.resumeProducing)  # a turn for other connections first
+            self._call_from_thread(self._pump)  # a turn for other connections first
 
     def stopProducing(self) -> None:
         """The client went away: stop sending (and hashing)."""
