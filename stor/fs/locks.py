@@ -107,7 +107,8 @@ class Tombstones:
         path = os.path.join(self.directory, sha.lower())
         with open(path, "w"):
             pass
-        os.utime(path)
+        now = time.time_ns()  # the fine clock: a file's own mtime ticks only every few ms
+        os.utime(path, ns=(now, now))
 
     def deleted_since(self, sha: str, since: float) -> bool:
         """Whether ``sha`` was deleted at or after ``since`` (a ``time.time()``)."""
