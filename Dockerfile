@@ -41,13 +41,15 @@ RUN pip install -c constraints.txt . \
  && chown stor:stor /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4
 
 ENV CONFIG_FILE=/etc/stor.conf \
-    STOR_STATUS_URL=http://127.0.0.1:8080/status
+    STOR_STATUS_URL=http://127.0.0.1:8080/health/live
 VOLUME ["/mnt/data1", "/mnt/data2", "/mnt/data3", "/mnt/data4"]
 EXPOSE 8080
 
 WORKDIR /tmp
 
-# /status is 200 only while every storage is there (and mounted).
+# /health/live is 200 while stor serves, whatever its disks say: restarting a
+# container does not bring a disk back (/status, 503 for one missing disk, is for
+# monitoring; /health/ready for a load balancer).  STOR_STATUS_URL overrides it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; urllib.request.urlopen(os.environ['STOR_STATUS_URL'], timeout=4); sys.exit(0)"]
 

@@ -226,14 +226,18 @@ def healthcheck_argv() -> list[str]:
     return [sys.executable, *argv[1:]]
 
 
-def test_the_healthcheck_follows_status(stor_process, tmp_path: Path) -> None:
-    """The image's HEALTHCHECK command, run against a real stor: 0 when healthy, 1 when not."""
+def test_the_healthcheck_asks_whether_stor_serves(stor_process, tmp_path: Path) -> None:
+    """The image's HEALTHCHECK command, run against a real stor: 0 while it serves (a
+    missing disk included: a restart would not bring it back), 1 when it does not; the
+    URL can be pointed at /status."""
+    env = " ".join(v for k, v in dockerfile_instructions() if k == "ENV")
+    assert "STOR_STATUS_URL=http://127.0.0.1:8080/health/live" in env
     healthy = stor_process()
     missing = tmp_path / "unmounted"
     sick = stor_process(storage_pairs=[[str(missing / "a"), str(missing / "b")]], wait=False)
 
-    def check(port: int) -> int:
-        env = {"STOR_STATUS_URL": f"http://127.0.0.1:{port}/status", "PATH": "/usr/bin:/bin"}
+    def check(port: int, path: str = "/health/live") -> int:
+        env = {"STOR_STATUS_URL": f"http://127.0.0.1:{port}{path}", "PATH": "/usr/bin:/bin"}
         return subprocess.run(healthcheck_argv(), env=env, capture_output=True,
                               timeout=30).returncode
 
@@ -241,6 +245,10 @@ def test_the_healthcheck_follows_status(stor_process, tmp_path: Path) -> None:
     from ops_peer import answers, wait_for
 
     wait_for(lambda: (a := answers(sick.port)) is not None and a.status == 503, "a 503", sick)
+    assert check(sick.port) == 0
+    assert check(sick.port, "/status") == 1
+    sick.popen.terminate()
+    sick.popen.wait(30)
     assert check(sick.port) == 1
 
 
