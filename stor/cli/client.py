@@ -13,15 +13,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from stor.cli.usage import UsageError
 from stor.client.settings import DEFAULT_STORAGE, Backoff, Settings
 from stor.core.errors import MalformedSha
 from stor.core.sha import parse_sha
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(Exception):
-    """A command line that cannot be run: exit 2 with this message."""
 
 
 def add_commands(subparsers: Any) -> None:

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from stor.cli.usage import UsageError, check_listable, selected_storages
 from stor.config import Config, load_config
 from stor.core import layout
 from stor.core.errors import ConfigError
@@ -48,10 +49,6 @@ _DAT = re.compile(r"[0-9A-Fa-f]{64}\.dat")
 
 Item = tuple["str | None", str]
 """(sha, path) of a file, or (None, message) for a directory that cannot be read."""
-
-
-class UsageError(Exception):
-    """The command cannot run: exit 2 with this message."""
 
 
 def add_command(subparsers: Any) -> None:
@@ -107,8 +104,8 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         config = _load(args.config or os.environ.get("CONFIG_FILE"))
-        storages = _selected(config, args.storages)
-        _check_listable(storages)
+        storages = selected_storages(config, args.storages)
+        check_listable(storages)
     except UsageError as e:
         err.write(f"stor s3-sync: {e}\n")
         return EXIT_ERROR
@@ -360,32 +357,6 @@ def _load(path: str | None) -> Config:
         raise UsageError("the config names no bucket: s3-sync needs s3_credentials, "
                          "with s3_write_through (or s3_enabled) true")
     return config
-
-
-def _selected(config: Config, named: Sequence[str]) -> list[str]:
-    """The storages to walk, spelled as in the config; every name must be one of them."""
-    if not named:
-        return list(config.storages)
-    by_real = {os.path.realpath(s): s for s in config.storages}
-    chosen: list[str] = []
-    for name in named:
-        storage = by_real.get(os.path.realpath(name))
-        if storage is None:
-            raise UsageError(f"{name} is not a storage in the config "
-                             f"(storages: {', '.join(config.storages)})")
-        if storage not in chosen:
-            chosen.append(storage)
-    return chosen
-
-
-def _check_listable(storages: Sequence[str]) -> None:
-    """A storage that cannot be listed is an error, not a storage without files."""
-    for storage in storages:
-        try:
-            with os.scandir(storage):
-                pass
-        except OSError as e:
-            raise UsageError(f"storage {storage} cannot be listed: {e.strerror}") from None
 
 
 def _twins(config: Config) -> dict[str, str]:

@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TextIO
 
+from stor.cli.usage import UsageError, check_listable, selected_storages
 from stor.config import Config, StatsiteConfig, load_config
 from stor.core.errors import ConfigError
-from stor.fs.health import check_storages
 from stor.fs.locks import ShaLocks, default_lock_dir
 from stor.peers.statsd import StatsdMetrics
 from stor.store.scrub import KINDS, Problem, Report, Scrubber, Throttle, count, twins
@@ -79,18 +79,14 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-class UsageError(Exception):
-    """The command cannot run: exit 2 with this message."""
-
-
 def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
                 stderr: TextIO | None = None) -> int:
     """``stor scrub``: returns the exit status (0 clean, 1 problems remain, 2 error)."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         config = _load(args.config or os.environ.get("CONFIG_FILE"))
-        storages = _selected(config, args.storages)
-        _check_readable(storages)
+        storages = selected_storages(config, args.storages)
+        check_listable(storages)
     except UsageError as e:
         err.write(f"stor scrub: {e}\n")
         return EXIT_ERROR
@@ -139,37 +135,6 @@ def _load(path: str | None) -> Config:
         return load_config(path)
     except ConfigError as e:
         raise UsageError(f"config error: {e}") from e
-
-
-def _selected(config: Config, named: Sequence[str]) -> list[str]:
-    """The storages to walk, spelled as in the config; every name must be one of them."""
-    if not named:
-        return list(config.storages)
-    by_real = {os.path.realpath(s): s for s in config.storages}
-    chosen: list[str] = []
-    for name in named:
-        storage = by_real.get(os.path.realpath(name))
-        if storage is None:
-            raise UsageError(f"{name} is not a storage in the config "
-                             f"(storages: {', '.join(config.storages)})")
-        if storage not in chosen:
-            chosen.append(storage)
-    return chosen
-
-
-def _check_readable(storages: Sequence[str]) -> None:
-    """Refuse to start on a storage that cannot be listed: a dead disk is an error,
-    not a disk full of missing files.  Name the healthy storages to scrub around it."""
-    for health in check_storages(storages, check_mounts=False, with_free=False):
-        storage, why = health.path, health.problem
-        if why is None:
-            try:
-                with os.scandir(storage):
-                    pass
-            except OSError as e:
-                why = f"cannot be listed: {e.strerror}"
-        if why is not None:
-            raise UsageError(f"storage {storage} {why}")
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -1,0 +1,43 @@
+"""What the ``stor`` commands share about their command line: the usage error, and
+naming storages of the config (``stor scrub``, ``stor s3-sync``)."""
+
+import os
+from collections.abc import Sequence
+
+from stor.config import Config
+from stor.fs.health import check_storages
+
+
+class UsageError(Exception):
+    """The command cannot run as asked: exit 2 with this message."""
+
+
+def selected_storages(config: Config, named: Sequence[str]) -> list[str]:
+    """The storages to walk, spelled as in the config; every name must be one of them."""
+    if not named:
+        return list(config.storages)
+    by_real = {os.path.realpath(s): s for s in config.storages}
+    chosen: list[str] = []
+    for name in named:
+        storage = by_real.get(os.path.realpath(name))
+        if storage is None:
+            raise UsageError(f"{name} is not a storage in the config "
+                             f"(storages: {', '.join(config.storages)})")
+        if storage not in chosen:
+            chosen.append(storage)
+    return chosen
+
+
+def check_listable(storages: Sequence[str]) -> None:
+    """Refuse to start on a storage that cannot be listed: a dead disk is an error,
+    not a disk without files.  Name the healthy storages to walk around it."""
+    for health in check_storages(storages, check_mounts=False, with_free=False):
+        storage, why = health.path, health.problem
+        if why is None:
+            try:
+                with os.scandir(storage):
+                    pass
+            except OSError as e:
+                why = f"cannot be listed: {e.strerror}"
+        if why is not None:
+            raise UsageError(f"storage {storage} {why}")
