@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from stor.cli.usage import UsageError, check_listable, selected_storages
+from stor.cli.usage import UsageError, check_listable, positive_rate, selected_storages
 from stor.config import Config, load_config
 from stor.core import layout
 from stor.core.errors import ConfigError
@@ -57,23 +57,13 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
     p.add_argument("--dry-run", action="store_true",
                    help="only HEAD the bucket and list what is missing; upload nothing")
-    p.add_argument("--max-mbps", type=_positive_rate, metavar="N",
+    p.add_argument("--max-mbps", type=positive_rate, metavar="N",
                    help="read local files at most N megabytes (10^6 bytes) per second")
     p.add_argument("--concurrency", type=_positive_int, metavar="N",
                    help="requests in flight (default: s3_outbox_concurrency)")
     p.add_argument("storages", nargs="*", metavar="STORAGE",
                    help="only these storages (default: every configured one)")
     p.set_defaults(func=run_command)
-
-
-def _positive_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, got {text}")
-    return value
 
 
 def _positive_int(text: str) -> int:

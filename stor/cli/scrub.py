@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TextIO
 
-from stor.cli.usage import UsageError, check_listable, selected_storages
+from stor.cli.usage import UsageError, check_listable, positive_rate, selected_storages
 from stor.config import Config, StatsiteConfig, load_config
 from stor.core.errors import ConfigError
 from stor.fs.locks import ShaLocks, default_lock_dir
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace corrupt replicas and create missing twins from verified "
                              "copies; remove stale temp files")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    parser.add_argument("--max-mbps", type=_positive_rate, metavar="N",
+    parser.add_argument("--max-mbps", type=positive_rate, metavar="N",
                         help="read at most N megabytes (10^6 bytes) per second")
     parser.add_argument("--progress-every", type=_positive_seconds, default=PROGRESS_EVERY,
                         metavar="SECONDS",
@@ -57,16 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {PROGRESS_EVERY:g})")
     parser.add_argument("storages", nargs="*", metavar="STORAGE",
                         help="only these storages (default: every configured one)")
-
-
-def _positive_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, got {text}")
-    return value
 
 
 def _positive_seconds(text: str) -> float:

@@ -1,6 +1,7 @@
 """What the ``stor`` commands share about their command line: the usage error, and
 naming storages of the config (``stor scrub``, ``stor s3-sync``)."""
 
+import argparse
 import os
 from collections.abc import Sequence
 
@@ -41,3 +42,14 @@ def check_listable(storages: Sequence[str]) -> None:
                 why = f"cannot be listed: {e.strerror}"
         if why is not None:
             raise UsageError(f"storage {storage} {why}")
+
+
+def positive_rate(text: str) -> float:
+    """``--max-mbps``: a positive, finite number of MB/s."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, got {text}")
+    return value

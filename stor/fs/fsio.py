@@ -6,6 +6,7 @@ Everything here blocks: call it from the disk pool, never the reactor.
 import ctypes
 import errno
 import os
+from typing import Any
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 
@@ -92,18 +93,18 @@ def owner_of(storage: str) -> tuple[int, int] | None:
     return st.st_uid, st.st_gid
 
 
-def _load_fallocate() -> object | None:
+def _libc(name: str, argtypes: list[type]) -> Any | None:
+    """``name`` from the C library, returning an int and setting errno; None where absent."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fallocate = libc.fallocate64
+        f = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fallocate.restype = ctypes.c_int
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    return fallocate
+    f.restype = ctypes.c_int
+    f.argtypes = argtypes
+    return f
 
 
-_fallocate = _load_fallocate()
+_fallocate = _libc("fallocate64", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
 
 
 def reserve(fd: int, offset: int, length: int) -> bool:
@@ -118,7 +119,7 @@ def reserve(fd: int, offset: int, length: int) -> bool:
     """
     if _fallocate is None or length <= 0:
         return False
-    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:  # type: ignore[operator]
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
@@ -126,18 +127,8 @@ def reserve(fd: int, offset: int, length: int) -> bool:
     raise OSError(err, os.strerror(err))
 
 
-def _load_sync_file_range() -> object | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        f = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    f.restype = ctypes.c_int
-    f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return f
-
-
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = _libc("sync_file_range",
+                        [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -149,7 +140,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     Silently nothing where the call does not exist.
     """
     if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # type: ignore[operator]
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def is_no_space(error: OSError) -> bool:
