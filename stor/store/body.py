@@ -267,7 +267,7 @@ class SendfileBody:
 
     def _hashed_to(self, offset: int) -> None:
         self._hashed = offset
-        if not self._stopped:
+        if not (self._stopped or self._paused):  # paused: the connection resumes it
             self.resumeProducing()
 
     def _digested(self, actual: str | None) -> None:
@@ -277,7 +277,8 @@ class SendfileBody:
             self._stop(CorruptReplica(self._path, actual))
             return
         self._hashed, self._verified = self._size, True
-        self.resumeProducing()
+        if not self._paused:  # waiting for the hash, not for the connection
+            self.resumeProducing()
 
     def _hash_failed(self, failure: Any) -> None:
         if self._stopped:
