@@ -35,12 +35,17 @@ $(TESTSTAMP): $(STAMP) constraints-test.txt
 	$(BIN)/pip install --quiet $(TEST_CONSTRAINTS) -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
-# The peers the tests talk to: memcached (started per test by the tests
-# themselves) and a RabbitMQ broker on 127.0.0.1:5672 (the machine's own;
-# installed and started here only when absent).
+# The peers the tests talk to: memcached, nginx and HAProxy (started per test
+# by the tests themselves; the fleet tests run the balancer configs in conf/)
+# and a RabbitMQ broker on 127.0.0.1:5672 (the machine's own; installed and
+# started here only when absent).
 install-test: $(TESTSTAMP)
 	@command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq memcached; }
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends nginx; }
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends haproxy; }
 	@command -v systemd-analyze >/dev/null 2>&1 || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq systemd; }
 	@command -v strace >/dev/null 2>&1 || \

@@ -215,3 +215,35 @@ async def test_a_mismatch_stops_before_the_tail(tmp_path):
     with pytest.raises(CorruptReplica):
         await body.write_to(target)
     assert len(target.received) <= len(data) - TAIL
+
+
+class HeadersPending(Target):
+    """A connection whose answer's headers are still in the transport's buffer: the
+    producer must send nothing until the connection resumes it."""
+
+    def begin(self, producer) -> None:
+        self.producer = producer  # no resume: the transport does that once the headers are out
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_is_sent_before_the_connection_resumes_the_sender(tmp_path):
+    """The hashing thread's progress must not start sendfile(2) while the headers wait
+    in the transport's buffer: the file's bytes would reach the client before them."""
+    data = os.urandom(5 * MiB)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    jobs: list[Deferred[object]] = []
+
+    def run(f, *args) -> "Deferred[object]":
+        jobs.append(threads.deferToThread(f, *args))
+        return jobs[-1]
+
+    target = HeadersPending(per_call=1 << 20, full_every=1000)
+    body = SendfileBody(open(path, "rb", buffering=0), str(path), len(data), run,
+                        sha256(data), reactor.callFromThread)
+    done = body.write_to(target)
+    await jobs[0]  # the whole file hashed, its progress reported
+    assert (target.calls, target.received) == (0, b"")
+    body.resumeProducing()  # the headers are out
+    await done
+    assert target.received == data
