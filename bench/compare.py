@@ -20,7 +20,7 @@ new/old ratios.  The goal (the redesign and integrity issues): GET 4 KiB and
 POST within 5 % of the old build (ratio >= 0.95).
 
 Rows: ``get4k`` (GET of warm 4 KiB files with wrk, req/s), ``post4m`` (4 MiB
-uploads one after another, MB/s), ``post256m`` (one 256 MiB upload, MB/s),
+uploads one after another, the two builds taking turns file by file, MB/s), ``post256m`` (one 256 MiB upload, MB/s),
 and, when asked, ``get256m`` (GET of one cached 256 MiB file, MB/s).
 
 Exit status: 0 when every measurement ran (a missed goal is printed as
@@ -42,8 +42,8 @@ from harness import (BenchError, Server, Servers, StorBuild, ToolMissing, busy_n
                      current_build, guarded, human_size, make_storages, parse_size,
                      require_program, start_stor, temp_workdir)
 from rounds import Row, failed_row, raise_failures, run_rounds, summary, warn
-from rows import (PostSource, WrkSettings, big_get_measure, check_get, make_big_file,
-                  make_small_files, stor_post_measure, wrk_measure)
+from rows import (InterleavedUploads, PostSource, StorUploads, WrkSettings, big_get_measure,
+                  check_get, make_big_file, make_small_files, wrk_measure)
 
 ALL_ROWS = ("get4k", "get256m", "post4m", "post256m")
 DEFAULT_ROWS = ("get4k", "post4m", "post256m")
@@ -147,9 +147,9 @@ def post_row(servers: tuple[Server, Server], workdir: Path, size: int, count: in
     """``count`` uploads of ``size``, one after another, to each build."""
     source = PostSource(workdir / f"post-{size}.bin", size)
     new, old = servers
+    both = InterleavedUploads(count, size, StorUploads(new, source), StorUploads(old, source))
     return Row(f"POST {human_size(size)}" + (f" x{count}" if count > 1 else ""), "MB/s",
-               "new", "old", GOAL,
-               stor_post_measure(new, source, count), stor_post_measure(old, source, count))
+               "new", "old", GOAL, both.subject, both.reference)
 
 
 # --------------------------------------------------------------------------

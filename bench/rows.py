@@ -249,63 +249,124 @@ def upload_one(server: Server, source: PostSource, sha: str
     return result.seconds, paths, result.finished_at
 
 
-def stor_post_measure(server: Server, source: PostSource, count: int,
-                      stats: PostStats | None = None,
-                      after_each: Callable[[str, list[str], float], float] | None = None,
-                      ) -> Callable[[], Measure]:
-    """MB/s of ``count`` sequential uploads of ``source`` (each a new SHA) to ``server``.
+class StorUploads:
+    """One side of an interleaved upload row: uploads to a stor server.
 
-    The clock runs only while a request is in flight; checking the stored
-    bytes, deleting them and ``after_each`` (the write-through row waits for
-    the outbox there) happen between requests, off the clock.  With ``stats``
-    stor's RSS is sampled during the uploads.
+    With ``stats`` its RSS is sampled while the measurement runs;
+    ``after_each`` runs after every answer, off the clock (the write-through
+    row waits for the outbox there) and returns a figure kept in ``stats``.
     """
-    def measure() -> Measure:
-        server.check_alive()
+
+    def __init__(self, server: Server, source: PostSource, stats: PostStats | None = None,
+                 after_each: Callable[[str, list[str], float], float] | None = None) -> None:
+        self.server, self.source, self.stats, self.after_each = server, source, stats, after_each
+        self._cpu: CpuMeter | None = None
+        self._sampler: RssSampler | None = None
+        self._waits: list[float] = []
+
+    def begin(self) -> None:
+        """Start counting the server's CPU (and sampling its RSS)."""
+        self.server.check_alive()
+        self._cpu, self._waits = CpuMeter(self.server.pid), []
+        self._sampler = RssSampler(self.server.pid) if self.stats is not None else None
+        if self._sampler is not None:
+            self._sampler.start()
+
+    def one(self) -> tuple[float, list[str]]:
+        """One upload of a new SHA: the seconds it took and the stored paths."""
+        sha = self.source.next_sha()
+        took, paths, answered_at = upload_one(self.server, self.source, sha)
+        if self.after_each is not None:
+            self._waits.append(self.after_each(sha, paths, answered_at))
+        return took, paths
+
+    def end(self, seconds: float) -> str:
+        """Stop sampling; the detail printed under the round."""
+        if self._sampler is not None:
+            self._sampler.stop()
+            if self.stats is not None:
+                self.stats.rss_peak_kb = max(self.stats.rss_peak_kb, self._sampler.peak_kb)
+                self.stats.drains += self._waits
+        if self.after_each is not None or self._cpu is None:
+            return ""
+        return f"{self.server.name} cpu {self._cpu.percent(seconds):.0f}%"
+
+
+class CeilingStores:
+    """One side of an interleaved upload row: the durable ceiling in this process."""
+
+    def __init__(self, source: PostSource, storages: tuple[Path, Path]) -> None:
+        self.source, self.storages = source, storages
+
+    def begin(self) -> None:
+        """Nothing to start."""
+
+    def one(self) -> tuple[float, list[str]]:
+        """One durable two-replica store of a new SHA."""
+        took, finals = timed_durable_store(self.source.next_sha(), self.source.path,
+                                           self.storages)
+        return took, [str(f) for f in finals]
+
+    def end(self, seconds: float) -> str:
+        """No detail."""
+        return ""
+
+
+class InterleavedUploads:
+    """Both sides of an upload row measured file by file, taking turns.
+
+    This VM's disk runs in phases (about 130 MB/s, then about 400 MB/s, for
+    a second or so, following the write volume of the moments before): two
+    measurements of 16 files back to back can land in different phases and
+    their ratio then says more about the disk than about either side.  So a
+    round uploads file 1 with one side, file 1 with the other, file 2 ... (the
+    side going first alternating from file to file, starting with the side
+    the round puts first); each side's figure is its bytes over the sum of
+    its own request times.  :meth:`subject` and :meth:`reference` plug into a
+    :class:`~rounds.Row`: whichever is called first measures both, the other
+    returns the result kept for it.
+    """
+
+    def __init__(self, count: int, size: int, subject: StorUploads,
+                 reference: StorUploads | CeilingStores) -> None:
+        self.count, self.size = count, size
+        self.sides = (subject, reference)
+        self._kept: Measure | None = None
+
+    def subject(self) -> Measure:
+        """The subject's figure (measuring both sides when called first)."""
+        return self._take(0)
+
+    def reference(self) -> Measure:
+        """The reference's figure (measuring both sides when called first)."""
+        return self._take(1)
+
+    def _take(self, side: int) -> Measure:
+        if self._kept is not None:
+            kept, self._kept = self._kept, None
+            return kept
+        measures = self._measure(first=side)
+        self._kept = measures[1 - side]
+        return measures[side]
+
+    def _measure(self, first: int) -> tuple[Measure, Measure]:
         os.sync()
-        seconds, stored, waits = 0.0, [], []
-        cpu = CpuMeter(server.pid)
-        sampler = RssSampler(server.pid) if stats is not None else None
-        if sampler is not None:
-            sampler.start()
+        seconds, stored = [0.0, 0.0], []
+        for side in self.sides:
+            side.begin()
         try:
-            for _ in range(count):
-                sha = source.next_sha()
-                took, paths, answered_at = upload_one(server, source, sha)
-                seconds += took
-                stored += paths
-                if after_each is not None:
-                    waits.append(after_each(sha, paths, answered_at))
+            for number in range(self.count):
+                leader = first if number % 2 == 0 else 1 - first
+                for index in (leader, 1 - leader):
+                    took, paths = self.sides[index].one()
+                    seconds[index] += took
+                    stored += paths
         finally:
-            if sampler is not None:
-                sampler.stop()
+            details = [side.end(seconds[i]) for i, side in enumerate(self.sides)]
             remove_quietly(stored)
-        if stats is not None and sampler is not None:
-            stats.rss_peak_kb = max(stats.rss_peak_kb, sampler.peak_kb)
-            stats.drains += waits
-        detail = "" if after_each is not None else f"{server.name} cpu {cpu.percent(seconds):.0f}%"
-        return Measure(mb_per_s(source.size * count, seconds), detail)
-
-    return measure
-
-
-def ceiling_post_measure(source: PostSource, count: int, storages: tuple[Path, Path]
-                         ) -> Callable[[], Measure]:
-    """MB/s of ``count`` durable two-replica stores of ``source`` done in this process."""
-    def measure() -> Measure:
-        os.sync()
-        seconds, stored = 0.0, []
-        try:
-            for _ in range(count):
-                sha = source.next_sha()
-                took, finals = timed_durable_store(sha, source.path, storages)
-                seconds += took
-                stored += finals
-        finally:
-            remove_quietly(stored)
-        return Measure(mb_per_s(source.size * count, seconds))
-
-    return measure
+        total = self.size * self.count
+        return (Measure(mb_per_s(total, seconds[0]), details[0]),
+                Measure(mb_per_s(total, seconds[1]), details[1]))
 
 
 # --------------------------------------------------------------------------

@@ -16,7 +16,8 @@ issue 12 for the write-through):
                byte) vs the slower of nginx ``sendfile on`` (1 worker) and one
                core's ``hashlib.sha256`` over the same file; goal >= 0.9.
 ``post4m``     POST of 4 MiB files one after another, MB/s, vs the durable
-               two-replica ceiling (``ceilings.py``); goal >= 0.9.
+               two-replica ceiling (``ceilings.py``), the two taking turns
+               file by file (``rows.InterleavedUploads``); goal >= 0.9.
 ``post256m``   the same for 256 MiB; goal >= 0.9.
 ``post4k``     4 KiB uploads from 8 concurrent clients, files/s, vs the same
 ``post64k``    durable protocol done by one Python loop (64 KiB likewise); the
@@ -52,10 +53,10 @@ from harness import (BenchError, Server, Servers, StorBuild, busy_note, create_b
                      stop_process, temp_workdir)
 from load import read_status_kb
 from rounds import Row, failed_row, raise_failures, run_rounds, summary, warn
-from rows import (PostSource, PostStats, WrkSettings, big_get_ceiling, big_get_measure,
-                  ceiling_post_measure, check_get, fmt_mb, make_big_file, make_small_files,
-                  outbox_drain_waiter, rss_upload, small_ceiling_measure, small_posts_measure,
-                  stor_post_measure, wrk_measure)
+from rows import (CeilingStores, InterleavedUploads, PostSource, PostStats, StorUploads,
+                  WrkSettings, big_get_ceiling, big_get_measure, check_get, fmt_mb,
+                  make_big_file, make_small_files, outbox_drain_waiter, rss_upload,
+                  small_ceiling_measure, small_posts_measure, wrk_measure)
 
 ALL_ROWS = ("get4k", "get256m", "post4m", "post256m", "post4k", "post64k", "wt")
 GOALS = {"get4k": 1.2, "get256m": 0.9, "post4m": 0.9, "post256m": 0.9,
@@ -122,10 +123,10 @@ def post_row(run: Run, key: str, size: int, count: int) -> Row:
     """POST ``count`` files of ``size``, one at a time: stor vs the durable ceiling."""
     source = PostSource(run.workdir / f"post-{size}.bin", size)
     stats = PostStats()
+    both = InterleavedUploads(count, size, StorUploads(run.stor, source, stats),
+                              CeilingStores(source, run.pairs[0]))
     row = Row(f"POST {human_size(size)}" + (f" x{count}" if count > 1 else ""), "MB/s",
-              "stor", "ceiling", GOALS[key],
-              stor_post_measure(run.stor, source, count, stats),
-              ceiling_post_measure(source, count, run.pairs[0]))
+              "stor", "ceiling", GOALS[key], both.subject, both.reference)
 
     def note_rss() -> None:
         row.notes[:] = [f"stor's peak RSS sampled during these uploads: "
@@ -155,10 +156,11 @@ def write_through_row(run: Run) -> Row:
     size, count = run.args.post_size, run.args.wt_count
     source = PostSource(run.workdir / f"wt-{size}.bin", size)
     stats = PostStats()
+    drained = outbox_drain_waiter(moto, BUCKET, size)
+    both = InterleavedUploads(count, size, StorUploads(with_s3, source, stats, drained),
+                              StorUploads(run.stor, source))
     row = Row(f"POST {human_size(size)} x{count} +S3", "MB/s", "wt on", "wt off", GOALS["wt"],
-              stor_post_measure(with_s3, source, count, stats,
-                                after_each=outbox_drain_waiter(moto, BUCKET, size)),
-              stor_post_measure(run.stor, source, count))
+              both.subject, both.reference)
 
     def note_drain() -> None:
         drains = sorted(stats.drains)

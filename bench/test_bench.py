@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ceilings import durable_two_replicas, sha256_pass  # noqa: E402
 from harness import BenchError, ToolMissing, parse_size, stor_relative_path  # noqa: E402
 from rounds import Measure, Row, raise_failures, run_rounds, summary  # noqa: E402
+from rows import InterleavedUploads  # noqa: E402
 
 
 def scripted_row(name: str, subject: list[float], reference: list[float],
@@ -79,6 +80,38 @@ def test_a_failing_row_is_reported_and_the_others_still_run() -> None:
     assert any(line.startswith("bad") and "FAILED" in line for line in lines)
     with pytest.raises(BenchError, match="the server went away"):
         raise_failures([bad, good])
+
+
+class ScriptedUploads:
+    """One side of an interleaved row: each upload takes the next given time."""
+
+    def __init__(self, label: str, times: list[float], calls: list[str]) -> None:
+        self.label, self.times, self.calls = label, times, calls
+
+    def begin(self) -> None:
+        self.calls.append(f"{self.label}:begin")
+
+    def one(self) -> tuple[float, list[str]]:
+        self.calls.append(self.label)
+        return self.times.pop(0), []
+
+    def end(self, seconds: float) -> str:
+        return f"{self.label} {seconds:.1f} s"
+
+
+def test_interleaved_uploads_take_turns_file_by_file_and_measure_once_per_round() -> None:
+    calls: list[str] = []
+    both = InterleavedUploads(3, 1_000_000, ScriptedUploads("s", [1, 1, 1, 2, 2, 2], calls),
+                              ScriptedUploads("r", [0.5, 0.5, 0.5, 4, 4, 4], calls))
+    row = Row("p", "MB/s", "stor", "ceiling", 0.9, both.subject, both.reference)
+    run_rounds([row], 2, out=lambda line: None)
+    uploads = [c for c in calls if ":" not in c]
+    assert uploads == ["s", "r", "r", "s", "s", "r",   # round 1: the subject first
+                       "r", "s", "s", "r", "r", "s"]   # round 2: the reference first
+    assert calls.count("s:begin") == calls.count("r:begin") == 2
+    assert [r.subject.value for r in row.rounds] == [1.0, 0.5]     # 3 MB in 3 s, in 6 s
+    assert [r.reference.value for r in row.rounds] == [2.0, 0.25]  # 3 MB in 1.5 s, in 12 s
+    assert row.rounds[0].subject.detail == "s 3.0 s"
 
 
 def test_only_missing_tools_make_a_tool_missing_failure() -> None:

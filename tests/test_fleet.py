@@ -29,9 +29,9 @@ from twisted.internet import reactor, task
 
 from amqp_peer import eventually
 from conftest import AUTH, sha256
-from fleet_peer import (  # noqa: F401  (fixtures)
-    Host, bucket_keys, copies, exited, fleet, haproxy, in_bucket, nginx, peak_rss_kib,
-    s3_keys, s3_relay, wait_in_bucket,
+from fleet_peer import (
+    Host, bucket_keys, copies, exited, in_bucket, peak_rss_kib, s3_keys, s3_relay,
+    wait_in_bucket,
 )
 from ops_peer import AUTH_HEADER, request, wait_for
 from s3write_peer import MiB, write_big

@@ -2,6 +2,8 @@
 and hashed), through a TCP relay the tests cut and restore for outages."""
 
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -99,6 +101,26 @@ def test_record_leaves_a_marker_on_both_members(pair):
     assert written == [marker_path(s, sha) for s in pair]
     assert all(os.path.isfile(p) for p in written)
     assert marker_path(pair[0], sha).endswith(f".stor-outbox/{sha.lower()}")
+
+
+def test_record_returns_only_once_each_outbox_directory_is_fsynced_after_its_marker(
+        pair, tmp_path):
+    """The marker is what brings a file to S3 after a power cut: each member's outbox
+    directory must be fsynced after the marker appeared in it (strace of a real call)."""
+    sha = "ab" * 32
+    trace = tmp_path / "strace.out"
+    code = f"from stor.store.outbox import record; print(record({sha!r}, {pair!r}))"
+    subprocess.run(["strace", "-f", "-y", "-qq", "-o", str(trace), "-e", "trace=openat,fsync",
+                    sys.executable, "-c", code], check=True, capture_output=True)
+    lines = trace.read_text().splitlines()
+    for storage in pair:
+        outbox = os.path.realpath(os.path.join(storage, ".stor-outbox"))
+        created = [i for i, line in enumerate(lines)
+                   if f'"{os.path.join(storage, ".stor-outbox", sha)}"' in line
+                   and "O_CREAT" in line and "= -1" not in line]
+        assert created, f"no marker was created on {storage}"
+        assert any("fsync(" in line and f"<{outbox}>" in line and line.endswith("= 0")
+                   for line in lines[created[0]:]), f"{outbox} not fsynced after its marker"
 
 
 def test_record_survives_one_unwritable_member(pair, readonly_dir):

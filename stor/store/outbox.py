@@ -91,39 +91,51 @@ def marker_path(storage: str, sha: str) -> str:
 def record(sha: str, storages: Sequence[str]) -> list[str]:
     """Blocking: make ``sha``'s upload to S3 durable, before the upload's 201.
 
-    Call it with the members of the pair the file was just committed to.
-    Each marker and its directory are fsynced.  A storage whose marker cannot
-    be written is logged and skipped; ``OSError`` only if none could be.
+    Call it with the members of the pair the file was just committed to.  All
+    markers are created first, then each outbox directory is fsynced: a
+    marker is empty, so its inode and its directory entry are one journal
+    transaction, which the directory's fsync commits; with both created
+    before either fsync, storages on one filesystem share that commit
+    (separate file and directory fsyncs, storage after storage, cost four
+    commits and a fifth of a 4 MiB upload's time).  A storage whose marker
+    cannot be written is logged and skipped; ``OSError`` only if none could be.
     Returns the markers written.
     """
-    written: list[str] = []
+    created: list[str] = []
     error: OSError | None = None
     for storage in storages:
         try:
-            _record_one(storage, sha.lower())
+            _create_marker(storage, sha.lower())
+            created.append(storage)
+        except OSError as e:
+            error = _not_recorded(sha, storage, e)
+    written: list[str] = []
+    for storage in created:
+        try:
+            fsync_dir(outbox_dir(storage))
             written.append(marker_path(storage, sha))
         except OSError as e:
-            error = e
-            log.warn("S3 outbox marker for {sha} not written on {storage}: {why}",
-                     sha=sha, storage=storage, why=e)
+            error = _not_recorded(sha, storage, e)
     if not written and error is not None:
         raise error
     return written
 
 
-def _record_one(storage: str, sha: str) -> None:
+def _create_marker(storage: str, sha: str) -> None:
     directory = outbox_dir(storage)
     try:
         os.mkdir(directory)
         fsync_dir(storage)
     except FileExistsError:
         pass
-    fd = os.open(os.path.join(directory, sha), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(directory)
+    os.close(os.open(os.path.join(directory, sha), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                     0o644))
+
+
+def _not_recorded(sha: str, storage: str, error: OSError) -> OSError:
+    log.warn("S3 outbox marker for {sha} not written on {storage}: {why}",
+             sha=sha, storage=storage, why=error)
+    return error
 
 
 def scan(storages: Sequence[str]) -> dict[str, float]:
@@ -235,6 +247,9 @@ def forget(sha: str, storages: Sequence[str]) -> None:
 
 
 def _remove_marker(storage: str, sha: str) -> None:
+    """Unlink a marker; its directory is not fsynced: a removal lost to a power cut
+    brings the marker back, and the next drain finds the object present in S3 (or
+    the file gone) and removes it again, at the cost of one request."""
     try:
         os.unlink(marker_path(storage, sha))
     except FileNotFoundError:
@@ -242,8 +257,6 @@ def _remove_marker(storage: str, sha: str) -> None:
     except OSError as e:  # left for the next scan, which will find the object present
         log.warn("S3 outbox marker {path} not removed: {why}", path=marker_path(storage, sha),
                  why=e)
-        return
-    fsync_dir(outbox_dir(storage))
 
 
 # -- the drain ------------------------------------------------------------------
