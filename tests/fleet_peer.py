@@ -452,15 +452,7 @@ def nginx(tmp_path: Path) -> Iterator[Any]:
         server = Nginx(popen, port, prefix, text)
         started.append(server)
 
-        def answers() -> bool:
-            if popen.poll() is not None:
-                pytest.fail(f"nginx exited ({popen.returncode})\n{server.log}")
-            try:
-                return request(port, "GET", "/nginx-health", timeout=2.0).status == 200
-            except OSError:
-                return False
-
-        wait_for(answers, f"nginx answering on port {port}")
+        wait_answering("nginx", server, "/nginx-health")
         return server
 
     try:
@@ -468,6 +460,19 @@ def nginx(tmp_path: Path) -> Iterator[Any]:
     finally:
         for server in started:
             server.stop()
+
+
+def wait_answering(name: str, server: Any, health: str) -> None:
+    """Wait until the balancer ``server`` answers 200 on ``health``; fail if it exits."""
+    def answers() -> bool:
+        if server.popen.poll() is not None:
+            pytest.fail(f"{name} exited ({server.popen.returncode})\n{server.log}")
+        try:
+            return request(server.port, "GET", health, timeout=2.0).status == 200
+        except OSError:
+            return False
+
+    wait_for(answers, f"{name} answering on port {server.port}")
 
 
 # -- HAProxy ---------------------------------------------------------------------------
@@ -559,15 +564,7 @@ def haproxy(tmp_path: Path) -> Iterator[Any]:
         server = HAProxy(popen, port, stats, log_path)
         started.append(server)
 
-        def answers() -> bool:
-            if popen.poll() is not None:
-                pytest.fail(f"haproxy exited ({popen.returncode})\n{server.log}")
-            try:
-                return request(port, "GET", "/haproxy-health", timeout=2.0).status == 200
-            except OSError:
-                return False
-
-        wait_for(answers, f"haproxy answering on port {port}")
+        wait_answering("haproxy", server, "/haproxy-health")
         return server
 
     try:

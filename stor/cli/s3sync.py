@@ -31,10 +31,11 @@ from typing import Any, TextIO
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from stor.cli.usage import UsageError, check_listable, positive_rate, selected_storages
-from stor.config import Config, load_config
+from stor.cli.usage import (
+    UsageError, check_listable, command_config, positive_rate, selected_storages,
+)
+from stor.config import Config
 from stor.core import layout
-from stor.core.errors import ConfigError
 from stor.fs.diskpool import DiskPool
 from stor.peers.s3 import s3_client
 from stor.peers.s3put import CorruptLocalFile, S3WriteError, S3Writer
@@ -93,7 +94,7 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
     """``stor s3-sync``: runs the reactor until done; returns the exit status."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
-        config = _load(args.config or os.environ.get("CONFIG_FILE"))
+        config = _load(args)
         storages = selected_storages(config, args.storages)
         check_listable(storages)
     except UsageError as e:
@@ -336,13 +337,8 @@ def _print_summary(s: Summary, dry_run: bool, out: TextIO) -> None:
                   "run again to retry\n")
 
 
-def _load(path: str | None) -> Config:
-    if not path:
-        raise UsageError("no config file: give --config FILE or set CONFIG_FILE")
-    try:
-        config = load_config(path)
-    except ConfigError as e:
-        raise UsageError(f"config error: {e}") from e
+def _load(args: argparse.Namespace) -> Config:
+    config = command_config(args)
     if config.s3 is None:
         raise UsageError("the config names no bucket: s3-sync needs s3_credentials, "
                          "with s3_write_through (or s3_enabled) true")

@@ -20,7 +20,6 @@ else, the exit status included.
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
@@ -28,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TextIO
 
-from stor.cli.usage import UsageError, check_listable, positive_rate, selected_storages
-from stor.config import Config, StatsiteConfig, load_config
-from stor.core.errors import ConfigError
+from stor.cli.usage import (
+    UsageError, check_listable, command_config, positive_rate, selected_storages,
+)
+from stor.config import Config, StatsiteConfig
 from stor.fs.locks import ShaLocks, default_lock_dir
 from stor.peers.statsd import StatsdMetrics
 from stor.store.scrub import KINDS, Problem, Report, Scrubber, Throttle, count, twins
@@ -74,7 +74,7 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
     """``stor scrub``: returns the exit status (0 clean, 1 problems remain, 2 error)."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
-        config = _load(args.config or os.environ.get("CONFIG_FILE"))
+        config = command_config(args)
         storages = selected_storages(config, args.storages)
         check_listable(storages)
     except UsageError as e:
@@ -116,15 +116,6 @@ def scrub(config: Config, storages: Sequence[str], args: argparse.Namespace,
     scrubber.run(storages)
     progress.clear()
     return report
-
-
-def _load(path: str | None) -> Config:
-    if not path:
-        raise UsageError("no config file: give --config FILE or set CONFIG_FILE")
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        raise UsageError(f"config error: {e}") from e
 
 
 def _is_terminal(stream: TextIO) -> bool:

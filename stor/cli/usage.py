@@ -1,16 +1,28 @@
-"""What the ``stor`` commands share about their command line: the usage error, and
-naming storages of the config (``stor scrub``, ``stor s3-sync``)."""
+"""What the ``stor`` commands share about their command line: the usage error, the
+config file and naming storages of it (``stor scrub``, ``stor s3-sync``)."""
 
 import argparse
 import os
 from collections.abc import Sequence
 
-from stor.config import Config
+from stor.config import Config, load_config
+from stor.core.errors import ConfigError
 from stor.fs.health import check_storages
 
 
 class UsageError(Exception):
     """The command cannot run as asked: exit 2 with this message."""
+
+
+def command_config(args: argparse.Namespace) -> Config:
+    """The config named by ``--config`` or ``CONFIG_FILE``, validated."""
+    path = args.config or os.environ.get("CONFIG_FILE")
+    if not path:
+        raise UsageError("no config file: give --config FILE or set CONFIG_FILE")
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise UsageError(f"config error: {e}") from e
 
 
 def selected_storages(config: Config, named: Sequence[str]) -> list[str]:
