@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import dat_files
+from fleet_peer import s3_keys
 from ops_peer import AUTH_HEADER, request
 from stor.core import layout
 
@@ -385,3 +386,46 @@ def test_every_directory_a_commit_creates_is_fsynced_up_to_the_storage(stor_proc
         for directory in created:  # the parent of each new directory, up to the storage
             assert os.path.dirname(directory) in fsynced, (directory, fsynced)
         assert os.path.dirname(path) in fsynced  # and the directory the rename changed
+
+
+def test_a_write_through_marker_is_durable_before_its_file_is_in_place(stor_process, moto,
+                                                                        bucket, tmp_path):
+    """The marker is what brings a 201'd file to S3 after a power cut: on each member
+    it is created and its outbox directory fsynced before the file is renamed into
+    place (a crash in between leaves a file S3 would otherwise never get)."""
+    stor = stor_process(s3_write_through=True, **s3_keys(moto, bucket))
+    trace = tmp_path / "strace.out"
+    tracer = subprocess.Popen(["strace", "-f", "-y", "-qq", "-o", str(trace), "-e",
+                               "trace=openat,rename,renameat,renameat2,fsync",
+                               "-p", str(stor.popen.pid)])
+    try:
+        deadline = time.monotonic() + 10
+        while not trace.exists() or trace.stat().st_size == 0:  # attached: it logs nothing yet
+            code, _ = post(stor.port, b"warm-up %f" % time.monotonic())
+            assert code == 201
+            assert time.monotonic() < deadline
+        data = os.urandom(50_000)
+        code, body = post(stor.port, data)
+        assert code == 201
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    lines = whole_calls(trace.read_text().splitlines())
+    sha = sha256(data)
+    for path in json.loads(body):
+        storage = layout.storage_of(path, sha)
+        outbox = os.path.join(storage, ".stor-outbox")
+        created = first_line(lines, lambda line: f'"{os.path.join(outbox, sha)}"' in line
+                             and "O_CREAT" in line and "= -1" not in line)
+        synced = first_line(lines, lambda line: "fsync(" in line and f"<{outbox}>" in line
+                            and line.endswith("= 0"), after=created)
+        renamed = first_line(lines, lambda line: "rename" in line and f'"{path}"' in line
+                             and line.endswith("= 0"))
+        assert created < synced < renamed, (path, created, synced, renamed)
+
+
+def first_line(lines: list[str], wanted, after: int = -1) -> int:  # type: ignore[no-untyped-def]
+    """The index of the first line after ``after`` that is ``wanted``."""
+    found = [i for i, line in enumerate(lines) if i > after and wanted(line)]
+    assert found, "no such system call was traced"
+    return found[0]
