@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -129,9 +130,18 @@ class MemcachedPeer:
         self.process = None
 
     def pause(self) -> None:
-        """SIGSTOP: connections stay open and nothing answers, as on a hung host."""
+        """SIGSTOP: connections stay open and nothing answers, as on a hung host.
+
+        Returns once every thread of memcached is stopped: the signal is only
+        queued when ``kill`` returns, and a worker thread still running could
+        answer a request sent in between."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        deadline = time.monotonic() + 5
+        while not all(_stopped(task) for task in tasks.iterdir()):
+            assert time.monotonic() < deadline, "memcached did not stop"
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT: it answers again, on the connections it had."""
@@ -192,3 +202,12 @@ def memcached_peers() -> Iterator[Callable[..., MemcachedPeer]]:
 def memcached(memcached_peers: Callable[..., MemcachedPeer]) -> MemcachedPeer:
     """One running memcached."""
     return memcached_peers()
+
+
+def _stopped(task: Path) -> bool:
+    """Whether a thread (``/proc/<pid>/task/<tid>``) is stopped by a signal (state T)."""
+    try:
+        stat = (task / "stat").read_text()
+    except FileNotFoundError:
+        return True  # gone
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
