@@ -1,8 +1,10 @@
 """copy_to_twin: a verified copy lands at its final path whole, or not at all."""
 
+import atexit
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +20,9 @@ from stor.fs.temps import is_stale_temp, temp_dir
 from stor.store.replica import CHUNK, CorruptSource, SourceGone, copy_to_twin, sha256_file
 
 
-LOCKS = ShaLocks(tempfile.mkdtemp(prefix="stor-test-locks-"))
+_LOCK_DIR = tempfile.mkdtemp(prefix="stor-test-locks-")
+atexit.register(shutil.rmtree, _LOCK_DIR, True)  # the module-wide lock files go with the run
+LOCKS = ShaLocks(_LOCK_DIR)
 
 
 def sha256(data: bytes) -> str:
