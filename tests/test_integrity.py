@@ -355,25 +355,30 @@ def whole_calls(lines: list[str]) -> list[str]:
     return whole
 
 
-def test_every_directory_a_commit_creates_is_fsynced_up_to_the_storage(stor_process, tmp_path):
-    stor = stor_process()
-    trace = tmp_path / "strace.out"
+def traced_upload(stor, data: bytes, trace: Path, calls: str):  # type: ignore[no-untyped-def]
+    """Upload ``data`` (201) while ``strace -f -y`` records ``calls`` of the stor
+    process; the traced lines (split calls joined) and the answer's body."""
     tracer = subprocess.Popen(["strace", "-f", "-y", "-qq", "-o", str(trace),
-                               "-e", "trace=mkdir,mkdirat,rename,renameat,renameat2,fsync",
-                               "-p", str(stor.popen.pid)])
+                               "-e", f"trace={calls}", "-p", str(stor.popen.pid)])
     try:
         deadline = time.monotonic() + 10
         while not trace.exists() or trace.stat().st_size == 0:  # attached: it logs nothing yet
             code, _ = post(stor.port, b"warm-up %f" % time.monotonic())
             assert code == 201
             assert time.monotonic() < deadline
-        data = os.urandom(5000)
         code, body = post(stor.port, data)
         assert code == 201
     finally:
         tracer.terminate()
         tracer.wait(10)
-    lines = whole_calls(trace.read_text().splitlines())
+    return whole_calls(trace.read_text().splitlines()), body
+
+
+def test_every_directory_a_commit_creates_is_fsynced_up_to_the_storage(stor_process, tmp_path):
+    stor = stor_process()
+    data = os.urandom(5000)
+    lines, body = traced_upload(stor, data, tmp_path / "strace.out",
+                                "mkdir,mkdirat,rename,renameat,renameat2,fsync")
     sha = sha256(data).upper()
     made = [line.split('"')[1] for line in lines if "mkdir" in line and sha[:2] in line
             and "= 0" in line and f"/{sha[:2]}" in line]
@@ -394,23 +399,9 @@ def test_a_write_through_marker_is_durable_before_its_file_is_in_place(stor_proc
     it is created and its outbox directory fsynced before the file is renamed into
     place (a crash in between leaves a file S3 would otherwise never get)."""
     stor = stor_process(s3_write_through=True, **s3_keys(moto, bucket))
-    trace = tmp_path / "strace.out"
-    tracer = subprocess.Popen(["strace", "-f", "-y", "-qq", "-o", str(trace), "-e",
-                               "trace=openat,rename,renameat,renameat2,fsync",
-                               "-p", str(stor.popen.pid)])
-    try:
-        deadline = time.monotonic() + 10
-        while not trace.exists() or trace.stat().st_size == 0:  # attached: it logs nothing yet
-            code, _ = post(stor.port, b"warm-up %f" % time.monotonic())
-            assert code == 201
-            assert time.monotonic() < deadline
-        data = os.urandom(50_000)
-        code, body = post(stor.port, data)
-        assert code == 201
-    finally:
-        tracer.terminate()
-        tracer.wait(10)
-    lines = whole_calls(trace.read_text().splitlines())
+    data = os.urandom(50_000)
+    lines, body = traced_upload(stor, data, tmp_path / "strace.out",
+                                "openat,rename,renameat,renameat2,fsync")
     sha = sha256(data)
     for path in json.loads(body):
         storage = layout.storage_of(path, sha)
