@@ -69,6 +69,9 @@ async def test_a_second_process_finds_the_path_in_memcached(start_server, config
     await store(cached, data)
     assert await get(cached, sha256(data)) == (200, data)
     config_dict["statsite"] = {"host": f"127.0.0.1:{statsite.port}", "prefix": "other"}
+    # its first get waits for the first connection: on a busy machine that can take
+    # longer than the 0.2 s the other tests use to see a hung server
+    config_dict["memcached_timeout"] = 5.0
     other = await start_server(config_dict)  # same memcached, empty in-process cache
     assert await get(other, sha256(data)) == (200, data)
     await statsite.wait_for(r"other\.cache\.hit:1\|c")
