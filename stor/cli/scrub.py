@@ -28,7 +28,8 @@ from dataclasses import replace
 from typing import TextIO
 
 from stor.cli.usage import (
-    UsageError, check_listable, command_config, positive_rate, selected_storages,
+    UsageError, check_listable, command_config, positive_number, positive_rate,
+    selected_storages,
 )
 from stor.config import Config, StatsiteConfig
 from stor.fs.locks import ShaLocks, default_lock_dir
@@ -60,13 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
+    return positive_number(text, "seconds", "a number of seconds")
 
 
 def run_command(args: argparse.Namespace, stdout: TextIO | None = None,

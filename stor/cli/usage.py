@@ -56,12 +56,17 @@ def check_listable(storages: Sequence[str]) -> None:
             raise UsageError(f"storage {storage} {why}")
 
 
-def positive_rate(text: str) -> float:
-    """``--max-mbps``: a positive, finite number of MB/s."""
+def positive_number(text: str, unit: str, number: str = "a number") -> float:
+    """An argparse type's check: a positive, finite number of ``unit``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {number}") from None
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive number of {unit}, got {text}")
     return value
+
+
+def positive_rate(text: str) -> float:
+    """``--max-mbps``: a positive, finite number of MB/s."""
+    return positive_number(text, "MB/s")
