@@ -19,7 +19,7 @@ starts on a free loopback port (and stops afterwards):
     ``twisted.protocols.memcache.MemCacheProtocol`` over one persistent TCP
     connection on the reactor; requests in flight are pipelined.
 ``stor``
-    ``stor.peers.cache.MemcachedCache`` as it is in this tree, through its
+    ``stor.cache.lookup.MemcachedCache`` as it is in this tree, through its
     public ``get`` with an LRU of one entry (so every get goes to memcached).
     Its ``put`` returns nothing to wait for, so it has no ``set`` rows.
 
@@ -187,7 +187,7 @@ class StorClient:
 
     def __init__(self, reactor: Any, address: tuple[str, int]) -> None:
         from stor.config.memcached import TcpServer
-        from stor.peers.cache import MemcachedCache
+        from stor.cache.lookup import MemcachedCache
 
         self._cache = MemcachedCache([TcpServer(*address)], reactor, timeout=TIMEOUT, lru_size=1)
 

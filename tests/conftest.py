@@ -21,7 +21,7 @@ from stor.config import Config, parse_config
 
 # Fixture modules shared by several test files (peers started per test).
 pytest_plugins = ["memcached_peer", "ops_peer", "log_peers", "s3write_peer", "fleet_peer"]
-from stor.ops.service import build_daemon
+from stor.process.service import build_daemon
 
 
 def sha256(data: bytes) -> str:

@@ -14,9 +14,9 @@ import tempfile
 from twisted.internet import defer, task
 
 from stor.config import S3Config
-from stor.fs.diskpool import DiskPool
-from stor.peers.s3 import s3_client
-from stor.peers.s3put import S3Writer
+from stor.disk.diskpool import DiskPool
+from stor.s3.read import s3_client
+from stor.s3.put import S3Writer
 
 
 def peak_kib() -> int:

@@ -27,9 +27,9 @@ from twisted.web.client import HTTPConnectionPool
 from s3_peer import MotoS3
 from stor.config import S3Config
 from stor.core import layout
-from stor.fs.diskpool import DiskPool
-from stor.peers.s3 import s3_client
-from stor.peers.s3put import S3Writer
+from stor.disk.diskpool import DiskPool
+from stor.s3.read import s3_client
+from stor.s3.put import S3Writer
 
 MiB = 1024 * 1024
 WAIT = 30.0

@@ -20,9 +20,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.core.placement import Pair
-from stor.fs.health import StorageHealth, check_storages
-from stor.fs.locks import ShaLocks
-from stor.store.local import LocalStore
+from stor.disk.health import StorageHealth, check_storages
+from stor.disk.locks import ShaLocks
+from stor.disk.local import LocalStore
 from stor.store.store import Store
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 STOR = Path(__file__).resolve().parent.parent / "stor"
 
-RANK = {"core": 0, "config": 1, "fs": 1, "peers": 2, "store": 3, "http": 4, "client": 4,
-        "ops": 5, "cli": 6}
+RANK = {"core": 0, "config": 1, "disk": 2, "cache": 2, "amqp": 2, "s3": 3, "observe": 3,
+        "store": 4, "http": 5, "client": 5, "process": 6, "cli": 7}
 """A package may import only packages of a lower rank (and ``stor`` itself for the
-version)."""
+version).  core: the rules (layout, SHA, ranges, placement, errors); config: typed
+sections; disk, cache, amqp, s3, observe: one folder per tier; store: the policy and
+its interface; http: the routes; process: assembly; cli: commands."""
 
 CLIENT_MAY_IMPORT = {"core"}
 """The client talks to a server over HTTP only: it shares the SHA rules, nothing else."""
@@ -45,7 +47,7 @@ def _graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         targets = set()
         for imported in _imports(path):
-            # "stor.fs.locks.ShaLocks" is a name in the module stor.fs.locks.
+            # "stor.disk.locks.ShaLocks" is a name in the module stor.disk.locks.
             while imported not in modules and "." in imported:
                 imported = imported.rsplit(".", 1)[0]
             if imported != name:

@@ -21,8 +21,8 @@ from twisted.logger import globalLogPublisher
 from memcached_peer import MemcachedPeer, free_port
 from stor.config import Config
 from stor.config.memcached import MemcachedConfig, MemcachedServer, TcpServer, UnixServer
-from stor.peers.cache import CacheStats, LocalCache, Lru, MemcachedCache, build_cache
-from stor.peers.memcached import MemcachedClient
+from stor.cache.lookup import CacheStats, LocalCache, Lru, MemcachedCache, build_cache
+from stor.cache.memcached import MemcachedClient
 
 T = TypeVar("T")
 

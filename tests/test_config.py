@@ -14,7 +14,7 @@ from stor.config import (
 )
 from stor.config.memcached import TcpServer
 from stor.core.errors import ConfigError
-from stor.fs.health import check_storages
+from stor.disk.health import check_storages
 
 REPO = Path(__file__).resolve().parent.parent
 

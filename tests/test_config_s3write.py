@@ -7,9 +7,9 @@ import pytest
 
 from stor.config import Config, parse_config
 from stor.core.errors import ConfigError
-from stor.peers.s3 import NoS3, build_s3
+from stor.s3.read import NoS3, build_s3
 from stor.core.metrics import NullMetrics
-from stor.store.outbox import build_outbox
+from stor.s3.outbox import build_outbox
 
 CREDS = {"access_key": "AK", "secret_key": "SK", "host": "s3.example:9000"}
 

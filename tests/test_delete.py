@@ -30,7 +30,7 @@ from conftest import AUTH, dat_files, raw_request, sha256
 from ops_peer import AUTH_HEADER, request, wait_for
 from s3_peer import refused_port
 from stor.core import layout
-from stor.fs.locks import ShaLocks
+from stor.disk.locks import ShaLocks
 
 DELETER = ("admin", "admin_pass")
 DATA = b"a file someone wants gone\n" * 500

@@ -1,6 +1,6 @@
 """The ``log`` outputs as observers of this process's events: real sockets, real files.
 
-In-process tests start :class:`~stor.ops.log_outputs.LogOutputs` in the test's
+In-process tests start :class:`~stor.observe.log_outputs.LogOutputs` in the test's
 reactor and log with twisted.logger, as stor's code does; the process tests at
 the end send real signals to real stor processes.
 """
@@ -25,7 +25,7 @@ from log_peers import Datagrams, GelfAssembler, Stream
 from ops_peer import free_port, request, wait_for
 from stor.config.log import parse_log
 from stor.config.problems import Problems
-from stor.ops.log_outputs import LineWriter, LogOutputs, build_log_outputs
+from stor.observe.log_outputs import LineWriter, LogOutputs, build_log_outputs
 
 log = Logger(namespace="stor.test.outputs")
 

@@ -1,4 +1,4 @@
-"""GELF messages (:mod:`stor.ops.gelf`), and stor's own ``{"gelf": …}`` form end to end.
+"""GELF messages (:mod:`stor.observe.gelf`), and stor's own ``{"gelf": …}`` form end to end.
 
 The old service's Log::Dispatch ``Gelf`` output is tested in test_log_outputs.py.
 """
@@ -17,7 +17,7 @@ import pytest
 from log_peers import gelf_json
 from ops_peer import request
 from stor.config.log import GELF_LAN_CHUNK, GelfOutput, STOR_GELF_CHUNK
-from stor.ops.gelf import CHUNK_HEADER, MAX_DATAGRAM, chunk, datagrams
+from stor.observe.gelf import CHUNK_HEADER, MAX_DATAGRAM, chunk, datagrams
 
 CHUNK_SIZE = STOR_GELF_CHUNK + CHUNK_HEADER
 """stor's own form: datagrams of at most 8 KiB."""
@@ -116,7 +116,7 @@ def test_stor_sends_its_log_events_to_graylog(stor_process, graylog) -> None:
     assert hello["version"] == "1.1" and hello["level"] == 6
     assert hello["host"] == socket.gethostname()
     assert hello["_facility"] == "stor" and hello["_env"] == "test"
-    assert hello["_namespace"] == "stor.ops.shutdown" and hello["_pid"] == stor.popen.pid
+    assert hello["_namespace"] == "stor.process.shutdown" and hello["_pid"] == stor.popen.pid
     assert isinstance(hello["timestamp"], float)
 
     # an access event too long for one datagram arrives in chunks

@@ -16,12 +16,12 @@ from twisted.python.failure import Failure
 
 from conftest import sha256
 from ops_peer import AUTH_HEADER, request
-from stor.fs.diskpool import DiskPool
-from stor.fs.locks import ShaLocks
+from stor.disk.diskpool import DiskPool
+from stor.disk.locks import ShaLocks
 from stor.http.app import StorApp
 from stor.http.site import StorSite
-from stor.ops.logs import format_json_line, format_text_line
-from stor.store.local import LocalStore
+from stor.observe.logs import format_json_line, format_text_line
+from stor.disk.local import LocalStore
 from stor.store.store import Store
 
 COMBINED_LOG = re.compile(r'"(GET|POST|HEAD) /\S* HTTP/1\.[01]" \d{3}')

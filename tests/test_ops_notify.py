@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stor.ops.notify import notify, parse_state
+from stor.process.notify import notify, parse_state
 
 
 @pytest.fixture

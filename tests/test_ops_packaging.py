@@ -49,7 +49,7 @@ def test_unit_is_a_hardened_notify_service() -> None:
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
         assert s[key] == ["yes"], key
     assert s["ProtectSystem"] == ["strict"]
-    # stor's per-SHA locks default to $RUNTIME_DIRECTORY/locks (stor.fs.locks), the one
+    # stor's per-SHA locks default to $RUNTIME_DIRECTORY/locks (stor.disk.locks), the one
     # directory besides the storages that ProtectSystem=strict leaves writable
     assert s["RuntimeDirectory"] == ["stor"]
     assert s["KillMode"] == ["mixed"]  # SIGTERM to the main process, which passes it on once

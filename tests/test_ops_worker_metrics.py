@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stor.ops.worker_metrics import (
+from stor.process.worker_metrics import (
     PARENT_ENV, SLOT_ENV, WorkerProcesses, announce, register_worker_processes,
 )
 

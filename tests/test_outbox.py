@@ -20,8 +20,8 @@ from s3write_peer import MiB, bounded, make_file, place_big, s3_config, stored_s
 from stor.config import StatsiteConfig
 from stor.core import layout
 from stor.config import Config
-from stor.peers.statsd import build_metrics
-from stor.store.outbox import (
+from stor.observe.statsd import build_metrics
+from stor.s3.outbox import (
     BUSY, DEPTH, PUT_OK, PUT_PRESENT, Claim, Outbox, claim, marker_path, record, release, scan,
 )
 
@@ -109,7 +109,7 @@ def test_record_returns_only_once_each_outbox_directory_is_fsynced_after_its_mar
     directory must be fsynced after the marker appeared in it (strace of a real call)."""
     sha = "ab" * 32
     trace = tmp_path / "strace.out"
-    code = f"from stor.store.outbox import record; print(record({sha!r}, {pair!r}))"
+    code = f"from stor.s3.outbox import record; print(record({sha!r}, {pair!r}))"
     subprocess.run(["strace", "-f", "-y", "-qq", "-o", str(trace), "-e", "trace=openat,fsync",
                     sys.executable, "-c", code], check=True, capture_output=True)
     lines = trace.read_text().splitlines()

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogEvent, globalLogPublisher
 
-from stor.peers.udp import UdpSender
+from stor.observe.udp import UdpSender
 
 
 def started(host: str, port: int, **kwargs: Any) -> UdpSender:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from stor.core import placement
 from stor.core.errors import NoSpace
 from stor.core.placement import choose_pair, lookup_order, writable
-from stor.fs.health import StorageHealth
-from stor.store.local import LocalStore
+from stor.disk.health import StorageHealth
+from stor.disk.local import LocalStore
 
 GB = 1_000_000_000
 

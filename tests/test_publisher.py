@@ -1,4 +1,4 @@
-"""stor.peers.amqp: URI parsing (pure) and publishing through a cuttable relay to the real broker."""
+"""stor.amqp.publish: URI parsing (pure) and publishing through a cuttable relay to the real broker."""
 
 import time
 import uuid
@@ -15,7 +15,7 @@ from amqp_peer import Consumer, Relay, amqp_methods, delete_exchange, eventually
 import pika
 
 from stor.config.amqp import split_amqp_uri
-from stor.peers.amqp import (
+from stor.amqp.publish import (
     BACKOFF, CONNECTED, DISCONNECTED, DROPPED, AmqpPublisher, NoPublisher, build_publisher,
 )
 
@@ -172,9 +172,9 @@ def logged():
 
 
 def amqp_lines(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """What stor.peers.amqp (the publisher, and the ClientService it uses) logged: (level, text)."""
+    """What stor.amqp.publish (the publisher, and the ClientService it uses) logged: (level, text)."""
     return [(e["log_level"].name, formatEvent(e)) for e in events
-            if e.get("log_namespace", "").startswith("stor.peers.amqp")]
+            if e.get("log_namespace", "").startswith("stor.amqp.publish")]
 
 
 @pytest_twisted.async_yield_fixture

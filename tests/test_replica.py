@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from stor.core import layout
 from stor.core.errors import HashMismatch, MalformedSha
-from stor.fs.locks import ShaLocks
-from stor.fs.temps import is_stale_temp, temp_dir
-from stor.store.replica import CHUNK, CorruptSource, SourceGone, copy_to_twin, sha256_file
+from stor.disk.locks import ShaLocks
+from stor.disk.temps import is_stale_temp, temp_dir
+from stor.disk.replica import CHUNK, CorruptSource, SourceGone, copy_to_twin, sha256_file
 
 
 _LOCK_DIR = tempfile.mkdtemp(prefix="stor-test-locks-")

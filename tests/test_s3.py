@@ -31,7 +31,7 @@ from s3_peer import MotoS3, ScriptedPeer, black_hole, refused_port, response
 from stor.core import layout
 from stor.config import Config, S3Config
 from stor.core.errors import StorageFailure
-from stor.peers.s3 import BAD_SHA, ERROR, NOT_FOUND, NoS3, S3Object, S3Reader, build_s3, s3_client
+from stor.s3.read import BAD_SHA, ERROR, NOT_FOUND, NoS3, S3Object, S3Reader, build_s3, s3_client
 
 MiB = 1024 * 1024
 WAIT = 10.0  # upper bound on any single wait in these tests; never reached when green

@@ -21,7 +21,7 @@ from s3write_peer import (
     MiB, Sink, bounded, make_file, open_uploads, place_big, s3_config, stored_sha,
 )
 from stor.core import layout
-from stor.peers.s3put import (
+from stor.s3.put import (
     MAX_PARTS, MIN_PART_SIZE, CorruptLocalFile, S3WriteError, part_ranges,
 )
 
@@ -248,7 +248,7 @@ def test_256_mib_files_go_up_whole_with_flat_memory(moto, bucket, tmp_path):
 
 
 def test_the_read_path_signs_for_the_configured_region():
-    from stor.peers.s3 import S3Reader
+    from stor.s3.read import S3Reader
 
     reader = S3Reader(s3_config_for("http://127.0.0.1:9", region="ap-southeast-2"), None,
                       reactor, None)

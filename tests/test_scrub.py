@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from stor.cli import main as cli
 from stor.core import layout
 from stor.cli.scrub_progress import Progress
-from stor.fs.locks import ShaLocks
-from stor.store.scrub import Report, Scrubber, Throttle, count
-from stor.fs.temps import temp_dir
+from stor.disk.locks import ShaLocks
+from stor.disk.scrub import Report, Scrubber, Throttle, count
+from stor.disk.temps import temp_dir
 
 STOR = str(Path(sys.executable).parent / "stor")
 MiB = 1024 * 1024

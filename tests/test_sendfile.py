@@ -15,7 +15,7 @@ from twisted.internet import reactor, threads
 from conftest import sha256
 from stor.core import layout
 from stor.core.errors import CorruptReplica
-from stor.store.body import TAIL, SendfileBody
+from stor.disk.body import TAIL, SendfileBody
 from twisted.internet.defer import Deferred, gatherResults
 
 MiB = 1024 * 1024

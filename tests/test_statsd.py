@@ -13,8 +13,8 @@ from twisted.logger import LogEvent, globalLogPublisher
 from log_peers import Stream
 from ops_peer import free_port
 from stor.config import StatsiteConfig, parse_config
-from stor.peers.statsd import StatsdMetrics, build_metrics
-from stor.peers.stream import StreamSender
+from stor.observe.statsd import StatsdMetrics, build_metrics
+from stor.observe.stream import StreamSender
 
 
 def lines(config: StatsiteConfig, rng: random.Random | None = None) -> tuple[StatsdMetrics, list[bytes]]:

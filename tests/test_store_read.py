@@ -17,7 +17,7 @@ from store_fakes import Collect, RecordingMetrics, make_store, sha256
 from stor.core import layout
 from stor.core.errors import CorruptReplica, NotFound, RangeNotSatisfiable
 from stor.core.ranges import ByteRange, Selection, etag
-from stor.store.local import SMALL_FILE
+from stor.disk.local import SMALL_FILE
 
 
 def result(d: "Deferred[object]") -> object:

@@ -3,7 +3,7 @@
 The backfill for write-through (files stored before it was switched on, or
 whose outbox marker was lost with a disk): walk the storages, HEAD each SHA,
 and put the missing ones with the same verified upload as the outbox
-(:class:`~stor.peers.s3put.S3Writer`: signed with the file's SHA-256, hashed
+(:class:`~stor.s3.put.S3Writer`: signed with the file's SHA-256, hashed
 while read, a rotten replica never sent; its twin is tried instead).
 
 It only reads the storages and only adds objects named by their content, so
@@ -36,10 +36,10 @@ from stor.cli.usage import (
 )
 from stor.config import Config
 from stor.core import layout
-from stor.fs.diskpool import DiskPool
-from stor.peers.s3 import s3_client
-from stor.peers.s3put import CorruptLocalFile, S3WriteError, S3Writer
-from stor.store.scrub import Throttle
+from stor.disk.diskpool import DiskPool
+from stor.s3.read import s3_client
+from stor.s3.put import CorruptLocalFile, S3WriteError, S3Writer
+from stor.disk.scrub import Throttle
 
 log = Logger()
 

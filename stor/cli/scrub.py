@@ -1,4 +1,4 @@
-"""``stor scrub``: the command around :mod:`stor.store.scrub`.
+"""``stor scrub``: the command around :mod:`stor.disk.scrub`.
 
 It checks the arguments and the storages (exit 2 before anything is read),
 counts what there is to hash (a ``stat``-only first pass, so progress has a
@@ -32,9 +32,9 @@ from stor.cli.usage import (
     selected_storages,
 )
 from stor.config import Config, StatsiteConfig
-from stor.fs.locks import ShaLocks, default_lock_dir
-from stor.peers.statsd import StatsdMetrics
-from stor.store.scrub import KINDS, Problem, Report, Scrubber, Throttle, count, twins
+from stor.disk.locks import ShaLocks, default_lock_dir
+from stor.observe.statsd import StatsdMetrics
+from stor.disk.scrub import KINDS, Problem, Report, Scrubber, Throttle, count, twins
 from stor.cli.scrub_progress import Progress
 
 EXIT_ERROR = 2

@@ -52,7 +52,7 @@ class Progress:
         self.counting = False
         self._start = self._clock()
 
-    # -- the scrub (stor.store.scrub.ProgressSink) -----------------------------
+    # -- the scrub (stor.disk.scrub.ProgressSink) -----------------------------
 
     def add_file(self) -> None:
         self.files += 1

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from stor.config import Config, load_config
 from stor.core.errors import ConfigError
-from stor.fs.health import check_storages
+from stor.disk.health import check_storages
 
 
 class UsageError(Exception):

@@ -1,7 +1,7 @@
 """What the store and the HTTP layer count: the statsite interface (docs/SPEC.md §6).
 
 The implementation (UDP or TCP lines to statsite) is a peer
-(:mod:`stor.peers.statsd`); everything above it sees only this protocol, and
+(:mod:`stor.observe.statsd`); everything above it sees only this protocol, and
 :class:`NullMetrics` when no ``statsite`` is configured, so callers never test
 a flag.
 """

@@ -30,7 +30,7 @@ from stor.http.auth import authorized, user_of
 from stor.http.channel import SocketSendfile, is_gone
 from stor.http.dates import http_date
 from stor.http.handshake import Accepted, Refused, segment_of
-from stor.store.spool import Duplicate, Stored, UploadResult
+from stor.disk.spool import Duplicate, Stored, UploadResult
 from stor.store.store import Reading, Store
 
 log = Logger()
@@ -152,7 +152,7 @@ class StorApp:
 
     @app.route("/metrics", methods=["GET"])
     async def prometheus(self, request: IRequest) -> bytes:
-        """Prometheus text format (see :mod:`stor.ops.prometheus`)."""
+        """Prometheus text format (see :mod:`stor.observe.prometheus`)."""
         if self._metrics_page is None:
             request.setResponseCode(404)
             return _body(request, b"Not Found\n")

@@ -3,7 +3,7 @@
 :class:`StorSite` builds :class:`~stor.http.channel.StorChannel` connections
 whose requests are :class:`~stor.http.request.StorRequest` (uploads stream
 into ``store``).  It logs one access event per request
-(:func:`stor.http.access.emit_access`) when its answer is finished or its
+(:func:`stor.observe.access.emit_access`) when its answer is finished or its
 connection lost, tells the ``observer`` (the Prometheus exporter) likewise,
 puts a ``Stor-Worker: <pid>`` header on every answer, counts requests the
 channel refused (408, 414, 431, body timeouts), and keeps the requests and
@@ -21,7 +21,7 @@ from twisted.web import server
 
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.sha import sha_of_path
-from stor.http.access import emit_access
+from stor.observe.access import emit_access
 from stor.http.channel import StorChannel, describe_peer, request_line
 from stor.http.request import StorRequest
 from stor.store.store import Store

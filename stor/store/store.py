@@ -10,7 +10,7 @@ write to any consumer.
 
 :meth:`Store.upload` starts "store this body": an
 :class:`~stor.store.upload.Upload` fed by the HTTP layer, committed through
-:mod:`stor.store.spool` under the SHA's lock.
+:mod:`stor.disk.spool` under the SHA's lock.
 
 The statsite keys of reads (docs/SPEC.md §6) are emitted here; the HTTP layer counts
 requests and maps errors to answers.  Later tiers (S3 write-through, DELETE)
@@ -33,24 +33,24 @@ from stor.core import layout
 from stor.core.errors import CorruptReplica, NotFound, RangeNotSatisfiable, StorageFailure
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.ranges import Part, Selection
-from stor.fs.health import StorageHealth
-from stor.fs.fsio import fsync_dir
-from stor.fs.locks import ShaLocks, Tombstones
-from stor.store.body import Body, BytesBody, FileBody, SendTarget
-from stor.store import outbox as outbox_markers
-from stor.store.local import Hit, LocalStore
-from stor.store.quarantine import quarantine
-from stor.store.repair import Repairer
-from stor.store.spool import BeforeInstall, Duplicate, Spool, Stored, UploadResult
-from stor.store.spool import commit as commit_spool
-from stor.store.spool import open_spool
+from stor.disk.health import StorageHealth
+from stor.disk.fsio import fsync_dir
+from stor.disk.locks import ShaLocks, Tombstones
+from stor.disk.body import Body, BytesBody, FileBody, SendTarget
+from stor.s3 import outbox as outbox_markers
+from stor.disk.local import Hit, LocalStore
+from stor.disk.quarantine import quarantine
+from stor.disk.repair import Repairer
+from stor.disk.spool import BeforeInstall, Duplicate, Spool, Stored, UploadResult
+from stor.disk.spool import commit as commit_spool
+from stor.disk.spool import open_spool
 from stor.store.upload import Upload
 
 log = Logger()
 
 
 class LookupCache(Protocol):
-    """``sha → path`` of local hits (:mod:`stor.peers.cache`)."""
+    """``sha → path`` of local hits (:mod:`stor.cache.lookup`)."""
 
     def get(self, sha: str) -> "Deferred[str | None]": ...
 
@@ -62,19 +62,19 @@ class LookupCache(Protocol):
 
 
 class S3Source(Protocol):
-    """The S3 read-through (:class:`stor.peers.s3.S3Reader`)."""
+    """The S3 read-through (:class:`stor.s3.read.S3Reader`)."""
 
     def fetch(self, sha: str, head: bool, byte_range: object = None) -> "Deferred[object]": ...
 
 
 class Publisher(Protocol):
-    """Where every requested SHA is published (:mod:`stor.peers.amqp`)."""
+    """Where every requested SHA is published (:mod:`stor.amqp.publish`)."""
 
     def publish(self, sha: str) -> None: ...
 
 
 class S3Objects(Protocol):
-    """The bucket, for what a DELETE does there (:class:`stor.peers.s3put.S3Writer`)."""
+    """The bucket, for what a DELETE does there (:class:`stor.s3.put.S3Writer`)."""
 
     def exists(self, sha: str) -> "Deferred[bool]": ...
 
@@ -82,7 +82,7 @@ class S3Objects(Protocol):
 
 
 class Outbox(Protocol):
-    """The S3 write-through's queue (:class:`stor.store.outbox.Outbox`)."""
+    """The S3 write-through's queue (:class:`stor.s3.outbox.Outbox`)."""
 
     def queue(self, sha: str) -> None: ...
 

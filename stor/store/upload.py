@@ -5,12 +5,12 @@ request's headers are in; the duplicate check and the choice (and space
 reservation) of a pair run in the disk pool meanwhile.  Each chunk the
 connection delivers is queued on the reactor thread and handed, in batches,
 to a :class:`~stor.store.pipeline.Pipeline` whose two lanes hash the body and
-write it to both members of the pair (:class:`~stor.store.spool.Spool`) side
+write it to both members of the pair (:class:`~stor.disk.spool.Spool`) side
 by side.  When more than :data:`HIGH_WATER` bytes wait or are being written,
 the connection (the registered producer) is paused, so memory stays flat
 whatever the file size.  When the
 body is complete the digest is compared with the SHA and, only on a match,
-:func:`~stor.store.spool.commit` puts the file in place.
+:func:`~stor.disk.spool.commit` puts the file in place.
 
 States (:class:`State`)::
 
@@ -36,9 +36,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.core.errors import HashMismatch, StorageFailure, StorError, TooLarge, UploadAborted
-from stor.fs.commit import MemberFailed
+from stor.disk.commit import MemberFailed
 from stor.store.pipeline import Pipeline
-from stor.store.spool import Duplicate, Spool, UploadResult, as_stor_error
+from stor.disk.spool import Duplicate, Spool, UploadResult, as_stor_error
 
 HIGH_WATER = 4 * 1024 * 1024
 """Queued bytes at which the connection is paused."""

@@ -7,7 +7,7 @@ from twisted.application.service import ServiceMaker
 
 stor = ServiceMaker(
     "stor",
-    "stor.ops.service",
+    "stor.process.service",
     "Store and serve files addressed by their SHA-256 over HTTP.",
     "stor",
 )

@@ -1,0 +1,1 @@
+"""AMQP publish of every requested SHA."""

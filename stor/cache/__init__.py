@@ -1,0 +1,1 @@
+"""The lookup cache: an in-process LRU in front of memcached."""

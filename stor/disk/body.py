@@ -1,0 +1,342 @@
+"""Body sources: what a read answers with, written to any ``IConsumer``.
+
+The HTTP layer hands a consumer (the request) to :meth:`Body.write_to` and
+gets a Deferred that fires when every byte is written, fails when the body
+cannot be completed (the connection must then be cut: a short body must never
+pass for a whole one), and stops the source when cancelled (the client went
+away).  Sources: bytes in memory (a small file, already verified), an open
+local file (:class:`FileBody`), and an S3 object
+(:class:`stor.s3.read.S3Object`).
+"""
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import IO, Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from zope.interface import implementer
+
+from stor.core.errors import CorruptReplica, StorageFailure
+from stor.disk import nowait
+
+CHUNK = 256 * 1024
+
+Runner = Callable[..., "Deferred[Any]"]
+
+
+class Body(Protocol):
+    """Something that can write itself to a consumer, once."""
+
+    def write_to(self, consumer: IConsumer) -> "Deferred[None]": ...
+
+
+class SendTarget(Protocol):
+    """A connection the kernel can send a file to directly (``sendfile``), offered by
+    the HTTP layer for a plain TCP connection (:class:`stor.http.channel.SocketSendfile`)."""
+
+    def begin(self, producer: IPushProducer) -> None:
+        """Send the answer's headers; ``producer.resumeProducing`` once they are out."""
+
+    def send(self, fd: int, offset: int, count: int) -> int | None:
+        """Up to ``count`` bytes of ``fd`` from ``offset`` sent now; None: would block
+        (``producer.resumeProducing`` is called when it can take more)."""
+
+    def end(self) -> None:
+        """The body is sent (or given up)."""
+
+
+class BytesBody:
+    """A body already in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def write_to(self, consumer: IConsumer) -> "Deferred[None]":
+        consumer.write(self._data)
+        return succeed(None)
+
+
+@implementer(IPushProducer)
+class FileBody:
+    """``length`` bytes of an open file from ``offset``, streamed with back-pressure.
+
+    The consumer pauses and resumes it as its send buffer fills and drains.
+    Each chunk is read on the reactor only when the page cache already holds it
+    (``RWF_NOWAIT``, see :mod:`stor.disk.nowait`); otherwise the read runs in the
+    disk pool, so a slow disk never stalls the reactor.  Memory per download is
+    one chunk.
+
+    With ``verify`` (the SHA, for a whole-file answer) the bytes are hashed as
+    they go and the last chunk is written only if the digest matches: on a
+    mismatch the delivery fails with :class:`~stor.core.errors.CorruptReplica`
+    and the client never receives a complete wrong file.
+    """
+
+    def __init__(self, f: IO[bytes], path: str, offset: int, length: int, run: Runner,
+                 verify: str | None = None) -> None:
+        self._file = f
+        self._fd = f.fileno()
+        self._path = path
+        self._offset = offset
+        self._remaining = length
+        self._run = run
+        self._verify = verify
+        self._hash = hashlib.sha256() if verify else None
+        self._consumer: IConsumer | None = None
+        self._paused = False
+        self._reading = False
+        self._stopped = False
+        self._done: Deferred[None] = Deferred(lambda _: self.stopProducing())
+
+    def write_to(self, consumer: IConsumer, sendfile: SendTarget | None = None,
+                 call_from_thread: Callable[..., object] | None = None) -> "Deferred[None]":
+        """Stream the body to ``consumer``; with ``sendfile`` (a whole, large file) the
+        kernel sends it, verified by a thread (:class:`SendfileBody`)."""
+        if (sendfile is not None and call_from_thread is not None and self._verify
+                and self._offset == 0 and self._remaining >= SENDFILE_MIN):
+            return SendfileBody(self._file, self._path, self._remaining, self._run,
+                                self._verify, call_from_thread).write_to(sendfile)
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        self._pump()
+        return self._done
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        """The client went away (or the delivery was cancelled): close quietly."""
+        if not self._stopped:
+            self._stopped = True
+            self._finish(CancelledError())
+
+    def _pump(self) -> None:
+        """Send cached chunks until paused; hand the first uncached read to a thread."""
+        while not (self._reading or self._paused or self._stopped):
+            size = min(CHUNK, self._remaining)
+            try:
+                data = nowait.read_at(self._fd, size, self._offset)
+            except OSError as e:
+                self._stop(StorageFailure(f"cannot read {self._path}: {e.strerror}"))
+                return
+            if data is None:
+                self._reading = True
+                self._run(os.pread, self._fd, size, self._offset).addCallbacks(
+                    self._read, self._failed)
+                return
+            self._deliver(data)
+
+    def _read(self, data: bytes) -> None:
+        self._reading = False
+        if self._stopped:
+            self._file.close()
+            return
+        self._deliver(data)
+        self._pump()
+
+    def _deliver(self, data: bytes) -> None:
+        if not data:  # the file shrank under us: end the body short, never pad it
+            self._stop(StorageFailure(f"{self._path} is shorter than its size"))
+            return
+        self._offset += len(data)
+        self._remaining -= len(data)
+        if self._hash is not None:
+            self._hash.update(data)
+            if self._remaining <= 0 and self._hash.hexdigest() != self._verify:
+                self._stop(CorruptReplica(self._path, self._hash.hexdigest()))
+                return
+        assert self._consumer is not None
+        self._consumer.write(data)
+        if self._remaining <= 0:
+            self._stop(None)
+
+    def _failed(self, failure: Any) -> None:
+        self._reading = False
+        error = failure.value
+        self._stop(StorageFailure(f"cannot read {self._path}: {getattr(error, 'strerror', error)}"))
+
+    def _stop(self, error: BaseException | None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._consumer is not None:
+            self._consumer.unregisterProducer()
+        self._finish(error)
+
+    def _finish(self, error: BaseException | None) -> None:
+        if not self._reading:
+            self._file.close()
+        if self._done.called:
+            return
+        if error is None:
+            self._done.callback(None)
+        else:
+            self._done.errback(error)
+
+
+SENDFILE_MIN = 1024 * 1024
+"""Whole files at least this large go by ``sendfile`` when the connection allows."""
+TAIL = 256 * 1024
+"""The end of the file held back until the whole file is known to hash to its name."""
+PROGRESS_STEP = 8 * 1024 * 1024
+"""The hashing thread tells the sender every time it is this much further."""
+HASH_READ = 2 * 1024 * 1024
+"""The hashing thread's reads: large, so it seldom takes the interpreter lock."""
+SEND_BUDGET = 8 * 1024 * 1024
+"""Bytes sent in one turn of the reactor, before other connections get theirs."""
+
+
+def _step(offset: int, size: int) -> int:
+    """How far the hashing thread goes before it tells the sender: little at the
+    start and the end (the sender waits then), :data:`PROGRESS_STEP` between."""
+    if offset < PROGRESS_STEP or size - offset < 2 * PROGRESS_STEP:
+        return HASH_READ
+    return PROGRESS_STEP
+
+
+@implementer(IPushProducer)
+class SendfileBody:
+    """A whole large file sent by the kernel, while a pool thread hashes it ahead.
+
+    The hashing thread reads every byte first (so the pages ``sendfile`` sends
+    are in the page cache: the reactor never waits for a disk) and reports how
+    far it got; the sender never passes it, and holds back the last
+    :data:`TAIL` bytes until the digest is known: on a mismatch the delivery
+    fails with :class:`~stor.core.errors.CorruptReplica` before the file is
+    complete.  Hashing (one core) and sending (the kernel, on the other)
+    overlap instead of taking turns.
+    """
+
+    def __init__(self, f: IO[bytes], path: str, size: int, run: Runner, sha: str,
+                 call_from_thread: Callable[..., object]) -> None:
+        self._file = f
+        self._fd = f.fileno()
+        self._path = path
+        self._size = size
+        self._run = run
+        self._sha = sha
+        self._call_from_thread = call_from_thread
+        self._target: SendTarget | None = None
+        self._sent = 0
+        self._hashed = 0
+        self._verified = False
+        self._hashing = True  # the thread reads the file: it stays open until it is done
+        self._paused = True  # until the headers are out
+        self._stopped = False
+        self._done: Deferred[None] = Deferred(lambda _: self.stopProducing())
+
+    def write_to(self, target: SendTarget) -> "Deferred[None]":
+        self._target = target
+        target.begin(self)
+        d = self._run(self._hash_all)
+        d.addBoth(self._hash_ended)
+        d.addCallbacks(self._digested, self._hash_failed)
+        return self._done
+
+    # -- the hashing thread ----------------------------------------------------
+
+    def _hash_all(self) -> str | None:
+        hasher = hashlib.sha256()
+        buf = bytearray(HASH_READ)
+        view = memoryview(buf)
+        offset = reported = 0
+        while offset < self._size:
+            if self._stopped:
+                return None  # the client went away: no digest wanted
+            n = os.preadv(self._fd, [view[:min(len(buf), self._size - offset)]], offset)
+            if n == 0:
+                raise StorageFailure(f"{self._path} is shorter than its size")
+            hasher.update(view[:n])
+            offset += n
+            if offset - reported >= _step(offset, self._size):
+                reported = offset
+                self._call_from_thread(self._hashed_to, offset)
+        return hasher.hexdigest()
+
+    def _hash_ended(self, result: object) -> object:
+        self._hashing = False
+        if self._stopped:
+            self._file.close()
+        return result
+
+    def _hashed_to(self, offset: int) -> None:
+        self._hashed = offset
+        self._pump()  # more may go now; only the connection itself unpauses the sender
+
+    def _digested(self, actual: str | None) -> None:
+        if self._stopped or actual is None:
+            return
+        if actual != self._sha:
+            self._stop(CorruptReplica(self._path, actual))
+            return
+        self._hashed, self._verified = self._size, True
+        self._pump()
+
+    def _hash_failed(self, failure: Any) -> None:
+        if self._stopped:
+            return
+        error = failure.value
+        self._stop(error if isinstance(error, StorageFailure)
+                   else StorageFailure(f"cannot read {self._path}: {error}"))
+
+    # -- the sender (reactor) --------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """The connection takes more (the headers, or what it had buffered, are out)."""
+        self._paused = False
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what the hash allows, unless the connection is paused: a sender woken
+        by the hashing thread must not overtake what twisted still buffers."""
+        if self._paused or self._stopped:
+            return
+        limit = self._size if self._verified else min(self._hashed, self._size - TAIL)
+        budget = SEND_BUDGET
+        assert self._target is not None
+        while not (self._paused or self._stopped) and self._sent < limit and budget > 0:
+            try:
+                n = self._target.send(self._fd, self._sent, min(limit - self._sent, budget))
+            except OSError as e:
+                self._stop(StorageFailure(f"cannot send {self._path}: {e.strerror}"))
+                return
+            if n is None:
+                self._paused = True  # resumed when the connection can take more
+                return
+            if n == 0:
+                self._stop(StorageFailure(f"{self._path} is shorter than its size"))
+                return
+            self._sent += n
+            budget -= n
+        if self._sent >= self._size:
+            self._stop(None)
+        elif budget <= 0 and not self._paused:
+            self._call_from_thread(self._pump)  # a turn for other connections first
+
+    def stopProducing(self) -> None:
+        """The client went away: stop sending (and hashing)."""
+        self._stop(CancelledError())
+
+    def _stop(self, error: BaseException | None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._target is not None:
+            self._target.end()
+        if not self._hashing:
+            self._file.close()
+        if self._done.called:
+            return
+        if error is None:
+            self._done.callback(None)
+        else:
+            self._done.errback(error)

@@ -1,0 +1,269 @@
+"""The local storage pairs: find and open files, judge storages, choose a pair.
+
+:class:`LocalStore` owns the configured pairs and the rules that need disks:
+the lookup order, the writable rule (``writable_pairs_regex``), storage health
+and the choice of a pair for a new file.  Lookups run on the reactor only when
+the kernel promises not to wait (:mod:`stor.disk.nowait`), otherwise in the disk
+pool; the blocking helpers are plain functions, also used by uploads, repair
+and scrub from pool threads.
+"""
+
+import os
+import random
+import re
+import stat
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import IO, TypeVar
+
+from twisted.internet.defer import Deferred, succeed
+
+from stor.core import layout, placement
+from stor.core.placement import Pair
+from stor.disk import nowait
+from stor.disk.diskpool import DiskPool
+from stor.disk.health import StorageHealth, check_storages
+
+T = TypeVar("T")
+
+SMALL_FILE = 64 * 1024
+"""Files up to this size are read whole by the lookup (one hop per GET) and
+verified before the answer; larger ones are streamed and verified on the way."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A file found on a storage.
+
+    For a GET, ``data`` holds the whole content of a small file (``file`` is
+    None) and a larger file is handed over open; a HEAD has neither.
+    """
+
+    storage: str
+    path: str
+    size: int
+    mtime: float
+    attempt: int
+    ident: tuple[int, int]
+    """``(st_dev, st_ino)``: which file this was, should it need to be moved aside."""
+    data: bytes | None = None
+    file: IO[bytes] | None = None
+
+    def close(self) -> None:
+        """Release the open file, when the body will not be sent after all."""
+        if self.file is not None:
+            self.file.close()
+
+
+def open_first(order: Sequence[str], sha: str, head: bool = False) -> Hit | None:
+    """Blocking: ``sha``'s file on the first storage in ``order`` that has it.
+
+    An unreadable disk is a miss there, not a failed request.
+    """
+    rel = layout.relative_path(sha)
+    for attempt, storage in enumerate(order, start=1):
+        path = os.path.join(storage, rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        hit = _hit(fd, storage, path, attempt, head, cached_only=False)
+        if isinstance(hit, Hit):
+            return hit
+    return None
+
+
+class _Blocked:
+    """Marker: answering without a thread could wait for a disk."""
+
+
+BLOCKED = _Blocked()
+
+
+def open_now(order: Sequence[str], sha: str, head: bool = False) -> "Hit | None | _Blocked":
+    """:func:`open_first` using only cached data: the answer, or :data:`BLOCKED`
+    as soon as anything would need a disk."""
+    rel = layout.relative_path(sha)
+    for attempt, storage in enumerate(order, start=1):
+        path = os.path.join(storage, rel)
+        try:
+            fd = nowait.open_cached(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return BLOCKED  # let the thread path decide what an odd error means
+        if fd is None:
+            return BLOCKED
+        hit = _hit(fd, storage, path, attempt, head, cached_only=True)
+        if hit is not None:
+            return hit
+    return None
+
+
+def _hit(fd: int, storage: str, path: str, attempt: int, head: bool,
+         cached_only: bool) -> "Hit | _Blocked | None":
+    """The Hit for an open ``fd``, which this owns (it is closed unless handed over).
+
+    With ``cached_only`` a small file is read only from the page cache
+    (:data:`BLOCKED` otherwise); without, an I/O error is a miss.
+    """
+    keep = False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        ident = (st.st_dev, st.st_ino)
+        if head:
+            return Hit(storage, path, st.st_size, st.st_mtime, attempt, ident)
+        if st.st_size > SMALL_FILE:
+            keep = True
+            return Hit(storage, path, st.st_size, st.st_mtime, attempt, ident,
+                       file=os.fdopen(fd, "rb", buffering=0))
+        if cached_only:
+            data = nowait.read_cached(fd, st.st_size)
+            if data is None:
+                return BLOCKED
+        else:
+            data = os.pread(fd, st.st_size + 1, 0)  # one more: a file that grew is noticed
+        return Hit(storage, path, len(data), st.st_mtime, attempt, ident, data=data)
+    except OSError:
+        return BLOCKED if cached_only else None
+    finally:
+        if not keep:
+            os.close(fd)
+
+
+def present(storage: str, sha: str) -> bool:
+    """Blocking: whether ``storage`` holds a regular file for ``sha``."""
+    return os.path.isfile(layout.file_path(storage, sha))
+
+
+class LocalStore:
+    """The configured storage pairs, used through Deferred-returning methods
+    on the reactor and blocking ones (named so) from pool threads."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        pool: DiskPool,
+        writable_regex: re.Pattern[str] = re.compile(".*"),
+        balance_threshold: int = placement.BALANCE_THRESHOLD,
+        check_mounts: bool | None = True,
+        rng: random.Random | None = None,
+        health: Callable[[Sequence[str], bool | None, bool], list[StorageHealth]] = check_storages,
+    ) -> None:
+        self.pairs = tuple(pairs)
+        self.storages = tuple(s for pair in self.pairs for s in pair)
+        self._twins = {a: b for pair in self.pairs for a, b in (pair, pair[::-1])}
+        self._servers = {s: layout.server_name(s) for s in self.storages}
+        self._pool = pool
+        self._writable = writable_regex
+        self._threshold = balance_threshold
+        self._check_mounts = check_mounts
+        self._rng = rng or random.Random()
+        self._health = health
+
+    def run(self, f: Callable[..., T], *args: object) -> "Deferred[T]":
+        """Run blocking ``f(*args)`` in the disk pool."""
+        return self._pool.run(f, *args)
+
+    def call_from_thread(self, f: Callable[..., object], *args: object) -> None:
+        """From a pool thread: run ``f(*args)`` on the reactor."""
+        call = getattr(self._pool, "call_from_thread", None)
+        if call is None:  # a pool without threads (tests): we are on the caller's thread
+            f(*args)
+        else:
+            call(f, *args)
+
+    def twin(self, storage: str) -> str:
+        """The other member of ``storage``'s pair."""
+        return self._twins[storage]
+
+    def server_name(self, storage: str) -> str:
+        """``storage`` as a metric key segment (computed once)."""
+        return self._servers.get(storage) or layout.server_name(storage)
+
+    def pair_of(self, storage: str) -> Pair:
+        """The pair ``storage`` belongs to, in configuration order."""
+        return next(pair for pair in self.pairs if storage in pair)
+
+    def writable(self, storage: str) -> bool:
+        """Whether ``writable_pairs_regex`` lets ``storage`` take new files."""
+        return placement.writable(storage, self._writable)
+
+    def lookup_order(self) -> list[str]:
+        """A fresh lookup order (docs/SPEC.md §2)."""
+        return placement.lookup_order(self.pairs, self._rng)
+
+    # -- reads (reactor side) -------------------------------------------
+
+    def find(self, sha: str, head: bool, exclude: Collection[str] = ()) -> "Deferred[Hit | None]":
+        """Find (and for a GET open) ``sha`` in lookup order, skipping ``exclude``."""
+        order = [s for s in self.lookup_order() if s not in exclude]
+        return self._open(order, sha, head)
+
+    def find_at(self, path: str, sha: str, head: bool) -> "Deferred[Hit | None]":
+        """``sha`` at a path remembered from an earlier lookup (the cache's answer)."""
+        storage = layout.storage_of(path, sha)
+        if storage is None or storage not in self._twins:
+            return succeed(None)
+        return self._open([storage], sha, head)
+
+    def find_at_now(self, path: str, sha: str, head: bool) -> "Hit | None | _Blocked":
+        """:meth:`find_at` without waiting: the answer, or :data:`BLOCKED`."""
+        storage = layout.storage_of(path, sha)
+        if storage is None or storage not in self._twins:
+            return None
+        return open_now([storage], sha, head)
+
+    def _open(self, order: list[str], sha: str, head: bool) -> "Deferred[Hit | None]":
+        hit = open_now(order, sha, head)
+        if isinstance(hit, _Blocked):
+            return self.run(open_first, order, sha, head)
+        return succeed(hit)
+
+    def health(self, with_free: bool = True) -> "Deferred[list[StorageHealth]]":
+        """Every storage's health, measured now in the pool (``/status``, metrics)."""
+        return self.run(self.health_now, with_free)
+
+    def not_ready(self, health: list[StorageHealth]) -> list[str]:
+        """Why this host should not get traffic (empty: ready).  Ready means every
+        pair has a usable member (reads) and some pair that ``writable_pairs_regex``
+        lets take files is usable on both members (uploads)."""
+        usable = {h.path for h in health if h.ok or h.placeable}
+        reasons = [f"pair {a} {b}: no usable member" for a, b in self.pairs
+                   if a not in usable and b not in usable]
+        if not any(a in usable and b in usable and self.writable(a) and self.writable(b)
+                   for a, b in self.pairs):
+            reasons.append("no writable pair has both members usable")
+        why = {h.path: h.problem for h in health}
+        return reasons + [f"{s}: {why[s]}" for s in self.storages if why.get(s) and reasons]
+
+    # -- blocking (pool threads) -----------------------------------------
+
+    def health_now(self, with_free: bool = True) -> list[StorageHealth]:
+        """Blocking :meth:`health`."""
+        return self._health(self.storages, self._check_mounts, with_free)
+
+    def existing_now(self, sha: str) -> tuple[list[str], list[Pair]]:
+        """Blocking: every path of ``sha`` (lookup order) and the pairs holding it on both members.
+
+        A file counts as stored (a duplicate) only when both members of a pair
+        hold it; a lone replica is waiting for repair, not a promise kept.
+        """
+        paths = [layout.file_path(s, sha) for s in self.lookup_order() if present(s, sha)]
+        held = {layout.storage_of(p, sha) for p in paths}
+        whole = [pair for pair in self.pairs if pair[0] in held and pair[1] in held]
+        return paths, whole
+
+    def choose_pair_now(self, size: int, exclude: Collection[Pair] = ()) -> Pair:
+        """Blocking: the pair a new file of ``size`` bytes goes to; NoSpace if none.
+
+        A member that is unhealthy (missing, not a directory, unmounted: see
+        :mod:`stor.disk.health`) or not writable counts as having no room.
+        """
+        room = {h.path: (h.free_bytes or 0) if h.placeable and self.writable(h.path) else 0
+                for h in self.health_now()}
+        candidates = [(pair, (room[pair[0]], room[pair[1]]))
+                      for pair in self.pairs if pair not in exclude]
+        return placement.choose_pair(candidates, size, self._rng, self._threshold)

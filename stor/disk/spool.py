@@ -1,0 +1,302 @@
+"""Writing an upload to a pair, and committing it: the blocking half of an upload.
+
+:class:`Spool` holds an owned temp file on each member of the chosen pair and
+writes every chunk of the body to both.  Space is reserved
+up front (``fallocate``) for the declared length, so two uploads can never
+both count on the same free bytes, whichever process runs them.  A member
+that fails while written (EIO, ENOSPC, EROFS, …) is dropped and the other
+goes on: one verified copy is enough to finish the upload elsewhere.
+
+:func:`commit` runs once the body hashed to its name: it fsyncs the temps and,
+holding the SHA's host-wide lock, checks whether the file is already stored
+(on both members of some pair) and otherwise installs the temps.  When a
+member fails, the verified copy moves on to the next pair before anything is
+answered, so a 201 always names two files in place.  Every function here
+blocks: the reactor side is :mod:`stor.store.upload`.
+"""
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from stor.core import layout
+from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
+from stor.core.placement import Pair
+from stor.disk.commit import MemberFailed, install
+from stor.disk.fsio import is_no_space, make_dirs, owner_of, reserve, start_writeback, write_chunks
+from stor.disk.locks import ShaLocks
+from stor.disk.temps import OwnedTemp, create_temp
+from stor.disk.local import LocalStore
+from stor.disk.replica import copy_verified
+
+RESERVE_STEP = 64 * 1024 * 1024
+"""A body of unknown length (chunked) reserves space in steps of this size."""
+
+WRITEBACK_STEP = 1024 * 1024
+"""After this many bytes written, the kernel is asked to start writing them to
+disk (without waiting): the fsync before the answer then finds little left to do."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The file was written: 201 with these paths.
+
+    ``failures`` lists the storages that failed on the way (the file was then
+    placed on another pair).
+    """
+
+    paths: list[str]
+    failures: tuple[MemberFailed, ...] = ()
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The file was already stored (on both members of a pair): 200 with every path."""
+
+    paths: list[str]
+
+
+UploadResult = Stored | Duplicate
+
+BeforeInstall = Callable[[str, Pair], None]
+"""Called (blocking, under the SHA's lock) just before a file is installed on a
+pair: the S3 outbox records it there."""
+
+StillWanted = Callable[[str], bool]
+"""Asked (blocking, under the SHA's lock) before installing: False when the SHA
+was deleted since the upload began, which must not bring it back."""
+
+
+def _step(storage: str, f, *args):  # type: ignore[no-untyped-def]
+    try:
+        return f(*args)
+    except OSError as e:
+        raise MemberFailed(storage, e) from e
+
+
+@dataclass
+class Spool:
+    """Owned temp files for ``sha`` on the members of ``pair``, being written.
+
+    Writing runs beside the hash (:mod:`stor.store.upload`), and each member
+    can be fsynced from its own thread; a member that fails is dropped, under
+    a lock, and the other goes on.
+    """
+
+    sha: str
+    pair: Pair
+    length: int | None
+    temps: list[OwnedTemp] = field(default_factory=list)
+    failures: list[MemberFailed] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._written: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}
+        self._flushed: dict[str, int] = {}
+        self._synced: dict[str, int] = {}
+        try:
+            for storage in self.pair:
+                temp = _step(storage, create_temp, storage, self.sha, owner_of(storage))
+                self.temps.append(temp)
+                if self.length:
+                    _step(storage, reserve, temp.fd, 0, self.length)
+                self._written[storage] = self._flushed[storage] = 0
+                self._reserved[storage] = self.length or 0
+        except MemberFailed:
+            self.discard()
+            raise
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far (to the members still written)."""
+        return max(self._written.values(), default=0)
+
+    def live(self) -> list[str]:
+        """The storages still being written."""
+        with self._lock:
+            return [t.storage for t in self.temps]
+
+    def write(self, chunks: Sequence[bytes]) -> None:
+        """Append ``chunks`` to every live temp, in turn (a failing member is dropped)."""
+        for storage in self.live():
+            self.write_member(storage, chunks)
+
+    def write_member(self, storage: str, chunks: Sequence[bytes]) -> None:
+        """Append ``chunks`` to ``storage``'s temp; a failure drops the member."""
+        temp = self._temp(storage)
+        if temp is None:
+            return
+        incoming = sum(len(c) for c in chunks)
+        try:
+            written = self._written[storage]
+            if self.length is None and written + incoming > self._reserved[storage]:
+                reserve(temp.fd, self._reserved[storage], RESERVE_STEP)
+                self._reserved[storage] += RESERVE_STEP
+            write_chunks(temp.fd, chunks)
+            self._written[storage] = written + incoming
+            if self._written[storage] - self._flushed[storage] >= WRITEBACK_STEP:
+                start_writeback(temp.fd, self._flushed[storage],
+                                self._written[storage] - self._flushed[storage])
+                self._flushed[storage] = self._written[storage]
+        except OSError as e:
+            self._drop(temp, e)
+
+    def sync_member(self, storage: str) -> None:
+        """Make ``storage``'s final directories (durably) and fsync its temp; a failure
+        drops the member.
+
+        Run for both members side by side once the body is in: the directories'
+        fsyncs then overlap the other member's instead of following them under the
+        lock, and no directory is made for a body that never arrives.  Directories
+        first measured a little faster (one journal commit can carry both).
+        """
+        temp = self._temp(storage)
+        if temp is None or self._synced.get(storage) == self._written[storage]:
+            return  # gone, or nothing written since its last fsync
+        try:
+            make_dirs(storage, os.path.dirname(layout.file_path(storage, self.sha)),
+                      owner_of(storage))
+            os.fsync(temp.fd)
+            self._synced[storage] = self._written[storage]
+        except OSError as e:
+            self._drop(temp, e)
+
+    def sync(self) -> list[OwnedTemp]:
+        """fsync every live temp (a member failing here is dropped); the live ones."""
+        for storage in self.live():
+            self.sync_member(storage)
+        self._check_alive()
+        return list(self.temps)
+
+    def discard(self) -> None:
+        """Remove every temp file still held; safe to call more than once."""
+        with self._lock:
+            temps, self.temps = self.temps, []
+        for temp in temps:
+            temp.discard()
+
+    def _temp(self, storage: str) -> OwnedTemp | None:
+        with self._lock:
+            return next((t for t in self.temps if t.storage == storage), None)
+
+    def _drop(self, temp: OwnedTemp, error: OSError) -> None:
+        with self._lock:
+            if temp not in self.temps:
+                return
+            self.temps.remove(temp)
+            self.failures.append(MemberFailed(temp.storage, error))
+        temp.discard()
+
+    def _check_alive(self) -> None:
+        if not self.temps:
+            raise self.failures[-1]
+
+
+def as_stor_error(failures: Sequence[MemberFailed], size: int = 0) -> StorError:
+    """The answer for an upload no storage could take: 507 if only space ran out, else 500."""
+    if not failures:
+        return NoSpace(f"no writable pair has room for {size} bytes")
+    text = "; ".join(str(f) for f in failures)
+    if all(is_no_space(f.error) for f in failures):
+        return NoSpace(f"no room: {text}")
+    return StorageFailure(f"cannot write: {text}")
+
+
+def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
+    """Choose a pair with room and open (and reserve) temp files on it.
+
+    A pair where that fails is skipped in favour of the next choice, so one
+    bad or full disk does not stop uploads; when no pair is left the answer
+    says why (:func:`as_stor_error`).
+    """
+    excluded: set[Pair] = set()
+    failures: list[MemberFailed] = []
+    while True:
+        try:
+            pair = store.choose_pair_now(length or 0, excluded)
+        except NoSpace:
+            raise as_stor_error(failures, length or 0) from None
+        try:
+            spool = Spool(sha, pair, length)
+        except MemberFailed as e:
+            failures.append(e)
+            excluded.add(pair)
+            continue
+        spool.failures.extend(failures)
+        return spool
+
+
+def commit(spool: Spool, store: LocalStore, locks: ShaLocks,
+           before_install: BeforeInstall | None = None,
+           still_wanted: StillWanted | None = None) -> UploadResult:
+    """Blocking: put the verified body in place, or find it already there.
+
+    See the module docstring.  Raises a :class:`~stor.core.errors.StorError`
+    when no pair could take the file (or :class:`~stor.core.errors.Conflict`
+    when it was deleted meanwhile); the spool's temps are gone either way.
+    """
+    try:
+        return _commit(spool, store, locks, before_install, still_wanted)
+    finally:
+        spool.discard()
+
+
+def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
+            before_install: BeforeInstall | None,
+            still_wanted: StillWanted | None) -> UploadResult:
+    temps = spool.sync()
+    pair: Pair | None = spool.pair if len(temps) == 2 else None
+    tried: set[Pair] = {spool.pair}
+    while True:
+        if pair is None:
+            pair = _another_pair(spool, store, tried)
+            temps = spool.temps[-2:]
+        with locks.hold(spool.sha):
+            if still_wanted is not None and not still_wanted(spool.sha):
+                raise Conflict(f"{spool.sha} was deleted while it was uploaded")
+            paths, whole = store.existing_now(spool.sha)
+            if whole:
+                return Duplicate(paths)
+            try:
+                if before_install is not None:
+                    _step(pair[0], before_install, spool.sha, pair)
+                return Stored(install(spool.sha, temps), tuple(spool.failures))
+            except MemberFailed as e:
+                spool.failures.append(e)
+                failed = e.storage
+        _drop_failed(spool, failed)
+        tried.add(pair)
+        pair = None
+
+
+def _drop_failed(spool: Spool, storage: str) -> None:
+    for temp in [t for t in spool.temps if t.storage == storage]:
+        spool.temps.remove(temp)
+        temp.discard()
+
+
+def _another_pair(spool: Spool, store: LocalStore, tried: set[Pair]) -> Pair:
+    """Copy a verified temp to a fresh pair (both new temps appended to the spool)."""
+    if not spool.temps:
+        raise as_stor_error(spool.failures, spool.size)
+    source = spool.temps[0]
+    while True:
+        try:
+            pair = store.choose_pair_now(spool.size, tried)
+        except NoSpace:
+            raise as_stor_error(spool.failures, spool.size) from None
+        copies: list[OwnedTemp] = []
+        try:
+            for storage in pair:
+                copies.append(_step(storage, copy_verified, source.fd, source.path, storage,
+                                    spool.sha))
+        except MemberFailed as e:
+            spool.failures.append(e)
+            for copy in copies:
+                copy.discard()
+            tried.add(pair)
+            continue
+        spool.temps.extend(copies)
+        return pair

@@ -1,0 +1,1 @@
+"""Observability: statsd, Prometheus, logs and their outputs, GELF, access events."""

@@ -1,0 +1,1 @@
+"""The process: twistd service assembly, workers, graceful shutdown, systemd notify."""

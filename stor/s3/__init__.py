@@ -1,0 +1,1 @@
+"""The S3 tier: signed reads, streamed PUTs, the write-through outbox."""
