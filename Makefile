@@ -18,7 +18,7 @@ LOCK_VENV ?= .venv-lock
 # runs as never needs to write it (and never logs "Unable to write to plugin cache").
 PLUGIN_CACHE := from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))
 
-.PHONY: install install-test run test bench bench-tools bench-compare lock clean
+.PHONY: install install-test run test bench bench-tools bench-compare lock docs clean
 
 install: $(STAMP)
 
@@ -98,6 +98,11 @@ bench-compare: install bench-tools
 	elif [ -n "$(BASE)" ]; then base="--base $(BASE)"; \
 	else echo "usage: make bench-compare BASE=<git ref> | BASE_DIR=<checkout with .venv>"; exit 2; fi; \
 	$(BIN)/python bench/compare.py $$base $(COMPARE_ARGS)
+
+# The generated references in docs/ (configuration from stor/config/schema.json,
+# HTTP API from stor/http/openapi.json); tests/test_docs.py fails while they differ.
+docs:
+	$(PYTHON) tools/gendocs.py
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) var .pytest_cache .hypothesis
