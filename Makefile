@@ -71,7 +71,7 @@ bench-tools:
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends nginx; }
 
-# stor next to its ceilings, 5 alternating rounds (bench/README.rst). The test
+# stor next to its ceilings, 5 alternating rounds (docs/benchmarks.rst). The test
 # extra brings moto's server, the S3 of the write-through row. E.g.
 # BENCH_ARGS="--rss-upload 4GiB" or "--rows get4k,post4m --rounds 9".
 BENCH_ARGS ?=
