@@ -105,7 +105,7 @@ def shape(schema: dict[str, Any]) -> str:
             parts.append(f"{words} {literal(schema[key])}")
     text = ", ".join(parts)
     if isinstance(schema.get("items"), dict):
-        text += f"{count(schema) or ' of'} items [{shape(schema['items'])}]"
+        text += f"{count(schema) or ','} items [{shape(schema['items'])}]"
     return text
 
 
