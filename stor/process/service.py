@@ -51,8 +51,9 @@ from stor.store.store import Store
 from stor.observe.log_outputs import build_log_outputs
 from stor.observe.logs import LOG_FORMATS
 from stor.observe.prometheus import MULTIPROC_ENV, AmqpState, Exporter, SyncService, multiprocess
-from stor.process.worker_metrics import register_worker_processes
+from stor.process.worker_metrics import SLOT_ENV, register_worker_processes
 from stor.process.shutdown import Frontend, adopt
+from stor.process.title import set_title
 from stor.process.workers import Supervisor, stop_with_parent
 
 log = Logger()
@@ -73,7 +74,15 @@ class Options(usage.Options):
         ["workers", "w", 1, "Serving processes sharing the listening socket.", int],
         ["adopt-fd", None, None, "(internal, set by --workers) serve on this inherited socket.", int],
     ]
-    longdesc = f"stor {__version__}: store and serve files addressed by their SHA-256."
+    longdesc = (f"stor {__version__}: store and serve files addressed by their SHA-256.\n"
+                "Exit status: 0 after a graceful stop (SIGTERM, SIGINT, SIGHUP); 1 when it "
+                "cannot listen or its workers keep dying; 2 for a config or usage error "
+                "(one line per problem, before anything listens).")
+
+    def opt_version(self) -> None:
+        """Print stor's version (``twistd --version`` prints Twisted's) and exit."""
+        sys.stdout.write(f"stor {__version__}\n")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         # No config file is not a usage error: makeService says so in one line
@@ -261,6 +270,8 @@ def makeService(options: Options) -> service.MultiService:
     key = "--listen" if options["listen"] else "listen"
     endpoint = _exit_on_config_error(lambda: server_endpoint(reactor, listen, key))
     child = options["adopt-fd"] is not None
+    set_title(f"worker {os.environ.get(SLOT_ENV, '?')}" if child else "main",
+              os.path.abspath(options["config"]))
     reopened: list[Callable[[], object]] = []
 
     top: service.MultiService
