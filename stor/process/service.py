@@ -173,7 +173,9 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
     exporter = Exporter(local.health_now, local.writable, pool.run,
-                        cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher))
+                        cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher),
+                        storage_of={local.server_name(s): s for s in local.storages}.get,
+                        memcached_servers=[s.name for s in config.memcached.servers])
     if multiprocess():  # a --workers child: process_* of every worker, not only its own
         register_worker_processes(exporter.registry, os.environ[MULTIPROC_ENV])
     SyncService(exporter, reactor).setServiceParent(services)
