@@ -368,8 +368,7 @@ class Exporter:
             health = self._storages_now()
             self._storages.up = {h.path: h.ok for h in health}
             self._storages.free = {h.path: h.free_bytes for h in health}
-            self._storages.size = {h.path: size_bytes(h.path) if h.free_bytes is not None
-                                   else None for h in health}
+            self._storages.size = {h.path: h.size_bytes for h in health}
             self._storages.writable = {h.path: self._writable(h.path) for h in health}
             return generate_latest(self.registry)
 
@@ -378,16 +377,6 @@ class Exporter:
     def page(self) -> "Deferred[tuple[bytes, bytes]]":
         """``GET /metrics``: (content type, body)."""
         return self.scrape().addCallback(lambda body: (CONTENT_TYPE_LATEST.encode(), body))
-
-
-def size_bytes(path: str) -> int | None:
-    """Total bytes of the filesystem holding ``path`` (blocking: the disk pool), None if
-    it cannot be read."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return st.f_blocks * st.f_frsize
 
 
 class SyncService(Service):

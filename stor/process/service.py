@@ -18,6 +18,7 @@ shutdown messages reach them).
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,7 +47,7 @@ from stor.s3.read import NoS3, build_s3, s3_client
 from stor.s3.put import S3Writer
 from stor.disk.diskpool import DiskPool
 from stor.disk.local import LocalStore
-from stor.s3.outbox import build_outbox
+from stor.s3.outbox import Outbox, build_outbox
 from stor.store.store import Store
 from stor.observe.log_outputs import build_log_outputs
 from stor.observe.logs import LOG_FORMATS
@@ -156,6 +157,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
 
     Services stop in the reverse order they were added: the disk pool last.
     """
+    started = time.monotonic()
     services = service.MultiService()
     statsd, statsd_service = build_metrics(config, reactor)
     if statsd_service is not None:
@@ -197,7 +199,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
                   delete_auth=config.delete_auth,
                   stopping=lambda: any(site.closing for site in sites),
-                  status_extra=lambda: {"s3_outbox": outbox.state()} if outbox else {},
+                  status_extra=lambda: _status_extra(started, outbox),
                   sendfile=config.sendfile)
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
@@ -238,6 +240,15 @@ class StartupCheck(service.Service):
                 log.warn("storage {storage} {problem}; /status reports it (check_mounts is not "
                          "set: files still go to it, as with the old service)",
                          storage=h.path, problem=h.problem)
+
+
+def _status_extra(started: float, outbox: Outbox | None) -> dict[str, Any]:
+    """What ``stor info`` shows beside the storages: version, uptime, the S3 backlog."""
+    extra: dict[str, Any] = {"version": __version__,
+                             "uptime_seconds": round(time.monotonic() - started, 1)}
+    if outbox is not None:
+        extra["s3_outbox"] = outbox.state()
+    return extra
 
 
 def _amqp_state(publisher: object) -> "Callable[[], AmqpState] | None":
