@@ -32,6 +32,20 @@ class Session:
     async def head(self, sha: str) -> IResponse:
         return await self._request("HEAD", sha, timeout=self.settings.timeout)
 
+    async def delete(self, sha: str) -> IResponse:
+        """``DELETE /<sha>`` with the settings' credentials (the host's ``delete_auth``)."""
+        d = self._http.request("DELETE", self.settings.url(sha), auth=self.settings.auth,
+                               unbuffered=True, timeout=self.settings.timeout,
+                               reactor=self.reactor)
+        return await d.addErrback(self._failed)
+
+    async def status(self) -> IResponse:
+        """``GET /status`` as JSON: the host's storages, version, uptime, S3 backlog."""
+        d = self._http.request("GET", self.settings.storage + "/status",
+                               headers={"Accept": "application/json"}, unbuffered=True,
+                               timeout=self.settings.timeout, reactor=self.reactor)
+        return await d.addErrback(self._failed)
+
     async def get(self, sha: str, offset: int = 0) -> IResponse:
         """GET the file, from byte ``offset`` on (a ``Range`` request) when it is not 0."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
