@@ -1,0 +1,141 @@
+"""The quiet reconnecting client (stor.core.reconnect): Twisted's line per attempt reaches
+no stor log, each failed attempt reaches its owner, an outage is told once."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+
+from stor.core.reconnect import Outage, quiet, reconnecting
+from stor.observe import logs
+
+
+@implementer(IStreamClientEndpoint)
+class Refusing:
+    """An endpoint whose every attempt is refused at once."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory: IProtocolFactory) -> "Deferred[Any]":
+        self.attempts += 1
+        return fail(ConnectionRefusedError("refused"))
+
+
+class Logged:
+    """Every event logged (``raw``) and those a stor observer lets through (``shown``)."""
+
+    def __init__(self) -> None:
+        self.raw: list[LogEvent] = []
+        self.shown: list[LogEvent] = []
+        self.quiet = quiet(self.shown.append)
+
+    def texts(self, events: list[LogEvent]) -> list[str]:
+        return [formatEvent(e) for e in events]
+
+
+@pytest.fixture
+def logged() -> Iterator[Logged]:
+    seen = Logged()
+    globalLogPublisher.addObserver(seen.raw.append)
+    globalLogPublisher.addObserver(seen.quiet)
+    yield seen
+    globalLogPublisher.removeObserver(seen.quiet)
+    globalLogPublisher.removeObserver(seen.raw.append)
+
+
+def test_failed_attempts_reach_the_owner_and_not_the_log(logged: Logged) -> None:
+    clock, endpoint, failures = Clock(), Refusing(), []
+    service = reconnecting(endpoint, Factory.forProtocol(Protocol), retry=lambda n: 1.0,
+                           clock=clock, failed=failures.append)
+    service.startService()
+    clock.pump([1.0] * 5)
+    service.stopService()
+
+    assert endpoint.attempts == 6 and len(failures) == 6
+    assert all(isinstance(f, Failure) and f.check(ConnectionRefusedError) for f in failures)
+    retries = [t for t in logged.texts(logged.raw) if t.startswith("Scheduling retry")]
+    assert len(retries) == 6  # Twisted still says it, once per attempt ...
+    assert not [t for t in logged.texts(logged.shown) if "Scheduling retry" in t]  # ... to nobody
+
+
+def test_warnings_and_other_sources_still_get_through(logged: Logged) -> None:
+    clock = Clock()
+    service = reconnecting(Refusing(), Factory.forProtocol(Protocol), retry=lambda n: 1.0,
+                           clock=clock)
+    Logger(source=service).warn("a warning from the service")
+    Logger(source=object()).info("someone else's info line")
+    Logger().info("a line without a source")
+    assert logged.texts(logged.shown) == [
+        "a warning from the service", "someone else's info line", "a line without a source"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_connection_and_its_loss_leave_no_factory_or_retry_lines(
+        logged: Logged) -> None:
+    listening = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    retried: Deferred[LogEvent] = Deferred()
+    seen: list[LogEvent] = []
+
+    def watch(event: LogEvent) -> None:
+        if not seen and (event.get("log_format") or "").startswith("Scheduling retry"):
+            seen.append(event)
+            reactor.callLater(0, retried.callback, event)  # out of the service's transition
+
+    globalLogPublisher.addObserver(watch)
+    factory = Factory.forProtocol(Protocol)
+    service = reconnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port),
+                           factory, retry=lambda n: 60.0, clock=reactor)
+    try:
+        service.startService()
+        protocol = await service.whenConnected()
+        protocol.transport.loseConnection()
+        await retried.addTimeout(10, reactor)  # lost: Twisted schedules a retry, and says so
+    finally:
+        globalLogPublisher.removeObserver(watch)
+        await service.stopService()
+        await listening.stopListening()
+
+    mine = [e for e in logged.raw if e.get("log_source") in (service, factory)]
+    assert {formatEvent(e).split(" ")[0] for e in mine} >= {"Starting", "Stopping", "Scheduling"}
+    assert not [e for e in logged.shown if e.get("log_source") in (service, factory)]
+
+
+def test_stor_log_file_observer_drops_the_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.use_format("text", "-", True)  # twistd -n: stdout
+    observer = logs.observer_factory()
+    service = reconnecting(Refusing(), Factory.forProtocol(Protocol), retry=lambda n: 1.0,
+                           clock=Clock())
+    for event in ({"log_format": "Scheduling retry 1 to connect x in 1 seconds.",
+                   "log_level": LogLevel.info, "log_source": service,
+                   "log_namespace": "twisted.application.internet.ClientService", "log_time": 0},
+                  {"log_format": "memcached m is down", "log_level": LogLevel.warn,
+                   "log_namespace": "stor.cache.lookup", "log_time": 0}):
+        observer(event)
+    out = capsys.readouterr().out
+    assert "memcached m is down" in out and "Scheduling retry" not in out
+
+
+def test_an_outage_begins_once_and_says_how_long_it_lasted() -> None:
+    clock = Clock()
+    outage = Outage(clock)
+    assert outage.end() is None and not outage.down  # nothing to report
+    assert outage.begin() is True and outage.down
+    clock.advance(3)
+    assert outage.begin() is False  # still the same outage: no second warning
+    clock.advance(4.5)
+    assert outage.end() == 7.5 and not outage.down
+    assert outage.begin() is True  # a new one
+    outage.forget()
+    assert outage.end() is None
