@@ -212,7 +212,7 @@ class Exporter:
                  writable: Callable[[str], bool], run: Runner, *,
                  cache_stats: Callable[[], Any] | None = None,
                  amqp_state: Callable[[], AmqpState] | None = None) -> None:
-        self._storages_now = storages
+        self._storages_blocking = storages
         self._writable = writable
         self._run = run
         self._cache_stats = cache_stats
@@ -333,7 +333,7 @@ class Exporter:
         self.sync()
 
         def measure_and_render() -> bytes:
-            health = self._storages_now()
+            health = self._storages_blocking()
             self._storages.up = {h.path: h.ok for h in health}
             self._storages.free = {h.path: h.free_bytes for h in health}
             self._storages.writable = {h.path: self._writable(h.path) for h in health}

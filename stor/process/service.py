@@ -163,7 +163,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     publisher = build_publisher(config.amqp, reactor, statsd)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    exporter = Exporter(local.health_now, local.writable, pool.run,
+    exporter = Exporter(local.health_blocking, local.writable, pool.run,
                         cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher))
     if multiprocess():  # a --workers child: process_* of every worker, not only its own
         register_worker_processes(exporter.registry, os.environ[MULTIPROC_ENV])
