@@ -1,7 +1,8 @@
 """The quiet reconnecting client (stor.core.reconnect): Twisted's line per attempt reaches
 no stor log, each failed attempt reaches its owner, an outage is told once."""
 
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 
 from stor.core.reconnect import Outage, quiet, reconnecting
 from stor.observe import logs
+from stor.observe.stream import StreamSender
 
 
 @implementer(IStreamClientEndpoint)
@@ -139,3 +141,50 @@ def test_an_outage_begins_once_and_says_how_long_it_lasted() -> None:
     assert outage.begin() is True  # a new one
     outage.forget()
     assert outage.end() is None
+
+
+def next_event(match: Callable[[LogEvent], bool], count: int = 1) -> "Deferred[None]":
+    """Fires (on a later turn of the reactor) once ``count`` events ``match`` were logged."""
+    d: Deferred[None] = Deferred()
+    seen: list[LogEvent] = []
+
+    def observe(event: LogEvent) -> None:
+        if len(seen) < count and match(event):
+            seen.append(event)
+            if len(seen) == count:
+                globalLogPublisher.removeObserver(observe)
+                reactor.callLater(0, d.callback, None)
+
+    globalLogPublisher.addObserver(observe)
+    return d.addTimeout(20, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_peer_down_for_many_attempts_is_one_warning_then_one_line_when_back(
+        logged: Logged) -> None:
+    held = socket.socket()  # bound, not listening: every attempt is refused, the port is ours
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    sender = StreamSender("127.0.0.1", port, reactor, "statsite", retry=lambda n: 0.01)
+    attempts = next_event(lambda e: "Scheduling retry" in (e.get("log_format") or ""), 5)
+    sender.startService()
+    listening = None
+    try:
+        await attempts
+        held.listen()
+        held.setblocking(False)  # the reactor's accept must not wait
+        listening = reactor.adoptStreamPort(held.fileno(), socket.AF_INET,
+                                            Factory.forProtocol(Protocol))
+        connected = next_event(lambda e: "connected to" in (e.get("log_format") or ""))
+        await connected
+    finally:
+        held.close()
+        await sender.stopService()
+        if listening is not None:
+            await listening.stopListening()
+    lines = [(e["log_level"], formatEvent(e)) for e in logged.shown
+             if e.get("log_namespace") == "stor.observe.stream"]
+    assert len(lines) == 2, lines
+    (warn, warning), (info, back) = lines
+    assert warn == LogLevel.warn and f"cannot connect to 127.0.0.1:{port}" in warning
+    assert info == LogLevel.info and f"connected to 127.0.0.1:{port} again after" in back

@@ -251,7 +251,7 @@ class AmqpPublisher(Service):
         self._channel: TwistedChannel | None = None
         self._opened_at: float | None = None  # when the current connection's channel opened
         self._failures = 0  # consecutive, for the backoff
-        self._outage = Outage(reactor)  # the outage the log has warned about
+        self._down = Outage(reactor)  # the outage the log has warned about
         self._overflowing = False
         self.dropped = 0
 
@@ -341,7 +341,7 @@ class AmqpPublisher(Service):
     def startService(self) -> None:
         """Start connecting; returns at once, publishes are buffered until connected."""
         super().startService()
-        self._outage.forget()
+        self._down.forget()
         self._client.startService()
 
     def stopService(self) -> defer.Deferred[None]:
@@ -386,7 +386,7 @@ class AmqpPublisher(Service):
         self._overflowing = False
         channel.on_closed.addCallback(self._channel_closed, channel)
         self._metrics.incr(CONNECTED)
-        lasted = self._outage.end()
+        lasted = self._down.end()
         log.info("AMQP connected to {where}, exchange {exchange!r}{after}; {count} to send",
                  where=self._where, exchange=self._exchange, count=len(self._buffer),
                  after="" if lasted is None else f", again after {lasted:.1f}s")
@@ -420,6 +420,6 @@ class AmqpPublisher(Service):
 
     def _outage(self, what: str, why: BaseException | None) -> None:
         """Warn at the start of an outage only: a broker down for hours logs once."""
-        if self._outage.begin():
+        if self._down.begin():
             log.warn("AMQP {what} {where}: {reason}; buffering and reconnecting", what=what,
                      where=self._where, reason=f"{type(why).__name__}: {why}")
