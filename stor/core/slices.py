@@ -133,8 +133,8 @@ class VerifiedSlice:
             if self._ready is not None:
                 if self._paused:
                     return
-                data, self._ready = self._ready, None
-                self._write(data)
+                ready, self._ready = self._ready, None
+                self._write(ready)
                 continue
             if (self._reading or self._read >= self.length
                     or (self._paused and not self._read_ahead)):

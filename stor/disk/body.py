@@ -13,10 +13,11 @@ local file (:class:`FileBody`, streamed by the shared
 import hashlib
 import os
 from collections.abc import Callable
-from typing import IO, Any, Protocol
+from typing import IO, Any, NoReturn, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.core.errors import CorruptReplica, StorageFailure
@@ -119,7 +120,7 @@ class LocalFileSource:
         d: Deferred[bytes] = self._run(os.pread, self._fd, size, offset)
         return d.addErrback(self._read_failed)
 
-    def _read_failed(self, failure: Any) -> None:
+    def _read_failed(self, failure: Failure) -> NoReturn:
         error = failure.value
         raise StorageFailure(f"cannot read {self._path}: {getattr(error, 'strerror', error)}")
 
