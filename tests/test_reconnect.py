@@ -2,6 +2,7 @@
 no stor log, each failed attempt reaches its owner, an outage is told once."""
 
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 
+from ops_peer import wait_for
 from stor.core.reconnect import Outage, quiet, reconnecting
 from stor.observe import logs
 from stor.observe.stream import StreamSender
@@ -188,3 +190,43 @@ async def test_a_stream_peer_down_for_many_attempts_is_one_warning_then_one_line
     (warn, warning), (info, back) = lines
     assert warn == LogLevel.warn and f"cannot connect to 127.0.0.1:{port}" in warning
     assert info == LogLevel.info and f"connected to 127.0.0.1:{port} again after" in back
+
+
+class Hangup:
+    """A TCP peer that accepts and closes at once (a memcached that never answers), counting."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            conn.close()
+            self.accepted += 1
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(5)
+
+
+def test_a_stor_process_logs_a_memcached_outage_once_whatever_the_attempts(stor_process) -> None:
+    """Acceptance: what ``twistd -n stor`` writes while memcached hangs up on every attempt."""
+    peer = Hangup()
+    try:
+        stor = stor_process(memcached_servers=[f"127.0.0.1:{peer.port}"])
+        wait_for(lambda: peer.accepted >= 3, "three attempts (1 s, then 2 s apart)", stor,
+                 timeout=30)
+        assert stor.terminate() == 0
+    finally:
+        peer.close()
+    out = stor.out
+    assert out.count(f"memcached 127.0.0.1:{peer.port} is down") == 1, out
+    assert "Scheduling retry" not in out and "Starting factory" not in out, out
