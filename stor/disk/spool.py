@@ -215,7 +215,7 @@ def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
     failures: list[MemberFailed] = []
     while True:
         try:
-            pair = store.choose_pair_now(length or 0, excluded)
+            pair = store.choose_pair_blocking(length or 0, excluded)
         except NoSpace:
             raise as_stor_error(failures, length or 0) from None
         try:
@@ -256,7 +256,7 @@ def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
         with locks.hold(spool.sha):
             if still_wanted is not None and not still_wanted(spool.sha):
                 raise Conflict(f"{spool.sha} was deleted while it was uploaded")
-            paths, whole = store.existing_now(spool.sha)
+            paths, whole = store.existing_blocking(spool.sha)
             if whole:
                 return Duplicate(paths)
             try:
@@ -284,7 +284,7 @@ def _another_pair(spool: Spool, store: LocalStore, tried: set[Pair]) -> Pair:
     source = spool.temps[0]
     while True:
         try:
-            pair = store.choose_pair_now(spool.size, tried)
+            pair = store.choose_pair_blocking(spool.size, tried)
         except NoSpace:
             raise as_stor_error(spool.failures, spool.size) from None
         copies: list[OwnedTemp] = []

@@ -5,7 +5,7 @@ are read again and again.  When such a request arrives whole in one read —
 request line and headers, nothing after them — with nothing that changes its
 answer (no range, no validators, no body, no ``Connection`` other than
 keep-alive), and the store can answer it without waiting
-(:meth:`~stor.store.store.Store.read_now`: the path remembered in this
+(:meth:`~stor.store.store.Store.read_nowait`: the path remembered in this
 process, the file in the page cache), the answer is written here, in one
 piece, without building a twisted.web request.  Everything an operator sees
 is the same as on the ordinary path — the headers, byte for byte and in the
@@ -76,7 +76,7 @@ class FastLane:
         start = time.monotonic()
         text = segment.decode("ascii")
         head = method == b"HEAD"
-        reading = self._app.store.read_now(Selection(parse_sha(text), head=head), text)
+        reading = self._app.store.read_nowait(Selection(parse_sha(text), head=head), text)
         if reading is None:
             return False
         self._site.started()

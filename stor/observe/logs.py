@@ -36,9 +36,11 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from twisted.logger import (
-    LogEvent, formatEvent, formatEventAsClassicLogText, formatTime,
+    ILogObserver, LogEvent, formatEvent, formatEventAsClassicLogText, formatTime,
 )
 from twisted.python import logfile, threadable
+
+from stor.core.reconnect import quiet
 
 LOG_FORMATS = ("text", "json")
 
@@ -232,9 +234,10 @@ def _rotate_on_sigusr1(opened: logfile.LogFile) -> None:
     signal.signal(signal.SIGUSR1, rotate)
 
 
-def observer_factory() -> "BatchedFileLogObserver":
-    """twistd's ``--logger``: lines of the chosen format where twistd would have written."""
+def observer_factory() -> ILogObserver:
+    """twistd's ``--logger``: lines of the chosen format where twistd would have written,
+    without the reconnecting clients' line per attempt (:func:`stor.core.reconnect.quiet`)."""
     out = _output() if _output is not None else sys.stdout
     if _format == "json":
-        return json_file_observer(out)
-    return text_file_observer(out)
+        return quiet(json_file_observer(out))
+    return quiet(text_file_observer(out))

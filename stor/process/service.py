@@ -174,7 +174,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     publisher = build_publisher(config.amqp, reactor, statsd)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    exporter = Exporter(local.health_now, local.writable, pool.run,
+    exporter = Exporter(local.health_blocking, local.writable, pool.run,
                         cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher),
                         storage_of={local.server_name(s): s for s in local.storages}.get,
                         memcached_servers=[s.name for s in config.memcached.servers])

@@ -252,7 +252,7 @@ class Store:
             raise
         return self._local_reading(hit, sha, part, selection.head, start)
 
-    def read_now(self, selection: Selection, requested: str) -> Reading | None:
+    def read_nowait(self, selection: Selection, requested: str) -> Reading | None:
         """:meth:`read` when it needs no waiting at all: the path remembered in this
         process, a small file (or a HEAD) in the page cache, no S3 to ask first.
 
@@ -267,7 +267,7 @@ class Store:
         path = self._cache.peek(sha)
         if path is None:
             return None
-        hit = self.local.find_at_now(path, sha, selection.head)
+        hit = self.local.find_at_nowait(path, sha, selection.head)
         if not isinstance(hit, Hit):
             return None
         if hit.file is not None:
@@ -374,7 +374,7 @@ class Store:
     def _prepare(self, sha: str, length: int | None) -> Duplicate | Spool:
         """Blocking: the duplicate check, then a pair with room and temps on it."""
         with self.locks.hold(sha):
-            paths, whole = self.local.existing_now(sha)
+            paths, whole = self.local.existing_blocking(sha)
         if whole:
             return Duplicate(paths)
         return open_spool(self.local, sha, length)
@@ -440,7 +440,7 @@ class Store:
         the file was nowhere.  A storage that cannot remove its copy fails the
         request (after the others were removed), naming it; so does S3.
         """
-        removed, failures = await self.local.run(self._delete_now, sha)
+        removed, failures = await self.local.run(self._delete_blocking, sha)
         self._cache.drop(sha)
         in_s3 = False
         if self._s3_objects is not None:
@@ -457,7 +457,7 @@ class Store:
         self._metrics.incr("success.delete.count")
         return removed
 
-    def _delete_now(self, sha: str) -> tuple[list[str], list[str]]:
+    def _delete_blocking(self, sha: str) -> tuple[list[str], list[str]]:
         """Blocking: under the SHA's lock, bury it and remove every local copy."""
         removed: list[str] = []
         failures: list[str] = []
