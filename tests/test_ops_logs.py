@@ -136,7 +136,7 @@ async def broken_site(storage_dirs, tmp_path):
     pool = DiskPool(reactor)
     local = LocalStore([tuple(p) for p in storage_dirs], pool, check_mounts=False)
     store = Store(local, ShaLocks(str(tmp_path / "locks")), cache=BrokenCache())
-    site = StorSite(StorApp(store).resource(), store, None)
+    site = StorSite(StorApp(store))
     port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     yield f"http://127.0.0.1:{port.getHost().port}"
     await port.stopListening()
