@@ -12,7 +12,8 @@ RANK = {"core": 0, "config": 1, "disk": 2, "cache": 2, "amqp": 2, "s3": 3, "obse
 """A package may import only packages of a lower rank (and ``stor`` itself for the
 version).  core: the rules (layout, SHA, ranges, placement, errors); config: typed
 sections; disk, cache, amqp, s3, observe: one folder per tier; store: the policy and
-its interface; http: the routes; process: assembly; cli: commands."""
+its interface; http: the routes (which see the store through its interface only:
+:data:`HTTP_MAY_IMPORT`); process: assembly; cli: commands."""
 
 CLIENT_MAY_IMPORT = {"core"}
 """The client talks to a server over HTTP only: it shares the SHA rules, nothing else."""
