@@ -22,13 +22,16 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 from twisted.web import server
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.sha import sha_of_path
 from stor.http.channel import StorChannel, describe_peer, request_line
-from stor.http.fastlane import FastLane, ReadNow
-from stor.http.request import OpenIntake, StorRequest
+from stor.http.app import FileAnswer
+from stor.http.fastlane import FastLane
+from stor.http.handshake import Intake
+from stor.http.request import StorRequest
 
 log = Logger()
 
@@ -42,15 +45,16 @@ user agent, completed): :func:`stor.observe.access.emit_access`."""
 
 
 class Routes(Protocol):
-    """What the site serves (:class:`~stor.http.app.StorApp`)."""
+    """What the site serves (:class:`~stor.http.app.StorApp`): its resource, the intake
+    of a request's body (:data:`~stor.http.request.OpenIntake`) and the fast lane's read
+    (:data:`~stor.http.fastlane.ReadNow`)."""
 
     def resource(self) -> Resource: ...
 
-    @property
-    def intake(self) -> OpenIntake: ...
+    def intake(self, method: bytes, target: bytes, headers: Headers,
+               length: int | None) -> Intake | None: ...
 
-    @property
-    def read_now(self) -> ReadNow: ...
+    def read_now(self, method: bytes, segment: str) -> FileAnswer | None: ...
 
 
 class Closing:
