@@ -22,6 +22,7 @@ import pytest
 
 from log_peers import UdpReader
 from ops_peer import AUTH_HEADER, Stor, request
+from stor.http.handshake import route_target
 
 PREFIX = "old"
 MARKER = "/not-a-sha"
@@ -171,3 +172,19 @@ def test_7_an_upload_answers_json_as_mojolicious_typed_it(old) -> None:
     answers = [post(stor.port, f"/{sha256(data)}", data) for _ in range(2)]
     assert [a.status for a in answers] == [201, 200]
     assert {a.headers["content-type"] for a in answers} == {"application/json;charset=UTF-8"}
+
+
+@pytest.mark.parametrize("target, routed", [
+    (b"/status/", b"/status"),
+    (b"/", b"/"),  # the root keeps its slash
+    (b"//", b"/"),
+    (b"/abc//", b"/abc/"),  # one slash only, as Mojolicious: still unrouted
+    (b"/abc/?x=1", b"/abc?x=1"),  # the query is kept
+    (b"http://stor.example:8080/abc", b"/abc"),
+    (b"HTTPS://stor.example", b"/"),
+    (b"http://stor.example?x=1", b"/?x=1"),
+    (b"/http://stor.example/abc", b"/http://stor.example/abc"),  # origin-form: as is
+])
+def test_route_target_edges(target: bytes, routed: bytes) -> None:
+    """Items 2–4 are one function over the request target: its edges."""
+    assert route_target(target) == routed
