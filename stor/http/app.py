@@ -99,7 +99,7 @@ class FileAnswer:
 
 
 class StorApp:
-    """The stor HTTP API over a :class:`Store`."""
+    """The stor HTTP API over the store (:class:`~stor.store.interface.StoreApi`)."""
 
     app = Klein()
 
