@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from stor.core import layout
 from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
 from stor.core.placement import Pair
+from stor.core.results import Duplicate, Stored, UploadResult
 from stor.disk.commit import MemberFailed, install
 from stor.disk.fsio import is_no_space, make_dirs, owner_of, reserve, start_writeback, write_chunks
 from stor.disk.locks import ShaLocks
@@ -37,27 +38,6 @@ WRITEBACK_STEP = 1024 * 1024
 """After this many bytes written, the kernel is asked to start writing them to
 disk (without waiting): the fsync before the answer then finds little left to do."""
 
-
-@dataclass(frozen=True)
-class Stored:
-    """The file was written: 201 with these paths.
-
-    ``failures`` lists the storages that failed on the way (the file was then
-    placed on another pair).
-    """
-
-    paths: list[str]
-    failures: tuple[MemberFailed, ...] = ()
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """The file was already stored (on both members of a pair): 200 with every path."""
-
-    paths: list[str]
-
-
-UploadResult = Stored | Duplicate
 
 BeforeInstall = Callable[[str, Pair], None]
 """Called (blocking, under the SHA's lock) just before a file is installed on a
