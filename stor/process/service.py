@@ -142,10 +142,13 @@ class Daemon:
     services: service.MultiService
 
 
-def build_daemon(config: Config, reactor: Any) -> Daemon:
+def build_daemon(config: Config, reactor: Any, run_as: "tuple[int, int] | None" = None) -> Daemon:
     """The web site for ``config``, its collaborators, and their services.
 
-    Services stop in the reverse order they were added: the disk pool last.
+    ``run_as``: the (uid, gid) twistd's ``--uid``/``--gid`` will switch to
+    after this runs as root (the lock directory is made for and checked
+    against them).  Services stop in the reverse order they were added: the
+    disk pool last.
     """
     services = service.MultiService()
     statsd, statsd_service = build_metrics(config, reactor)
@@ -156,8 +159,8 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     local = LocalStore(config.storage_pairs, pool, writable_regex=config.writable_pairs_regex,
                        balance_threshold=config.balance_threshold,
                        check_mounts=config.check_mounts)
-    locks = ShaLocks(config.lock_dir or default_lock_dir())
-    locks.prepare()
+    locks = ShaLocks(config.lock_dir or default_lock_dir(), owner=run_as)
+    locks.prepare()  # a lock directory that cannot be trusted stops start-up (ConfigError)
     cache = build_cache(config, reactor)
     cache.setServiceParent(services)
     publisher = build_publisher(config.amqp, reactor, statsd)
@@ -229,6 +232,20 @@ class StartupCheck(service.Service):
                          storage=h.path, problem=h.problem)
 
 
+def _run_as(options: Options) -> "tuple[int, int] | None":
+    """The (uid, gid) twistd switches to after ``makeService`` (``--uid``/``--gid``), if any."""
+    parent = getattr(options, "parent", None)
+    uid = parent.get("uid") if parent is not None else None
+    if uid is None or os.geteuid() != 0:
+        return None
+    gid = parent.get("gid")
+    if gid is None:
+        import pwd
+
+        gid = pwd.getpwuid(uid).pw_gid
+    return int(uid), int(gid)
+
+
 def _amqp_state(publisher: object) -> "Callable[[], AmqpState] | None":
     if not isinstance(publisher, AmqpPublisher):
         return None
@@ -277,7 +294,7 @@ def makeService(options: Options) -> service.MultiService:
             serve = adopt(reactor, options["adopt-fd"])
         else:
             serve = endpoint.listen
-        daemon = _exit_on_config_error(lambda: build_daemon(config, reactor))
+        daemon = _exit_on_config_error(lambda: build_daemon(config, reactor, _run_as(options)))
         top = Frontend(serve, daemon.site, daemon.services, reactor,
                        grace=config.shutdown_grace_period)
     outputs = _exit_on_config_error(lambda: build_log_outputs(
