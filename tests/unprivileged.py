@@ -160,6 +160,7 @@ def unprivileged_stor(open_tmp: Path) -> "Iterator[Unprivileged]":
     if os.geteuid() != 0:
         pytest.skip("needs root (to create users and switch to them)")
     (open_tmp / "run").mkdir(mode=0o755)
+    os.chown(open_tmp / "run", *user(SERVICE))  # as systemd's RuntimeDirectory= makes it
     runner = Unprivileged(open_tmp)
     try:
         yield runner

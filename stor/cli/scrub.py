@@ -31,6 +31,7 @@ from stor.cli.usage import (
     UsageError, check_listable, command_config, positive_number, positive_rate,
     selected_storages,
 )
+from stor.cli.owner import OwnerError, act_as_storage_owner
 from stor.config import Config, StatsiteConfig
 from stor.disk.locks import ShaLocks, default_lock_dir
 from stor.observe.statsd import StatsdMetrics
@@ -71,7 +72,11 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
     try:
         config = command_config(args)
         storages = selected_storages(config, args.storages)
+        act_as_storage_owner(config.storages)  # before anything below them is touched
         check_listable(storages)
+    except OwnerError as e:
+        err.write(f"stor scrub: {e}\n")
+        return EXIT_ERROR
     except UsageError as e:
         err.write(f"stor scrub: {e}\n")
         return EXIT_ERROR
