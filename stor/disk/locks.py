@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from stor.core.errors import ConfigError
+from stor.core.errors import Busy, ConfigError
 
 DIR_MODE = 0o770
 """The lock directory's mode when stor creates it: its user and group only."""
@@ -108,19 +108,27 @@ def _distrust(st: os.stat_result, owner: Owner | None) -> str | None:
     return f"belongs to uid {st.st_uid}, not to uid {uid} (the user stor runs as)"
 
 
-class LockBusy(Exception):
+LOCK_WAIT = 10.0
+"""Seconds a writer waits for a SHA's lock before answering 503 (a commit holds it for a
+rename and a few fsyncs; a holder past this is stuck or hostile)."""
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.001, 0.05
+
+
+class LockBusy(Busy):
     """A SHA's lock stayed held longer than the bounded wait."""
 
     def __init__(self, sha: str, waited: float) -> None:
-        super().__init__(f"the lock of {sha[:3]}… stayed held for {waited:.0f} s")
+        super().__init__(f"the lock of {sha[:3].lower()}* stayed held for {waited:g} s")
 
 
 class ShaLocks:
     """The host's per-SHA locks in ``directory`` (checked and opened by :meth:`prepare`)."""
 
-    def __init__(self, directory: str, owner: Owner | None = None) -> None:
+    def __init__(self, directory: str, owner: Owner | None = None,
+                 wait: float = LOCK_WAIT) -> None:
         self.directory = directory
         self.owner = owner
+        self.wait = wait
         self._fd: int | None = None
 
     def prepare(self) -> None:
@@ -141,13 +149,34 @@ class ShaLocks:
 
     @contextmanager
     def hold(self, sha: str) -> Iterator[None]:
-        """Hold ``sha``'s lock for the ``with`` block (waits for the current holder)."""
+        """Hold ``sha``'s lock for the ``with`` block.
+
+        Waits for the current holder at most :attr:`wait` seconds, then raises
+        :class:`LockBusy` (503): a process holding a lock file forever ties up
+        a disk-pool thread for that long, never for good.
+        """
         fd = self._open(sha[:3].lower() + ".lock")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._acquire(fd, sha)
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def _acquire(self, fd: int, sha: str) -> None:
+        """``flock`` without blocking, retried with a growing pause until :attr:`wait`."""
+        deadline = time.monotonic() + self.wait
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockBusy(sha, self.wait)
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _LONGEST_PAUSE)
 
     def _open(self, name: str) -> int:
         """The lock file ``name``, created when missing, never through a symlink."""

@@ -156,9 +156,13 @@ def build_daemon(config: Config, reactor: Any, run_as: "tuple[int, int] | None" 
         statsd_service.setServiceParent(services)
     pool = DiskPool(reactor)
     pool.setServiceParent(services)
+    # /status, readiness and metrics get threads of their own: uploads waiting for a
+    # SHA's lock or a slow disk never hold them up (docs/security.rst)
+    health_pool = DiskPool(reactor, size=2, name="stor-health")
+    health_pool.setServiceParent(services)
     local = LocalStore(config.storage_pairs, pool, writable_regex=config.writable_pairs_regex,
                        balance_threshold=config.balance_threshold,
-                       check_mounts=config.check_mounts)
+                       check_mounts=config.check_mounts, health_pool=health_pool)
     locks = ShaLocks(config.lock_dir or default_lock_dir(), owner=run_as)
     locks.prepare()  # a lock directory that cannot be trusted stops start-up (ConfigError)
     cache = build_cache(config, reactor)
@@ -166,7 +170,7 @@ def build_daemon(config: Config, reactor: Any, run_as: "tuple[int, int] | None" 
     publisher = build_publisher(config.amqp, reactor, statsd)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    exporter = Exporter(local.health_now, local.writable, pool.run,
+    exporter = Exporter(local.health_now, local.writable, health_pool.run,
                         cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher))
     if multiprocess():  # a --workers child: process_* of every worker, not only its own
         register_worker_processes(exporter.registry, os.environ[MULTIPROC_ENV])
