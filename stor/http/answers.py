@@ -93,8 +93,15 @@ def error_answer(error: BaseException, method: bytes, segment: str) -> Answer:
                   log=prefix + detail)
 
 
-def reason_header(error: BaseException) -> bytes:
-    """``str(error)`` as a one-line header value (the ``Stor-Reason`` of an answer)."""
+def reason_header(error: BaseException | str) -> bytes:
+    """``str(error)`` as a one-line header value (the ``Stor-Reason`` of an answer).
+
+    Only stor's own texts (a :class:`StorError`, or a text stor wrote) are
+    shown; a Python exception's text says what a stranger need not know, and
+    the log has it.
+    """
+    if not isinstance(error, (StorError, str)):
+        return b"internal error (logged)"
     text = " ".join(str(error).split())[:500]
     return text.encode("latin-1", "replace")
 

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from twisted.web.http import datetimeToString
-from twisted.web.server import version as SERVER
 
 from stor.core.ranges import Selection, etag
 from stor.core.sha import parse_sha
@@ -51,7 +50,7 @@ class FastLane:
         self._app = app
         self._site = site
         self._worker = b"Stor-Worker: " + site.worker + b"\r\n"
-        self._server = b"Server: " + SERVER + b"\r\n"
+        self._server = b"Server: " + site.server_header + b"\r\n"
         self._second = -1
         self._date = b""
 

@@ -39,6 +39,13 @@ class StorRequest(server.Request):
     site_ended: Any = None
     """The site's accounting, told when this request is answered or lost."""
 
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        """twisted's, but its ``Server: TwistedWeb/<version>`` is the site's ``server_header``."""
+        if isinstance(name, bytes) and name.lower() == b"server":
+            channel = self.channel
+            value = getattr(getattr(channel, "site", None), "server_header", b"stor")
+        super().setHeader(name, value)
+
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # stays empty: form parsing finds nothing to parse
         line = request_line(self.channel)

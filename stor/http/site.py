@@ -77,6 +77,9 @@ class StorSite(server.Site):
         self._worker = [self.worker]
         self.fast_lane: Any = None
         """Called with each connection's reads first (:mod:`stor.http.fastlane`)."""
+        self.server_header = b"stor"
+        """Every answer's ``Server`` header (config ``server_header``; twisted's names its
+        version, which tells a stranger what to look up)."""
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)

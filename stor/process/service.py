@@ -198,6 +198,7 @@ def build_daemon(config: Config, reactor: Any, run_as: "tuple[int, int] | None" 
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
     sites.append(site)
+    site.server_header = config.server_header.encode("ascii")
     site.fast_lane = FastLane(app, site)
     site.displayTracebacks = False
     site.noisy = False  # no "Starting factory <StorSite object at 0x…>" lines
