@@ -68,6 +68,7 @@ class Config:
     amqp: AmqpConfig | None = None
     log: LogConfig = LogConfig()
     lock_dir: str | None = None
+    probe_period: float = storage.DEFAULT_PROBE_PERIOD
     header_timeout: float = server.DEFAULT_HEADER_TIMEOUT
     body_timeout: float = server.DEFAULT_BODY_TIMEOUT
     sendfile: bool = True

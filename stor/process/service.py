@@ -45,6 +45,7 @@ from stor.amqp.publish import AmqpPublisher, build_publisher
 from stor.s3.read import NoS3, build_s3, s3_client
 from stor.s3.put import S3Writer
 from stor.disk.diskpool import DiskPool
+from stor.disk.health import Prober, ProbeService
 from stor.disk.local import LocalStore
 from stor.s3.outbox import build_outbox
 from stor.store.store import Store
@@ -160,9 +161,13 @@ def build_daemon(config: Config, reactor: Any, run_as: "tuple[int, int] | None" 
     # SHA's lock or a slow disk never hold them up (docs/security.rst)
     health_pool = DiskPool(reactor, size=2, name="stor-health")
     health_pool.setServiceParent(services)
-    local = LocalStore(config.storage_pairs, pool, writable_regex=config.writable_pairs_regex,
+    regex = config.writable_pairs_regex
+    prober = Prober(config.storages, lambda storage: bool(regex.search(storage)))
+    local = LocalStore(config.storage_pairs, pool, writable_regex=regex,
                        balance_threshold=config.balance_threshold,
-                       check_mounts=config.check_mounts, health_pool=health_pool)
+                       check_mounts=config.check_mounts, health=prober.check,
+                       health_pool=health_pool)
+    ProbeService(prober, health_pool.run, config.probe_period).setServiceParent(services)
     locks = ShaLocks(config.lock_dir or default_lock_dir(), owner=run_as)
     locks.prepare()  # a lock directory that cannot be trusted stops start-up (ConfigError)
     cache = build_cache(config, reactor)
