@@ -51,7 +51,7 @@ def test_unit_is_a_hardened_notify_service() -> None:
     assert s["ProtectSystem"] == ["strict"]
     # stor's per-SHA locks default to $RUNTIME_DIRECTORY/locks (stor.disk.locks), the one
     # directory besides the storages that ProtectSystem=strict leaves writable
-    assert s["RuntimeDirectory"] == ["stor"]
+    assert s["RuntimeDirectory"] == ["stor stor/locks"]
     assert s["KillMode"] == ["mixed"]  # SIGTERM to the main process, which passes it on once
     example = json.loads((ROOT / "conf" / "stor.json.example").read_text())
     grace = example.get("shutdown_grace_period", 30)
