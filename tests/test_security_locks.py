@@ -126,3 +126,13 @@ def test_a_lock_directory_an_intruder_made_first_stops_start_up(unprivileged_sto
     assert stor.popen.wait(30) != 0
     wait_for(lambda: "lock_dir" in stor.err + stor.out, "the lock_dir error", timeout=5)
     assert "writable by every user" in stor.err + stor.out
+
+
+def test_a_tombstone_directory_of_another_user_stops_start_up_not_a_delete(tmp_path: Path) -> None:
+    """An older build's root DELETE left ``deleted/`` 0755 root: refused at start, by name."""
+    uid, gid = user(INTRUDER)
+    (tmp_path / "locks").mkdir(mode=0o770)
+    (tmp_path / "locks" / "deleted").mkdir(mode=0o755)
+    os.chown(tmp_path / "locks" / "deleted", uid, gid)
+    with pytest.raises(ConfigError, match="deleted belongs to uid"):
+        ShaLocks(str(tmp_path / "locks")).prepare()

@@ -130,14 +130,27 @@ class ShaLocks:
         self.owner = owner
         self.wait = wait
         self._fd: int | None = None
+        self._deleted_fd: int | None = None
 
     def prepare(self) -> None:
         """Create or check the directory and open it (blocking; at start, or on first use).
 
-        Raises :class:`ConfigError` (key ``lock_dir``) when it cannot be trusted.
+        Raises :class:`ConfigError` (key ``lock_dir``) when it, or its tombstones'
+        ``deleted/``, cannot be trusted: at start, not at the first DELETE.
         """
         if self._fd is None:
             self._fd = open_trusted_dir(self.directory, self.owner)
+        if self._deleted_fd is None:
+            self._deleted_fd = open_trusted_dir(os.path.join(self.directory, "deleted"),
+                                                self.owner)
+
+    @property
+    def deleted_fd(self) -> int:
+        """The descriptor of the tombstones' directory (prepared on first use)."""
+        if self._deleted_fd is None:
+            self.prepare()
+        assert self._deleted_fd is not None
+        return self._deleted_fd
 
     @property
     def fd(self) -> int:
@@ -223,14 +236,10 @@ class Tombstones:
     def __init__(self, locks: ShaLocks) -> None:
         self._locks = locks
         self.directory = os.path.join(locks.directory, "deleted")
-        self._fd: int | None = None
 
     @property
     def fd(self) -> int:
-        if self._fd is None:
-            self._locks.prepare()
-            self._fd = open_trusted_dir(self.directory, self._locks.owner)
-        return self._fd
+        return self._locks.deleted_fd
 
     def bury(self, sha: str) -> None:
         """Record that ``sha`` is deleted now (blocking; hold its lock).
