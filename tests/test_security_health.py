@@ -7,6 +7,7 @@ one out of inodes (a tmpfs with ``nr_inodes``) or mounted read-only fails
 judges unmounted reports no free bytes.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ops_peer import request, stor_process, wait_for
+from ops_peer import AUTH_HEADER, request, stor_process, wait_for
 from unprivileged import open_tmp, unprivileged_stor
 
 __all__ = ["open_tmp", "stor_process", "unprivileged_stor"]
@@ -36,9 +37,16 @@ def test_a_storage_the_daemon_cannot_write_is_down_until_it_can(unprivileged_sto
     stor = unprivileged_stor.start(probe_period=PERIOD)
     storages = stor.extra["storages"]
     down = [storages[0], storages[2]]  # one member of each pair: no writable pair is whole
-    for s in down:
-        os.chmod(s, 0)
+    os.chmod(down[0], 0)
     try:
+        wait_for(lambda: _probed(stor.port, down[0], False), "the first probed down", stor)
+        for i in range(4):  # placement follows the probe: every upload goes to the other pair
+            body = b"placed by the probe %d" % i
+            answer = request(stor.port, "POST", f"/{hashlib.sha256(body).hexdigest()}", body,
+                             {"Authorization": AUTH_HEADER})
+            assert answer.status == 201, answer
+            assert all(p.startswith(tuple(storages[2:])) for p in json.loads(answer.body))
+        os.chmod(down[1], 0)
         for s in down:
             seen = wait_for(lambda s=s: _probed(stor.port, s, False), f"{s} probed down", stor)
             assert seen["ok"] is False and seen["writable"] is True
