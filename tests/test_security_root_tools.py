@@ -84,3 +84,18 @@ def test_storages_of_two_users_are_refused_by_a_root_tool(unprivileged_stor) -> 
     assert done.returncode == 2
     assert "belong to different users" in done.stderr
     assert stat.S_ISDIR(os.stat(storages[0]).st_mode)
+
+
+def test_a_root_scrub_refuses_a_lock_directory_anyone_can_write(unprivileged_stor) -> None:
+    storages = unprivileged_stor.storages()
+    locks = unprivileged_stor.root / "run" / "locks"
+    locks.mkdir(mode=0o777)
+    locks.chmod(0o1777)
+    config = unprivileged_stor.root / "planted.json"
+    config.write_text(json.dumps({"storage_pairs": [storages[0:2], storages[2:4]],
+                                  "lock_dir": str(locks)}))
+    done = _run_as_root([STOR, "scrub", "--repair", "--config", str(config)],
+                        unprivileged_stor.root)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "stor scrub: lock_dir: " in done.stderr and "writable by every user" in done.stderr
+    assert "Traceback" not in done.stderr
