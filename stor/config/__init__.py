@@ -68,9 +68,11 @@ class Config:
     amqp: AmqpConfig | None = None
     log: LogConfig = LogConfig()
     lock_dir: str | None = None
+    probe_period: float = storage.DEFAULT_PROBE_PERIOD
     header_timeout: float = server.DEFAULT_HEADER_TIMEOUT
     body_timeout: float = server.DEFAULT_BODY_TIMEOUT
     sendfile: bool = True
+    server_header: str = server.DEFAULT_SERVER_HEADER
     unknown_keys: tuple[str, ...] = field(default=())
     """Top-level keys stor does not read (each is also one of ``warnings``)."""
     warnings: tuple[Problem, ...] = ()

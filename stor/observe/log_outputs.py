@@ -46,7 +46,7 @@ from stor.config.problems import Problem
 from stor.core.errors import ConfigError
 from stor.core.reconnect import quiet
 from stor.observe.gelf import datagrams, gelf_message, syslog_level, tcp_frame
-from stor.observe.logs import event_as_record
+from stor.observe.logs import clean_text, event_as_record, safe_traceback
 from stor.observe.stream import StreamSender
 from stor.observe.udp import UdpSender
 
@@ -64,13 +64,10 @@ LEVEL_NUMBERS = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 3, LogLevel
 
 def event_text(event: LogEvent) -> str:
     """The event's text as one would read it: its formatted message, then a failure's traceback."""
-    text = formatEvent(event)
+    text = clean_text(event)  # input never structure: control characters escaped
     failure = event.get("log_failure")
     if failure is not None:
-        try:
-            traceback = failure.getTraceback().rstrip("\n")
-        except Exception:
-            traceback = repr(failure)
+        traceback = safe_traceback(failure)
         text = f"{text}\n{traceback}" if text else traceback
     return text
 
