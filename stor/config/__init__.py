@@ -26,7 +26,7 @@ from stor.config import amqp, auth, log, memcached, s3, server, statsite, storag
 from stor.config.amqp import AmqpConfig, parse_amqp
 from stor.config.auth import AuthConfig, parse_auth
 from stor.config.jsonfile import read_json
-from stor.config.log import LogConfig, parse_log
+from stor.config.log import LogConfig, parse_log_settings
 from stor.config.memcached import MemcachedConfig, parse_memcached
 from stor.config.problems import Problem, Problems
 from stor.config.s3 import S3Config, parse_s3
@@ -139,7 +139,7 @@ def _assemble(raw: object, problems: Problems) -> Config | None:
         memcached=parse_memcached(raw, problems),
         statsite=parse_statsite(raw.get("statsite"), problems),
         amqp=parse_amqp(raw.get("rabbitmq_uri"), problems),
-        log=parse_log(raw.get("log"), problems),
+        log=parse_log_settings(raw, problems),
     )
     return Config(**flat, **sections, unknown_keys=tuple(unknown),
                   warnings=tuple(problems.warnings))

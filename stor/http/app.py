@@ -282,7 +282,7 @@ class StorApp:
         else:
             self.metrics.incr("success.post.write.count")
             request.setResponseCode(201)
-            log.info("stored {sha} at {paths}", sha=sha, paths=result.paths)
+            log.debug("stored {sha} at {paths}", sha=sha, paths=result.paths)
             if isinstance(result, Stored) and result.failures:
                 request.setHeader(b"stor-reason", reason_header(
                     "stored after " + "; ".join(str(f) for f in result.failures)))

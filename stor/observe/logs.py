@@ -50,6 +50,7 @@ from twisted.logger import (
 from twisted.python import logfile, threadable
 
 from stor.core.reconnect import quiet
+from stor.observe.policy import LogPolicy, filtered, own_log_policy
 
 LOG_FORMATS = ("text", "json")
 
@@ -318,10 +319,21 @@ def _rotate_on_sigusr1(opened: logfile.LogFile) -> None:
     signal.signal(signal.SIGUSR1, rotate)
 
 
+_policy = own_log_policy()
+
+
+def use_policy(policy: LogPolicy) -> None:
+    """The config's ``log_level`` and ``access_log_skip``, for :func:`observer_factory`
+    (twistd calls it after ``makeService``, which reads the config)."""
+    global _policy
+    _policy = policy
+
+
 def observer_factory() -> ILogObserver:
     """twistd's ``--logger``: lines of the chosen format where twistd would have written,
-    without the reconnecting clients' line per attempt (:func:`stor.core.reconnect.quiet`)."""
+    without the reconnecting clients' line per attempt (:func:`stor.core.reconnect.quiet`)
+    and what the log policy leaves out (:mod:`stor.observe.policy`)."""
     out = _output() if _output is not None else sys.stdout
     if _format == "json":
-        return quiet(json_file_observer(out))
-    return quiet(text_file_observer(out))
+        return quiet(filtered(json_file_observer(out), _policy))
+    return quiet(filtered(text_file_observer(out), _policy))

@@ -53,6 +53,7 @@ from stor.s3.outbox import Outbox, build_outbox
 from stor.store.store import Store
 from stor.observe.access import emit_access
 from stor.observe.log_outputs import build_log_outputs
+from stor.observe.policy import own_log_policy
 from stor.observe.logs import LOG_FORMATS
 from stor.observe.prometheus import MULTIPROC_ENV, AmqpState, Exporter, SyncService, multiprocess
 from stor.process.worker_metrics import SLOT_ENV, register_worker_processes
@@ -332,6 +333,7 @@ def makeService(options: Options) -> service.MultiService:
         daemon = _exit_on_config_error(lambda: build_daemon(config, reactor, _run_as(options)))
         top = Frontend(serve, daemon.site, daemon.services, reactor,
                        grace=config.shutdown_grace_period)
+    logs.use_policy(own_log_policy(config.log.level, config.log.access_skip))
     outputs = _exit_on_config_error(lambda: build_log_outputs(
         config.log, reactor, warnings=config.warnings, child=child, on_reopen=reopened))
     root = service.MultiService()
