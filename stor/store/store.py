@@ -30,7 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stor.core import layout
-from stor.core.errors import CorruptReplica, NotFound, RangeNotSatisfiable, StorageFailure
+from stor.core.errors import (
+    CorruptReplica, NotFound, RangeNotSatisfiable, S3Unavailable, StorageFailure,
+)
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.ranges import Part, Selection
 from stor.disk.health import StorageHealth
@@ -184,23 +186,35 @@ class Store:
     # -- reads ------------------------------------------------------------
 
     async def read(self, selection: Selection, requested: str) -> Reading:
-        """Find ``selection.sha`` and decide the answer; :class:`NotFound` if nowhere.
+        """Find ``selection.sha`` and decide the answer; :class:`NotFound` if nowhere,
+        :class:`S3Unavailable` if not here and S3 could not say.
 
         ``requested`` is the SHA as the client spelled it (what is published).
         """
         self._publisher.publish(requested)
         start = time.monotonic()
+        unknown: S3Unavailable | None = None
         if self._s3 is not None and self._s3_first:
-            reading = await self._read_s3(selection, start)
-            if reading is not None:
-                return reading
+            try:
+                reading = await self._read_s3(selection, start)
+            except S3Unavailable as e:
+                unknown = e
+            else:
+                if reading is not None:
+                    return reading
         reading = await self._read_local(selection, start)
         if reading is not None:
             return reading
         if self._s3 is not None and not self._s3_first:
-            reading = await self._read_s3(selection, start)
-            if reading is not None:
-                return reading
+            try:
+                reading = await self._read_s3(selection, start)
+            except S3Unavailable as e:
+                unknown = e
+            else:
+                if reading is not None:
+                    return reading
+        if unknown is not None:  # the file may well exist: not a 404 (docs/SPEC.md §9)
+            raise unknown
         self._metrics.incr("error.get.not_found_old.count")
         raise NotFound(selection.sha)
 
