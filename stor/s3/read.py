@@ -252,9 +252,10 @@ class S3Reader:
     def _log_refusal(self, body: bytes, response: IResponse, sha: str, method: str) -> None:
         code = _error_code(body)
         if response.code == 403:
-            log.error("S3 {method} {url} answered 403 Forbidden{code}: a configuration error "
+            log.error("S3 {method} {url} answered {status} Forbidden{code}: a configuration error "
                       "(s3_credentials, s3_region or the bucket's policy); answering 404",
-                      method=method, url=self.url(sha), code=f" ({code})" if code else "")
+                      method=method, url=self.url(sha), status=response.code,
+                      code=f" ({code})" if code else "")
             return
         log.warn("S3 {method} {url} answered {status} {phrase}{code}, using local storages",
                  method=method, url=self.url(sha), status=response.code,
