@@ -71,6 +71,10 @@ class Config:
     header_timeout: float = server.DEFAULT_HEADER_TIMEOUT
     body_timeout: float = server.DEFAULT_BODY_TIMEOUT
     sendfile: bool = True
+    write_headroom: int = storage.DEFAULT_WRITE_HEADROOM
+    """Bytes both members of a writable pair must have free for ``/health/write``."""
+    trusted_proxies: tuple[Any, ...] = ()
+    """Networks of the balancers whose ``X-Forwarded-For`` is believed."""
     unknown_keys: tuple[str, ...] = field(default=())
     """Top-level keys stor does not read (each is also one of ``warnings``)."""
     warnings: tuple[Problem, ...] = ()

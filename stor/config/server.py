@@ -8,6 +8,7 @@ listens.  Parsing needs no reactor: endpoints keep the one they are given
 until they listen, and the probe below stands in for it.
 """
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from stor.config import values
 from stor.config.problems import Problems
 
 KEYS = frozenset({"listen", "header_timeout", "body_timeout", "max_upload_size",
-                  "shutdown_grace_period", "sendfile"})
+                  "shutdown_grace_period", "sendfile", "trusted_proxies"})
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_BODY_TIMEOUT = 120.0
@@ -36,6 +37,8 @@ class ServerConfig:
     sendfile: bool = True
     """Large whole files go to plain TCP connections by ``sendfile(2)``; false
     sends every body through twisted.web (to rule it out when debugging)."""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Balancers whose ``X-Forwarded-For`` names the client in logs (addresses or CIDR)."""
 
 
 def parse_server_config(raw: Mapping[str, object], problems: Problems) -> ServerConfig:
@@ -52,7 +55,26 @@ def parse_server_config(raw: Mapping[str, object], problems: Problems) -> Server
         shutdown_grace_period=values.number(raw, "shutdown_grace_period", DEFAULT_SHUTDOWN_GRACE,
                                             problems, above=None, at_least=0.0),
         sendfile=values.switch(raw, "sendfile", True, problems),
+        trusted_proxies=_networks(raw.get("trusted_proxies"), problems),
     )
+
+
+def _networks(value: object, problems: Problems
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``trusted_proxies``: a list of addresses or networks (``10.0.0.5``, ``10.1.0.0/16``)."""
+    key = "trusted_proxies"
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.error(key, "must be a list of IP addresses or networks like \"10.0.0.0/8\"")
+        return ()
+    found = []
+    for i, text in enumerate(value):
+        try:
+            found.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            problems.error(f"{key}[{i}]", f"{text!r} is not an IP address or network")
+    return tuple(found)
 
 
 def listen_problem(description: str) -> str | None:

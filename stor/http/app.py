@@ -31,6 +31,7 @@ from stor.http.channel import SocketSendfile, is_gone
 from stor.http.dates import http_date
 from stor.http.handshake import Accepted, Refused, segment_of
 from stor.disk.spool import Duplicate, Stored, UploadResult
+from stor.disk.writeready import write_blockers
 from stor.store.store import Reading, Store
 
 log = Logger()
@@ -80,8 +81,9 @@ class StorApp:
                  metrics_page: MetricsPage | None = None, delete_auth: str | None = None,
                  stopping: Callable[[], bool] = lambda: False,
                  status_extra: Callable[[], dict[str, Any]] = dict,
-                 sendfile: bool = True) -> None:
+                 sendfile: bool = True, write_headroom: int = 0) -> None:
         self.store = store
+        self._write_headroom = write_headroom
         self.metrics: Metrics = metrics or NullMetrics()
         self._metrics_page = metrics_page
         self._delete_auth = delete_auth
@@ -134,6 +136,20 @@ class StorApp:
         reasons = ["stopping"] if self._stopping() else []
         if not reasons:
             reasons = self.store.local.not_ready(await self.store.health(with_free=False))
+        if reasons:
+            request.setResponseCode(503)
+            return _body(request, "".join(f"{r}\n" for r in reasons).encode())
+        return _body(request, b"OK\n")
+
+    @app.route("/health/write", methods=["GET", "HEAD"])
+    async def write_ready(self, request: IRequest) -> bytes:
+        """200 while a writable pair has more than ``write_headroom`` free on both
+        members (docs/SPEC.md §9): a balancer sends uploads only to such hosts."""
+        reasons = ["stopping"] if self._stopping() else []
+        if not reasons:
+            local = self.store.local
+            reasons = write_blockers(local.pairs, local.writable, await self.store.health(),
+                                     self._write_headroom)
         if reasons:
             request.setResponseCode(503)
             return _body(request, "".join(f"{r}\n" for r in reasons).encode())

@@ -187,7 +187,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
                   delete_auth=config.delete_auth,
                   stopping=lambda: any(site.closing for site in sites),
                   status_extra=lambda: {"s3_outbox": outbox.state()} if outbox else {},
-                  sendfile=config.sendfile)
+                  sendfile=config.sendfile, write_headroom=config.write_headroom)
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
     sites.append(site)
