@@ -27,7 +27,7 @@ from stor.core.ranges import Selection, etag
 from stor.core.sha import parse_sha, sha_of_path
 from stor.http.answers import TEXT, Answer, error_answer, reason_header
 from stor.http.auth import authorized, user_of
-from stor.http.channel import SocketSendfile, is_gone
+from stor.http.channel import SocketSendfile, describe_peer, is_gone
 from stor.http.dates import http_date
 from stor.http.handshake import Accepted, Refused, segment_of
 from stor.disk.spool import Duplicate, Stored, UploadResult
@@ -52,6 +52,15 @@ def _body(request: IRequest, data: bytes, content_type: bytes = TEXT) -> bytes:
 def _wants_json(request: IRequest) -> bool:
     accept = request.getHeader(b"accept") or b""
     return b"application/json" in accept.lower()
+
+
+def _client(request: IRequest) -> str:
+    """The client's address, through trusted balancers (:mod:`stor.http.forwarded`)."""
+    peer = describe_peer(request.getClientAddress())
+    site = getattr(request, "site", None)
+    if site is None or not hasattr(site, "client"):
+        return peer
+    return str(site.client(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for")))
 
 
 def _content_headers(request: IRequest, sha: str, reading: Reading) -> None:
@@ -244,9 +253,10 @@ class StorApp:
         if not authorized(request.requestHeaders, self._delete_auth):
             raise Unauthorized("DELETE needs the delete_auth Basic credentials")
         removed = await self.store.delete(sha)
-        log.warn("deleted {sha} at the request of {user} ({count} local copies: {paths})",
-                 sha=sha, user=user_of(request.requestHeaders), count=len(removed),
-                 paths=removed)
+        log.warn("deleted {sha} at the request of {user} from {client} "
+                 "({count} local copies: {paths})",
+                 sha=sha, user=user_of(request.requestHeaders), client=_client(request),
+                 count=len(removed), paths=removed)
         request.setResponseCode(204)
         return b""
 

@@ -63,6 +63,7 @@ class FastLane:
         if match is None:
             return False
         agent = b""
+        forwarded: list[bytes] = []
         for line in match.group(3).split(b"\r\n")[:-1]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -70,9 +71,12 @@ class FastLane:
                 return False
             if name == b"user-agent":
                 agent = value.strip()
-        return self._answer(channel, match.group(1), match.group(2), agent)
+            elif name == b"x-forwarded-for":
+                forwarded.append(value.strip())
+        return self._answer(channel, match.group(1), match.group(2), agent, forwarded)
 
-    def _answer(self, channel: Any, method: bytes, segment: bytes, agent: bytes) -> bool:
+    def _answer(self, channel: Any, method: bytes, segment: bytes, agent: bytes,
+                forwarded: list[bytes]) -> bool:
         start = time.monotonic()
         text = segment.decode("ascii")
         head = method == b"HEAD"
@@ -96,7 +100,8 @@ class FastLane:
             b"Content-Length: %d\r\n\r\n" % reading.size, body)))
         path = b"/" + segment
         self._site.account(method.decode("ascii"), path, 200, len(body), 0,
-                           time.monotonic() - start, channel.peer_name, agent, True)
+                           time.monotonic() - start,
+                           self._site.client(channel.peer_name, forwarded), agent, True)
         return True
 
     def _now(self) -> bytes:

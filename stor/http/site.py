@@ -13,6 +13,7 @@ connections still open, for a graceful stop (:meth:`close_idle`).
 import os
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from stor.core.metrics import Metrics, NullMetrics
 from stor.core.sha import sha_of_path
 from stor.observe.access import emit_access
 from stor.http.channel import StorChannel, describe_peer, request_line
+from stor.http.forwarded import Network, client_of
 from stor.http.request import StorRequest
 from stor.store.store import Store
 
@@ -61,9 +63,11 @@ class StorSite(server.Site):
     def __init__(self, resource: object, store: Store, basic_auth: str | None, *,
                  observer: RequestObserver | None = None, metrics: Metrics | None = None,
                  header_timeout: float | None = 30.0, body_timeout: float = 120.0,
-                 **kwargs: Any) -> None:
+                 trusted_proxies: Sequence[Network] = (), **kwargs: Any) -> None:
         super().__init__(resource, timeout=body_timeout, **kwargs)
         self.store = store
+        self.trusted_proxies = tuple(trusted_proxies)
+        """Balancers whose ``X-Forwarded-For`` names the client (:mod:`stor.http.forwarded`)."""
         self.basic_auth = basic_auth
         self.observer = observer
         self.metrics: Metrics = metrics or NullMetrics()
@@ -125,9 +129,14 @@ class StorSite(server.Site):
         status = request.code if completed or request.startedWriting else LOST
         upload = getattr(request, "upload", None)
         agent = request.requestHeaders.getRawHeaders(b"user-agent")
+        peer = self.client(begun.peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
         self.account(method.decode("latin-1") if isinstance(method, bytes) else str(method),
                      path, status, request.sentLength, upload.received if upload else 0,
-                     seconds, begun.peer, agent[0] if agent else b"", completed)
+                     seconds, peer, agent[0] if agent else b"", completed)
+
+    def client(self, peer: str, forwarded: Sequence[bytes] | None) -> str:
+        """The client as logs name it: ``peer``, or whom a trusted balancer forwarded."""
+        return client_of(peer, forwarded, self.trusted_proxies)
 
     def account(self, method: str, path: bytes, status: int, sent: int, received: int,
                 seconds: float, peer: str, agent: bytes, completed: bool) -> None:

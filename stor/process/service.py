@@ -189,7 +189,8 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
                   status_extra=lambda: {"s3_outbox": outbox.state()} if outbox else {},
                   sendfile=config.sendfile, write_headroom=config.write_headroom)
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
-                    header_timeout=config.header_timeout, body_timeout=config.body_timeout)
+                    header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+                    trusted_proxies=config.trusted_proxies)
     sites.append(site)
     site.fast_lane = FastLane(app, site)
     site.displayTracebacks = False
