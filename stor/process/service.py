@@ -182,6 +182,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     corrupt.append(store.corrupt_file)
     if outbox is not None:
         outbox.setServiceParent(services)
+        exporter.outbox_state = outbox.state
     sites: list[StorSite] = []
     app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
                   delete_auth=config.delete_auth,
