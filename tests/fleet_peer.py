@@ -264,13 +264,15 @@ class Fleet:
         self._tmp = tmp_path
         self.hosts: list[Host] = []
 
-    def start(self, name: str, wait: bool = True, **config: Any) -> Host:
-        """A new host ``name`` running with ``config`` on top of its own storages."""
+    def start(self, name: str, wait: bool = True, port: int | None = None,
+              **config: Any) -> Host:
+        """A new host ``name`` running with ``config`` on top of its own storages
+        (on ``port``, when the test must know it before: e.g. for ``fleet_peers``)."""
         root = self._tmp / name
         storages = [str(root / f"data{i + 1}") for i in range(4)]
         for s in storages:
             os.makedirs(s)
-        port = free_port()
+        port = port or free_port()
         raw: dict[str, Any] = {
             "storage_pairs": [storages[0:2], storages[2:4]],
             "check_mounts": False,

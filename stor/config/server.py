@@ -10,6 +10,7 @@ until they listen, and the probe below stands in for it.
 
 import ipaddress
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from stor.config import values
 from stor.config.problems import Problems
 
 KEYS = frozenset({"listen", "header_timeout", "body_timeout", "max_upload_size",
-                  "shutdown_grace_period", "sendfile", "trusted_proxies"})
+                  "shutdown_grace_period", "sendfile", "trusted_proxies", "fleet_peers"})
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_BODY_TIMEOUT = 120.0
@@ -39,6 +40,8 @@ class ServerConfig:
     sends every body through twisted.web (to rule it out when debugging)."""
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """Balancers whose ``X-Forwarded-For`` names the client in logs (addresses or CIDR)."""
+    fleet_peers: tuple[str, ...] = ()
+    """Base URLs of the fleet's other hosts, asked on a miss (:mod:`stor.s3.peers`)."""
 
 
 def parse_server_config(raw: Mapping[str, object], problems: Problems) -> ServerConfig:
@@ -56,7 +59,30 @@ def parse_server_config(raw: Mapping[str, object], problems: Problems) -> Server
                                             problems, above=None, at_least=0.0),
         sendfile=values.switch(raw, "sendfile", True, problems),
         trusted_proxies=_networks(raw.get("trusted_proxies"), problems),
+        fleet_peers=_peers(raw.get("fleet_peers"), problems),
     )
+
+
+def _peers(value: object, problems: Problems) -> tuple[str, ...]:
+    """``fleet_peers``: ``["http://10.0.0.2:8080", …]``, the other hosts' stor URLs."""
+    key = "fleet_peers"
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.error(key, 'must be a list of URLs like "http://10.0.0.2:8080"')
+        return ()
+    found = []
+    for i, url in enumerate(value):
+        parts = urlsplit(url)
+        try:
+            _ = parts.port
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            problems.error(f"{key}[{i}]", f"{url!r} is not a URL like \"http://10.0.0.2:8080\"")
+            continue
+        found.append(url.rstrip("/"))
+    return tuple(found)
 
 
 def _networks(value: object, problems: Problems

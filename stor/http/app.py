@@ -32,6 +32,7 @@ from stor.http.dates import http_date
 from stor.http.handshake import Accepted, Refused, segment_of
 from stor.disk.spool import Duplicate, Stored, UploadResult
 from stor.disk.writeready import write_blockers
+from stor.s3.peers import PEER_HEADER, PEER_LOCAL
 from stor.store.store import Reading, Store
 
 log = Logger()
@@ -199,7 +200,8 @@ class StorApp:
         selection = Selection(sha, head=request.method == b"HEAD",
                               if_none_match=header(b"if-none-match"), range=header(b"range"),
                               if_range=header(b"if-range"))
-        reading = await self.store.read(selection, segment)
+        local_only = request.getHeader(PEER_HEADER) == PEER_LOCAL
+        reading = await self.store.read(selection, segment, local_only)
         _content_headers(request, sha, reading)
         try:
             await reading.send(request, SocketSendfile.of(request) if self._sendfile else None)

@@ -47,6 +47,7 @@ from stor.s3.put import S3Writer
 from stor.disk.diskpool import DiskPool
 from stor.disk.local import LocalStore
 from stor.s3.outbox import build_outbox
+from stor.s3.peers import build_peers
 from stor.store.store import Store
 from stor.observe.log_outputs import build_log_outputs
 from stor.observe.logs import LOG_FORMATS
@@ -178,7 +179,8 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
                   s3_first=config.s3 is None or config.s3.read != "fallback",
                   publisher=publisher, max_upload_size=config.max_upload_size, outbox=outbox,
                   s3_objects=_s3_objects(config, reactor, pool.run),
-                  fill_local=config.s3 is not None and config.s3.fill_local)
+                  fill_local=config.s3 is not None and config.s3.fill_local,
+                  peers=list(build_peers(config, reactor, metrics)))
     corrupt.append(store.corrupt_file)
     if outbox is not None:
         outbox.setServiceParent(services)

@@ -129,6 +129,11 @@ class S3Object:
 class S3Reader:
     """Looks objects up in one bucket; see the module docstring for the failure policy."""
 
+    not_found_key = NOT_FOUND
+    error_key = ERROR
+    bad_sha_key = BAD_SHA
+    what = "S3"
+
     def __init__(self, config: S3Config, client: HTTPClient, reactor: IReactorTime,
                  metrics: Metrics) -> None:
         self._config = config
@@ -137,7 +142,7 @@ class S3Reader:
         self._metrics = metrics
         self._signer = Signer(config.access_key, config.secret_key, config.region)
         self._bad: OrderedDict[str, None] = OrderedDict()
-        self._outage = _Outage(reactor)
+        self._outage = _Outage(reactor, self.what)
 
     @property
     def down(self) -> bool:
@@ -212,11 +217,11 @@ class S3Reader:
         method = "HEAD" if head else "GET"
         self._outage.answered()
         if response.code == 404:
-            self._metrics.incr(NOT_FOUND)
+            self._metrics.incr(self.not_found_key)
             _drain(response, self._reactor, self._config.timeout)
             return None
         if response.code != (206 if byte_range is not None else 200):
-            self._metrics.incr(ERROR)
+            self._metrics.incr(self.error_key)
             drained = _drain(response, self._reactor, self._config.timeout)
             drained.addCallback(self._log_refusal, response, sha, method)
             if response.code >= 500:  # S3 has a problem: the object may well be there
@@ -241,10 +246,10 @@ class S3Reader:
             raise CancelledError(f"S3 {method} {sha} cancelled")
         if failure.check(S3Unavailable):  # a 5xx, counted and logged already
             failure.raiseException()
-        self._metrics.incr(ERROR)
+        self._metrics.incr(self.error_key)
         why = _describe(failure, self._config.timeout)
-        log.warn("S3 {method} {url} failed, using local storages: {why}",
-                 method=method, url=self.url(sha), why=why)
+        log.warn("{what} {method} {url} failed: {why}",
+                 what=self.what, method=method, url=self.url(sha), why=why)
         if _timed_out(failure):
             self._outage.trip(why)
         raise S3Unavailable(sha, why)
@@ -252,30 +257,30 @@ class S3Reader:
     def _log_refusal(self, body: bytes, response: IResponse, sha: str, method: str) -> None:
         code = _error_code(body)
         if response.code == 403:
-            log.error("S3 {method} {url} answered {status} Forbidden{code}: a configuration error "
+            log.error("{what} {method} {url} answered {status} Forbidden{code}: a configuration error "
                       "(s3_credentials, s3_region or the bucket's policy); answering 404",
-                      method=method, url=self.url(sha), status=response.code,
+                      what=self.what, method=method, url=self.url(sha), status=response.code,
                       code=f" ({code})" if code else "")
             return
-        log.warn("S3 {method} {url} answered {status} {phrase}{code}, using local storages",
-                 method=method, url=self.url(sha), status=response.code,
+        log.warn("{what} {method} {url} answered {status} {phrase}{code}",
+                 what=self.what, method=method, url=self.url(sha), status=response.code,
                  phrase=response.phrase.decode("latin-1"), code=f" ({code})" if code else "")
 
     def _bad_body(self, sha: str, actual: str, sent: int) -> StorageFailure:
         """The body does not hash to its name: never serve this object from S3 again."""
-        self._metrics.incr(BAD_SHA)
+        self._metrics.incr(self.bad_sha_key)
         self._bad[sha] = None
         while len(self._bad) > BAD_SHA_LIMIT:
             self._bad.popitem(last=False)
-        log.warn("S3 object {url} has sha256 {actual}: transfer aborted after {sent} bytes, "
-                 "no longer asking S3 for it", url=self.url(sha), actual=actual, sent=sent)
+        log.warn("{what} object {url} has sha256 {actual}: transfer aborted after {sent} bytes, "
+                 "no longer asking for it", what=self.what, url=self.url(sha), actual=actual, sent=sent)
         return StorageFailure(f"S3 object {sha} has sha256 {actual}")
 
     def _broken_body(self, sha: str, why: str, received: int, size: int) -> StorageFailure:
         """S3 broke off mid-body: a network problem, not the object's fault."""
-        self._metrics.incr(ERROR)
-        log.warn("S3 GET {url} broke off after {received} of {size} bytes: {why}",
-                 url=self.url(sha), received=received, size=size, why=why)
+        self._metrics.incr(self.error_key)
+        log.warn("{what} GET {url} broke off after {received} of {size} bytes: {why}",
+                 what=self.what, url=self.url(sha), received=received, size=size, why=why)
         return StorageFailure(f"S3 GET {sha} broke off after {received} of {size} bytes")
 
 
@@ -287,8 +292,9 @@ class _Outage:
     HTTP answer to any request (the probe's or another) ends the outage.
     """
 
-    def __init__(self, reactor: IReactorTime) -> None:
+    def __init__(self, reactor: IReactorTime, what: str = "S3") -> None:
         self._reactor = reactor
+        self._what = what
         self.why = ""
         self.down = False
         self._since = 0.0
@@ -305,15 +311,15 @@ class _Outage:
 
     def trip(self, why: str) -> None:
         if not self.down:
-            log.warn("S3 taken for down ({why}): local misses answer 503 at once until it "
-                     "answers again", why=why)
+            log.warn("{what} taken for down ({why}): not asked again until it answers a probe",
+                     what=self._what, why=why)
             self._since = self._reactor.seconds()
             self._last_probe = self._since
         self.down, self.why = True, why
 
     def answered(self) -> None:
         if self.down:
-            log.info("S3 answers again after {seconds:.1f}s",
+            log.info("{what} answers again after {seconds:.1f}s", what=self._what,
                      seconds=self._reactor.seconds() - self._since)
         self.down = False
         waiting, self._waiting = self._waiting, []
