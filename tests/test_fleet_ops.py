@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -194,3 +195,50 @@ def test_a_hung_host_leaves_both_pools_within_seconds(fleet: Fleet, haproxy: Any
     finally:
         os.kill(hosts[0].pid, signal.SIGCONT)
     both_pools_up(lb, ["stor1", "stor2", "stor3"])
+
+
+def s3_sync_dry_run(host: Host) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stor.cli.main", "s3-sync", "--dry-run",
+                           "--config", str(host.config_path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_draining_then_retiring_a_host_loses_nothing(fleet: Fleet, haproxy: Any,
+                                                     rgw: Any) -> None:
+    """docs/fleet-operations.rst, "Draining a host" and "Retiring a host": out of the
+    upload pool (write_headroom above its disks), outbox empty, s3-sync --dry-run
+    clean; then stopped, and every file it took is still read through the balancer."""
+    bucket = rgw.new_bucket()
+    ports = {name: free_port() for name in "ab"}
+    keys = s3_keys(rgw, bucket, s3_write_through=True, s3_enabled=True, s3_read="fallback")
+    a, b = [fleet.start(n, port=ports[n], **keys, fleet_peers=[
+        f"http://127.0.0.1:{p}" for m, p in ports.items() if m != n]) for n in "ab"]
+    lb = haproxy([a.port, b.port])
+    both_pools_up(lb, ["stor1", "stor2"])
+    files = [os.urandom(30_000 + i) for i in range(16)]
+    taken = [data for data in files if host_of([a, b], upload(lb.port, data)[1]) is a]
+    assert taken, "host a took none of the uploads"
+
+    assert fleet.stop(a) == 0  # drain: out of the upload pool, reads go on
+    a.config_path.write_text(json.dumps({**json.loads(a.config_path.read_text()),
+                                         "write_headroom": 2 ** 60}))
+    fleet.restart(a)
+    wait_for(lambda: lb.servers("stor_write") == {"stor1": "DOWN", "stor2": "UP"}
+             and lb.servers("stor")["stor1"] == "UP", "a out of the upload pool only")
+    more = [os.urandom(40_000 + i) for i in range(6)]
+    assert all(host_of([a, b], upload(lb.port, data)[1]) is b for data in more)
+
+    def outbox_empty() -> bool:
+        state = json.loads(request(a.port, "GET", "/status",
+                                   headers={"Accept": "application/json"}).body)
+        return state["s3_outbox"]["depth"] == 0
+
+    wait_for(outbox_empty, "host a's outbox empty", timeout=60)
+    done = s3_sync_dry_run(a)
+    assert done.returncode == 0 and "0 missing from S3" in done.stdout, done.stdout + done.stderr
+
+    assert fleet.stop(a) == 0  # retire
+    wait_for(lambda: lb.servers("stor")["stor1"] == "DOWN", "a out of the read pool")
+    for data in files + more:
+        answer = request(lb.port, "GET", f"/{sha256(data)}")
+        assert (answer.status, answer.body == data) == (200, True)
