@@ -115,8 +115,9 @@ def test_a_file_stored_while_its_host_took_no_uploads_is_read_through_the_balanc
     store what hashes to it, but their outbox cannot reach the bucket (their S3
     refuses connections).  Host a, asked first for those files, does not have
     them, and its bucket lacks them (its S3 is behind, or hangs): it asks its
-    ``fleet_peers``, and every read through the balancer gets the file; and once the others reach the bucket (a graceful restart with S3 fixed), a
-    serves the files itself."""
+    ``fleet_peers``, and every read through the balancer gets the file.  Once
+    the others reach the bucket (a graceful restart with S3 fixed), a serves
+    the files itself."""
     bucket = rgw.new_bucket()
     good = s3_keys(rgw, bucket, s3_write_through=True, s3_enabled=True, s3_read="fallback",
                    s3_timeout=1, s3_connect_timeout=1)

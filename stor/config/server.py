@@ -78,7 +78,8 @@ def _peers(value: object, problems: Problems) -> tuple[str, ...]:
             _ = parts.port
         except ValueError:
             parts = urlsplit("")
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        if (parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path not in ("", "/")):
             problems.error(f"{key}[{i}]", f"{url!r} is not a URL like \"http://10.0.0.2:8080\"")
             continue
         found.append(url.rstrip("/"))

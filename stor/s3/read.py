@@ -257,8 +257,9 @@ class S3Reader:
     def _log_refusal(self, body: bytes, response: IResponse, sha: str, method: str) -> None:
         code = _error_code(body)
         if response.code == 403:
-            log.error("{what} {method} {url} answered {status} Forbidden{code}: a configuration error "
-                      "(s3_credentials, s3_region or the bucket's policy); answering 404",
+            log.error("{what} {method} {url} answered {status} Forbidden{code}: a "
+                      "configuration error (s3_credentials, s3_region or the bucket's "
+                      "policy); answering 404",
                       what=self.what, method=method, url=self.url(sha), status=response.code,
                       code=f" ({code})" if code else "")
             return
@@ -273,7 +274,8 @@ class S3Reader:
         while len(self._bad) > BAD_SHA_LIMIT:
             self._bad.popitem(last=False)
         log.warn("{what} object {url} has sha256 {actual}: transfer aborted after {sent} bytes, "
-                 "no longer asking for it", what=self.what, url=self.url(sha), actual=actual, sent=sent)
+                 "no longer asking for it", what=self.what, url=self.url(sha), actual=actual,
+                 sent=sent)
         return StorageFailure(f"S3 object {sha} has sha256 {actual}")
 
     def _broken_body(self, sha: str, why: str, received: int, size: int) -> StorageFailure:

@@ -262,7 +262,8 @@ class Store:
         def ended(result: "None | Failure") -> None:
             if result is None:
                 self._metrics.incr(f"success.get.ok_{kind}.count")
-                self._metrics.incr(f"success.get.ok_{kind}.size", obj.size)  # type: ignore[attr-defined]
+                size = obj.size  # type: ignore[attr-defined]
+                self._metrics.incr(f"success.get.ok_{kind}.size", size)
                 self._metrics.timing(f"success.get.ok_{kind}.time", _ms(start))
                 if self._fill_local and source is None:
                     self._fill(sha)
