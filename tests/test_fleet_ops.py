@@ -176,6 +176,8 @@ def test_a_hung_host_leaves_both_pools_within_seconds(fleet: Fleet, haproxy: Any
     files = [os.urandom(5000 + i) for i in range(12)]
     for data in files:
         assert upload(lb.port, data)[0] == 201
+    for data in files:  # in the bucket before a host hangs: then the others can serve them
+        wait_in_bucket(rgw, bucket, sha256(data))
     os.kill(hosts[0].pid, signal.SIGSTOP)
     try:
         stopped = time.monotonic()
@@ -186,7 +188,6 @@ def test_a_hung_host_leaves_both_pools_within_seconds(fleet: Fleet, haproxy: Any
         (tmp_path / "hung-host-left-after.txt").write_text(f"{left_after:.2f}\n")
         assert left_after < 5.0, f"a hung host left the pools after {left_after:.1f}s"
         for data in files:  # its files are served by the others (from the bucket)
-            wait_in_bucket(rgw, bucket, sha256(data))
             started = time.monotonic()
             answer = request(lb.port, "GET", f"/{sha256(data)}")
             assert (answer.status, answer.body == data) == (200, True)
