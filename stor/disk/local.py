@@ -22,6 +22,7 @@ from stor.core import layout, placement
 from stor.core.placement import Pair
 from stor.disk import nowait
 from stor.disk.diskpool import DiskPool
+from stor.disk.duplicate import Existing, verified_existing
 from stor.disk.health import StorageHealth, check_storages
 
 T = TypeVar("T")
@@ -245,16 +246,14 @@ class LocalStore:
         """Blocking :meth:`health`."""
         return self._health(self.storages, self._check_mounts, with_free)
 
-    def existing_now(self, sha: str) -> tuple[list[str], list[Pair]]:
-        """Blocking: every path of ``sha`` (lookup order) and the pairs holding it on both members.
+    def existing_now(self, sha: str) -> Existing:
+        """Blocking: the replicas of ``sha`` a 200 duplicate may name, and the pairs
+        holding it whole: verified (hashed) and durable (:mod:`stor.disk.duplicate`).
 
         A file counts as stored (a duplicate) only when both members of a pair
-        hold it; a lone replica is waiting for repair, not a promise kept.
+        hold its exact bytes; a lone replica is waiting for repair, not a promise kept.
         """
-        paths = [layout.file_path(s, sha) for s in self.lookup_order() if present(s, sha)]
-        held = {layout.storage_of(p, sha) for p in paths}
-        whole = [pair for pair in self.pairs if pair[0] in held and pair[1] in held]
-        return paths, whole
+        return verified_existing(self.lookup_order(), self.pairs, sha)
 
     def choose_pair_now(self, size: int, exclude: Collection[Pair] = ()) -> Pair:
         """Blocking: the pair a new file of ``size`` bytes goes to; NoSpace if none.

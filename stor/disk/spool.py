@@ -9,7 +9,9 @@ goes on: one verified copy is enough to finish the upload elsewhere.
 
 :func:`commit` runs once the body hashed to its name: it fsyncs the temps and,
 holding the SHA's host-wide lock, checks whether the file is already stored
-(on both members of some pair) and otherwise installs the temps.  When a
+(on both members of some pair, with its exact bytes, durably:
+:mod:`stor.disk.duplicate`) and otherwise installs the temps, over a damaged
+replica if one is in the way.  When a
 member fails, the verified copy moves on to the next pair before anything is
 answered, so a 201 always names two files in place.  Every function here
 blocks: the reactor side is :mod:`stor.store.upload`.
@@ -24,7 +26,8 @@ from stor.core import layout
 from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
 from stor.core.placement import Pair
 from stor.disk.commit import MemberFailed, install
-from stor.disk.fsio import is_no_space, make_dirs, owner_of, reserve, start_writeback, write_chunks
+from stor.disk.duplicate import Damaged
+from stor.disk.fsio import durable_dirs, is_no_space, owner_of, reserve, start_writeback, write_chunks
 from stor.disk.locks import ShaLocks
 from stor.disk.temps import OwnedTemp, create_temp
 from stor.disk.local import LocalStore
@@ -62,6 +65,10 @@ UploadResult = Stored | Duplicate
 BeforeInstall = Callable[[str, Pair], None]
 """Called (blocking, under the SHA's lock) just before a file is installed on a
 pair: the S3 outbox records it there."""
+
+OnDamaged = Callable[[str, Damaged], None]
+"""Told (blocking, from the pool) of a replica the duplicate check found not to
+hash to its name: the caller quarantines it and repairs it from its twin."""
 
 StillWanted = Callable[[str], bool]
 """Asked (blocking, under the SHA's lock) before installing: False when the SHA
@@ -156,8 +163,8 @@ class Spool:
         if temp is None or self._synced.get(storage) == self._written[storage]:
             return  # gone, or nothing written since its last fsync
         try:
-            make_dirs(storage, os.path.dirname(layout.file_path(storage, self.sha)),
-                      owner_of(storage))
+            durable_dirs(storage, os.path.dirname(layout.file_path(storage, self.sha)),
+                         owner_of(storage))
             os.fsync(temp.fd)
             self._synced[storage] = self._written[storage]
         except OSError as e:
@@ -230,7 +237,8 @@ def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
 
 def commit(spool: Spool, store: LocalStore, locks: ShaLocks,
            before_install: BeforeInstall | None = None,
-           still_wanted: StillWanted | None = None) -> UploadResult:
+           still_wanted: StillWanted | None = None,
+           on_damaged: OnDamaged | None = None) -> UploadResult:
     """Blocking: put the verified body in place, or find it already there.
 
     See the module docstring.  Raises a :class:`~stor.core.errors.StorError`
@@ -238,14 +246,15 @@ def commit(spool: Spool, store: LocalStore, locks: ShaLocks,
     when it was deleted meanwhile); the spool's temps are gone either way.
     """
     try:
-        return _commit(spool, store, locks, before_install, still_wanted)
+        return _commit(spool, store, locks, before_install, still_wanted, on_damaged)
     finally:
         spool.discard()
 
 
 def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
             before_install: BeforeInstall | None,
-            still_wanted: StillWanted | None) -> UploadResult:
+            still_wanted: StillWanted | None,
+            on_damaged: OnDamaged | None) -> UploadResult:
     temps = spool.sync()
     pair: Pair | None = spool.pair if len(temps) == 2 else None
     tried: set[Pair] = {spool.pair}
@@ -256,9 +265,11 @@ def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
         with locks.hold(spool.sha):
             if still_wanted is not None and not still_wanted(spool.sha):
                 raise Conflict(f"{spool.sha} was deleted while it was uploaded")
-            paths, whole = store.existing_now(spool.sha)
-            if whole:
-                return Duplicate(paths)
+            existing = store.existing_now(spool.sha)
+            for damage in existing.damaged if on_damaged is not None else ():
+                on_damaged(spool.sha, damage)
+            if existing.whole:
+                return Duplicate(existing.paths)
             try:
                 if before_install is not None:
                     _step(pair[0], before_install, spool.sha, pair)

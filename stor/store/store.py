@@ -36,6 +36,7 @@ from stor.core.ranges import Part, Selection
 from stor.disk.health import StorageHealth
 from stor.disk.fsio import fsync_dir
 from stor.disk.locks import ShaLocks, Tombstones
+from stor.disk.duplicate import Damaged
 from stor.disk.body import Body, BytesBody, FileBody, SendTarget
 from stor.s3 import outbox as outbox_markers
 from stor.disk.local import Hit, LocalStore
@@ -366,7 +367,8 @@ class Store:
             return not self.tombstones.deleted_since(sha, started)
 
         def commit(spool: Spool) -> UploadResult:
-            return commit_spool(spool, self.local, self.locks, self._before_install, still_wanted)
+            return commit_spool(spool, self.local, self.locks, self._before_install, still_wanted,
+                                self._damaged_from_thread)
 
         return Upload(sha, length, self.local.run, self._prepare, commit,
                       max_size=self._max_upload_size, committed=self._committed)
@@ -374,10 +376,18 @@ class Store:
     def _prepare(self, sha: str, length: int | None) -> Duplicate | Spool:
         """Blocking: the duplicate check, then a pair with room and temps on it."""
         with self.locks.hold(sha):
-            paths, whole = self.local.existing_now(sha)
-        if whole:
-            return Duplicate(paths)
+            existing = self.local.existing_now(sha)
+        for damage in existing.damaged:
+            self._damaged_from_thread(sha, damage)
+        if existing.whole:
+            return Duplicate(existing.paths)
         return open_spool(self.local, sha, length)
+
+    def _damaged_from_thread(self, sha: str, damage: Damaged) -> None:
+        """The duplicate check read a replica that does not hash to its name: on the
+        reactor, quarantine it and repair it from its twin, as a GET would."""
+        hit = Hit(damage.storage, damage.path, damage.size, damage.mtime, 0, damage.ident)
+        self.local.call_from_thread(self._corrupt, hit, sha, damage.actual)
 
     def _committed(self, sha: str, result: UploadResult) -> None:
         """An upload is in place: log and count failed storages, queue it for S3."""

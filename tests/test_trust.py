@@ -1,0 +1,91 @@
+"""Every answer from the property it promises (issue 18): duplicates, HEAD, leaks,
+reservations, absurd lengths.  stor runs as real processes; faults are real
+(replicas truncated, emptied or flipped on disk; clients that close at the last
+byte; a tmpfs that fills).
+"""
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from ops_peer import AUTH_HEADER, request
+from test_integrity import flip, post, sha256
+from stor.core import layout
+
+MiB = 1024 * 1024
+
+
+def damage(path: str, how: str) -> None:
+    """Damage a replica as a disk or an operator might: keeps the mtime."""
+    st = os.stat(path)
+    if how == "flip":
+        flip(path, st.st_size // 2)
+    else:
+        os.truncate(path, 0 if how == "empty" else st.st_size // 2)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def wait_until(condition, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.05)
+
+
+def expect_post(port: int, data: bytes) -> tuple[int, bytes]:
+    """A POST with ``Expect: 100-continue``: the final answer if it comes before the
+    body (the body is then never sent), else the answer after the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST /{sha256(data)} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+                     f"Authorization: {AUTH_HEADER}\r\nExpect: 100-continue\r\n\r\n".encode())
+        head = sock.recv(65536)
+        if head.startswith(b"HTTP/1.1 100 "):
+            sock.sendall(data)
+            head = head.split(b"\r\n\r\n", 1)[1] or sock.recv(65536)
+        return read_answer(sock, head)
+
+
+def read_answer(sock: socket.socket, got: bytes) -> tuple[int, bytes]:
+    while b"\r\n\r\n" not in got:
+        got += sock.recv(65536)
+    head, body = got.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), body
+
+
+# -- case 1: a 200 duplicate names only exact, durable replicas ----------------------
+
+
+@pytest.mark.parametrize("how", ["empty", "truncate", "flip"])
+@pytest.mark.parametrize("expect", [False, True], ids=["plain", "expect"])
+def test_a_duplicate_answer_never_names_a_damaged_replica(stor_process, how, expect):
+    stor = stor_process()
+    data = os.urandom(5000)
+    code, body = post(stor.port, data)
+    assert code == 201
+    paths = json.loads(body)
+    damage(paths[0], how)
+    code, body = (expect_post if expect else post)(stor.port, data)
+    assert code in (200, 201), body
+    for path in json.loads(body):  # every file the answer names holds the exact bytes
+        assert Path(path).read_bytes() == data, (how, path)
+    # and the damaged replica does not stay damaged: replaced, or moved aside and repaired
+    wait_until(lambda: Path(paths[0]).exists() and Path(paths[0]).read_bytes() == data,
+               f"{paths[0]} repaired")
+
+
+def test_a_duplicate_of_intact_replicas_is_still_200_with_both(stor_process):
+    stor = stor_process()
+    data = os.urandom(5000)
+    _, body = post(stor.port, data)
+    code, again = post(stor.port, data)
+    assert code == 200 and sorted(json.loads(again)) == sorted(json.loads(body))
+    code, early = expect_post(stor.port, data)
+    assert code == 200 and sorted(json.loads(early)) == sorted(json.loads(body))
