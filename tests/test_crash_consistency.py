@@ -142,7 +142,8 @@ def test_every_acknowledged_upload_was_durable_when_answered(stor_process, tmp_p
     finally:
         trace = tracer.stop()
     assert trace.injected() == 0
-    assert trace.violations(client.acks) == []
+    problems = trace.violations(client.acks)
+    assert not problems, "\n".join(problems)
     assert len(client.acks) == 29  # the check looked at every answer
 
 
