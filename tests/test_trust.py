@@ -89,3 +89,49 @@ def test_a_duplicate_of_intact_replicas_is_still_200_with_both(stor_process):
     assert code == 200 and sorted(json.loads(again)) == sorted(json.loads(body))
     code, early = expect_post(stor.port, data)
     assert code == 200 and sorted(json.loads(early)) == sorted(json.loads(body))
+
+
+# -- case 4: HEAD answers what a GET would --------------------------------------------
+
+
+def head_and_get(port: int, sha: str) -> tuple[tuple[int, str | None], tuple[int, int | None]]:
+    """(status, Content-Length) of a HEAD, then of a GET (its body's length when 200)."""
+    head = request(port, "HEAD", f"/{sha}")
+    try:
+        got = request(port, "GET", f"/{sha}")
+        get = (got.status, len(got.body) if got.status == 200 else None)
+    except Exception:  # cut: a GET would not deliver it
+        get = (0, None)
+    return (head.status, head.headers.get("content-length") if head.status == 200 else None), get
+
+
+@pytest.mark.parametrize("size", [5000, MiB], ids=["small", "large"])
+@pytest.mark.parametrize("how", ["truncate", "extend"])
+def test_head_never_promises_what_get_will_not_deliver(stor_process, size, how):
+    stor = stor_process()
+    data = os.urandom(size)
+    _, body = post(stor.port, data)
+    sha = sha256(data)
+    assert request(stor.port, "HEAD", f"/{sha}").headers["content-length"] == str(size)
+    for path in json.loads(body):  # both replicas changed size behind stor's back
+        if how == "truncate":
+            damage(path, "truncate")
+        else:
+            with open(path, "ab") as f:
+                f.write(b"tail")
+    (head_status, head_length), (get_status, get_length) = head_and_get(stor.port, sha)
+    assert head_status != 200, (head_status, head_length)  # no replica holds the bytes
+    assert head_status == 404
+    if get_status != 0:
+        assert get_status == head_status
+
+
+@pytest.mark.parametrize("size", [5000, MiB], ids=["small", "large"])
+def test_head_with_one_replica_damaged_answers_the_twins_size(stor_process, size):
+    stor = stor_process()
+    data = os.urandom(size)
+    _, body = post(stor.port, data)
+    damage(json.loads(body)[0], "truncate")
+    for _ in range(6):  # whichever replica the lookup picks first
+        head = request(stor.port, "HEAD", f"/{sha256(data)}")
+        assert (head.status, head.headers["content-length"]) == (200, str(size))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from stor.core import layout
 from stor.disk.fsio import durable_dirs, fsync_dir, known_durable, owner_of, unlink_quietly
 from stor.disk.temps import OwnedTemp
+from stor.disk.verified import VERIFIED, stamp_of
 
 
 class MemberFailed(Exception):
@@ -53,6 +54,7 @@ def install(sha: str, temps: Sequence[OwnedTemp]) -> list[str]:
             _step(temp.storage, fsync_dir, os.path.dirname(final))
             st = os.fstat(temp.fd)
             known_durable(final, (st.st_dev, st.st_ino))
+            VERIFIED.record(final, stamp_of(st))  # hashed before install: HEAD may trust it
     except MemberFailed:
         for temp, final in moved:
             _undo(temp, final)

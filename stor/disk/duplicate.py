@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from stor.core import layout
 from stor.core.placement import Pair
 from stor.disk.fsio import advise_sequential, durable_dirs, durable_entry
+from stor.disk.verified import VERIFIED, stamp_of
 
 CHUNK = 1024 * 1024
 
@@ -91,11 +92,12 @@ def _verify_durably(storage: str, path: str, sha: str) -> Damaged | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(path)
-        actual = _hash_fd(fd)
+        actual = hash_fd(fd)
         ident = (st.st_dev, st.st_ino)
         if actual != sha:
             return Damaged(storage, path, ident, st.st_size, st.st_mtime, actual)
         os.fsync(fd)  # its data and size: a file renamed in by a process that died unsynced
+        VERIFIED.record(path, stamp_of(os.fstat(fd)))
     finally:
         os.close(fd)
     durable_dirs(storage, os.path.dirname(path))
@@ -103,7 +105,8 @@ def _verify_durably(storage: str, path: str, sha: str) -> Damaged | None:
     return None
 
 
-def _hash_fd(fd: int) -> str:
+def hash_fd(fd: int) -> str:
+    """The sha256 of the whole file ``fd`` (read with ``pread``, flat memory)."""
     hasher = hashlib.sha256()
     advise_sequential(fd)
     buf = bytearray(CHUNK)

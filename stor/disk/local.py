@@ -13,7 +13,7 @@ import random
 import re
 import stat
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
@@ -22,7 +22,8 @@ from stor.core import layout, placement
 from stor.core.placement import Pair
 from stor.disk import nowait
 from stor.disk.diskpool import DiskPool
-from stor.disk.duplicate import Existing, verified_existing
+from stor.disk.duplicate import Existing, hash_fd, verified_existing
+from stor.disk.verified import VERIFIED, Stamp, stamp_of
 from stor.disk.health import StorageHealth, check_storages
 
 T = TypeVar("T")
@@ -49,6 +50,10 @@ class Hit:
     """``(st_dev, st_ino)``: which file this was, should it need to be moved aside."""
     data: bytes | None = None
     file: IO[bytes] | None = None
+    stamp: Stamp | None = None
+    """What the file was when opened (:mod:`stor.disk.verified`)."""
+    digest: str | None = None
+    """A large HEAD's replica hashed now (not known verified): its sha256."""
 
     def close(self) -> None:
         """Release the open file, when the body will not be sent after all."""
@@ -113,25 +118,40 @@ def _hit(fd: int, storage: str, path: str, attempt: int, head: bool,
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        ident = (st.st_dev, st.st_ino)
-        if head:
-            return Hit(storage, path, st.st_size, st.st_mtime, attempt, ident)
+        ident, stamp = (st.st_dev, st.st_ino), stamp_of(st)
+        if head and st.st_size > SMALL_FILE:
+            return _large_head(fd, storage, path, st, attempt, cached_only)
         if st.st_size > SMALL_FILE:
             keep = True
             return Hit(storage, path, st.st_size, st.st_mtime, attempt, ident,
-                       file=os.fdopen(fd, "rb", buffering=0))
+                       file=os.fdopen(fd, "rb", buffering=0), stamp=stamp)
         if cached_only:
             data = nowait.read_cached(fd, st.st_size)
             if data is None:
                 return BLOCKED
         else:
             data = os.pread(fd, st.st_size + 1, 0)  # one more: a file that grew is noticed
-        return Hit(storage, path, len(data), st.st_mtime, attempt, ident, data=data)
+        return Hit(storage, path, len(data), st.st_mtime, attempt, ident, data=data, stamp=stamp)
     except OSError:
         return BLOCKED if cached_only else None
     finally:
         if not keep:
             os.close(fd)
+
+
+def _large_head(fd: int, storage: str, path: str, st: os.stat_result, attempt: int,
+                cached_only: bool) -> "Hit | _Blocked":
+    """A HEAD of a large file answers what a GET would: from a verification this
+    process remembers for this very file, else by hashing it now (blocking;
+    :data:`BLOCKED` on the reactor).  The caller compares ``digest``."""
+    stamp = stamp_of(st)
+    hit = Hit(storage, path, st.st_size, st.st_mtime, attempt, (st.st_dev, st.st_ino),
+              stamp=stamp)
+    if VERIFIED.knows(path, stamp):
+        return hit
+    if cached_only:
+        return BLOCKED
+    return replace(hit, digest=hash_fd(fd))
 
 
 def present(storage: str, sha: str) -> bool:

@@ -37,6 +37,7 @@ from stor.disk.health import StorageHealth
 from stor.disk.fsio import fsync_dir
 from stor.disk.locks import ShaLocks, Tombstones
 from stor.disk.duplicate import Damaged
+from stor.disk.verified import VERIFIED
 from stor.disk.body import Body, BytesBody, FileBody, SendTarget
 from stor.s3 import outbox as outbox_markers
 from stor.disk.local import Hit, LocalStore
@@ -241,9 +242,11 @@ class Store:
     async def _read_local(self, selection: Selection, start: float) -> Reading | None:
         sha = selection.sha
         hit = await self._find(sha, selection.head)
-        while hit is not None and hit.data is not None and _digest(hit.data) != sha:
-            self._corrupt(hit, sha, _digest(hit.data))
-            hit = await self._find(sha, selection.head, exclude={hit.storage})
+        tried: set[str] = set()
+        while hit is not None and (actual := _wrong_digest(hit, sha)) is not None:
+            self._corrupt(hit, sha, actual)  # never answered from: a GET would not serve it
+            tried.add(hit.storage)
+            hit = await self._find(sha, selection.head, exclude=tried)
         if hit is None:
             return None
         try:
@@ -274,7 +277,7 @@ class Store:
         if hit.file is not None:
             hit.close()  # a large file is streamed: not for here
             return None
-        if hit.data is not None and _digest(hit.data) != sha:
+        if _wrong_digest(hit, sha) is not None:
             return None
         try:
             part = selection.part(hit.size)
@@ -293,6 +296,8 @@ class Store:
 
         def ended(result: "None | Failure") -> None:
             if result is None:
+                if hit.file is not None and part.whole and hit.stamp is not None:
+                    VERIFIED.record(hit.path, hit.stamp)  # hashed whole on the way out
                 self._metrics.incr(f"success.get.ok_old.{server}.count")
                 self._metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
                 self._metrics.timing(f"success.get.ok_old.{server}.time", _ms(start))
@@ -500,4 +505,14 @@ class Store:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _wrong_digest(hit: Hit, sha: str) -> str | None:
+    """What ``hit`` hashes to when that is known now and is not ``sha`` (else None).
+
+    A small file was read whole (GET and HEAD alike); a large HEAD was hashed
+    unless this process had verified that very file (:mod:`stor.disk.verified`);
+    a large GET is verified while it is sent."""
+    actual = _digest(hit.data) if hit.data is not None else hit.digest
+    return actual if actual is not None and actual != sha else None
 
