@@ -135,3 +135,34 @@ def test_head_with_one_replica_damaged_answers_the_twins_size(stor_process, size
     for _ in range(6):  # whichever replica the lookup picks first
         head = request(stor.port, "HEAD", f"/{sha256(data)}")
         assert (head.status, head.headers["content-length"]) == (200, str(size))
+
+
+# -- case 5: nothing an upload holds outlives it ---------------------------------------
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def temps_of(storages: list[str]) -> list[Path]:
+    return [p for s in storages for p in Path(s).glob(".stor-tmp/*")]
+
+
+def test_clients_closing_at_the_last_body_byte_leave_nothing_behind(stor_process):
+    stor = stor_process(body_timeout=5)
+    storages = stor.extra["storages"]
+    for i in range(3):  # every lazily opened fd (pool threads, lock dir, logs) is open now
+        assert post(stor.port, os.urandom(200_000) + bytes([i]))[0] == 201
+    baseline = open_fds(stor.popen.pid)
+    for i in range(300):
+        data = os.urandom(100_000) + i.to_bytes(2, "big")
+        sock = socket.create_connection(("127.0.0.1", stor.port))
+        sock.sendall(f"POST /{sha256(data)} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+                     f"Authorization: {AUTH_HEADER}\r\n\r\n".encode() + data)
+        sock.close()  # gone the moment the last byte is out
+    # no later than body_timeout after the last close, everything is released
+    wait_until(lambda: open_fds(stor.popen.pid) <= baseline and not temps_of(storages),
+               f"fds back to {baseline} (now {open_fds(stor.popen.pid)}) and no temps "
+               f"({len(temps_of(storages))})", timeout=5 + 10)
+    assert "CancelledError" not in stor.out + stor.err
+    assert post(stor.port, os.urandom(1000))[0] == 201  # and it still takes uploads

@@ -32,6 +32,7 @@ from enum import Enum
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -39,6 +40,8 @@ from stor.core.errors import HashMismatch, StorageFailure, StorError, TooLarge, 
 from stor.disk.commit import MemberFailed
 from stor.store.pipeline import Pipeline
 from stor.disk.spool import Duplicate, Spool, UploadResult, as_stor_error
+
+log = Logger()
 
 HIGH_WATER = 4 * 1024 * 1024
 """Queued bytes at which the connection is paused."""
@@ -169,8 +172,19 @@ class Upload:
         spool, self._spool = self._spool, None
         assert spool is not None
         self.state = State.COMMITTING
-        await gatherResults([self._run(spool.sync_member, s) for s in spool.live()])
-        result = await self._run(self._commit, spool)
+        return await _shielded(Deferred.fromCoroutine(self._commit_stage(spool)))
+
+    async def _commit_stage(self, spool: Spool) -> UploadResult:
+        """fsync and commit ``spool``; runs to its end even when the answer is no
+        longer awaited (the client left at the last byte: the route's Deferred
+        is cancelled), so the temps are always installed or removed."""
+        try:
+            await gatherResults([self._run(spool.sync_member, s) for s in spool.live()],
+                                consumeErrors=True)
+        except BaseException:
+            await self._run(spool.discard)
+            raise
+        result = await self._run(self._commit, spool)  # it removes the temps on every path
         self.state = State.DONE
         if self._committed is not None:
             self._committed(self.sha, result)
@@ -313,3 +327,24 @@ class Upload:
         if spool is not None:
             self._cleanup = self._run(spool.discard)
         return self._cleanup
+
+
+def _shielded(work: "Deferred[UploadResult]") -> "Deferred[UploadResult]":
+    """A Deferred with ``work``'s result whose cancellation leaves ``work`` running.
+
+    Cancelling a Deferred from the disk pool does not stop the thread, it only
+    forgets its result: a commit cancelled half way would leak its temp files,
+    their fds, locks and reserved space for good (issue 18, case 5)."""
+    waiter: "Deferred[UploadResult]" = Deferred()
+
+    def relay(result: object) -> None:
+        if not waiter.called:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)  # type: ignore[arg-type]
+        elif isinstance(result, Failure) and not result.check(StorError):
+            log.failure("upload commit failed after its client left", failure=result)
+
+    work.addBoth(relay)
+    return waiter
