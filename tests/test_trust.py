@@ -5,6 +5,7 @@ byte; a tmpfs that fills).
 """
 
 import json
+import subprocess
 import os
 import socket
 import time
@@ -166,3 +167,57 @@ def test_clients_closing_at_the_last_body_byte_leave_nothing_behind(stor_process
                f"({len(temps_of(storages))})", timeout=5 + 10)
     assert "CancelledError" not in stor.out + stor.err
     assert post(stor.port, os.urandom(1000))[0] == 201  # and it still takes uploads
+
+
+# -- case 6: a chunked upload occupies about its size ------------------------------
+
+
+def chunked_post(port: int, data: bytes, chunk: int = 400) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        body = b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + chunk]), data[i:i + chunk])
+                        for i in range(0, len(data), chunk)) + b"0\r\n\r\n"
+        sock.sendall(f"POST /{sha256(data)} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     f"Authorization: {AUTH_HEADER}\r\n\r\n".encode() + body)
+        return read_answer(sock, b"")
+
+
+@pytest.fixture
+def small_tmpfs_pair(tmp_path):
+    """A pair on two 40 MiB tmpfs: less than one 64 MiB reservation step free."""
+    members = []
+    for name in ("c1", "c2"):
+        d = tmp_path / name
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(d)], check=True)
+        members.append(str(d))
+    yield members
+    for d in members:
+        subprocess.run(["umount", d], check=False)
+
+
+def free(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_small_chunked_upload_needs_and_keeps_only_its_size(stor_process, small_tmpfs_pair):
+    stor = stor_process(storage_pairs=[small_tmpfs_pair])
+    before = [free(m) for m in small_tmpfs_pair]
+    data = os.urandom(1000)
+    code, body = chunked_post(stor.port, data)
+    assert code == 201, body  # no 64 MiB needed to start
+    for path, member, was in zip(json.loads(body), small_tmpfs_pair, before):
+        assert Path(path).read_bytes() == data
+        assert os.stat(path).st_blocks * 512 <= 64 * 1024, os.stat(path).st_blocks
+        assert was - free(member) <= 256 * 1024, (was, free(member))  # the file and its dirs
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_chunked_upload_larger_than_the_free_space_is_507(stor_process, small_tmpfs_pair):
+    stor = stor_process(storage_pairs=[small_tmpfs_pair])
+    code, _ = chunked_post(stor.port, os.urandom(45 * MiB), chunk=MiB)
+    assert code == 507
+    wait_until(lambda: not temps_of(small_tmpfs_pair), "temps removed")
+    code, _ = chunked_post(stor.port, os.urandom(10 * MiB), chunk=MiB)
+    assert code == 201  # what the refused one held was given back

@@ -211,6 +211,26 @@ def reserve(fd: int, offset: int, length: int) -> bool:
     raise OSError(err, os.strerror(err))
 
 
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def release_beyond(fd: int, size: int, reserved: int) -> None:
+    """Give back the blocks reserved past ``size`` (the file's real end).
+
+    ``fallocate(KEEP_SIZE)`` blocks past the end stay allocated after close:
+    a chunked upload reserved in 64 MiB steps would keep them for good.  A
+    hole is punched over them; where that is not supported, the file is grown
+    by one byte and truncated back, which frees everything past its end.
+    """
+    if reserved <= size:
+        return
+    if _fallocate is not None and _fallocate(
+            fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, size, reserved - size) == 0:
+        return
+    os.ftruncate(fd, size + 1)
+    os.ftruncate(fd, size)
+
+
 _sync_file_range = _libc("sync_file_range",
                         [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
 _SYNC_FILE_RANGE_WRITE = 2

@@ -27,14 +27,16 @@ from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
 from stor.core.placement import Pair
 from stor.disk.commit import MemberFailed, install
 from stor.disk.duplicate import Damaged
-from stor.disk.fsio import durable_dirs, is_no_space, owner_of, reserve, start_writeback, write_chunks
+from stor.disk.fsio import (durable_dirs, is_no_space, owner_of, release_beyond, reserve,
+                            start_writeback, write_chunks)
 from stor.disk.locks import ShaLocks
 from stor.disk.temps import OwnedTemp, create_temp
 from stor.disk.local import LocalStore
 from stor.disk.replica import copy_verified
 
 RESERVE_STEP = 64 * 1024 * 1024
-"""A body of unknown length (chunked) reserves space in steps of this size."""
+"""A body of unknown length (chunked) reserves space in steps of this size (less
+when the disk has less left); what it did not use is given back before its fsync."""
 
 WRITEBACK_STEP = 1024 * 1024
 """After this many bytes written, the kernel is asked to start writing them to
@@ -139,8 +141,7 @@ class Spool:
         try:
             written = self._written[storage]
             if self.length is None and written + incoming > self._reserved[storage]:
-                reserve(temp.fd, self._reserved[storage], RESERVE_STEP)
-                self._reserved[storage] += RESERVE_STEP
+                self._reserve_more(storage, temp.fd, written + incoming)
             write_chunks(temp.fd, chunks)
             self._written[storage] = written + incoming
             if self._written[storage] - self._flushed[storage] >= WRITEBACK_STEP:
@@ -149,6 +150,20 @@ class Spool:
                 self._flushed[storage] = self._written[storage]
         except OSError as e:
             self._drop(temp, e)
+
+    def _reserve_more(self, storage: str, fd: int, needed: int) -> None:
+        """A chunked body outgrew its reservation: reserve another step, or, when
+        the disk has less than a step left, just what this write needs (a small
+        chunked upload must not need 64 MiB free).  ``OSError`` when not even that."""
+        start = self._reserved[storage]
+        try:
+            reserve(fd, start, RESERVE_STEP)
+            self._reserved[storage] = start + RESERVE_STEP
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            reserve(fd, start, needed - start)
+            self._reserved[storage] = needed
 
     def sync_member(self, storage: str) -> None:
         """Make ``storage``'s final directories (durably) and fsync its temp; a failure
@@ -165,6 +180,8 @@ class Spool:
         try:
             durable_dirs(storage, os.path.dirname(layout.file_path(storage, self.sha)),
                          owner_of(storage))
+            release_beyond(temp.fd, self._written[storage], self._reserved[storage])
+            self._reserved[storage] = self._written[storage]
             os.fsync(temp.fd)
             self._synced[storage] = self._written[storage]
         except OSError as e:
