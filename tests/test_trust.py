@@ -224,3 +224,65 @@ def test_a_chunked_upload_larger_than_the_free_space_is_507(stor_process, small_
     wait_until(lambda: not temps_of(small_tmpfs_pair), "temps removed")
     code, _ = chunked_post(stor.port, os.urandom(10 * MiB), chunk=MiB)
     assert code == 201  # what the refused one held was given back
+
+
+# -- case 7: an absurd length gets an answer -----------------------------------------
+
+
+def announce(port: int, headers: str, body: bytes = b"", keep_sending: bool = False) -> bytes:
+    """Send a POST's headers (and ``body``); the whole answer, up to the close.  With
+    ``keep_sending`` the client goes on sending body bytes until it is answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(f"POST /{'ab' * 32} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH_HEADER}\r\n"
+                     f"{headers}\r\n\r\n".encode() + body)
+        if keep_sending:
+            sock.setblocking(False)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    got = sock.recv(65536)
+                    if got:
+                        sock.setblocking(True)
+                        return got + b"".join(iter(lambda: sock.recv(65536), b""))
+                except BlockingIOError:
+                    pass
+                try:
+                    sock.send(b"x" * 65536)
+                except BlockingIOError:
+                    time.sleep(0.01)
+            raise AssertionError("no answer while the body was being sent")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("value", [b"1" + b"0" * 26, str(2 ** 63).encode(), b"1" * 5000])
+def test_a_content_length_that_is_no_file_offset_is_400_with_a_reason(stor_process, value):
+    stor = stor_process()
+    answer = announce(stor.port, f"Content-Length: {value.decode()}")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"Content-Length is not a number below 2^63" in answer
+
+
+def test_a_chunk_size_that_is_no_file_offset_is_400_with_a_reason(stor_process):
+    stor = stor_process()
+    answer = announce(stor.port, "Transfer-Encoding: chunked", b"f" * 40 + b"\r\nabc")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"chunk size is not a number below 2^63" in answer
+
+
+def test_a_length_above_max_upload_size_is_413_before_the_body(stor_process):
+    stor = stor_process(max_upload_size=MiB)
+    answer = announce(stor.port, f"Content-Length: {2 ** 63 - 1}")
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+
+
+@pytest.mark.parametrize("keep_sending", [False, True], ids=["waiting", "sending"])
+def test_a_length_no_pair_can_hold_is_507_before_the_body(stor_process, keep_sending):
+    stor = stor_process()
+    answer = announce(stor.port, f"Content-Length: {10 ** 18}", keep_sending=keep_sending)
+    assert answer.startswith(b"HTTP/1.1 507 "), answer
+    assert answer.endswith(b"Caught failure::stor: Not enough space on storages\n") or \
+        b"Not enough space" in answer, answer
+    assert post(stor.port, os.urandom(1000))[0] == 201

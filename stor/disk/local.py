@@ -275,6 +275,15 @@ class LocalStore:
         """
         return verified_existing(self.lookup_order(), self.pairs, sha)
 
+    def capacity_now(self) -> int:
+        """Blocking: the most bytes any writable, placeable pair could hold were it
+        empty (the smaller member's filesystem size): a declared length above it
+        can be refused before its body."""
+        placeable = {h.path for h in self.health_now(with_free=False) if h.placeable}
+        sizes = [min(_size_of(a), _size_of(b)) for a, b in self.pairs
+                 if {a, b} <= placeable and self.writable(a) and self.writable(b)]
+        return max(sizes, default=0)
+
     def choose_pair_now(self, size: int, exclude: Collection[Pair] = ()) -> Pair:
         """Blocking: the pair a new file of ``size`` bytes goes to; NoSpace if none.
 
@@ -286,3 +295,11 @@ class LocalStore:
         candidates = [(pair, (room[pair[0]], room[pair[1]]))
                       for pair in self.pairs if pair not in exclude]
         return placement.choose_pair(candidates, size, self._rng, self._threshold)
+
+
+def _size_of(storage: str) -> int:
+    try:
+        st = os.statvfs(storage)
+    except OSError:
+        return 0
+    return st.f_blocks * st.f_frsize

@@ -228,6 +228,18 @@ def as_stor_error(failures: Sequence[MemberFailed], size: int = 0) -> StorError:
     return StorageFailure(f"cannot write: {text}")
 
 
+class NoRoomAtAll(NoSpace):
+    """A declared length larger than any writable pair could hold even empty: the
+    answer (507) is known before the body, which is then not read."""
+
+
+def _no_room(store: LocalStore, failures: list[MemberFailed], length: int | None) -> StorError:
+    """Why no pair took ``length`` bytes; :class:`NoRoomAtAll` when none ever could."""
+    if length and not failures and length > store.capacity_now():
+        return NoRoomAtAll(f"no writable pair can hold {length} bytes")
+    return as_stor_error(failures, length or 0)
+
+
 def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
     """Choose a pair with room and open (and reserve) temp files on it.
 
@@ -241,7 +253,7 @@ def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
         try:
             pair = store.choose_pair_now(length or 0, excluded)
         except NoSpace:
-            raise as_stor_error(failures, length or 0) from None
+            raise _no_room(store, failures, length) from None
         try:
             spool = Spool(sha, pair, length)
         except MemberFailed as e:

@@ -53,6 +53,17 @@ class StorRequest(server.Request):
             self.upload.registerProducer(self._body, True)
         if method == b"POST" and expects_continue(self.requestHeaders, version):
             Deferred.fromCoroutine(self._screen()).addErrback(self._screen_failed, line)
+        elif self.upload is not None:
+            Deferred.fromCoroutine(self._refuse_at_once()).addErrback(self._screen_failed, line)
+
+    async def _refuse_at_once(self) -> None:
+        """Without ``Expect``: answer now when no body could change the answer (413,
+        or 507 for a length no pair can hold), instead of reading it all first."""
+        assert self.upload is not None
+        refused = await self.upload.refused_before_body()
+        line = request_line(self.channel) if not (is_gone(self) or self.finished) else None
+        if refused and line is not None:
+            self._answer_early(*line)
 
     async def _screen(self) -> None:
         """Whether the headers alone settle the answer (the client waits for us)."""

@@ -39,7 +39,7 @@ from zope.interface import implementer
 from stor.core.errors import HashMismatch, StorageFailure, StorError, TooLarge, UploadAborted
 from stor.disk.commit import MemberFailed
 from stor.store.pipeline import Pipeline
-from stor.disk.spool import Duplicate, Spool, UploadResult, as_stor_error
+from stor.disk.spool import Duplicate, NoRoomAtAll, Spool, UploadResult, as_stor_error
 
 log = Logger()
 
@@ -150,6 +150,17 @@ class Upload:
             raise self._failure
         return None
 
+    async def refused_before_body(self) -> bool:
+        """Whether the headers alone refuse this upload whatever its body: longer
+        than ``max_upload_size`` (413) or than any writable pair can hold (507).
+
+        Then the answer is given at once, with or without ``Expect``: a client
+        announcing 10^13 bytes must not be left sending them for nothing.
+        """
+        while self.state is State.PREPARING:
+            await self._idle()
+        return isinstance(self._outcome, (TooLarge, NoRoomAtAll))
+
     async def finish(self) -> UploadResult:
         """The whole body has arrived: wait for it on disk, then verify and commit."""
         while self._busy() or self._queue:
@@ -212,6 +223,8 @@ class Upload:
                 self.state = State.RECEIVING
             else:
                 self._discard()  # skipped or aborted meanwhile
+        elif isinstance(result.value, NoRoomAtAll):
+            self._skip(result.value)  # answered before the body (see refused_before_body)
         else:
             self._failure = self._as_error(result)
             if self.state is State.PREPARING:
