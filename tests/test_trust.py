@@ -285,3 +285,35 @@ def test_a_length_no_pair_can_hold_is_507_before_the_body(stor_process, keep_sen
     assert answer.startswith(b"HTTP/1.1 507 "), answer
     assert answer.endswith(b"\r\n\r\nCaught failure::stor: Not enough space on storages\n"), answer
     assert post(stor.port, os.urandom(1000))[0] == 201
+
+
+def test_a_large_head_hashes_a_file_once_and_not_at_every_head(stor_process, tmp_path):
+    """The verification is remembered for that very file: the second HEAD reads nothing
+    (its strace shows no pread of the file), and a change of the file is seen again."""
+    stor = stor_process()
+    data = os.urandom(2 * MiB)
+    _, body = post(stor.port, data)
+    sha = sha256(data)
+    stor.terminate()  # a new process: nothing remembered
+    stor2 = stor_process(storage_pairs=[stor.extra["storages"][0:2], stor.extra["storages"][2:4]])
+    assert request(stor2.port, "HEAD", f"/{sha}").status == 200  # hashed now
+    trace = tmp_path / "head.trace"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), "-e",
+                               "trace=pread64,preadv,preadv2,read,recvfrom",
+                               "-p", str(stor2.popen.pid)])
+    try:
+        def attached() -> bool:  # once a request's read is traced
+            request(stor2.port, "GET", "/")
+            return trace.exists() and "GET / HTTP" in trace.read_text(errors="replace")
+
+        wait_until(attached, "strace attached")
+        for _ in range(3):
+            assert request(stor2.port, "HEAD", f"/{sha}").headers["content-length"] == str(len(data))
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    big_reads = [line for line in trace.read_text().splitlines() if "1048576" in line]
+    assert big_reads == []
+    for path in json.loads(body):
+        damage(path, "truncate")
+    assert request(stor2.port, "HEAD", f"/{sha}").status == 404

@@ -249,6 +249,8 @@ class Store:
             hit = await self._find(sha, selection.head, exclude=tried)
         if hit is None:
             return None
+        if hit.digest is not None and hit.stamp is not None:
+            VERIFIED.record(hit.path, hit.stamp)  # a large HEAD hashed it: the next need not
         try:
             part = selection.part(hit.size)
         except RangeNotSatisfiable:
