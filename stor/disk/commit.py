@@ -18,7 +18,8 @@ import os
 from collections.abc import Sequence
 
 from stor.core import layout
-from stor.disk.fsio import durable_dirs, fsync_dir, known_durable, owner_of, unlink_quietly
+from stor.disk.fsio import (KNOWN_SYNCED, durable_dirs, fsync_dir, known_durable, owner_of,
+                            unlink_quietly)
 from stor.disk.temps import OwnedTemp
 from stor.disk.verified import VERIFIED, stamp_of
 
@@ -55,6 +56,7 @@ def install(sha: str, temps: Sequence[OwnedTemp]) -> list[str]:
             st = os.fstat(temp.fd)
             known_durable(final, (st.st_dev, st.st_ino))
             VERIFIED.record(final, stamp_of(st))  # hashed before install: HEAD may trust it
+            KNOWN_SYNCED.add(final, stamp_of(st))  # its data was fsynced before the rename
     except MemberFailed:
         for temp, final in moved:
             _undo(temp, final)

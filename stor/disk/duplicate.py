@@ -21,12 +21,13 @@ under the SHA's lock.
 import hashlib
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stor.core import layout
 from stor.core.placement import Pair
-from stor.disk.fsio import advise_sequential, durable_dirs, durable_entry
+from stor.disk.fsio import KNOWN_SYNCED, advise_sequential, durable_dirs, durable_entry
 from stor.disk.verified import VERIFIED, stamp_of
 
 CHUNK = 1024 * 1024
@@ -69,11 +70,11 @@ def verified_existing(order: list[str], pairs: tuple[Pair, ...], sha: str) -> Ex
         return Existing()
     found = Existing()
     good: set[str] = set()
-    for storage in present:
+    with ThreadPoolExecutor(len(present)) as hashers:  # both members read side by side
+        verdicts = list(hashers.map(lambda s: _verdict(s, sha), present))
+    for storage, damage in zip(present, verdicts):
         path = layout.file_path(storage, sha)
-        try:
-            damage = _verify_durably(storage, path, sha)
-        except OSError:
+        if damage is _UNREADABLE:
             continue  # unreadable here: not named, not a duplicate through it
         if damage is None:
             good.add(storage)
@@ -82,6 +83,16 @@ def verified_existing(order: list[str], pairs: tuple[Pair, ...], sha: str) -> Ex
             found.damaged.append(damage)
     found.whole = [pair for pair in pairs if pair[0] in good and pair[1] in good]
     return found
+
+
+_UNREADABLE = object()
+
+
+def _verdict(storage: str, sha: str) -> "Damaged | None | object":
+    try:
+        return _verify_durably(storage, layout.file_path(storage, sha), sha)
+    except OSError:
+        return _UNREADABLE
 
 
 def _verify_durably(storage: str, path: str, sha: str) -> Damaged | None:
@@ -96,8 +107,11 @@ def _verify_durably(storage: str, path: str, sha: str) -> Damaged | None:
         ident = (st.st_dev, st.st_ino)
         if actual != sha:
             return Damaged(storage, path, ident, st.st_size, st.st_mtime, actual)
-        os.fsync(fd)  # its data and size: a file renamed in by a process that died unsynced
-        VERIFIED.record(path, stamp_of(os.fstat(fd)))
+        stamp = stamp_of(st)
+        if not KNOWN_SYNCED.has(path, stamp):  # ext4 flushes the disk cache even when clean
+            os.fsync(fd)  # its data and size: a file renamed in by a process that died unsynced
+            KNOWN_SYNCED.add(path, stamp)
+        VERIFIED.record(path, stamp)
     finally:
         os.close(fd)
     durable_dirs(storage, os.path.dirname(path))

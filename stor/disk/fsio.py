@@ -113,6 +113,9 @@ class _KnownDurable:
 
 
 KNOWN_DURABLE = _KnownDurable()
+KNOWN_SYNCED = _KnownDurable()
+"""Files whose data this process fsynced, keyed by path and their full stamp
+(:func:`stor.disk.verified.stamp_of`): a write since changes the ctime."""
 
 
 def _ident(st: os.stat_result) -> tuple[int, int]:
