@@ -317,3 +317,33 @@ def test_a_large_head_hashes_a_file_once_and_not_at_every_head(stor_process, tmp
     for path in json.loads(body):
         damage(path, "truncate")
     assert request(stor2.port, "HEAD", f"/{sha}").status == 404
+
+
+# -- case 10: an emptied twin is brought back by reads ------------------------------------
+
+
+def test_reads_of_the_good_replica_bring_back_an_emptied_twin(stor_process):
+    """The GETs land on the good replica (the lookup cache keeps its path), so only
+    the twin check of a read can notice the emptied one: it must, not just its presence."""
+    stats = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stats.bind(("127.0.0.1", 0))
+    stats.settimeout(10)
+    stor = stor_process(statsite={"host": "127.0.0.1", "port": stats.getsockname()[1]})
+    try:
+        data = os.urandom(5000)
+        _, body = post(stor.port, data)
+        paths = json.loads(body)
+        assert request(stor.port, "GET", f"/{sha256(data)}").body == data
+        keys = {p: f"success.get.ok_old.{layout.server_name(layout.storage_of(p, sha256(data)))}"
+                   f".count" for p in paths}
+        served = None
+        while served is None:  # which replica answered (and is now the cached path)
+            line = stats.recv(65536).decode()
+            served = next((p for p in paths if keys[p] in line), None)
+    finally:
+        stats.close()
+    emptied = next(p for p in paths if p != served)
+    damage(emptied, "empty")
+    for _ in range(3):
+        assert request(stor.port, "GET", f"/{sha256(data)}").body == data
+    wait_until(lambda: Path(emptied).read_bytes() == data, f"{emptied} brought back")

@@ -288,7 +288,7 @@ class Store:
         self._publisher.publish(requested)
         self._metrics.timing("cache.time", _ms(start))
         self._metrics.incr("cache.hit")
-        self._repairer.found(sha, hit.storage)
+        self._repairer.found(sha, hit.storage, hit.size)
         return self._local_reading(hit, sha, part, selection.head, start)
 
     def _local_reading(self, hit: Hit, sha: str, part: Part, head: bool,
@@ -329,7 +329,7 @@ class Store:
             hit = await self.local.find_at(path, sha, head)
             if hit is not None:
                 self._metrics.incr("cache.hit")
-                self._repairer.found(sha, hit.storage)
+                self._repairer.found(sha, hit.storage, hit.size)
                 return hit
             self._cache.drop(sha)  # deleted or moved behind our back: look again
         self._metrics.incr("cache.miss")
@@ -342,7 +342,7 @@ class Store:
             return None
         self._metrics.incr(f"lookup.attempt.{hit.attempt}.count")
         self._cache.put(sha, hit.path)
-        self._repairer.found(sha, hit.storage)
+        self._repairer.found(sha, hit.storage, hit.size)
         return hit
 
     def _corrupt(self, hit: Hit, sha: str, actual: str) -> None:
