@@ -21,7 +21,8 @@ hold us to, with nothing assumed from ext4's heuristics:
   before fsyncing it.
 
 "Durable when answered" means: the fsync ended before the first ``write`` /
-``sendmsg`` to the client's socket carrying ``HTTP/1.1 2``.  For an upload's
+``sendmsg`` to the client's socket carrying ``HTTP/1.1 2`` (record with ``-s
+1024`` or more, so the answer's paths are in the trace).  For an upload's
 answer (201 or 200) each named path must have its whole chain durable: ``AA``
 in the storage, ``BB`` in ``AA``, ``CC`` in ``BB``, the ``.dat`` in ``CC``, and
 its bytes.  For a DELETE's 204, each removal the trace shows of the SHA's
@@ -146,7 +147,7 @@ class Trace:
         """Every way an acknowledged answer was not durable when written (empty: all good)."""
         found: list[str] = []
         for ack in acks:
-            answer = self._answer_line(ack.client_port)
+            answer = self._answer_line(ack)
             if answer is None:
                 found.append(f"port {ack.client_port}: no answer in the trace")
                 continue
@@ -159,10 +160,17 @@ class Trace:
         """How many calls the tracer suppressed (``inject``)."""
         return sum("INJECTED" in c.result for c in self.calls)
 
-    def _answer_line(self, port: int) -> int | None:
-        for call in self.calls:
-            if call.name in ("write", "writev", "sendmsg", "sendto") and call.ok \
-                    and f":{port}]>" in call.args.split(",", 1)[0] and "HTTP/1.1 2" in call.args:
+    def _answer_line(self, ack: Ack) -> int | None:
+        """Where the answer to ``ack`` began to be written: found by the client's port,
+        or, when strace could not name the socket's ends (it then shows only its
+        inode, now and then), by the first path the answer's body names."""
+        answers = [c for c in self.calls if c.name in ("write", "writev", "sendmsg", "sendto")
+                   and c.ok and "HTTP/1.1 2" in c.args]
+        for call in answers:
+            if f":{ack.client_port}]>" in call.args.split(",", 1)[0]:
+                return call.start
+        for call in answers:
+            if not ack.removal and ack.paths and ack.paths[0] in call.args:
                 return call.start
         return None
 

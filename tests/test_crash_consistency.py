@@ -41,7 +41,7 @@ class Tracer:
     def __init__(self, stor, out: Path, inject: str | None = None) -> None:  # type: ignore[no-untyped-def]
         self.out = out
         self.stor = stor
-        cmd = ["strace", "-f", "-yy", "-qq", "-s", "64", "-o", str(out),
+        cmd = ["strace", "-f", "-yy", "-qq", "-s", "1024", "-o", str(out),
                "-e", f"trace={STRACE_CALLS}"]
         if inject:
             cmd += ["-e", f"inject={inject}"]
@@ -162,3 +162,43 @@ def test_the_check_catches_one_suppressed_fsync(stor_process, tmp_path):
     assert trace.injected() >= 1
     problems = trace.violations(client.acks)
     assert problems, "a suppressed fsync went unnoticed"
+
+
+def test_a_process_killed_between_rename_and_directory_fsync_then_restarted(stor_process,
+                                                                            tmp_path):
+    """The renames of an upload are done, the fsync of their directory is where stor
+    dies (SIGKILL injected from outside at that very call).  Restarted on the same
+    storages, its answer to the same upload (200, a duplicate) must not count on
+    the entries the dead process never made durable."""
+    first = stor_process()
+    storages = first.extra["storages"]
+    data = os.urandom(6000)
+    leaves = sorted({os.path.dirname(layout.file_path(s, sha256(data))) for s in storages})
+    killer = subprocess.Popen(["strace", "-f", "-qq", "-o", str(tmp_path / "kill.trace"),
+                               *[arg for leaf in leaves for arg in ("-P", leaf)],
+                               "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL",
+                               "-p", str(first.popen.pid)])
+    try:
+        deadline = time.monotonic() + 15
+        while killer.poll() is None and first.popen.poll() is None:
+            try:
+                call(first.port, "POST", f"/{sha256(data)}", data, AUTH_HEADER)
+            except (OSError, http.client.HTTPException):
+                pass  # it died mid-answer, as planned
+            assert time.monotonic() < deadline, "stor was not killed at the directory fsync"
+    finally:
+        first.popen.wait(15)
+        killer.wait(15)
+    placed = [s for s in storages if os.path.exists(layout.file_path(s, sha256(data)))]
+    assert len(placed) >= 1, "killed before its rename: nothing to check"
+    second = stor_process(storage_pairs=[storages[0:2], storages[2:4]], delete_auth=DELETER)
+    second.extra["storages"] = storages
+    tracer = Tracer(second, tmp_path / "trace")
+    client = Client(second)
+    try:
+        client.post(data)
+    finally:
+        trace = tracer.stop()
+    assert trace.injected() == 0
+    problems = trace.violations(client.acks)
+    assert not problems, "\n".join(problems)
