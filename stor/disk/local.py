@@ -37,8 +37,10 @@ verified before the answer; larger ones are streamed and verified on the way."""
 class Hit:
     """A file found on a storage.
 
-    For a GET, ``data`` holds the whole content of a small file (``file`` is
-    None) and a larger file is handed over open; a HEAD has neither.
+    ``data`` holds the whole content of a small file, for a GET and a HEAD
+    alike (both verify it); a GET gets a larger file handed over open; a HEAD
+    of a larger file has neither, but ``digest`` when it had to be hashed
+    (see :mod:`stor.disk.verified`).
     """
 
     storage: str

@@ -381,7 +381,8 @@ class Store:
                       max_size=self._max_upload_size, committed=self._committed)
 
     def _prepare(self, sha: str, length: int | None) -> Duplicate | Spool:
-        """Blocking: the duplicate check, then a pair with room and temps on it."""
+        """Blocking: the duplicate check (exact bytes, durably: :mod:`stor.disk.duplicate`),
+        then a pair with room and temps on it."""
         with self.locks.hold(sha):
             existing = self.local.existing_now(sha)
         for damage in existing.damaged:

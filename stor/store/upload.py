@@ -20,7 +20,11 @@ States (:class:`State`)::
                           the body is read and dropped)
     any ──► ABORTED (the client went away: whatever was written is removed)
 
-A pair that cannot be prepared (no room, failing disks) does not stop the
+A length above ``max_upload_size`` or larger than any writable pair could
+hold is answered at once (:meth:`Upload.refused_before_body`).  Once the body
+is in, the commit runs to its end even if the client leaves (Klein cancels the
+route): the temps are installed or removed on every path.  Any other pair
+that cannot be prepared (no room, failing disks) does not stop the
 body from being hashed: the answer keeps the contract's order (a body that
 does not match its SHA is 412 even when there is no room) unless the client
 asked ``Expect: 100-continue`` and was answered before sending it.
