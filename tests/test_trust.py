@@ -347,3 +347,37 @@ def test_reads_of_the_good_replica_bring_back_an_emptied_twin(stor_process):
     for _ in range(3):
         assert request(stor.port, "GET", f"/{sha256(data)}").body == data
     wait_until(lambda: Path(emptied).read_bytes() == data, f"{emptied} brought back")
+
+
+# -- case 14: a replica that cannot be read is a storage fault, not a miss ----------------
+
+
+def unreadable(path: str) -> None:
+    """Make ``path`` fail to open with an error other than "not there" (ELOOP: a
+    symlink to itself), a fault root cannot bypass as it does ``chmod``."""
+    os.unlink(path)
+    os.symlink(os.path.basename(path), path)
+
+
+@pytest.mark.parametrize("size", [5000, MiB], ids=["small", "large"])
+def test_a_file_no_replica_can_deliver_is_500_never_404(stor_process, size):
+    stor = stor_process()
+    data = os.urandom(size)
+    _, body = post(stor.port, data)
+    sha = sha256(data)
+    for path in json.loads(body):
+        unreadable(path)
+    for method in ("GET", "HEAD"):
+        answer = request(stor.port, method, f"/{sha}")
+        assert answer.status == 500, (method, answer.status, answer.body)
+    assert b"Too many levels of symbolic links" in request(stor.port, "GET", f"/{sha}").body
+
+
+def test_a_replica_that_cannot_be_read_is_passed_over_for_its_twin(stor_process):
+    stor = stor_process()
+    data = os.urandom(MiB)
+    _, body = post(stor.port, data)
+    unreadable(json.loads(body)[0])
+    for _ in range(6):  # whichever replica the lookup picks first
+        assert request(stor.port, "GET", f"/{sha256(data)}").body == data
+        assert request(stor.port, "HEAD", f"/{sha256(data)}").status == 200

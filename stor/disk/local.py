@@ -63,22 +63,39 @@ class Hit:
             self.file.close()
 
 
-def open_first(order: Sequence[str], sha: str, head: bool = False) -> Hit | None:
+@dataclass(frozen=True)
+class Unreadable:
+    """No storage in the order could deliver the file, and some failed to read it
+    (an error other than "not there"): the file may well be stored, so this is
+    a storage fault, never a 404."""
+
+    errors: tuple[tuple[str, OSError], ...]
+
+    def __str__(self) -> str:
+        return "; ".join(f"{path}: {e.strerror or e}" for path, e in self.errors)
+
+
+def open_first(order: Sequence[str], sha: str, head: bool = False) -> "Hit | Unreadable | None":
     """Blocking: ``sha``'s file on the first storage in ``order`` that has it.
 
-    An unreadable disk is a miss there, not a failed request.
+    A storage that fails to read it is passed over for the next; when none
+    delivers, the failures are the answer (:class:`Unreadable`), not a miss.
     """
     rel = layout.relative_path(sha)
+    errors: list[tuple[str, OSError]] = []
     for attempt, storage in enumerate(order, start=1):
         path = os.path.join(storage, rel)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            hit = _hit(fd, storage, path, attempt, head, cached_only=False)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        hit = _hit(fd, storage, path, attempt, head, cached_only=False)
+        except OSError as e:
+            errors.append((path, e))
+            continue
         if isinstance(hit, Hit):
             return hit
-    return None
+    return Unreadable(tuple(errors)) if errors else None
 
 
 class _Blocked:
@@ -135,7 +152,9 @@ def _hit(fd: int, storage: str, path: str, attempt: int, head: bool,
             data = os.pread(fd, st.st_size + 1, 0)  # one more: a file that grew is noticed
         return Hit(storage, path, len(data), st.st_mtime, attempt, ident, data=data, stamp=stamp)
     except OSError:
-        return BLOCKED if cached_only else None
+        if cached_only:
+            return BLOCKED
+        raise  # the caller tells a read error from a miss
     finally:
         if not keep:
             os.close(fd)
@@ -220,12 +239,13 @@ class LocalStore:
 
     # -- reads (reactor side) -------------------------------------------
 
-    def find(self, sha: str, head: bool, exclude: Collection[str] = ()) -> "Deferred[Hit | None]":
+    def find(self, sha: str, head: bool, exclude: Collection[str] = ()
+             ) -> "Deferred[Hit | Unreadable | None]":
         """Find (and for a GET open) ``sha`` in lookup order, skipping ``exclude``."""
         order = [s for s in self.lookup_order() if s not in exclude]
         return self._open(order, sha, head)
 
-    def find_at(self, path: str, sha: str, head: bool) -> "Deferred[Hit | None]":
+    def find_at(self, path: str, sha: str, head: bool) -> "Deferred[Hit | Unreadable | None]":
         """``sha`` at a path remembered from an earlier lookup (the cache's answer)."""
         storage = layout.storage_of(path, sha)
         if storage is None or storage not in self._twins:
@@ -239,7 +259,8 @@ class LocalStore:
             return None
         return open_now([storage], sha, head)
 
-    def _open(self, order: list[str], sha: str, head: bool) -> "Deferred[Hit | None]":
+    def _open(self, order: list[str], sha: str, head: bool
+              ) -> "Deferred[Hit | Unreadable | None]":
         hit = open_now(order, sha, head)
         if isinstance(hit, _Blocked):
             return self.run(open_first, order, sha, head)

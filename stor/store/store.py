@@ -40,7 +40,7 @@ from stor.disk.duplicate import Damaged
 from stor.disk.verified import VERIFIED
 from stor.disk.body import Body, BytesBody, FileBody, SendTarget
 from stor.s3 import outbox as outbox_markers
-from stor.disk.local import Hit, LocalStore
+from stor.disk.local import Hit, LocalStore, Unreadable
 from stor.disk.quarantine import quarantine
 from stor.disk.repair import Repairer
 from stor.disk.spool import BeforeInstall, Duplicate, Spool, Stored, UploadResult
@@ -49,6 +49,10 @@ from stor.disk.spool import open_spool
 from stor.store.upload import Upload
 
 log = Logger()
+
+
+class ReplicasUnreadable(StorageFailure):
+    """A file no replica could deliver, some failing to read (not absent): 500."""
 
 
 class LookupCache(Protocol):
@@ -196,13 +200,19 @@ class Store:
             reading = await self._read_s3(selection, start)
             if reading is not None:
                 return reading
-        reading = await self._read_local(selection, start)
+        unreadable: ReplicasUnreadable | None = None
+        try:
+            reading = await self._read_local(selection, start)
+        except ReplicasUnreadable as e:
+            reading, unreadable = None, e
         if reading is not None:
             return reading
         if self._s3 is not None and not self._s3_first:
             reading = await self._read_s3(selection, start)
             if reading is not None:
                 return reading
+        if unreadable is not None:
+            raise unreadable  # stored, maybe: never a 404
         self._metrics.incr("error.get.not_found_old.count")
         raise NotFound(selection.sha)
 
@@ -243,10 +253,14 @@ class Store:
         sha = selection.sha
         hit = await self._find(sha, selection.head)
         tried: set[str] = set()
-        while hit is not None and (actual := _wrong_digest(hit, sha)) is not None:
+        while isinstance(hit, Hit) and (actual := _wrong_digest(hit, sha)) is not None:
             self._corrupt(hit, sha, actual)  # never answered from: a GET would not serve it
             tried.add(hit.storage)
             hit = await self._find(sha, selection.head, exclude=tried)
+        if isinstance(hit, Unreadable):
+            self._metrics.incr("error.get.unreadable.count")
+            log.error("cannot read {sha} from any replica: {why}", sha=sha, why=str(hit))
+            raise ReplicasUnreadable(f"cannot read {sha}: {hit}")
         if hit is None:
             return None
         if hit.digest is not None and hit.stamp is not None:
@@ -320,14 +334,18 @@ class Store:
                         verify=sha if part.whole else None)
 
     async def _find(self, sha: str, head: bool, exclude: frozenset[str] | set[str] = frozenset()
-                    ) -> Hit | None:
-        """The cached path if it still holds the file, else a lookup (then cached)."""
+                    ) -> Hit | Unreadable | None:
+        """The cached path if it still holds the file, else a lookup (then cached).
+
+        A cached replica that cannot be read is passed over for the lookup,
+        which tries every replica; :class:`Unreadable` when none could deliver
+        and some failed."""
         start = time.monotonic()
         path = await self._cache.get(sha)
         self._metrics.timing("cache.time", _ms(start))
         if path is not None and layout.storage_of(path, sha) not in exclude:
             hit = await self.local.find_at(path, sha, head)
-            if hit is not None:
+            if isinstance(hit, Hit):
                 self._metrics.incr("cache.hit")
                 self._repairer.found(sha, hit.storage, hit.size)
                 return hit
@@ -336,10 +354,10 @@ class Store:
         start = time.monotonic()
         hit = await self.local.find(sha, head, exclude)
         self._metrics.timing("lookup.time", _ms(start))
-        if hit is None:
+        if not isinstance(hit, Hit):
             tried = len(self.local.storages) - len(exclude)
             self._metrics.incr(f"lookup.attempt.{tried}.count")
-            return None
+            return hit
         self._metrics.incr(f"lookup.attempt.{hit.attempt}.count")
         self._cache.put(sha, hit.path)
         self._repairer.found(sha, hit.storage, hit.size)
