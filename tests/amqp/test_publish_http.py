@@ -8,8 +8,8 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor, task
 
-from amqp_peer import Consumer, Relay, delete_exchange
-from conftest import AUTH, sha256
+from support.amqp import Consumer, Relay, delete_exchange
+from support.helpers import AUTH, sha256
 
 
 @pytest_twisted.async_yield_fixture

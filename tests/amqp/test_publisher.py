@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 
-from amqp_peer import Consumer, Relay, amqp_methods, delete_exchange, eventually
+from support.amqp import Consumer, Relay, amqp_methods, delete_exchange, eventually
 import pika
 
 from stor.config.amqp import split_amqp_uri

@@ -18,7 +18,8 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import globalLogPublisher
 
-from memcached_peer import MemcachedPeer, free_port
+from support.ports import free_port
+from support.memcached import MemcachedPeer
 from stor.config import Config
 from stor.config.memcached import MemcachedConfig, MemcachedServer, TcpServer, UnixServer
 from stor.cache.lookup import CacheStats, LocalCache, Lru, MemcachedCache, build_cache

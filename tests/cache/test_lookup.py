@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 import treq
 
-from conftest import AUTH, sha256
+from support.helpers import AUTH, sha256
 from stor.core import layout
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from s3_peer import MotoS3
-from s3write_peer import MiB, make_file, place_big, stored_sha
+from support.s3 import MotoS3
+from support.s3write import MiB, make_file, place_big, stored_sha
 
 
 def run_sync(config: Path, *args: str, env: dict[str, str] | None = None,
@@ -123,7 +123,7 @@ def test_max_mbps_paces_the_reads(sync_config, storage_dirs, moto, bucket):
 
 def test_s3_down_fails_the_run(sync_config, storage_dirs, tmp_path):
     config, raw = sync_config
-    from s3_peer import refused_port
+    from support.ports import refused_port
 
     raw["s3_credentials"]["host"] = f"127.0.0.1:{refused_port()}"
     raw["s3_connect_timeout"] = 1

@@ -24,13 +24,10 @@ from stor.cli.scrub_progress import Progress
 from stor.disk.locks import ShaLocks
 from stor.disk.scrub import Report, Scrubber, Throttle, count
 from stor.disk.temps import temp_dir
+from support.helpers import flip, sha256
 
 STOR = str(Path(sys.executable).parent / "stor")
 MiB = 1024 * 1024
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class Host:
@@ -64,12 +61,6 @@ class Host:
 
     def scrub(self, *args: str) -> int:
         return cli.main(["scrub", "--config", str(self.config), *args])
-
-
-def flip(path: Path, offset: int = 0) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def dead_pid() -> int:

@@ -22,59 +22,19 @@ from pathlib import Path
 
 import pytest
 
-from client_peer import Answer, FakeStor, Relay, Seen, ranged
-from ops_peer import AUTH_HEADER, Stor, free_port, request, wait_for
+from support.client import Answer, FakeStor, Relay, Seen, ranged
+from support.ports import refused_port
+from support.harness import AUTH_HEADER, Stor, Stors, request, stop, wait_for
+from support.helpers import file_sha, sha256
 
 STOR = str(Path(sys.executable).parent / "stor")
-TWISTD = str(Path(sys.executable).parent / "twistd")
 AUTH = "writer:writer_pass"
 MiB = 1024 * 1024
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def start_stor(root: Path, **config: object) -> Stor:
     """A ``twistd -n stor`` process with two pairs of storages under ``root``."""
-    storages = [root / f"data{i}" for i in range(4)]
-    for s in storages:
-        s.mkdir(parents=True)
-    port = free_port()
-    config_path = root / "stor.json"
-    config_path.write_text(json.dumps({
-        "storage_pairs": [[str(storages[0]), str(storages[1])], [str(storages[2]), str(storages[3])]],
-        "check_mounts": False,
-        "basic_auth": AUTH,
-        "listen": f"tcp:{port}:interface=127.0.0.1",
-        **config,
-    }))
-    out, err = root / "stor.out", root / "stor.err"
-    with open(out, "wb") as o, open(err, "wb") as e:
-        popen = subprocess.Popen([TWISTD, "-n", "--pidfile=", "stor", "--config", str(config_path)],
-                                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, cwd=root,
-                                 env=clean_env(), start_new_session=True)
-    proc = Stor(popen, out, err, port=port, config_path=config_path)
-    proc.wait_serving()
-    return proc
-
-
-def stop_stor(proc: Stor) -> None:
-    if proc.popen.poll() is None:
-        proc.popen.send_signal(signal.SIGTERM)
-        try:
-            proc.popen.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.popen.kill()
-            proc.popen.wait(10)
+    return Stors(root).start(**config)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stor]:
     """One stor for the module's tests (each test uses its own files, so none sees another's)."""
     proc = start_stor(tmp_path_factory.mktemp("stor"))
     yield proc
-    stop_stor(proc)
+    stop(proc)
 
 
 @pytest.fixture
@@ -257,7 +217,7 @@ def test_put_of_a_file_above_max_upload_size_fails_with_413(tmp_path: Path) -> N
         done = stor("put", "--storage", f"http://127.0.0.1:{small_server.port}", "--auth", AUTH,
                     str(path))
     finally:
-        stop_stor(small_server)
+        stop(small_server)
     assert done.returncode == 1
     assert [r[:3] for r in rows(done.stderr)] == [[sha, str(path), "413"]]
 
@@ -603,7 +563,7 @@ def test_get_reports_503_once_retries_are_used_up(tmp_path: Path) -> None:
 
 def test_get_from_a_server_that_is_not_there_fails_connection_refused(tmp_path: Path) -> None:
     sha = sha256(b"x")
-    port = free_port()
+    port = refused_port()
     done = stor("get", "--storage", f"http://127.0.0.1:{port}", "-o", str(tmp_path),
                 "--retries", "1", sha)
     assert done.returncode == 1

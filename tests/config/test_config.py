@@ -16,7 +16,7 @@ from stor.config.memcached import TcpServer
 from stor.core.errors import ConfigError
 from stor.disk.health import check_storages
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The example from the old service's README (seed/stor-readme.txt), keys and values unchanged.
 OLD_EXAMPLE = """\

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from stor.config import KNOWN_KEYS, check_config, schema
 from test_config import OLD_EXAMPLE, old_test_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p for p in (REPO / "conf").iterdir() if ".json" in p.name)
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from stor.config.problems import Problems
 from stor.config.systemd import DEFAULT_STOP_TIMEOUT, check_unit, stop_timeout, timespan
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("text, seconds", [

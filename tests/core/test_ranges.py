@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import threads
 
-from conftest import AUTH, raw_http, sha256
+from support.helpers import AUTH, raw_http, sha256
 from stor.core.errors import RangeNotSatisfiable as Unsatisfiable
 from stor.core.ranges import NOT_MODIFIED, WHOLE, ByteRange, Part, Selection, etag, none_match, parse_range
 

@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from conftest import AUTH, raw_request, sha256
-from ops_peer import AUTH_HEADER, request, wait_for
+from support.helpers import AUTH, raw_request, sha256
+from support.harness import AUTH_HEADER, request, wait_for
 from stor.core import layout
 
 DATA = b"health check\n" * 100
@@ -256,7 +256,7 @@ async def test_a_repair_is_counted_on_metrics(server, storage_dirs):
 
 @pytest_twisted.ensureDeferred
 async def test_an_s3_read_error_is_counted_on_metrics(start_server, config_dict, moto):
-    from s3_peer import refused_port
+    from support.ports import refused_port
 
     config_dict.update({"s3_enabled": True, "s3_credentials": {
         "access_key": moto.access_key, "secret_key": moto.secret_key,

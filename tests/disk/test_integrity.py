@@ -16,16 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dat_files
-from fleet_peer import s3_keys
-from ops_peer import AUTH_HEADER, request
+from support.helpers import dat_files
+from support.fleet import s3_keys
+from support.harness import AUTH_HEADER, request
 from stor.core import layout
+from support.helpers import flip, sha256
 
 MiB = 1024 * 1024
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def post(port: int, data: bytes, sha: str | None = None) -> tuple[int, bytes]:
@@ -152,16 +149,6 @@ def test_a_storage_on_the_root_filesystem_gets_no_new_files(stor_process, tmp_pa
 
 
 # -- 5: a corrupt replica is never served as good -----------------------------------
-
-
-def flip(path: str, offset: int) -> None:
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # bitrot keeps the mtime
 
 
 def get_or_cut(port: int, sha: str) -> "tuple[int, bytes] | None":

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest_twisted
 import treq
 
-from conftest import AUTH, raw_http, sha256, temp_files
+from support.helpers import AUTH, raw_http, sha256, temp_files
+from support.helpers import flip
 
 
 async def stored(server, data: bytes) -> list[str]:
@@ -53,17 +54,6 @@ async def test_a_corrupt_survivor_is_not_copied(watched, statsite, storage_dirs)
     r = await treq.get(watched.at(sha256(data)))
     assert r.code == 404
     assert temp_files(storage_dirs) == []
-
-
-def flip(path: str, offset: int) -> None:
-    """Flip every bit of one byte of ``path``, keeping its mtime (as bitrot does)."""
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest_twisted.ensureDeferred

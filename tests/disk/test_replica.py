@@ -18,15 +18,12 @@ from stor.core.errors import HashMismatch, MalformedSha
 from stor.disk.locks import ShaLocks
 from stor.disk.temps import is_stale_temp, temp_dir
 from stor.disk.replica import CHUNK, CorruptSource, SourceGone, copy_to_twin, sha256_file
+from support.helpers import sha256
 
 
 _LOCK_DIR = tempfile.mkdtemp(prefix="stor-test-locks-")
 atexit.register(shutil.rmtree, _LOCK_DIR, True)  # the module-wide lock files go with the run
 LOCKS = ShaLocks(_LOCK_DIR)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def put(storage: Path, data: bytes, sha: str | None = None) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from conftest import sha256
+from support.helpers import sha256
 from stor.core import layout
 from stor.core.errors import CorruptReplica
 from stor.disk.body import TAIL, SendfileBody

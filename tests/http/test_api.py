@@ -12,7 +12,7 @@ import treq
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from conftest import AUTH, dat_files, raw_http, raw_request, sha256, temp_files
+from support.helpers import AUTH, dat_files, raw_http, raw_request, sha256, temp_files
 from stor import __version__
 from stor.core import layout
 

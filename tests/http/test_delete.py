@@ -26,9 +26,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from conftest import AUTH, dat_files, raw_request, sha256
-from ops_peer import AUTH_HEADER, request, wait_for
-from s3_peer import refused_port
+from support.helpers import AUTH, dat_files, raw_request, sha256
+from support.harness import AUTH_HEADER, request, wait_for
+from support.s3 import refused_port
 from stor.core import layout
 from stor.disk.locks import ShaLocks
 

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import endpoints, reactor, threads
 from twisted.protocols import portforward
 
-from conftest import dat_files, sha256
+from support.helpers import dat_files, sha256
 
 BIG = 50 * 1024 * 1024
 MiB = 1024 * 1024

@@ -15,7 +15,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogPublisher
 
-from conftest import AUTH, sha256
+from support.helpers import AUTH, sha256
 
 
 class Client(Protocol):

@@ -20,7 +20,7 @@ import pytest_twisted
 from openapi_spec_validator import validate
 from twisted.internet.threads import deferToThread
 
-from conftest import AUTH, raw_request, sha256
+from support.helpers import AUTH, raw_request, sha256
 from stor import __version__
 from stor.core import layout
 from stor.http.app import StorApp

@@ -21,8 +21,9 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from log_peers import Datagrams, GelfAssembler, Stream
-from ops_peer import free_port, request, wait_for
+from support.logs import Datagrams, GelfAssembler, Stream
+from support.ports import free_port
+from support.harness import request, wait_for
 from stor.config.log import parse_log
 from stor.config.problems import Problems
 from stor.observe.log_outputs import LineWriter, LogOutputs, build_log_outputs

@@ -5,7 +5,7 @@ import os
 import pytest_twisted
 import treq
 
-from conftest import AUTH, sha256
+from support.helpers import AUTH, sha256
 
 
 @pytest_twisted.async_fixture

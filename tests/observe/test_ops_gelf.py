@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from log_peers import gelf_json
-from ops_peer import request
+from support.logs import gelf_json
+from support.harness import request
 from stor.config.log import GELF_LAN_CHUNK, GelfOutput, STOR_GELF_CHUNK
 from stor.observe.gelf import CHUNK_HEADER, MAX_DATAGRAM, chunk, datagrams
 

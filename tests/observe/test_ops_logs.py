@@ -14,8 +14,8 @@ from twisted.internet import endpoints, reactor
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
-from conftest import sha256
-from ops_peer import AUTH_HEADER, request
+from support.helpers import sha256
+from support.harness import AUTH_HEADER, request
 from stor.disk.diskpool import DiskPool
 from stor.disk.locks import ShaLocks
 from stor.http.app import StorApp

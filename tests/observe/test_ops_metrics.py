@@ -7,7 +7,7 @@ import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import AUTH, sha256
+from support.helpers import AUTH, sha256
 
 
 async def scrape(server) -> dict[str, dict[tuple, float]]:

@@ -10,8 +10,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import LogEvent, globalLogPublisher
 
-from log_peers import Stream
-from ops_peer import free_port
+from support.logs import Stream
+from support.ports import free_port
 from stor.config import StatsiteConfig, parse_config
 from stor.observe.statsd import StatsdMetrics, build_metrics
 from stor.observe.stream import StreamSender

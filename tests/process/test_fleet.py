@@ -27,14 +27,21 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor, task
 
-from amqp_peer import eventually
-from conftest import AUTH, sha256
-from fleet_peer import (
-    Host, bucket_keys, copies, exited, in_bucket, peak_rss_kib, s3_keys, s3_relay,
+from support.amqp import eventually
+from support.helpers import AUTH, sha256
+from support.fleet import (
+    Host,
+    bucket_keys,
+    copies,
+    exited,
+    in_bucket,
+    peak_rss_kib,
+    s3_keys,
+    s3_relay,
     wait_in_bucket,
 )
-from ops_peer import AUTH_HEADER, request, wait_for
-from s3write_peer import MiB, write_big
+from support.harness import AUTH_HEADER, request, wait_for
+from support.s3write import MiB, write_big
 from stor.core import layout
 
 MOTO_TIMEOUT = 20.0  # s3_timeout of hosts whose S3 is held silent: far longer than any answer

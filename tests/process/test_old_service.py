@@ -19,11 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ops_peer import TWISTD, Proc, answers, free_port, request, wait_for
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from support.helpers import sha256
+from support.harness import LOOPBACK_ANY_PORT, TWISTD, Proc, Stors, answers, clean_env, request, wait_for
 
 
 @pytest.fixture
@@ -40,23 +37,16 @@ def old_test_stor(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
     }
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(cfg))  # encode_json: one line, no check_mounts
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",)}
-    env["CONFIG_FILE"] = str(cfg_file)
-    out, err = tmp_path / "stor.out", tmp_path / "stor.err"
-    with open(out, "wb") as o, open(err, "wb") as e:
-        popen = subprocess.Popen([TWISTD, "-n", "--pidfile=", "stor",
-                                  "--listen", f"tcp:{port}:interface=127.0.0.1"],
-                                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env,
-                                 cwd=tmp_path, start_new_session=True)  # setpgrp(0, 0)
-    proc = Proc(popen, out, err)
+    env = clean_env({"CONFIG_FILE": str(cfg_file)})
+    stors = Stors(tmp_path)
+    proc = stors.run([TWISTD, "-n", "--pidfile=", "stor", "--listen", LOOPBACK_ANY_PORT],
+                     "stor", env)  # in its own session, as setpgrp(0, 0)
     try:
+        port = proc.wait_port()
         wait_for(lambda: answers(port, "/") is not None, "stor to answer", proc)
         yield proc, port
     finally:
-        if popen.poll() is None:
-            popen.kill()
-            popen.wait(10)
+        stors.close()
         for s in storages:
             subprocess.run(["rm", "-rf", s], check=False)
 
@@ -69,7 +59,7 @@ def basic(userinfo: str) -> dict[str, str]:
 def test_the_old_services_upload_download_test_passes(old_test_stor) -> None:
     proc, port = old_test_stor
     content = b"Content!" + str(random.random()).encode()  # 'Content!' . rand
-    sha = sha256_hex(content)
+    sha = sha256(content)
 
     tx = request(port, "POST", f"/{sha}", content)
     assert tx.status == 401, "basic authorization"
@@ -108,12 +98,12 @@ def test_error_bodies_are_the_old_services_byte_for_byte(old_test_stor) -> None:
     got = request(port, "POST", "/not-a-sha", body, auth)
     assert (got.status, got.body) == (412, b"Given hash 'not-a-sha' isn't sha256")
 
-    got = request(port, "POST", f"/{sha256_hex(body)}", body)
+    got = request(port, "POST", f"/{sha256(body)}", body)
     assert (got.status, got.body) == (401, b"Authentication required!")
     assert got.headers["www-authenticate"].startswith("Basic")
 
     got = request(port, "POST", f"/{wrong}", body, auth)
     assert (got.status, got.body) == (
-        412, f"Content sha256 {sha256_hex(body)} doesn't match given sha256 {wrong}".encode())
+        412, f"Content sha256 {sha256(body)} doesn't match given sha256 {wrong}".encode())
     for answer in (got,):  # the detail stor knows beyond the old body is in a header
         assert "stor-reason" in answer.headers

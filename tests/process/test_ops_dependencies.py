@@ -11,7 +11,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 from lock import closure, stor_requirements  # noqa: E402  (tools/lock.py, what `make lock` runs)
 
@@ -29,7 +29,8 @@ def declared(*extras: str) -> set[str]:
 def imported(*folders: str) -> dict[str, set[str]]:
     """``{module: files}`` of every absolute import below ``folders``, except the stdlib's,
     stor's own and the helpers beside the tests, tools and bench."""
-    local = {p.stem for folder in ("tests", "tools", "bench") for p in (ROOT / folder).glob("*.py")}
+    local = {p.stem for folder in ("tests", "tools", "bench") for p in (ROOT / folder).rglob("*.py")}
+    local |= {p.name for p in (ROOT / "tests").iterdir() if p.is_dir()}  # the tiers, support
     local.add("stor")
     found: dict[str, set[str]] = {}
     for folder in folders:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from support.harness import listening_port
 from stor.process.notify import notify, parse_state
 
 
@@ -43,8 +44,9 @@ def test_ready_once_listening_and_stopping_on_sigterm(stor_process, notify_socke
 
     ready = parse_state(sock.recv(4096))
     assert ready["READY"] == "1"
-    assert ready["STATUS"] == f"serving on 127.0.0.1:{stor.port}"
-    with socket.create_connection(("127.0.0.1", stor.port), timeout=5):
+    port = listening_port(stor.popen.pid)  # what the kernel says it listens on
+    assert ready["STATUS"] == f"serving on 127.0.0.1:{port}"
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass  # already accepting when systemd is told
     stor.wait_serving()
 

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from log_peers import TcpReader, UdpReader, gelf_json
-from ops_peer import TWISTD, Proc, answers, free_port, request, wait_for
+from support.logs import TcpReader, UdpReader, gelf_json
+from support.harness import LOOPBACK_ANY_PORT, TWISTD, Proc, Stors, answers, request, wait_for
 
 
 @pytest.fixture
 def old_stor(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], tuple[Proc, int]]]:
     """Start ``twistd -n stor`` on a config of exactly the keys given (plus storages)."""
-    started: list[Proc] = []
+    stors = Stors(tmp_path)
 
     def start(config: dict[str, Any]) -> tuple[Proc, int]:
         storages = []
@@ -33,26 +33,17 @@ def old_stor(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], tuple[Proc, 
         config = {"storage_pairs": [storages[0:2], storages[2:4]], **config}
         path = tmp_path / "stor.json"
         path.write_text(json.dumps(config, indent=4))
-        port = free_port()
-        out, err = tmp_path / "stor.out", tmp_path / "stor.err"
-        with open(out, "wb") as o, open(err, "wb") as e:
-            popen = subprocess.Popen(
-                [TWISTD, "-n", "--pidfile=", "stor", "--config", str(path),
-                 "--listen", f"tcp:{port}:interface=127.0.0.1"],
-                stdout=o, stderr=e, stdin=subprocess.DEVNULL, cwd=tmp_path,
-                start_new_session=True)
-        proc = Proc(popen, out, err)
-        started.append(proc)
+        argv = [TWISTD, "-n", "--pidfile=", "stor", "--config", str(path),
+                "--listen", LOOPBACK_ANY_PORT]
+        proc = stors.run(argv, "stor", config_path=path)
+        port = proc.wait_port()
         wait_for(lambda: answers(port, "/") is not None, "stor to answer", proc)
         return proc, port
 
     try:
         yield start
     finally:
-        for proc in started:
-            if proc.popen.poll() is None:
-                proc.popen.kill()
-                proc.popen.wait(10)
+        stors.close()
 
 
 def stop_as_the_old_tests_did(proc: Proc) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "stor.service"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -242,8 +242,9 @@ def test_the_healthcheck_asks_whether_stor_serves(stor_process, tmp_path: Path) 
                               timeout=30).returncode
 
     assert check(healthy.port) == 0
-    from ops_peer import answers, wait_for
+    from support.harness import answers, wait_for
 
+    sick.wait_port()
     wait_for(lambda: (a := answers(sick.port)) is not None and a.status == 503, "a 503", sick)
     assert check(sick.port) == 0
     assert check(sick.port, "/status") == 1

@@ -6,7 +6,7 @@ import os
 import socket
 import time
 
-from ops_peer import AUTH_HEADER, Stor, request, wait_for
+from support.harness import AUTH_HEADER, Stor, request, wait_for
 
 BODY = os.urandom(512 * 1024)
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -9,7 +9,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops_peer import AUTH_HEADER, Stor, children, pid_alive, request, wait_for
+from support.harness import AUTH_HEADER, Stor, children, pid_alive, request, wait_for
 
 
 def worker_pids_seen(stor: Stor, want: int, tries: int = 25) -> set[int]:

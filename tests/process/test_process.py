@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from ops_peer import Proc
+from support import harness
+from support.harness import Proc, Stors
+from support.ports import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -29,12 +31,6 @@ START_TIMEOUT = 30.0
 SHA1 = "11" * 32
 SHA2 = "22" * 32
 SHA3 = "33" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def accepts(port: int) -> bool:
@@ -59,43 +55,21 @@ def base_env() -> dict[str, str]:
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """Start a process with its output in files; every one is stopped afterwards."""
-    started: list[Proc] = []
+    stors = Stors(tmp_path)
 
     def start(args: list[str], env: dict[str, str] | None = None) -> Proc:
-        n = len(started)
-        out, err = tmp_path / f"proc{n}.out", tmp_path / f"proc{n}.err"
-        with open(out, "wb") as o, open(err, "wb") as e:
-            popen = subprocess.Popen(
-                args, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
-                env=env if env is not None else base_env(), cwd=tmp_path,
-            )
-        proc = Proc(popen, out, err)
-        started.append(proc)
-        return proc
+        return stors.run(args, f"proc{len(stors.started)}", env if env is not None else base_env())
 
     try:
         yield start
     finally:
-        for proc in started:
-            if proc.popen.poll() is None:
-                proc.popen.terminate()
-                try:
-                    proc.popen.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
-                    proc.popen.wait(10)
+        stors.close()
 
 
 def wait_for(condition: Callable[[], bool], what: str, proc: Proc | None = None,
              timeout: float = START_TIMEOUT) -> None:
     """Poll ``condition`` until true; fail with the process output on timeout or exit."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.popen.poll() is not None:
-            pytest.fail(f"process exited while waiting for {what}\n{proc.describe()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n" + (proc.describe() if proc else ""))
-        time.sleep(0.05)
+    harness.wait_for(condition, what, proc, timeout)
 
 
 def status(port: int) -> int | None:

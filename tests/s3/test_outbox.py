@@ -14,9 +14,9 @@ import pytest_twisted
 from twisted.internet.defer import maybeDeferred
 from twisted.internet import reactor
 
-from amqp_peer import Relay, eventually
-from s3_peer import black_hole
-from s3write_peer import MiB, bounded, make_file, place_big, s3_config, stored_sha
+from support.amqp import Relay, eventually
+from support.s3 import black_hole
+from support.s3write import MiB, bounded, make_file, place_big, s3_config, stored_sha
 from stor.config import StatsiteConfig
 from stor.core import layout
 from stor.config import Config

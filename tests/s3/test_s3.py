@@ -27,18 +27,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from treq.client import HTTPClient
 
-from s3_peer import MotoS3, ScriptedPeer, black_hole, refused_port, response
+from support.s3 import MotoS3, ScriptedPeer, black_hole, refused_port, response
 from stor.core import layout
 from stor.config import Config, S3Config
 from stor.core.errors import StorageFailure
 from stor.s3.read import BAD_SHA, ERROR, NOT_FOUND, NoS3, S3Object, S3Reader, build_s3, s3_client
+from support.helpers import sha256
 
 MiB = 1024 * 1024
 WAIT = 10.0  # upper bound on any single wait in these tests; never reached when green
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def bounded(d: "Deferred[Any]", seconds: float = WAIT) -> "Deferred[Any]":

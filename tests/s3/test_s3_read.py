@@ -10,8 +10,8 @@ import pytest_twisted
 import treq
 from twisted.internet import threads
 
-from conftest import AUTH, raw_http, sha256
-from s3_peer import black_hole, refused_port
+from support.helpers import AUTH, raw_http, sha256
+from support.s3 import black_hole, refused_port
 from stor.core import layout
 
 MiB = 1024 * 1024

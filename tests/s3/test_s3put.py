@@ -16,9 +16,16 @@ import pytest_twisted
 from hypothesis import given, strategies as st
 from twisted.internet import reactor
 
-from s3_peer import MotoS3, ScriptedPeer, black_hole, refused_port, response
-from s3write_peer import (
-    MiB, Sink, bounded, make_file, open_uploads, place_big, s3_config, stored_sha,
+from support.s3 import MotoS3, ScriptedPeer, black_hole, refused_port, response
+from support.s3write import (
+    MiB,
+    Sink,
+    bounded,
+    make_file,
+    open_uploads,
+    place_big,
+    s3_config,
+    stored_sha,
 )
 from stor.core import layout
 from stor.s3.put import (
@@ -233,7 +240,7 @@ def test_256_mib_files_go_up_whole_with_flat_memory(moto, bucket, tmp_path):
     job = {"endpoint": moto.endpoint, "access_key": moto.access_key,
            "secret_key": moto.secret_key, "bucket": bucket,
            "files": [[big_sha, big_path], [single_sha, single_path]]}
-    child = subprocess.run([sys.executable, str(HERE / "s3put_child.py"), json.dumps(job)],
+    child = subprocess.run([sys.executable, str(HERE.parent / "support" / "s3put_child.py"), json.dumps(job)],
                            capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr
     report = json.loads(child.stdout)

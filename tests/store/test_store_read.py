@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
-from conftest import dat_files
-from store_fakes import Collect, RecordingMetrics, make_store, sha256
+from support.helpers import dat_files
+from support.store_fakes import Collect, RecordingMetrics, make_store, sha256
 from stor.core import layout
 from stor.core.errors import CorruptReplica, NotFound, RangeNotSatisfiable
 from stor.core.ranges import ByteRange, Selection, etag
 from stor.disk.local import SMALL_FILE
+from support.helpers import flip
 
 
 def result(d: "Deferred[object]") -> object:
@@ -34,15 +35,6 @@ def place(storage: str, data: bytes, sha: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
-
-
-def flip(path: Path, offset: int) -> None:
-    """Bitrot: one byte changes, the mtime does not."""
-    st = path.stat()
-    raw = bytearray(path.read_bytes())
-    raw[offset] ^= 0xFF
-    path.write_bytes(bytes(raw))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def read(store, selection: Selection) -> tuple[object, bytes]:

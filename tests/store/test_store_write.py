@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import Deferred
 
-from conftest import dat_files, temp_files
-from store_fakes import Connection, ManualPool, make_store, roomiest_first, sha256
+from support.helpers import dat_files, temp_files
+from support.store_fakes import Connection, ManualPool, make_store, roomiest_first, sha256
 from stor.core import layout
 from stor.core.errors import HashMismatch, NoSpace, StorageFailure, TooLarge
 from stor.disk.spool import Duplicate, Stored

@@ -11,7 +11,7 @@ import treq
 from twisted.internet import reactor, task
 from twisted.internet.defer import DeferredList
 
-from conftest import AUTH, dat_files, sha256, temp_files
+from support.helpers import AUTH, dat_files, sha256, temp_files
 
 
 async def until(condition, timeout: float = 5.0, what: str = "condition") -> None:

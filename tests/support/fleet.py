@@ -43,12 +43,15 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from ops_peer import Stor, TWISTD, free_port, request, wait_for
-from s3_peer import MotoS3
-from s3write_peer import stored_sha
+from support.ports import AddressInUse, says_in_use, start_on_free_port, start_on_free_ports
+from support.harness import (
+    TWISTD, Stor, launch, request, stop, stor_config, storages_under, wait_for,
+)
+from support.s3 import MotoS3
+from support.s3write import stored_sha
 from stor.core import layout
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "conf" / "nginx-fleet.conf"
 WAIT = 60.0  # seconds any single wait of these tests may take at most
 
@@ -265,31 +268,28 @@ class Fleet:
         self.hosts: list[Host] = []
 
     def start(self, name: str, wait: bool = True, **config: Any) -> Host:
-        """A new host ``name`` running with ``config`` on top of its own storages."""
+        """A new host ``name`` running with ``config`` on top of its own storages.
+
+        It listens on port 0; ``host.port`` is the port it reports (known once it
+        serves: with ``wait=False``, call ``host.proc.wait_port()``)."""
         root = self._tmp / name
-        storages = [str(root / f"data{i + 1}") for i in range(4)]
-        for s in storages:
-            os.makedirs(s)
-        port = free_port()
-        raw: dict[str, Any] = {
-            "storage_pairs": [storages[0:2], storages[2:4]],
-            "check_mounts": False,
-            "basic_auth": "writer:writer_pass",
-            "listen": f"tcp:{port}:interface=127.0.0.1",
-            "lock_dir": str(root / "locks"),
-        }
-        raw.update(config)
+        storages = storages_under(root)
+        raw = stor_config(storages, lock_dir=str(root / "locks"), **config)
         config_path = root / "stor.json"
         config_path.write_text(json.dumps(raw))
-        host = Host(name, storages, config_path, port)
+        host = Host(name, storages, config_path, 0)
         self.hosts.append(host)
         self._run(host, wait)
         return host
 
     def restart(self, host: Host, wait: bool = True) -> Host:
-        """Start ``host`` again (it must have stopped) with the same config and disks."""
+        """Start ``host`` again (it must have stopped) with the same config and disks, on
+        the port it had, so a balancer in front finds it again."""
         assert host.proc is not None and host.proc.popen.poll() is not None, \
             f"{host.name} is still running"
+        raw = json.loads(host.config_path.read_text())
+        raw["listen"] = f"tcp:{host.port}:interface=127.0.0.1"
+        host.config_path.write_text(json.dumps(raw))
         self._run(host, wait)
         return host
 
@@ -300,30 +300,18 @@ class Fleet:
 
     def _run(self, host: Host, wait: bool) -> None:
         host.runs += 1
-        out = host.config_path.parent / f"run{host.runs}.out"
-        err = host.config_path.parent / f"run{host.runs}.err"
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("CONFIG_FILE", "NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR")}
-        with open(out, "wb") as o, open(err, "wb") as e:
-            popen = subprocess.Popen(
-                [TWISTD, "-n", "--pidfile=", "stor", "--config", str(host.config_path),
-                 "--log-format", "json"],
-                stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env,
-                cwd=host.config_path.parent, start_new_session=True,
-            )
-        host.proc = Stor(popen, out, err, port=host.port, config_path=host.config_path)
+        argv = [TWISTD, "-n", "--pidfile=", "stor", "--config", str(host.config_path),
+                "--log-format", "json"]
+        host.proc = launch(argv, host.config_path.parent, f"run{host.runs}",
+                           config_path=host.config_path, port=host.port)
         if wait:
+            host.port = host.proc.wait_port()
             host.proc.wait_serving()
 
     def close(self) -> None:
         for host in self.hosts:
-            if host.proc is not None and host.proc.popen.poll() is None:
-                host.proc.popen.send_signal(signal.SIGTERM)
-                try:
-                    host.proc.popen.wait(15)
-                except subprocess.TimeoutExpired:
-                    host.proc.popen.kill()
-                    host.proc.popen.wait(10)
+            if host.proc is not None:
+                stop(host.proc)
 
 
 @pytest.fixture
@@ -437,9 +425,11 @@ def nginx(tmp_path: Path) -> Iterator[Any]:
     started: list[Nginx] = []
 
     def start(upstreams: list[int]) -> Nginx:
+        return start_on_free_port(lambda port: start_on(port, upstreams))
+
+    def start_on(port: int, upstreams: list[int]) -> Nginx:
         prefix = tmp_path / f"nginx{len(started)}"
         prefix.mkdir()
-        port = free_port()
         text = render_nginx(NGINX_CONF.read_text(), port, upstreams, prefix)
         conf = prefix / "nginx.conf"
         conf.write_text(text)
@@ -463,9 +453,12 @@ def nginx(tmp_path: Path) -> Iterator[Any]:
 
 
 def wait_answering(name: str, server: Any, health: str) -> None:
-    """Wait until the balancer ``server`` answers 200 on ``health``; fail if it exits."""
+    """Wait until the balancer ``server`` answers 200 on ``health``; fail if it exits
+    (:class:`AddressInUse` if it exits because its port is taken: start it on another)."""
     def answers() -> bool:
         if server.popen.poll() is not None:
+            if says_in_use(server.log):
+                raise AddressInUse(f"{name}: port {server.port} is taken")
             pytest.fail(f"{name} exited ({server.popen.returncode})\n{server.log}")
         try:
             return request(server.port, "GET", health, timeout=2.0).status == 200
@@ -554,7 +547,9 @@ def haproxy(tmp_path: Path) -> Iterator[Any]:
     started: list[HAProxy] = []
 
     def start(upstreams: list[int]) -> HAProxy:
-        port, stats = free_port(), free_port()
+        return start_on_free_ports(lambda port, stats: start_on(port, stats, upstreams))
+
+    def start_on(port: int, stats: int, upstreams: list[int]) -> HAProxy:
         conf = tmp_path / f"haproxy{len(started)}.cfg"
         conf.write_text(render_haproxy(HAPROXY_CONF.read_text(), port, stats, upstreams))
         log_path = tmp_path / f"haproxy{len(started)}.log"

@@ -1,14 +1,26 @@
-"""Helpers for the operations tests: stor as real ``twistd`` processes.
+"""The one harness for stor as real processes (``twistd -n stor``, ``stor serve``).
 
 Every process is started in its own session (so a test can signal the whole
-group if it must) and is always stopped at the end of its test.
+group if it must) and is always stopped at the end of its test.  stor listens
+on port 0 and the harness reads the port it got from its own report, the
+``serving on 127.0.0.1:<port>`` line (``<n> workers sharing …`` with
+``--workers``), or, when the config sends the log elsewhere, from the kernel's
+table of the sockets the process listens on: no port is chosen for it, so no
+other process can take it in between.
+
+- fixture ``stor_process``: start stor on a config of test storages (keyword
+  arguments are config keys);
+- :class:`Stors`: the same outside a function-scoped fixture (module fixtures,
+  the fleet's hosts); :func:`launch` for a command line of the test's own;
+- :func:`request`, :func:`answers`, :func:`wait_for`: blocking HTTP and polls
+  with a deadline, for tests that drive processes rather than the reactor.
 """
 
 import http.client
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,19 +31,18 @@ from typing import Any
 
 import pytest
 
+from support.helpers import AUTH_HEADER  # noqa: F401  (tests import it from here)
+
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
+STOR = str(BIN / "stor")
 TIMEOUT = 30.0
-AUTH_HEADER = "Basic d3JpdGVyOndyaXRlcl9wYXNz"  # writer:writer_pass
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+_SERVING = re.compile(r"(?:serving on|workers sharing) 127\.0\.0\.1:(\d+)")
+_ENV_DROPPED = ("CONFIG_FILE", "NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], what: str, proc: "Stor | None" = None,
+def wait_for(condition: Callable[[], Any], what: str, proc: "Proc | None" = None,
              timeout: float = TIMEOUT) -> Any:
     """Poll ``condition`` until it returns something truthy (returned); fail on timeout."""
     deadline = time.monotonic() + timeout
@@ -114,9 +125,23 @@ class Stor(Proc):
     def access(self) -> list[dict[str, Any]]:
         return [r for r in self.json_lines() if r.get("namespace") == "stor.access"]
 
+    def wait_port(self) -> int:
+        """The port stor reports it listens on (waits for the report); also ``self.port``."""
+        if not self.port:
+            self.port = wait_for(self.reported_port, "stor to report its port", self)
+        return self.port
+
+    def reported_port(self) -> int | None:
+        """The port of the ``serving on`` line, else of a socket the process listens on."""
+        found = _SERVING.search(self.out)
+        if found:
+            return int(found.group(1))
+        return listening_port(self.popen.pid)
+
     def wait_serving(self) -> None:
-        wait_for(lambda: (a := answers(self.port, "/health/live")) is not None
-                 and a.status == 200, f"GET /health/live = 200 on port {self.port}", self)
+        port = self.wait_port()
+        wait_for(lambda: (a := answers(port, "/health/live")) is not None
+                 and a.status == 200, f"GET /health/live = 200 on port {port}", self)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM, then the exit status."""
@@ -127,67 +152,135 @@ class Stor(Proc):
             pytest.fail(f"stor did not stop within {timeout}s of SIGTERM\n{self.describe()}")
 
 
-@pytest.fixture
-def stor_process(tmp_path: Path) -> Iterator[Callable[..., Stor]]:
-    """Start ``twistd -n stor`` on a free port with a config of test storages."""
-    started: list[Stor] = []
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without what would redirect stor (a config file,
+    a notify socket, a metrics dir), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_DROPPED}
+    env.update(extra or {})
+    return env
 
-    def start(args: list[str] | None = None, env: dict[str, str] | None = None,
-              wait: bool = True, **config: Any) -> Stor:
-        n = len(started)
-        storages = []
-        for i in range(4):
-            d = tmp_path / f"s{n}" / f"data{i + 1}"
-            d.mkdir(parents=True)
-            storages.append(str(d))
-        port = free_port()
-        raw: dict[str, Any] = {
-            "storage_pairs": [storages[0:2], storages[2:4]],
-            "check_mounts": False,
-            "basic_auth": "writer:writer_pass",
-            "listen": f"tcp:{port}:interface=127.0.0.1",
-        }
-        raw.update(config)
-        config_path = tmp_path / f"stor{n}.json"
-        config_path.write_text(json.dumps(raw))
-        full_env = dict(os.environ)
-        full_env.pop("CONFIG_FILE", None)
-        full_env.pop("NOTIFY_SOCKET", None)
-        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        full_env.update(env or {})
-        out, err = tmp_path / f"stor{n}.out", tmp_path / f"stor{n}.err"
-        with open(out, "wb") as o, open(err, "wb") as e:
-            popen = subprocess.Popen(
-                [TWISTD, "-n", "--pidfile=", "stor", "--config", str(config_path), *(args or [])],
-                stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=full_env, cwd=tmp_path,
-                start_new_session=True,
-            )
-        proc = Stor(popen, out, err, port=port, config_path=config_path,
-                    extra={"storages": storages})
-        started.append(proc)
+
+def launch(argv: list[str], cwd: Path, name: str = "stor", env: dict[str, str] | None = None,
+           port: int = 0, config_path: Path = Path(), **extra: Any) -> "Stor":
+    """Start ``argv`` in its own session, its output in ``cwd/<name>.out`` and ``.err``."""
+    out, err = cwd / f"{name}.out", cwd / f"{name}.err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        popen = subprocess.Popen(argv, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                                 env=clean_env() if env is None else env, cwd=cwd,
+                                 start_new_session=True)
+    return Stor(popen, out, err, port=port, config_path=config_path, extra=dict(extra))
+
+
+def storages_under(root: Path) -> list[str]:
+    """Four new storage directories under ``root`` (two pairs)."""
+    storages = []
+    for i in range(4):
+        d = root / f"data{i + 1}"
+        d.mkdir(parents=True)
+        storages.append(str(d))
+    return storages
+
+
+def stor_config(storages: list[str], **config: Any) -> dict[str, Any]:
+    """The test config: two pairs of ``storages``, the test credentials, port 0."""
+    raw: dict[str, Any] = {
+        "storage_pairs": [storages[0:2], storages[2:4]],
+        "check_mounts": False,
+        "basic_auth": "writer:writer_pass",
+        "listen": LOOPBACK_ANY_PORT,
+    }
+    raw.update(config)
+    return raw
+
+
+class Stors:
+    """stor processes started under ``root``, each on a config of its own storages;
+    :meth:`close` stops them all (their workers too)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[Stor] = []
+
+    def start(self, args: list[str] | None = None, env: dict[str, str] | None = None,
+              wait: bool = True, **config: Any) -> "Stor":
+        """``twistd -n stor`` with ``args``; ``config`` keys over :func:`stor_config`'s."""
+        n = len(self.started)
+        storages = storages_under(self.root / f"s{n}")
+        config_path = self.root / f"stor{n}.json"
+        config_path.write_text(json.dumps(stor_config(storages, **config)))
+        argv = [TWISTD, "-n", "--pidfile=", "stor", "--config", str(config_path), *(args or [])]
+        proc = self.run(argv, f"stor{n}", clean_env(env), config_path, storages=storages)
         if wait:
             proc.wait_serving()
         return proc
 
+    def run(self, argv: list[str], name: str, env: dict[str, str] | None = None,
+            config_path: Path = Path(), **extra: Any) -> "Stor":
+        """Start ``argv`` (a stor command line of the test's own), stopped by :meth:`close`."""
+        proc = launch(argv, self.root, name, env, config_path=config_path, **extra)
+        self.started.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.started:
+            stop(proc)
+
+
+def stop(proc: "Proc") -> None:
+    """SIGTERM, then SIGKILL if it lingers; then any worker left behind."""
+    config_path = getattr(proc, "config_path", None)
+    kids = descendants(proc.popen.pid)
+    if proc.popen.poll() is None:
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            proc.popen.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait(10)
+    leftovers = kids + descendants(proc.popen.pid)
+    if config_path and config_path != Path():
+        leftovers += _running_with(config_path)
+    for pid, started_at in leftovers:
+        if _start_time(pid) == started_at:  # still that process, not a reused pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def stor_process(tmp_path: Path) -> Iterator[Callable[..., "Stor"]]:
+    """Start ``twistd -n stor`` on port 0 with a config of test storages."""
+    stors = Stors(tmp_path)
     try:
-        yield start
+        yield stors.start
     finally:
-        for proc in started:
-            kids = descendants(proc.popen.pid)
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-                try:
-                    proc.popen.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
-                    proc.popen.wait(10)
-            leftovers = kids + descendants(proc.popen.pid) + _running_with(proc.config_path)
-            for pid, started_at in leftovers:
-                if _start_time(pid) == started_at:  # still that process, not a reused pid
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+        stors.close()
+
+
+def listening_port(pid: int) -> int | None:
+    """The TCP port a socket of process ``pid`` listens on (None: none yet)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return None
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -7,11 +7,14 @@ Two kinds:
 - for tests driving a stor *process*: :class:`UdpReader` and :class:`TcpReader`,
   plain sockets read with a deadline (the reactor is not involved).
 
+``statsite`` (:class:`Statsite`): a UDP socket in the reactor collecting statsd lines.
+
 GELF helpers decode what Graylog would: plain, gzip or zlib JSON, chunked or not.
 """
 
 import gzip
 import json
+import re
 import socket
 import threading
 import time
@@ -132,6 +135,47 @@ async def datagrams() -> Any:
     peer.port = port.getHost().port
     yield peer
     await port.stopListening()
+
+
+class Statsite(DatagramProtocol):
+    """A UDP socket of the test's own that collects statsd lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.datagrams: list[bytes] = []
+        self._waiters: list[tuple[str, int, Deferred[str]]] = []
+
+    def datagramReceived(self, data: bytes, addr: object) -> None:
+        self.datagrams.append(data)
+        for line in data.decode().splitlines():
+            self.lines.append(line)
+        for waiter in list(self._waiters):
+            pattern, count, d = waiter
+            found = self._matching(pattern)
+            if len(found) >= count:
+                self._waiters.remove(waiter)
+                d.callback(found[count - 1])
+
+    def _matching(self, pattern: str) -> list[str]:
+        return [line for line in self.lines if re.fullmatch(pattern, line)]
+
+    def wait_for(self, pattern: str, timeout: float = 5.0, count: int = 1) -> "Deferred[str]":
+        """The ``count``-th line (already seen or yet to come) matching ``pattern`` in full."""
+        found = self._matching(pattern)
+        if len(found) >= count:
+            return succeed(found[count - 1])
+        d: Deferred[str] = Deferred()
+        self._waiters.append((pattern, count, d))
+        return d.addTimeout(timeout, reactor)
+
+
+@pytest.fixture
+def statsite() -> Iterator[Statsite]:
+    proto = Statsite()
+    port = reactor.listenUDP(0, proto, interface="127.0.0.1")
+    proto.port = port.getHost().port
+    yield proto
+    port.stopListening()
 
 
 # -- for stor processes: plain sockets ---------------------------------------------------------------

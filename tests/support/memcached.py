@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from stor.config.memcached import MemcachedServer, TcpServer, UnixServer
+from support.ports import AddressInUse, says_in_use, start_on_free_port
 
 HOST = "127.0.0.1"
 
@@ -27,13 +28,6 @@ def memcached_binary() -> str | None:
     if found:
         return found
     return "/usr/bin/memcached" if os.access("/usr/bin/memcached", os.X_OK) else None
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def connect(server: MemcachedServer, timeout: float) -> socket.socket:
@@ -161,6 +155,8 @@ class MemcachedPeer:
                 stderr = self.process.stderr
                 error = stderr.read().decode(errors="replace") if stderr else ""
                 self.process = None
+                if says_in_use(error):
+                    raise AddressInUse(f"memcached: port {self.port} is taken: {error.strip()}")
                 raise RuntimeError(f"memcached exited at start: {error.strip()}")
             if time.monotonic() > deadline:
                 self.kill()
@@ -171,6 +167,9 @@ class MemcachedPeer:
 @pytest.fixture
 def memcached_peers() -> Iterator[Callable[..., MemcachedPeer]]:
     """A factory of running memcached peers on free ports (``unix=True``: on a unix socket).
+
+    A port comes from :mod:`support.ports`; a peer that finds it taken starts again
+    on another one.
 
     All are killed after the test, and their sockets' directories removed.
     """
@@ -187,7 +186,9 @@ def memcached_peers() -> Iterator[Callable[..., MemcachedPeer]]:
             directories.append(tempfile.mkdtemp(prefix="stor-mc-"))
             peer = MemcachedPeer(binary, path=os.path.join(directories[-1], "sock"))
         else:
-            peer = MemcachedPeer(binary, port=free_port())
+            peer = start_on_free_port(lambda port: MemcachedPeer(binary, port=port).start())
+            started.append(peer)
+            return peer
         started.append(peer.start())
         return peer
 

@@ -1,10 +1,11 @@
 """Real peers for the S3 read-through tests.
 
+- fixtures ``moto`` (one server for the session) and ``bucket`` (a new bucket per test);
 - :func:`start_moto`: moto's S3 server as a subprocess, with signature checking
   switched on (an IAM user with an ``s3:*`` policy is created first; after that
   every request must carry that user's valid SigV4 signature).
 - :func:`black_hole`: a listening socket that never answers.
-- :func:`refused_port`: a port nothing listens on.
+- :func:`refused_port`: a port nothing listens on (from :mod:`support.ports`).
 - :class:`ScriptedPeer`: a loopback TCP server that answers every request with
   canned bytes and then closes or goes silent, for the answers moto cannot be
   made to give (a 500, garbage, a body cut short or stalled mid-way).
@@ -27,10 +28,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import botocore.session
+import pytest
 from botocore.config import Config as BotoConfig
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
+
+from support.ports import refused_port  # noqa: F401  (tests import it from here)
 
 REGION = "us-east-1"
 START_TIMEOUT = 30.0
@@ -171,13 +175,6 @@ def black_hole() -> Iterator[int]:
         sock.close()
 
 
-def refused_port() -> int:
-    """A loopback port that was just free and that nothing listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def response(status: str = "200 OK", headers: dict[str, str] | None = None,
              body: bytes = b"", content_length: int | None = None) -> bytes:
     """A raw HTTP/1.1 response; ``content_length`` may claim more than ``body`` holds."""
@@ -240,3 +237,17 @@ class ScriptedPeer(Factory):
         else:
             self.waiting.append((count, d))
         return d
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto's S3 server, a real HTTP endpoint checking signatures, for the whole session."""
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto: MotoS3) -> str:
+    """A bucket no other test uses."""
+    return moto.new_bucket()

@@ -24,7 +24,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from s3_peer import MotoS3
+from support.s3 import MotoS3
 from stor.config import S3Config
 from stor.core import layout
 from stor.disk.diskpool import DiskPool

@@ -24,10 +24,7 @@ from stor.disk.health import StorageHealth, check_storages
 from stor.disk.locks import ShaLocks
 from stor.disk.local import LocalStore
 from stor.store.store import Store
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from support.helpers import sha256
 
 
 class SyncPool:
