@@ -65,12 +65,15 @@ run: install
 # no real fault; well under 30 s: the inner loop) and the acceptance one (real
 # stor processes, memcached, moto, RabbitMQ, nginx, HAProxy, tmpfs faults).
 # `make test` runs both, the fast one first. E.g. PYTEST_ARGS="tests/disk -x".
+# test-fast tries 20 examples per property (Hypothesis profile "fast"); test, 100.
 test: install-test
-	$(MAKE) --no-print-directory test-fast
+	$(MAKE) --no-print-directory test-fast HYPOTHESIS_PROFILE=default
 	$(MAKE) --no-print-directory test-acceptance
 
+HYPOTHESIS_PROFILE ?= fast
 test-fast: $(TESTSTAMP)
-	$(BIN)/python -m pytest -m "not acceptance" $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: PYTEST_ARGS chose no test of this tier
+	$(BIN)/python -m pytest -m "not acceptance" --hypothesis-profile=$(HYPOTHESIS_PROFILE) $(PYTEST_ARGS) \
+	  || [ $$? -eq 5 ]  # 5: PYTEST_ARGS chose no test of this tier
 
 test-acceptance: install-test
 	$(BIN)/python -m pytest -m acceptance $(PYTEST_ARGS) || [ $$? -eq 5 ]

@@ -1,6 +1,7 @@
 """The fixtures every tier's tests share, all from the support package (tests/support/).
 
 - ``support.tiers``: the fast and acceptance tiers (the ``acceptance`` marker and its checks);
+- ``support.profiles``: Hypothesis profiles (``fast`` for ``make test-fast``);
 - ``support.site``: stor in this process on a loopback port (``server``, ``start_server``);
 - ``support.harness``: stor as real ``twistd`` processes (``stor_process``);
 - peers: ``support.memcached``, ``support.s3`` (moto), ``support.s3write``,
@@ -10,6 +11,7 @@
 
 pytest_plugins = [
     "support.tiers",
+    "support.profiles",
     "support.site",
     "support.faults",
     "support.harness",

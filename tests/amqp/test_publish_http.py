@@ -4,12 +4,15 @@ the test can cut: a broker outage never slows a GET, and publishing resumes by i
 import time
 import uuid
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor, task
 
 from support.amqp import Consumer, Relay, delete_exchange
 from support.helpers import AUTH, sha256
+
+pytestmark = pytest.mark.acceptance('rabbitmq')
 
 
 @pytest_twisted.async_yield_fixture

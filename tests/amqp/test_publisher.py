@@ -214,6 +214,7 @@ def encoded(items: list[str]) -> list[bytes]:
     return [s.encode() for s in items]
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_publish_reaches_a_bound_queue(start_publisher: Callable[..., AmqpPublisher],
                                              consumer: Consumer) -> None:
@@ -229,6 +230,7 @@ async def test_publish_reaches_a_bound_queue(start_publisher: Callable[..., Amqp
     assert metrics.counts[CONNECTED] == 1 and metrics.counts[DROPPED] == 0
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_cut_buffers_without_delay_and_restore_delivers_in_order(
     start_publisher: Callable[..., AmqpPublisher], consumer: Consumer, relay: Relay,
@@ -259,6 +261,7 @@ async def test_cut_buffers_without_delay_and_restore_delivers_in_order(
     assert metrics.counts[CONNECTED] == 2 and metrics.counts[DISCONNECTED] == 1
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_messages_in_flight_when_the_connection_drops_are_sent_again(
     start_publisher: Callable[..., AmqpPublisher], consumer: Consumer, relay: Relay,
@@ -280,6 +283,7 @@ async def test_messages_in_flight_when_the_connection_drops_are_sent_again(
     assert list(dict.fromkeys(received)) == encoded(items)
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_full_buffer_drops_the_oldest_and_counts_them(
     start_publisher: Callable[..., AmqpPublisher], consumer: Consumer, relay: Relay,
@@ -298,6 +302,7 @@ async def test_full_buffer_drops_the_oldest_and_counts_them(
     assert (publisher.buffered, publisher.dropped) == (0, 3)
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_a_closed_channel_reconnects_and_declares_again(
     start_publisher: Callable[..., AmqpPublisher], consumer: Consumer,
@@ -316,6 +321,7 @@ async def test_a_closed_channel_reconnects_and_declares_again(
     assert await consumer.exchange_exists()
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_stop_while_connected_closes_cleanly(
     start_publisher: Callable[..., AmqpPublisher], relay: Relay,
@@ -373,6 +379,7 @@ async def test_hung_broker_times_out_the_handshake_and_stop_aborts_it(
     assert not await lingering_calls(before)
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_an_outage_logs_one_warning_and_one_line_when_back(
     start_publisher: Callable[..., AmqpPublisher], consumer: Consumer, relay: Relay,
@@ -397,6 +404,7 @@ async def test_an_outage_logs_one_warning_and_one_line_when_back(
     assert not [e for e in logged if "Scheduling retry" in (e.get("log_format") or "")]
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_a_broker_unreachable_at_start_logs_one_warning(
     start_publisher: Callable[..., AmqpPublisher], consumer: Consumer, relay: Relay,
@@ -417,6 +425,7 @@ async def test_a_broker_unreachable_at_start_logs_one_warning(
     assert info_level == "info" and "again after" in back and "1 to send" in back, back
 
 
+@pytest.mark.acceptance('rabbitmq')
 @pytest_twisted.ensureDeferred
 async def test_a_refused_login_is_logged_with_the_brokers_reason_and_backs_off(
     start_publisher: Callable[..., AmqpPublisher], relay: Relay, logged: list[dict[str, Any]],

@@ -193,6 +193,7 @@ def test_the_spread_of_keys_is_fixed_across_processes() -> None:
 # -- with a real memcached -------------------------------------------------
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_round_trip_through_memcached(memcached: MemcachedPeer, caches: Any) -> None:
     writer, reader = caches([memcached.server]), caches([memcached.server])
@@ -207,6 +208,7 @@ async def test_round_trip_through_memcached(memcached: MemcachedPeer, caches: An
     assert writer.stats.errors == reader.stats.errors == 0
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_a_miss_in_memcached_is_a_miss(memcached: MemcachedPeer, caches: Any) -> None:
     cache = caches([memcached.server])
@@ -214,6 +216,7 @@ async def test_a_miss_in_memcached_is_a_miss(memcached: MemcachedPeer, caches: A
     assert cache.stats == CacheStats(misses=1)
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_a_unix_socket_server(memcached_peers: Any, caches: Any) -> None:
     peer = memcached_peers(unix=True)
@@ -225,6 +228,7 @@ async def test_a_unix_socket_server(memcached_peers: Any, caches: Any) -> None:
     assert reader.stats.errors == 0
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_a_prefix_keeps_hosts_apart(memcached: MemcachedPeer, caches: Any) -> None:
     host1, host2 = caches([memcached.server], prefix="h1:"), caches([memcached.server], prefix="h2:")
@@ -239,6 +243,7 @@ async def test_a_prefix_keeps_hosts_apart(memcached: MemcachedPeer, caches: Any)
     assert await again1.get(key) == "/host1/data"
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_drop_removes_from_lru_and_memcached(memcached: MemcachedPeer, caches: Any) -> None:
     cache = caches([memcached.server])
@@ -265,6 +270,7 @@ async def test_no_server_listening_is_a_prompt_miss(caches: Any, transitions: An
     assert transitions(cache) == ["down"]
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_killed_memcached_is_a_prompt_miss(
     memcached: MemcachedPeer, caches: Any, transitions: Any
@@ -287,6 +293,7 @@ async def test_killed_memcached_is_a_prompt_miss(
     assert transitions(reader) == ["down"]  # once, not once per request
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_values_flow_again_after_a_restart(
     memcached: MemcachedPeer, caches: Any, transitions: Any
@@ -317,6 +324,7 @@ async def test_values_flow_again_after_a_restart(
     await eventually(writer_transitions, ["down", "up"])
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_a_connection_closed_by_the_server_is_reopened_quietly(
     memcached: MemcachedPeer, caches: Any, transitions: Any
@@ -359,6 +367,7 @@ async def test_a_silent_server_is_a_miss_within_the_timeout(caches: Any, transit
     assert transitions(cache) == ["down"]
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_a_hung_server_is_a_miss_within_the_timeout_until_it_answers(
     memcached: MemcachedPeer, caches: Any, transitions: Any
@@ -393,6 +402,7 @@ async def test_too_many_pending_calls_are_skipped(caches: Any) -> None:
         assert await gatherResults(slow) == [None, None]
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_a_stopped_cache_answers_from_its_lru(memcached: MemcachedPeer, caches: Any) -> None:
     cache = caches([memcached.server])
@@ -407,6 +417,7 @@ async def test_a_stopped_cache_answers_from_its_lru(memcached: MemcachedPeer, ca
     assert memcached.get(sha("c").encode()) is None
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_keys_spread_over_several_servers(memcached_peers: Any, caches: Any) -> None:
     peers = [memcached_peers(), memcached_peers(unix=True)]

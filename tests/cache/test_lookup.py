@@ -6,12 +6,15 @@ import socket
 
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 import treq
 
 from support.helpers import AUTH, sha256
 from stor.core import layout
+
+pytestmark = pytest.mark.acceptance('memcached')
 
 
 @pytest_twisted.async_fixture

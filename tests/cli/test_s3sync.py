@@ -14,6 +14,8 @@ import pytest
 from support.s3 import MotoS3
 from support.s3write import MiB, make_file, place_big, stored_sha
 
+pytestmark = pytest.mark.acceptance('moto', 'process')
+
 
 def run_sync(config: Path, *args: str, env: dict[str, str] | None = None,
              timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -160,6 +160,7 @@ def test_corrupt_with_no_twin_is_unrecoverable(host: Host, capsys: pytest.Captur
     assert a.exists() and not b.exists()
 
 
+@pytest.mark.acceptance('process')
 def test_stale_temps_are_reported_and_removed_live_ones_kept(
     host: Host, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -556,6 +557,7 @@ def test_unreachable_statsite_is_one_line_and_changes_nothing(
 # -- the installed console script ---------------------------------------------
 
 
+@pytest.mark.acceptance('stor-command')
 def test_console_script_scrub_and_repair(host: Host) -> None:
     """The acceptance story, as an operator runs it."""
     data = os.urandom(300_000)
@@ -577,6 +579,7 @@ def test_console_script_scrub_and_repair(host: Host) -> None:
     assert run("/not/a/storage").returncode == 2
 
 
+@pytest.mark.acceptance('stor-command')
 def test_console_script_draws_progress_on_a_terminal(host: Host) -> None:
     """stderr on a pseudo-terminal, as an operator at a shell sees it."""
     host.store(os.urandom(6 * MiB))

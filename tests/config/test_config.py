@@ -625,6 +625,7 @@ def test_listen_endpoints_stor_can_use(listen: str) -> None:
     assert parse_config(base(listen=listen)).listen == listen
 
 
+@pytest.mark.acceptance('process')
 def test_reading_a_config_neither_imports_nor_installs_a_reactor(tmp_path: Path) -> None:
     import subprocess
     import sys

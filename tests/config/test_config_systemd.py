@@ -47,6 +47,7 @@ def systemd_timespan(text: str) -> float | None:
     return math.inf if usec == 2**64 - 1 else usec / 1e6
 
 
+@pytest.mark.acceptance('process')
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("text", SAMPLES)
 def test_time_spans_are_read_as_systemd_reads_them(text: str) -> None:

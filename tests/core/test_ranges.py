@@ -92,6 +92,7 @@ def head_of(output: bytes) -> dict[str, str]:
     return headers
 
 
+@pytest.mark.acceptance('process')
 @pytest.mark.parametrize("data", [SMALL, DATA], ids=["small", "streamed"])
 @pytest_twisted.ensureDeferred
 async def test_curl_range_gets_206_with_exactly_those_bytes(server, data):
@@ -123,6 +124,7 @@ async def test_200_carries_the_new_headers_on_get_and_head(server):
         assert h["content-length"] == str(len(SMALL))
 
 
+@pytest.mark.acceptance('process')
 @pytest_twisted.ensureDeferred
 async def test_if_none_match_with_the_etag_is_304_without_a_body(server):
     sha = await stored(server, DATA)

@@ -254,6 +254,7 @@ async def test_a_repair_is_counted_on_metrics(server, storage_dirs):
     assert Path(twin).read_bytes() == DATA
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_an_s3_read_error_is_counted_on_metrics(start_server, config_dict, moto):
     from support.ports import refused_port
@@ -284,6 +285,7 @@ async def eventually(fetch: Any, good: Any, what: str, timeout: float = 10.0) ->
 
 # -- a real stor process: start-up and graceful stop ----------------------------------
 
+@pytest.mark.acceptance('stor-process')
 def test_missing_storages_are_logged_at_start_one_line_each(stor_process, tmp_path) -> None:
     present = [str(tmp_path / f"disk{i}") for i in range(2)]
     for d in present:
@@ -333,6 +335,7 @@ def in_flight(port: int) -> float:
     return metric_samples(text)[("stor_http_requests_in_flight", frozenset())] - 1
 
 
+@pytest.mark.acceptance('stor-process')
 def test_ready_answers_503_from_the_moment_a_graceful_stop_begins(stor_process, tmp_path) -> None:
     """On SIGTERM the listener closes at once (new connections are refused) and requests
     already begun are answered: a readiness check among them says 503 ``stopping``, a

@@ -22,6 +22,8 @@ from support.harness import AUTH_HEADER, request
 from stor.core import layout
 from support.helpers import flip, sha256
 
+pytestmark = pytest.mark.acceptance('fault', 'moto', 'process', 'stor-process')
+
 MiB = 1024 * 1024
 
 

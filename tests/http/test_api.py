@@ -202,6 +202,7 @@ async def test_writable_pairs_regex_picks_the_pair(start_server, config_dict, st
                 for p in json.loads(await r.text())] == ["data3", "data4"]
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_file_larger_than_the_disk_is_507(start_server, config_dict, tiny_disk, storage_dirs):
     a, b = tiny_disk / "a", tiny_disk / "b"
@@ -214,6 +215,7 @@ async def test_file_larger_than_the_disk_is_507(start_server, config_dict, tiny_
     assert dat_files(tiny_disk) == []
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_disk_filling_up_mid_upload_is_507_and_leaves_nothing(
         start_server, config_dict, tiny_disk):
@@ -263,6 +265,7 @@ async def test_status_503_names_each_failing_storage(start_server, config_dict, 
     assert f"{storage_dirs[0][0]}: is not a directory" in text
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_status_with_check_mounts_refuses_storages_on_the_root_fs(
         start_server, config_dict, storage_dirs, tiny_disk):

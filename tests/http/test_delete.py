@@ -215,6 +215,7 @@ async def test_the_same_body_uploaded_after_a_delete_is_stored_and_served_again(
     assert (r.code, body) == (200, DATA)
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_delete_drops_the_cached_path_from_memcached(
         start_server, delete_config, memcached):
@@ -266,6 +267,7 @@ def in_bucket(moto: Any, bucket: str, sha: str) -> bool:
     return True
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_delete_removes_the_object_from_s3_and_the_local_copies(
         start_server, delete_config, moto, bucket, storage_dirs):
@@ -281,6 +283,7 @@ async def test_delete_removes_the_object_from_s3_and_the_local_copies(
     assert (await treq.get(server.at(SHA))).code == 404
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_file_only_in_s3_is_deleted_there_with_204(
         start_server, delete_config, moto, bucket):
@@ -292,6 +295,7 @@ async def test_a_file_only_in_s3_is_deleted_there_with_204(
     assert (await treq.get(server.at(SHA))).code == 404
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_s3_unreachable_is_500_naming_s3_after_the_local_copies_went(
         start_server, delete_config, moto, bucket, storage_dirs, statsite):
@@ -321,6 +325,7 @@ def mounted_read_only(path: str) -> Iterator[None]:
         subprocess.run(["umount", path], check=True)
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_a_member_that_cannot_delete_is_500_naming_it(deleter, storage_dirs, statsite):
     paths = await upload(deleter)
@@ -362,6 +367,7 @@ async def test_delete_waits_for_the_shas_lock_held_by_another_writer(
 
 # -- as an operator sees it: a real stor process ---------------------------------
 
+@pytest.mark.acceptance('stor-process')
 def test_delete_logs_one_warning_naming_the_sha_and_the_user(stor_process, tmp_path) -> None:
     stor = stor_process(delete_auth="admin:admin_pass", lock_dir=str(tmp_path / "locks"))
     assert request(stor.port, "POST", f"/{SHA}", DATA, {"Authorization": AUTH_HEADER}).status == 201
@@ -376,6 +382,7 @@ def test_delete_logs_one_warning_naming_the_sha_and_the_user(stor_process, tmp_p
     assert "2 local copies" in lines[0], lines[0]
 
 
+@pytest.mark.acceptance('stor-process')
 def test_an_upload_still_receiving_its_body_when_deleted_is_not_stored(
         stor_process, tmp_path) -> None:
     """The DELETE wins over an upload that began before it: that upload gets 409 and leaves

@@ -15,6 +15,8 @@ from twisted.protocols import portforward
 
 from support.helpers import dat_files, sha256
 
+pytestmark = pytest.mark.acceptance('process')
+
 BIG = 50 * 1024 * 1024
 MiB = 1024 * 1024
 

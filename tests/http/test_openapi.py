@@ -102,6 +102,7 @@ def fuzz_config(config_dict: dict[str, Any]) -> dict[str, Any]:
     return {**config_dict, "max_upload_size": MAX_UPLOAD}
 
 
+@pytest.mark.acceptance('process')
 @pytest_twisted.ensureDeferred
 async def test_schemathesis_finds_no_server_error_and_nothing_outside_the_document(
         start_server, fuzz_config, storage_dirs, tmp_path):

@@ -292,6 +292,7 @@ async def test_syslog_sends_rfc3164_datagrams_to_the_socket(tmp_path: Path) -> N
 # -- stor processes ------------------------------------------------------------------------------
 
 
+@pytest.mark.acceptance('stor-process')
 def test_a_file_output_is_reopened_after_sigusr1_and_sighup_still_stops(stor_process,
                                                                           tmp_path: Path) -> None:
     path = tmp_path / "stor.log"
@@ -313,6 +314,7 @@ def test_a_file_output_is_reopened_after_sigusr1_and_sighup_still_stops(stor_pro
     assert stor.popen.wait(30) == 0  # a graceful stop, as SIGTERM
 
 
+@pytest.mark.acceptance('stor-process')
 def test_sigusr1_does_not_kill_stor_without_a_file_output(stor_process) -> None:
     stor = stor_process()
     stor.popen.send_signal(signal.SIGUSR1)
@@ -321,6 +323,7 @@ def test_sigusr1_does_not_kill_stor_without_a_file_output(stor_process) -> None:
     assert stor.terminate() == 0
 
 
+@pytest.mark.acceptance('stor-process')
 def test_screen_writes_to_stderr_by_default_and_to_stdout_when_asked(stor_process) -> None:
     stor = stor_process(log=[["Screen", "min_level", "warning"],
                              ["Screen", "min_level", "info", "stderr", 0],
@@ -336,6 +339,7 @@ def test_screen_writes_to_stderr_by_default_and_to_stdout_when_asked(stor_proces
     assert stor.err.count(warning) == 1
 
 
+@pytest.mark.acceptance('stor-process')
 def test_workers_log_each_event_once_and_all_reopen_on_sigusr1(stor_process, tmp_path: Path) -> None:
     path = tmp_path / "stor.log"
     path.write_text("old\n")

@@ -109,6 +109,7 @@ def test_unchunked_messages_too_big_for_a_datagram_are_chunked_at_the_lan_size()
     assert json.loads(b"".join(p[12:] for p in parts)) == big
 
 
+@pytest.mark.acceptance('stor-process')
 def test_stor_sends_its_log_events_to_graylog(stor_process, graylog) -> None:
     stor = stor_process(log={"gelf": {"host": f"127.0.0.1:{graylog.port}",
                                       "fields": {"env": "test"}}})

@@ -27,6 +27,7 @@ from stor.store.store import Store
 COMBINED_LOG = re.compile(r'"(GET|POST|HEAD) /\S* HTTP/1\.[01]" \d{3}')
 
 
+@pytest.mark.acceptance('stor-process')
 def test_json_log_has_one_access_line_per_request(stor_process) -> None:
     stor = stor_process(["--log-format", "json"])
     data = os.urandom(5000)
@@ -65,6 +66,7 @@ def test_json_log_has_one_access_line_per_request(stor_process) -> None:
     assert not any(COMBINED_LOG.search(r["message"]) for r in records)
 
 
+@pytest.mark.acceptance('stor-process')
 def test_text_log_has_access_lines_and_no_combined_log(stor_process) -> None:
     stor = stor_process()
     assert request(stor.port, "GET", "/" + "ef" * 32).status == 404
@@ -77,6 +79,7 @@ def test_text_log_has_access_lines_and_no_combined_log(stor_process) -> None:
 TEXT_LINE = re.compile(r"^\S+ \[(\d+)\] \[[^\]]*\] ")
 
 
+@pytest.mark.acceptance('stor-process')
 def test_text_log_lines_carry_the_pid(stor_process) -> None:
     stor = stor_process()
     assert request(stor.port, "GET", "/status").status == 200

@@ -44,6 +44,8 @@ from support.harness import AUTH_HEADER, request, wait_for
 from support.s3write import MiB, write_big
 from stor.core import layout
 
+pytestmark = pytest.mark.acceptance('haproxy', 'memcached', 'moto', 'nginx', 'stor-process')
+
 MOTO_TIMEOUT = 20.0  # s3_timeout of hosts whose S3 is held silent: far longer than any answer
 
 

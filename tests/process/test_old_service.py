@@ -22,6 +22,8 @@ import pytest
 from support.helpers import sha256
 from support.harness import LOOPBACK_ANY_PORT, TWISTD, Proc, Stors, answers, clean_env, request, wait_for
 
+pytestmark = pytest.mark.acceptance('stor-process')
+
 
 @pytest.fixture
 def old_test_stor(tmp_path: Path) -> Iterator[tuple[Proc, int]]:

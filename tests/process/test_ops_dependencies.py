@@ -35,17 +35,23 @@ def imported(*folders: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for folder in folders:
         for path in (ROOT / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                names = []
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                for name in names:
-                    top = name.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in local:
-                        found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+            for name in _absolute_imports(path):
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in local:
+                    found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
     return found
+
+
+@cache
+def _absolute_imports(path: Path) -> tuple[str, ...]:
+    """The modules ``path`` imports absolutely (parsed once for all the tests here)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return tuple(names)
 
 
 @cache
@@ -53,18 +59,19 @@ def _top_levels() -> dict[str, list[str]]:
     return packages_distributions()
 
 
-def owners(module: str) -> set[str]:
+@cache
+def owners(module: str) -> frozenset[str]:
     """Canonical names of the installed distributions that provide ``module`` (a module
     not installed here, such as the bench's, is taken to come from its namesake)."""
     top = module.split(".")[0]
     candidates = _top_levels().get(top, [])
     if not candidates:
-        return {canonicalize_name(top)}
+        return frozenset({canonicalize_name(top)})
     if len(candidates) > 1:  # a namespace package (zope.*): the one holding the module's files
         prefix = "/".join(module.split(".")[:2])
         candidates = [d for d in candidates
                       if any(str(f).startswith(prefix) for f in distribution(d).files or ())]
-    return {canonicalize_name(d) for d in candidates}
+    return frozenset(canonicalize_name(d) for d in candidates)
 
 
 @pytest.mark.parametrize("folders, extras", [

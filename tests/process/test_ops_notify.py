@@ -38,6 +38,7 @@ def test_notify_without_systemd_is_a_no_op(tmp_path: Path) -> None:
     assert not notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
 
 
+@pytest.mark.acceptance('stor-process')
 def test_ready_once_listening_and_stopping_on_sigterm(stor_process, notify_socket) -> None:
     sock, name = notify_socket
     stor = stor_process(env={"NOTIFY_SOCKET": name}, wait=False)

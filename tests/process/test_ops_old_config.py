@@ -18,6 +18,8 @@ import pytest
 from support.logs import TcpReader, UdpReader, gelf_json
 from support.harness import LOOPBACK_ANY_PORT, TWISTD, Proc, Stors, answers, request, wait_for
 
+pytestmark = pytest.mark.acceptance('stor-process')
+
 
 @pytest.fixture
 def old_stor(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], tuple[Proc, int]]]:

@@ -93,6 +93,7 @@ needs_systemd = pytest.mark.skipif(
     reason="systemd-analyze is not installed (make install-test installs it)")
 
 
+@pytest.mark.acceptance('process')
 @needs_systemd
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     # verify checks that the programs exist: point the unit at this venv, which is
@@ -103,6 +104,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
         assert name not in result.stderr, result.stderr  # no warning about either
 
 
+@pytest.mark.acceptance('process')
 @needs_systemd
 def test_systemd_analyze_verify_reads_the_drop_in(tmp_path: Path) -> None:
     """The check above would catch a broken drop-in (systemd names it in a warning)."""
@@ -195,6 +197,7 @@ def _can_mount_read_only() -> bool:
         return False
 
 
+@pytest.mark.acceptance('process')
 @pytest.mark.skipif(not _can_mount_read_only(),
                     reason="needs unshare and the right to mount (root) to make a read-only view")
 def test_the_plugin_cache_built_at_install_serves_a_read_only_install() -> None:
@@ -226,6 +229,7 @@ def healthcheck_argv() -> list[str]:
     return [sys.executable, *argv[1:]]
 
 
+@pytest.mark.acceptance('process', 'stor-process')
 def test_the_healthcheck_asks_whether_stor_serves(stor_process, tmp_path: Path) -> None:
     """The image's HEALTHCHECK command, run against a real stor: 0 while it serves (a
     missing disk included: a restart would not bring it back), 1 when it does not; the

@@ -6,7 +6,11 @@ import os
 import socket
 import time
 
+import pytest
+
 from support.harness import AUTH_HEADER, Stor, request, wait_for
+
+pytestmark = pytest.mark.acceptance('stor-process')
 
 BODY = os.urandom(512 * 1024)
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -34,6 +34,7 @@ def scrape(registry: CollectorRegistry) -> dict[str, dict[str, tuple[str, float]
     return found
 
 
+@pytest.mark.acceptance('process')
 def test_reports_the_parent_and_its_live_children_only(tmp_path: Path, sleepers) -> None:
     a, b = sleepers
     announce(str(tmp_path), "0", a.pid)
@@ -64,6 +65,7 @@ def test_reports_the_parent_and_its_live_children_only(tmp_path: Path, sleepers)
     assert set(scrape(registry)["process_open_fds"]) == {me, str(a.pid)}
 
 
+@pytest.mark.acceptance('process')
 def test_a_replaced_worker_takes_its_slot(tmp_path: Path, sleepers) -> None:
     a, b = sleepers
     announce(str(tmp_path), "0", a.pid)

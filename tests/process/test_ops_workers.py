@@ -7,9 +7,12 @@ import signal
 import socket
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.harness import AUTH_HEADER, Stor, children, pid_alive, request, wait_for
+
+pytestmark = pytest.mark.acceptance('stor-process')
 
 
 def worker_pids_seen(stor: Stor, want: int, tries: int = 25) -> set[int]:

@@ -22,6 +22,8 @@ from support import harness
 from support.harness import Proc, Stors
 from support.ports import free_port
 
+pytestmark = pytest.mark.acceptance('process', 'stor-process')
+
 REPO = Path(__file__).resolve().parents[2]
 
 BIN = Path(sys.executable).parent

@@ -103,6 +103,7 @@ def test_record_leaves_a_marker_on_both_members(pair):
     assert marker_path(pair[0], sha).endswith(f".stor-outbox/{sha.lower()}")
 
 
+@pytest.mark.acceptance('process')
 def test_record_returns_only_once_each_outbox_directory_is_fsynced_after_its_marker(
         pair, tmp_path):
     """The marker is what brings a file to S3 after a power cut: each member's outbox
@@ -123,11 +124,13 @@ def test_record_returns_only_once_each_outbox_directory_is_fsynced_after_its_mar
                    for line in lines[created[0]:]), f"{outbox} not fsynced after its marker"
 
 
+@pytest.mark.acceptance('fault')
 def test_record_survives_one_unwritable_member(pair, readonly_dir):
     written = record("cd" * 32, [str(readonly_dir), pair[1]])
     assert written == [marker_path(pair[1], "cd" * 32)]
 
 
+@pytest.mark.acceptance('fault')
 def test_record_fails_when_no_member_can_be_written(readonly_dir):
     with pytest.raises(OSError):
         record("cd" * 32, [str(readonly_dir)])
@@ -174,6 +177,7 @@ def test_markers_of_a_file_gone_are_kept_if_it_is_stored_again_meanwhile(pair):
 # -- draining ------------------------------------------------------------------
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_markers_on_disk_are_drained_on_start(make_outbox, moto, bucket, pair):
     shas = [commit(pair, f"file {i}\n".encode() * 500) for i in range(5)]
@@ -186,6 +190,7 @@ async def test_markers_on_disk_are_drained_on_start(make_outbox, moto, bucket, p
     assert outbox.state()["puts"]["ok"] == 5
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_queued_file_is_put_by_the_running_outbox(make_outbox, moto, bucket, pair):
     outbox = make_outbox(pair, s3_config(moto, bucket))
@@ -198,6 +203,7 @@ async def test_a_queued_file_is_put_by_the_running_outbox(make_outbox, moto, buc
     assert markers(pair) == []
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_an_object_already_in_the_bucket_is_not_sent_again(make_outbox, moto, bucket, pair):
     data = b"already there"
@@ -210,6 +216,7 @@ async def test_an_object_already_in_the_bucket_is_not_sent_again(make_outbox, mo
     assert markers(pair) == []
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_corrupt_replica_is_reported_and_its_twin_uploaded(make_outbox, moto, bucket,
                                                                    pair):
@@ -224,6 +231,7 @@ async def test_a_corrupt_replica_is_reported_and_its_twin_uploaded(make_outbox, 
     assert outbox.state()["puts"]["corrupt"] == 1
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_sha_with_no_good_replica_waits_until_quarantined(make_outbox, moto, bucket,
                                                                   pair, tmp_path):
@@ -250,6 +258,7 @@ async def test_a_sha_with_no_good_replica_waits_until_quarantined(make_outbox, m
     assert outbox.state()["puts"]["dropped"] == 1
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_two_outboxes_on_the_same_disks_put_each_file_once(make_outbox, moto, bucket,
                                                                  pair):
@@ -267,6 +276,7 @@ async def test_two_outboxes_on_the_same_disks_put_each_file_once(make_outbox, mo
 # -- outages, restarts ---------------------------------------------------------
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_an_outage_and_a_restart_lose_no_upload(make_outbox, moto, bucket, pair):
     """Cut S3 off mid-way, restart stor while it is still off: every file lands."""
@@ -303,6 +313,7 @@ async def test_an_outage_and_a_restart_lose_no_upload(make_outbox, moto, bucket,
     assert markers(pair) == []
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_stop_waits_for_a_hung_upload_only_so_long(make_outbox, moto, pair):
     sha = commit(pair, b"never answered")
@@ -316,6 +327,7 @@ async def test_stop_waits_for_a_hung_upload_only_so_long(make_outbox, moto, pair
     assert markers(pair) == [sha, sha]
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_depth_and_puts_go_to_statsite(make_outbox, moto, bucket, pair, statsite):
     sha = commit(pair, b"counted")

@@ -217,6 +217,7 @@ async def download(url: str, **reading: Any) -> Download:
 # -- moto: objects that exist, do not exist, or are refused -------------------
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_head_finds_size_and_last_modified(moto, bucket, moto_reader):
     reader, metrics = moto_reader
@@ -232,6 +233,7 @@ async def test_head_finds_size_and_last_modified(moto, bucket, moto_reader):
     assert +metrics.counts == Counter()
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_get_relays_whole_body_with_headers(moto, bucket, moto_reader, relay):
     reader, metrics = moto_reader
@@ -248,6 +250,7 @@ async def test_get_relays_whole_body_with_headers(moto, bucket, moto_reader, rel
     assert +metrics.counts == Counter()
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_empty_object(moto, bucket, moto_reader, relay):
     reader, _ = moto_reader
@@ -260,6 +263,7 @@ async def test_empty_object(moto, bucket, moto_reader, relay):
     assert await resource.outcomes[0] is None
 
 
+@pytest.mark.acceptance('moto')
 @pytest.mark.parametrize("head", [True, False], ids=["HEAD", "GET"])
 @pytest_twisted.ensureDeferred
 async def test_missing_object_is_none_and_counted(moto_reader, head):
@@ -269,6 +273,7 @@ async def test_missing_object_is_none_and_counted(moto_reader, head):
     assert +metrics.counts == Counter({NOT_FOUND: 1})
 
 
+@pytest.mark.acceptance('moto')
 @pytest.mark.parametrize("head", [True, False], ids=["HEAD", "GET"])
 @pytest.mark.parametrize("wrong", ["secret", "access_key"])
 @pytest_twisted.ensureDeferred
@@ -326,6 +331,7 @@ async def test_cancelled_fetch_is_not_an_s3_error(make_reader):
 # -- content that is not what its name says ----------------------------------
 
 
+@pytest.mark.acceptance('moto')
 @pytest.mark.parametrize("size", [5, MiB], ids=["one-chunk", "many-chunks"])
 @pytest_twisted.ensureDeferred
 async def test_wrong_content_never_reaches_client_whole(moto, bucket, moto_reader, relay, size):
@@ -364,6 +370,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_100_mib_streams_with_bounded_memory(moto, bucket, moto_reader, relay, tmp_path):
     """The client stops reading for a second after 1 MiB: with back-pressure the

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import threads
@@ -13,6 +14,8 @@ from twisted.internet import threads
 from support.helpers import AUTH, raw_http, sha256
 from support.s3 import black_hole, refused_port
 from stor.core import layout
+
+pytestmark = pytest.mark.acceptance('moto')
 
 MiB = 1024 * 1024
 

@@ -40,6 +40,7 @@ def moto_writer(make_writer: Any, moto: MotoS3, bucket: str) -> Any:
     return make_writer(s3_config(moto, bucket))
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_small_file_is_put_and_reads_back_whole(moto_writer, moto, bucket, tmp_path):
     sha, path = make_file(tmp_path, b"hello, bucket\n" * 1000)
@@ -49,6 +50,7 @@ async def test_a_small_file_is_put_and_reads_back_whole(moto_writer, moto, bucke
     assert stored_sha(moto, bucket, sha) == sha
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_an_empty_file_is_put(moto_writer, moto, bucket, tmp_path):
     sha, path = make_file(tmp_path, b"")
@@ -82,6 +84,7 @@ def s3_config_for(endpoint: str, **kw: Any) -> Any:
                     bucket="b", timeout=kw.pop("timeout", 5.0), **kw)
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_corrupt_local_file_is_never_stored(moto_writer, moto, bucket, tmp_path):
     good = b"the real content" * 4096
@@ -111,6 +114,7 @@ async def test_a_corrupt_file_is_cut_before_its_last_byte(make_writer, tmp_path)
     assert 0 < received < len(data)
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_file_cut_short_is_corrupt(moto_writer, moto, bucket, tmp_path):
     data = b"x" * 100_000
@@ -121,6 +125,7 @@ async def test_a_file_cut_short_is_corrupt(moto_writer, moto, bucket, tmp_path):
     assert stored_sha(moto, bucket, sha) is None
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_missing_local_file_is_an_os_error(moto_writer, tmp_path):
     with pytest.raises(FileNotFoundError):
@@ -130,6 +135,7 @@ async def test_a_missing_local_file_is_an_os_error(moto_writer, tmp_path):
 # -- multipart -------------------------------------------------------------
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_large_file_goes_in_parts(make_writer, moto, bucket, tmp_path):
     writer = make_writer(s3_config(moto, bucket), multipart_threshold=6 * MiB,
@@ -141,6 +147,7 @@ async def test_a_large_file_goes_in_parts(make_writer, moto, bucket, tmp_path):
     assert open_uploads(moto, bucket) == []
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_corrupt_large_file_is_aborted_and_never_stored(make_writer, moto, bucket,
                                                                   tmp_path):
@@ -170,6 +177,7 @@ def test_parts_cover_the_file_within_s3s_limits(size, part):
 # -- refusals and outages ----------------------------------------------------
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_secret_is_a_permanent_refusal(make_writer, moto, bucket, tmp_path):
     writer = make_writer(s3_config(moto, bucket, secret_key="wrong"))
@@ -182,6 +190,7 @@ async def test_a_wrong_secret_is_a_permanent_refusal(make_writer, moto, bucket, 
     assert (caught.value.status, caught.value.retryable) == (403, False)
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_a_missing_bucket_is_a_permanent_refusal(make_writer, moto, tmp_path):
     writer = make_writer(s3_config(moto, "no-such-bucket-here"))
@@ -232,6 +241,7 @@ async def test_a_silent_store_is_given_up_after_the_timeout(make_writer, tmp_pat
 # -- 256 MiB, memory flat ------------------------------------------------------
 
 
+@pytest.mark.acceptance('moto', 'process')
 def test_256_mib_files_go_up_whole_with_flat_memory(moto, bucket, tmp_path):
     """In a child process: one 256 MiB file (multipart, the default threshold) and
     one 48 MiB single PUT; its peak RSS may grow by far less than either file."""

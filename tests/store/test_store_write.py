@@ -158,6 +158,7 @@ def test_a_member_failing_at_commit_moves_the_file_to_the_next_pair(storage_dirs
     assert temp_files(storage_dirs) == []
 
 
+@pytest.mark.acceptance('fault')
 def test_a_member_filling_up_mid_body_moves_the_file_to_the_next_pair(tiny_disk, storage_dirs,
                                                                       tmp_path):
     full = tiny_disk / "full"
@@ -185,6 +186,7 @@ def test_when_every_pair_fails_the_answer_names_the_storages(store, storage_dirs
     assert everything(storage_dirs) == [] and temp_files(storage_dirs) == []
 
 
+@pytest.mark.acceptance('fault')
 def test_a_pair_that_cannot_reserve_the_space_is_skipped(tiny_disk, storage_dirs, tmp_path):
     small = tiny_disk / "small"
     small.mkdir()
@@ -198,6 +200,7 @@ def test_a_pair_that_cannot_reserve_the_space_is_skipped(tiny_disk, storage_dirs
     assert os.listdir(small) in ([], [".stor-tmp"])
 
 
+@pytest.mark.acceptance('fault')
 def test_no_pair_with_room_is_no_space(tiny_disk, tmp_path):
     a, b = tiny_disk / "a", tiny_disk / "b"
     a.mkdir(), b.mkdir()

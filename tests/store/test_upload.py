@@ -6,6 +6,7 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor, task
@@ -86,6 +87,7 @@ async def test_two_concurrent_uploads_of_the_same_file_both_succeed(server, stor
     assert temp_files(storage_dirs) == []
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_unwritable_pair_is_skipped_for_a_writable_one(
         start_server, config_dict, storage_dirs, readonly_dir):
@@ -99,6 +101,7 @@ async def test_unwritable_pair_is_skipped_for_a_writable_one(
     assert dat_files(storage_dirs[0][1]) == []
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_no_writable_storage_is_an_error_and_nothing_partial(
         start_server, config_dict, storage_dirs, readonly_dir):

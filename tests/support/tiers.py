@@ -136,23 +136,38 @@ def _spawn_process(real: Any) -> Any:
 _fast_test_running = False
 
 
-def _sleep(seconds: float) -> None:
-    """``time.sleep`` that refuses a long real-time wait in a fast test."""
-    if _fast_test_running and seconds > MAX_FAST_SLEEP and _used is not None:
+def _refuse_long_wait(seconds: float, how: str) -> None:
+    """A fast test may not wait on real time for longer than :data:`MAX_FAST_SLEEP`."""
+    if _fast_test_running and seconds > MAX_FAST_SLEEP:
         raise AssertionError(
-            f"a fast test sleeps {seconds} s: wait on an event or a task.Clock instead "
-            f"(or it belongs in the acceptance tier)")
+            f"a fast test waits {seconds} s of real time ({how}): wait on an event or "
+            "drive a task.Clock instead (or it belongs in the acceptance tier)")
+
+
+def _sleep(seconds: float) -> None:
+    _refuse_long_wait(seconds, "time.sleep")
     _real_sleep(seconds)
 
 
+def _defer_later(real: Any) -> Any:
+    def defer_later(clock: Any, delay: float, *a: Any, **kw: Any) -> Any:
+        from twisted.internet import reactor
+
+        if clock is reactor:
+            _refuse_long_wait(delay, "task.deferLater on the reactor")
+        return real(clock, delay, *a, **kw)
+    return defer_later
+
+
 def _install() -> None:
-    from twisted.internet import reactor
+    from twisted.internet import reactor, task
 
     subprocess.Popen.__init__ = _popen_init  # type: ignore[method-assign]  # the watch itself
     socket.socket.connect = _connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _connect_ex  # type: ignore[method-assign]
     reactor.spawnProcess = _spawn_process(reactor.spawnProcess)  # type: ignore[attr-defined]
     time.sleep = _sleep
+    task.deferLater = _defer_later(task.deferLater)
 
 
 # -- the hooks ------------------------------------------------------------------------
