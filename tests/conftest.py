@@ -20,4 +20,5 @@ pytest_plugins = [
     "support.s3write",
     "support.logs",
     "support.fleet",
+    "pytester",  # test_tiers.py runs a small suite of its own
 ]
