@@ -1,13 +1,19 @@
-"""The client's pure rules, without a network: backoff, Content-Range, the command line's values."""
+"""The client's pure rules, without a network: backoff (and the retries' waits on a
+``task.Clock``), Content-Range, the command line's values."""
 
 import random
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from stor.cli.client import UsageError, parse_auth, parse_storage
 from stor.client.download import parse_content_range
+from stor.client.errors import ItemFailed
+from stor.client.retry import with_retries
 from stor.client.settings import Backoff
 
 
@@ -66,3 +72,85 @@ def test_auth_is_user_colon_password() -> None:
     for bad in ("writer", ":pass"):
         with pytest.raises(UsageError):
             parse_auth(bad)
+
+
+# -- retries on a task.Clock: the waits themselves, with no real time spent -------------
+
+
+class Busy(ItemFailed):
+    """A failure that may pass (a 503, a dropped connection)."""
+
+    retryable = True
+
+    def __init__(self, retry_after: float | None = None) -> None:
+        super().__init__("busy")
+        self.retry_after = retry_after
+
+
+class Attempts:
+    """An attempt that fails with ``failures`` (in order), then succeeds; it counts calls."""
+
+    def __init__(self, *failures: ItemFailed) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+        self.progress = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "done"
+
+
+def retrying(clock: Clock, backoff: Backoff, attempts: Attempts) -> "Deferred[str]":
+    return Deferred.fromCoroutine(
+        with_retries(clock, backoff, attempts, progress=lambda: attempts.progress))
+
+
+def test_each_retry_waits_its_backoff_on_the_clock() -> None:
+    clock, attempts = Clock(), Attempts(Busy(), Busy())
+    done = retrying(clock, Backoff(retries=5, rng=random.Random(7)), attempts)
+    same = Backoff(retries=5, rng=random.Random(7))  # the same jitter, drawn in the same order
+    for failures, calls in ((1, 1), (2, 2)):
+        wait = same.delay(failures)
+        clock.advance(wait - 0.001)
+        assert attempts.calls == calls and not done.called
+        clock.advance(0.001)
+        assert attempts.calls == calls + 1
+    assert done.result == "done"
+
+
+def test_retry_after_is_waited_for_though_the_backoff_is_shorter() -> None:
+    clock, attempts = Clock(), Attempts(Busy(retry_after=10.0))
+    done = retrying(clock, Backoff(retries=5, base=0.5, cap=30.0), attempts)
+    clock.advance(9.999)
+    assert attempts.calls == 1
+    clock.advance(0.001)
+    assert attempts.calls == 2 and done.result == "done"
+
+
+def test_retries_used_up_fail_with_the_last_failure_and_no_call_left() -> None:
+    clock, attempts = Clock(), Attempts(Busy(), Busy(), Busy(), Busy())
+    done = retrying(clock, Backoff(retries=2, base=1.0, cap=1.0), attempts)
+    clock.pump([1.0] * 5)
+    assert attempts.calls == 3
+    assert isinstance(done.result, Failure) and done.result.check(Busy)
+    assert clock.getDelayedCalls() == []
+    done.addErrback(lambda f: None)
+
+
+def test_progress_resets_the_count_of_failures_in_a_row() -> None:
+    clock = Clock()
+    attempts = Attempts(Busy(), Busy(), Busy(), Busy())
+    progressing = attempts.__call__
+
+    async def attempt() -> str:
+        try:
+            return await progressing()
+        finally:
+            attempts.progress += 1  # every attempt brings more bytes
+
+    done = Deferred.fromCoroutine(with_retries(
+        clock, Backoff(retries=1, base=1.0, cap=1.0), attempt, progress=lambda: attempts.progress))
+    clock.pump([1.0] * 5)
+    assert attempts.calls == 5 and done.result == "done"  # 4 failures, but never 2 in a row
