@@ -6,8 +6,10 @@ import socket
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
 
 from support.helpers import AUTH, sha256
+from stor.observe.prometheus import SyncService
 
 
 async def scrape(server) -> dict[str, dict[tuple, float]]:
@@ -78,3 +80,32 @@ async def test_metrics_show_the_amqp_publisher_disconnected_and_buffering(start_
     assert m["stor_amqp_connected"][()] == 0
     assert m["stor_amqp_buffered_messages"][()] == 5
     assert m["stor_amqp_dropped_messages_total"][()] == 0
+
+
+# -- the periodic sync, on a task.Clock ---------------------------------------------------
+
+
+class CountingExporter:
+    """Stands in for the Exporter: only counts the syncs the service asks for."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+
+    def sync(self) -> None:
+        self.syncs += 1
+
+
+def test_sync_runs_at_start_then_every_period_and_never_after_stop() -> None:
+    clock, exporter = Clock(), CountingExporter()
+    service = SyncService(exporter, clock, period=1.0)  # type: ignore[arg-type]  # a stand-in
+    service.startService()
+    assert exporter.syncs == 1  # at once: a scrape right after start sees this worker
+    clock.advance(0.999)
+    assert exporter.syncs == 1
+    clock.advance(0.001)
+    assert exporter.syncs == 2
+    clock.pump([1.0] * 3)
+    assert exporter.syncs == 5
+    service.stopService()
+    clock.pump([1.0] * 10)
+    assert exporter.syncs == 5 and clock.getDelayedCalls() == []
