@@ -24,9 +24,9 @@ from stor.cli.scrub_progress import Progress
 from stor.disk.locks import ShaLocks
 from stor.disk.scrub import Report, Scrubber, Throttle, count
 from stor.disk.temps import temp_dir
+from support.harness import STOR
 from support.helpers import flip, sha256
 
-STOR = str(Path(sys.executable).parent / "stor")
 MiB = 1024 * 1024
 
 

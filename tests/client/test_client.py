@@ -24,12 +24,11 @@ import pytest
 
 from support.client import Answer, FakeStor, Relay, Seen, ranged
 from support.ports import refused_port
-from support.harness import AUTH_HEADER, Stor, Stors, request, stop, wait_for
+from support.harness import AUTH_HEADER, STOR, Stor, Stors, request, stop, wait_for
 from support.helpers import file_sha, sha256
 
 pytestmark = pytest.mark.acceptance('process', 'stor-command', 'stor-process')
 
-STOR = str(Path(sys.executable).parent / "stor")
 AUTH = "writer:writer_pass"
 MiB = 1024 * 1024
 

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,16 +18,13 @@ from typing import Any
 import pytest
 
 from support import harness
-from support.harness import Proc, Stors
+from support.harness import STOR, TWISTD, Proc, Stors
 from support.ports import free_port
 
 pytestmark = pytest.mark.acceptance('process', 'stor-process')
 
 REPO = Path(__file__).resolve().parents[2]
 
-BIN = Path(sys.executable).parent
-TWISTD = str(BIN / "twistd")
-STOR = str(BIN / "stor")
 START_TIMEOUT = 30.0
 SHA1 = "11" * 32
 SHA2 = "22" * 32
