@@ -70,13 +70,16 @@ test: install-test
 	$(MAKE) --no-print-directory test-fast HYPOTHESIS_PROFILE=default
 	$(MAKE) --no-print-directory test-acceptance
 
+# Third-party pytest plugins no test uses, not loaded (schemathesis' alone costs
+# a second and a half of every run's start; test_openapi.py imports schemathesis itself).
+UNUSED_PLUGINS := -p no:schemathesis -p no:anyio
 HYPOTHESIS_PROFILE ?= fast
 test-fast: $(TESTSTAMP)
-	$(BIN)/python -m pytest -m "not acceptance" --hypothesis-profile=$(HYPOTHESIS_PROFILE) $(PYTEST_ARGS) \
+	$(BIN)/python -m pytest $(UNUSED_PLUGINS) -m "not acceptance" --hypothesis-profile=$(HYPOTHESIS_PROFILE) $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 ]  # 5: PYTEST_ARGS chose no test of this tier
 
 test-acceptance: install-test
-	$(BIN)/python -m pytest -m acceptance $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest $(UNUSED_PLUGINS) -m acceptance $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The benchmark tools, installed only when missing: wrk (many small GETs) and
 # nginx (the big-GET ceiling; run by the bench as its own child process).
