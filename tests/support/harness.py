@@ -193,6 +193,21 @@ def stor_config(storages: list[str], **config: Any) -> dict[str, Any]:
     return raw
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every stor the tests start without a ``lock_dir`` keeps its locks in this run's own
+    directory (as systemd's ``RuntimeDirectory=`` gives one), never in the host's
+    ``/run/stor``, which an older build may have left world-writable (then refused)."""
+    path = tmp_path_factory.mktemp("run")
+    before = os.environ.get("RUNTIME_DIRECTORY")
+    os.environ["RUNTIME_DIRECTORY"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("RUNTIME_DIRECTORY", None)
+    else:
+        os.environ["RUNTIME_DIRECTORY"] = before
+
+
 class Stors:
     """stor processes started under ``root``, each on a config of its own storages;
     :meth:`close` stops them all (their workers too)."""
@@ -207,6 +222,7 @@ class Stors:
         n = len(self.started)
         storages = storages_under(self.root / f"s{n}")
         config_path = self.root / f"stor{n}.json"
+        config = {"lock_dir": str(self.root / "locks"), **config}  # shared by its processes
         config_path.write_text(json.dumps(stor_config(storages, **config)))
         argv = [TWISTD, "-n", "--pidfile=", "stor", "--config", str(config_path), *(args or [])]
         proc = self.run(argv, f"stor{n}", clean_env(env), config_path, storages=storages)

@@ -44,13 +44,14 @@ def dat_files(root: str | Path) -> list[str]:
 
 
 def temp_files(storage_dirs: list[list[str]]) -> list[str]:
-    """Every file in any storage's temp dir."""
+    """Every file in any storage's temp dir (but the health probe's, which comes and goes
+    every ``probe_period`` whatever the uploads do)."""
     found = []
     for pair in storage_dirs:
         for s in pair:
             t = Path(s) / ".stor-tmp"
             if t.is_dir():
-                found += [str(p) for p in t.iterdir()]
+                found += [str(p) for p in t.iterdir() if not p.name.startswith(".probe.")]
     return found
 
 
