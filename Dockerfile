@@ -19,6 +19,11 @@
 #   chown -R 10001:10001 /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4
 #   docker run ... --user 10001:10001 ... stor      (the default; --user is optional)
 #
+# A config installed 0640 root:stor on the host is read through the host's
+# group stor, whose gid is not 10001: add it to the container,
+#
+#   docker run ... --group-add "$(getent group stor | cut -d: -f3)" ... stor
+#
 # Its SHA locks live in /run/stor (the image's, owned by stor, mode 0750).
 # Running as root (--user 0:0) still works, as the old image did, and is
 # not recommended.
@@ -51,7 +56,10 @@ RUN pip install -c constraints.txt . \
 ENV CONFIG_FILE=/etc/stor.conf \
     STOR_STATUS_URL=http://127.0.0.1:8080/health/live \
     MALLOC_ARENA_MAX=2
-VOLUME ["/mnt/data1", "/mnt/data2", "/mnt/data3", "/mnt/data4"]
+# No VOLUME: a run that forgets its -v would write into anonymous volumes, which
+# are mounted filesystems and pass check_mounts; without VOLUME the storages are
+# on the container's own filesystem and a config with "check_mounts": true refuses
+# them (docs/operations.rst, "In a container").
 EXPOSE 8080
 
 WORKDIR /tmp

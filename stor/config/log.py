@@ -10,7 +10,7 @@ Two forms are read:
       "log": [["Gelf", "min_level", "info",
                "socket", {"host": "graylog", "port": 12201, "protocol": "udp"},
                "additional_fields", {"facility": "stor"}],
-              ["File", "min_level", "info", "filename", "/var/log/stor.log", "mode", "append"]]
+              ["File", "min_level", "info", "filename", "/var/log/stor/stor.log", "mode", "append"]]
 
   ``Gelf``, ``Screen``, ``File`` (and ``File::Locked``), ``Syslog`` and
   ``Null`` keep their meanings (see :class:`GelfOutput` and the others); a

@@ -31,12 +31,12 @@ from support.harness import AUTH_HEADER, request, wait_for
 from support.s3 import refused_port
 from stor.core import layout
 from stor.disk.locks import ShaLocks
-from rgw_peer import moto_then_rgw
+from support.rgw import moto_then_rgw
 
 
 @pytest.fixture(params=["moto", "rgw"])
 def moto(request, moto):
-    """These tests hold on moto's server and on a real S3, Ceph RGW (tests/rgw_peer.py)."""
+    """These tests hold on moto's server and on a real S3, Ceph RGW (tests/support/rgw.py)."""
     return moto_then_rgw(request, moto)
 
 

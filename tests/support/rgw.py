@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import pytest
 
-from s3_peer import _client, _die_with_parent
+from support.s3 import _client, _die_with_parent
 
 START_TIMEOUT = 90.0
 STOP_WAIT = 15.0  # radosgw can take ~8 s to exit on SIGTERM
