@@ -45,6 +45,10 @@ from stor.disk.scrub import Throttle
 log = Logger()
 
 EXIT_OK, EXIT_MISSING, EXIT_ERROR = 0, 1, 2
+PROBE_SHA = "0" * 64
+"""The key asked before the walk: any answer but an error means the bucket answers."""
+STOP_AFTER = 8
+"""S3 failures in a row (each after the writer's own retries) that stop a run."""
 BATCH = 256  # files listed per trip to the disk pool
 LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal
 _DAT = re.compile(r"[0-9A-Fa-f]{64}\.dat")
@@ -85,6 +89,10 @@ class Summary:
     missing: int = 0  # --dry-run: would be pushed
     failed: int = 0
     seconds: float = 0.0
+    unreachable: str | None = None
+    """Why the bucket could not be asked before the walk (nothing was done)."""
+    stopped: str | None = None
+    """Why the run stopped early (S3 failed every request for a while)."""
 
     def exit_code(self) -> int:
         return EXIT_OK if self.failed == 0 and self.missing == 0 else EXIT_MISSING
@@ -121,7 +129,12 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
         err.write("stor s3-sync: stopped by an unexpected error (see above)\n")
         return EXIT_MISSING
     summary = summaries[0]
+    if summary.unreachable is not None:
+        err.write(f"stor s3-sync: {summary.unreachable}\n")
+        return EXIT_ERROR
     _print_summary(summary, args.dry_run, out)
+    if summary.stopped is not None:
+        err.write(f"stor s3-sync: {summary.stopped}\n")
     return summary.exit_code()
 
 
@@ -133,6 +146,12 @@ async def sync(reactor: Any, config: Config, storages: Sequence[str], args: argp
     pool.start()
     try:
         writer = S3Writer(config.s3, s3_client(config.s3, reactor), reactor, pool.run)
+        try:  # is the bucket there at all? one request, before a walk of every file
+            await writer.exists(PROBE_SHA)
+        except S3WriteError as e:
+            return Summary(unreachable=f"the bucket {config.s3.bucket} at "
+                                       f"{config.s3.endpoint} does not answer: {e}; "
+                                       "nothing was done")
         pusher = _Pusher(writer, config, storages, args, out, err, pool)
         concurrency = args.concurrency or config.s3.outbox_concurrency
         start = time.monotonic()
@@ -151,6 +170,7 @@ class _Pusher:
     def __init__(self, writer: Any, config: Config, storages: Sequence[str],
                  args: argparse.Namespace, out: TextIO, err: TextIO, pool: DiskPool) -> None:
         self.summary = Summary()
+        self._s3_failures = 0
         self.progress = _Progress(err, self.summary)
         self._writer = writer
         self._out = out
@@ -164,7 +184,7 @@ class _Pusher:
         self._pace = throttle.consume if args.max_mbps else None
 
     async def worker(self) -> None:
-        while (item := await self._next()) is not None:
+        while self.summary.stopped is None and (item := await self._next()) is not None:
             await self._one(*item)
 
     async def _next(self) -> Item | None:
@@ -201,7 +221,20 @@ class _Pusher:
         except (S3WriteError, CorruptLocalFile, OSError) as e:
             self.summary.failed += 1
             self._line(f"failed   {sha}  {e}")
+            self._s3_failed(e)
+        else:
+            self._s3_failures = 0
         self.progress.update()
+
+    def _s3_failed(self, error: Exception) -> None:
+        """Count S3's failures in a row: a bucket that stopped answering stops the run
+        (one line, not one identical failure per file left)."""
+        if not isinstance(error, S3WriteError):
+            return  # a local file's problem says nothing about S3
+        self._s3_failures += 1
+        if self._s3_failures >= STOP_AFTER and self.summary.stopped is None:
+            self.summary.stopped = (f"S3 failed {self._s3_failures} requests in a row "
+                                    f"(last: {error}); stopped early, the rest not tried")
 
     async def _push(self, sha: str, path: str) -> int:
         """Put from ``path``; if that replica is rotten or unreadable, from its twin."""

@@ -137,10 +137,50 @@ def test_s3_down_fails_the_run(sync_config, storage_dirs, tmp_path):
     raw["s3_credentials"]["host"] = f"127.0.0.1:{refused_port()}"
     raw["s3_connect_timeout"] = 1
     config.write_text(json.dumps(raw))
-    store(storage_dirs[0], b"stays local")
+    for i in range(20):
+        store(storage_dirs[0], b"stays local %d" % i)
     result = run_sync(config)
+    # the bucket is asked once, before the walk: one line, not one failure per file
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"stor s3-sync: the bucket {raw['s3_bucket']} at ")
+    assert "does not answer" in result.stderr and "nothing was done" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_bucket_that_stops_answering_stops_the_run_early(sync_config, storage_dirs):
+    """S3 answers the first question, then fails everything: the run stops after a few
+    failures in a row instead of printing one identical failure per file."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = []
+
+    class FailingS3(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            asked.append(self.path)
+            self.send_response(404 if len(asked) == 1 else 500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FailingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config, raw = sync_config
+    raw["s3_credentials"]["host"] = f"127.0.0.1:{server.server_address[1]}"
+    config.write_text(json.dumps(raw))
+    for i in range(60):
+        store(storage_dirs[0], b"stays local %d" % i)
+    try:
+        result = run_sync(config, "--concurrency", "1")
+    finally:
+        server.shutdown()
     assert result.returncode == 1
-    assert "cannot connect" in result.stdout
+    failures = [line for line in result.stdout.splitlines() if line.startswith("failed ")]
+    assert 0 < len(failures) < 60
+    assert "stopped early, the rest not tried" in result.stderr
 
 
 @pytest.mark.parametrize("change, message", [
