@@ -172,7 +172,6 @@ def test_put_asks_head_first_and_skips_what_is_stored(relay: Relay, url: str, tm
 def test_put_uploads_when_the_host_is_503_for_s3_unknown(tmp_path: Path) -> None:
     """A host whose S3 is down answers HEAD of a file it lacks 503 ``Stor-S3: unavailable``:
     that is "not stored here", so the file is uploaded (and a second put finds it)."""
-    from support.ports import refused_port
 
     proc = start_stor(tmp_path / "stor", s3_enabled=1, s3_credentials={
         "access_key": "AKIAEXAMPLE", "secret_key": "secret",
