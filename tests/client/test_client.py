@@ -184,7 +184,7 @@ def test_put_uploads_when_the_host_is_503_for_s3_unknown(tmp_path: Path) -> None
         first = stor("put", "--storage", url, "--auth", AUTH, str(path))
         second = stor("put", "--storage", url, "--auth", AUTH, str(path))
     finally:
-        stop_stor(proc)
+        stop(proc)
     assert (first.returncode, rows(first.stdout)) == (0, [[sha, str(path), "201"]])
     assert (second.returncode, rows(second.stdout)) == (0, [[sha, str(path), "200"]])
 
