@@ -455,7 +455,17 @@ def temp_workdir(parent: Path | None, prefix: str = "stor-bench-") -> Iterator[P
     import tempfile
 
     workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    # every stor of the bench keeps its SHA locks here (RUNTIME_DIRECTORY, as systemd's
+    # RuntimeDirectory= gives one), never in the host's /run/stor, whatever its state
+    before = os.environ.get("RUNTIME_DIRECTORY")
+    runtime = workdir / "run"
+    runtime.mkdir(mode=0o700)
+    os.environ["RUNTIME_DIRECTORY"] = str(runtime)
     try:
         yield workdir
     finally:
+        if before is None:
+            os.environ.pop("RUNTIME_DIRECTORY", None)
+        else:
+            os.environ["RUNTIME_DIRECTORY"] = before
         shutil.rmtree(workdir, ignore_errors=True)
