@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.config.memcached import MemcachedServer, UnixServer
+from stor.core.reactor import Reactor
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ class MemcachedClient:
     def __init__(
         self,
         servers: Sequence[MemcachedServer],
-        reactor: Any,
+        reactor: Reactor,
         *,
         timeout: float,
         retry_timeout: float,
@@ -123,7 +124,7 @@ def _score(server_hash: Any, key: bytes) -> int:
 class _Server:
     """One server: its ClientService, its state, the requests waiting for a connection."""
 
-    def __init__(self, address: MemcachedServer, reactor: Any, timeout: float,
+    def __init__(self, address: MemcachedServer, reactor: Reactor, timeout: float,
                  retry_timeout: float, dead_timeout: float, on_state: StateListener) -> None:
         self.name = address.name
         self.timeout = timeout
@@ -336,7 +337,7 @@ class _WatchedEndpoint:
         return failure
 
 
-def _endpoint(reactor: Any, address: MemcachedServer, timeout: float) -> IStreamClientEndpoint:
+def _endpoint(reactor: Reactor, address: MemcachedServer, timeout: float) -> IStreamClientEndpoint:
     """How to reach ``address``.
 
     An IP address is connected to directly: HostnameEndpoint would only

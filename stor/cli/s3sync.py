@@ -36,6 +36,7 @@ from stor.cli.usage import (
 )
 from stor.config import Config
 from stor.core import layout
+from stor.core.reactor import Reactor
 from stor.disk.diskpool import DiskPool
 from stor.s3.read import s3_client
 from stor.s3.put import CorruptLocalFile, S3WriteError, S3Writer
@@ -102,7 +103,7 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
         return EXIT_ERROR
     summaries: list[Summary] = []
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: Reactor) -> None:
         try:
             summaries.append(await sync(reactor, config, storages, args, out, err))
         except Exception:
@@ -120,7 +121,7 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
     return summary.exit_code()
 
 
-async def sync(reactor: Any, config: Config, storages: Sequence[str], args: argparse.Namespace,
+async def sync(reactor: Reactor, config: Config, storages: Sequence[str], args: argparse.Namespace,
                out: TextIO, err: TextIO) -> Summary:
     """Walk ``storages`` and push what the bucket lacks; lines about problems go to ``out``."""
     assert config.s3 is not None

@@ -5,7 +5,7 @@ Each returns the exit status: 0 when every item succeeded, 1 when any failed
 """
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 from twisted.internet.defer import ensureDeferred, gatherResults
 
@@ -15,32 +15,33 @@ from stor.client.report import Reporter, Result
 from stor.client.session import Session
 from stor.client.settings import Settings
 from stor.client.upload import put_file
+from stor.core.reactor import Reactor
 
 T = TypeVar("T")
 
 
-async def put(reactor: Any, settings: Settings, paths: list[str], out: TextIO, err: TextIO,
+async def put(reactor: Reactor, settings: Settings, paths: list[str], out: TextIO, err: TextIO,
               show_progress: bool) -> int:
     """Upload every file in ``paths``."""
     return await _run(reactor, settings, "put", paths, out, err, show_progress,
                       lambda session, reporter, path: put_file(session, path, reporter))
 
 
-async def get(reactor: Any, settings: Settings, shas: list[str], directory: str, out: TextIO,
+async def get(reactor: Reactor, settings: Settings, shas: list[str], directory: str, out: TextIO,
               err: TextIO, show_progress: bool) -> int:
     """Download every SHA into ``directory``."""
     return await _run(reactor, settings, "get", shas, out, err, show_progress,
                       lambda session, reporter, sha: get_sha(session, sha, directory, reporter))
 
 
-async def verify(reactor: Any, settings: Settings, shas: list[str], out: TextIO, err: TextIO,
+async def verify(reactor: Reactor, settings: Settings, shas: list[str], out: TextIO, err: TextIO,
                  show_progress: bool) -> int:
     """Download and hash every SHA, keeping nothing."""
     return await _run(reactor, settings, "verify", shas, out, err, show_progress,
                       lambda session, reporter, sha: verify_sha(session, sha, reporter))
 
 
-async def _run(reactor: Any, settings: Settings, label: str, items: list[str], out: TextIO,
+async def _run(reactor: Reactor, settings: Settings, label: str, items: list[str], out: TextIO,
                err: TextIO, show_progress: bool,
                one: Callable[[Session, Reporter, str], Awaitable[Result]]) -> int:
     session = Session(reactor, settings)

@@ -7,7 +7,6 @@ upload are in memory.
 """
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -17,6 +16,7 @@ from zope.interface import implementer
 
 from stor.client.localfiles import CHUNK, Reader
 from stor.client.threads import in_thread
+from stor.core.reactor import Reactor
 
 
 @implementer(IBodyProducer)
@@ -27,7 +27,7 @@ class FileProducer:
     transport (progress, and the upload's idle timer).
     """
 
-    def __init__(self, reactor: Any, reader: Reader,
+    def __init__(self, reactor: Reactor, reader: Reader,
                  on_chunk: Callable[[int], None] = lambda n: None) -> None:
         self._reactor = reactor
         self._reader = reader

@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 from twisted.internet.task import LoopingCall
 
+from stor.core.reactor import Reactor
+
 REFRESH = 0.2
 """Seconds between redraws."""
 
@@ -31,7 +33,7 @@ class Progress:
     and a byte total that grows as it goes would make the bar run backwards.
     """
 
-    def __init__(self, reactor: Any, stream: TextIO, label: str, items: int,
+    def __init__(self, reactor: Reactor, stream: TextIO, label: str, items: int,
                  enabled: bool, clock: Any = time.monotonic) -> None:
         self._stream = stream
         self._label = label

@@ -6,7 +6,6 @@ Requests go through treq over a plain ``Agent`` with a persistent pool of
 so the commands deal with one kind of error.
 """
 
-from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
@@ -16,12 +15,13 @@ from twisted.web.iweb import IBodyProducer, IResponse
 
 from stor.client.errors import connection_failure
 from stor.client.settings import Settings
+from stor.core.reactor import Reactor
 
 
 class Session:
     """Requests to one stor server, ``settings.parallel`` connections at most."""
 
-    def __init__(self, reactor: Any, settings: Settings) -> None:
+    def __init__(self, reactor: Reactor, settings: Settings) -> None:
         self.reactor = reactor
         self.settings = settings
         self._pool = HTTPConnectionPool(reactor, persistent=True)

@@ -18,6 +18,7 @@ from twisted.web.iweb import IResponse
 
 from stor.client.errors import ItemFailed, LocalFailure, Transient
 from stor.client.threads import in_thread
+from stor.core.reactor import Reactor
 
 HIGH_WATER = 4 * 1024 * 1024
 """Bytes waiting for the writer thread above which the socket is paused."""
@@ -38,7 +39,7 @@ class Writer(Typing):
 class Sink:
     """Feeds chunks to a :class:`Writer` in a thread, in order, one batch in flight."""
 
-    def __init__(self, reactor: Any, writer: Writer,
+    def __init__(self, reactor: Reactor, writer: Writer,
                  on_bytes: Callable[[int], None] = lambda n: None) -> None:
         self._reactor = reactor
         self._writer = writer
@@ -124,7 +125,7 @@ class Sink:
 class IdleTimer:
     """Calls ``on_idle`` when ``kick`` was not called for ``seconds``."""
 
-    def __init__(self, reactor: Any, seconds: float, on_idle: Callable[[], None]) -> None:
+    def __init__(self, reactor: Reactor, seconds: float, on_idle: Callable[[], None]) -> None:
         self._reactor = reactor
         self._seconds = seconds
         self._on_idle = on_idle
@@ -158,7 +159,7 @@ class BodyReceiver(Protocol):
     :class:`LocalFailure`.
     """
 
-    def __init__(self, reactor: Any, sink: Sink, timeout: float) -> None:
+    def __init__(self, reactor: Reactor, sink: Sink, timeout: float) -> None:
         self._sink = sink
         self._timeout = timeout
         self._paused = False
@@ -204,7 +205,7 @@ class BodyReceiver(Protocol):
             self.done.errback(Transient("connection lost"))
 
 
-async def receive(reactor: Any, response: IResponse, sink: Sink, timeout: float) -> None:
+async def receive(reactor: Reactor, response: IResponse, sink: Sink, timeout: float) -> None:
     """Stream ``response``'s body into ``sink`` and wait until it is all written."""
     receiver = BodyReceiver(reactor, sink, timeout)
     response.deliverBody(receiver)

@@ -44,6 +44,7 @@ from stor.config.log import (
 )
 from stor.config.problems import Problem
 from stor.core.errors import ConfigError
+from stor.core.reactor import Reactor
 from stor.observe.gelf import datagrams, gelf_message, syslog_level, tcp_frame
 from stor.observe.logs import event_as_record
 from stor.observe.stream import StreamSender
@@ -129,7 +130,7 @@ class LogDispatch:
 class GelfSink:
     """GELF messages to Graylog through a UDP or TCP sender (a service started with the outputs)."""
 
-    def __init__(self, output: GelfOutput, reactor: Any, source: str | None = None) -> None:
+    def __init__(self, output: GelfOutput, reactor: Reactor, source: str | None = None) -> None:
         self.output = output
         self.source = source or socket.gethostname()
         self.dropped = 0
@@ -366,7 +367,7 @@ class FileSink:
 class SyslogSink:
     """Log::Dispatch::Syslog: one RFC 3164 datagram per event, never waiting for syslog."""
 
-    def __init__(self, output: SyslogOutput, reactor: Any) -> None:
+    def __init__(self, output: SyslogOutput, reactor: Reactor) -> None:
         self.output = output
         self.dropped = 0
         self.sent = 0
@@ -424,7 +425,7 @@ class ReopenOnSignal:
     twistd's handler there would rotate the log file the parent just rotated).
     """
 
-    def __init__(self, reactor: Any, reopen: Callable[[], None], chain: bool = True) -> None:
+    def __init__(self, reactor: Reactor, reopen: Callable[[], None], chain: bool = True) -> None:
         self._reactor = reactor
         self._reopen = reopen
         self._chain = chain
@@ -458,7 +459,7 @@ class LogOutputs(MultiService):
     them.  ``on_reopen`` callables run on SIGUSR1 after the files are reopened.
     """
 
-    def __init__(self, sinks: Sequence[Sink], reactor: Any,
+    def __init__(self, sinks: Sequence[Sink], reactor: Reactor,
                  warnings: Iterable[Problem] = (), chain_signal: bool = True,
                  on_reopen: Sequence[Callable[[], object]] = ()) -> None:
         super().__init__()
@@ -517,7 +518,7 @@ class LogOutputs(MultiService):
         await DeferredList(waits)
 
 
-def build_log_outputs(config: LogConfig, reactor: Any, *, warnings: Iterable[Problem] = (),
+def build_log_outputs(config: LogConfig, reactor: Reactor, *, warnings: Iterable[Problem] = (),
                       child: bool = False,
                       on_reopen: Sequence[Callable[[], object]] = ()) -> LogOutputs:
     """The outputs ``config`` names for this process; raises ConfigError if a File cannot be opened.

@@ -62,6 +62,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from stor import __version__
+from stor.core.reactor import Reactor
 from stor.disk.health import StorageHealth
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -349,7 +350,7 @@ class Exporter:
 class SyncService(Service):
     """Calls :meth:`Exporter.sync` every second, so sibling workers' scrapes see it."""
 
-    def __init__(self, exporter: Exporter, reactor: Any, period: float = SYNC_PERIOD) -> None:
+    def __init__(self, exporter: Exporter, reactor: Reactor, period: float = SYNC_PERIOD) -> None:
         self._exporter = exporter
         self._loop = LoopingCall(exporter.sync)
         self._loop.clock = reactor

@@ -24,6 +24,8 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from stor.core.reactor import Reactor
+
 log = Logger()
 
 BUFFER_LIMIT = 10_000
@@ -61,7 +63,7 @@ class _Link(Protocol):
 class StreamSender(Service):
     """Writes each message to ``host:port`` once connected; ``what`` names the peer in logs."""
 
-    def __init__(self, host: str, port: int, reactor: Any, what: str,
+    def __init__(self, host: str, port: int, reactor: Reactor, what: str,
                  limit: int = BUFFER_LIMIT, retry: Callable[[int], float] | None = None) -> None:
         self.host = host
         self.port = port

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from stor import __version__
+from stor.core.reactor import Reactor, the_reactor
 from stor.observe import logs
 from stor.core.metrics import Tee
 from stor.disk.locks import ShaLocks, Tombstones, default_lock_dir
@@ -142,7 +143,7 @@ class Daemon:
     services: service.MultiService
 
 
-def build_daemon(config: Config, reactor: Any) -> Daemon:
+def build_daemon(config: Config, reactor: Reactor) -> Daemon:
     """The web site for ``config``, its collaborators, and their services.
 
     Services stop in the reverse order they were added: the disk pool last.
@@ -199,7 +200,7 @@ def build_daemon(config: Config, reactor: Any) -> Daemon:
     return Daemon(site, store, services)
 
 
-def _s3_objects(config: Config, reactor: Any, run: Any) -> "S3Writer | None":
+def _s3_objects(config: Config, reactor: Reactor, run: Any) -> "S3Writer | None":
     """What DELETE uses in the bucket, whenever S3 is configured at all."""
     if config.s3 is None:
         return None
@@ -244,7 +245,7 @@ def _exit_on_config_error(build: Callable[[], T]) -> T:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-def server_endpoint(reactor: Any, listen: str, key: str = "listen") -> Any:
+def server_endpoint(reactor: Reactor, listen: str, key: str = "listen") -> Any:
     """The Twisted server endpoint ``listen`` describes (parsed, not listened on)."""
     problem = listen_problem(listen)  # the checks load_config made of the config's listen
     if problem is not None:
@@ -254,7 +255,7 @@ def server_endpoint(reactor: Any, listen: str, key: str = "listen") -> Any:
 
 def makeService(options: Options) -> service.MultiService:
     """The whole daemon, for twistd: one serving process, or a parent of ``--workers``."""
-    from twisted.internet import reactor
+    reactor = the_reactor()
 
     config = config_or_exit(options["config"])
     listen = options["listen"] or config.listen

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from stor.core.reactor import Reactor
 from stor.process.notify import notify, parse_state
 from stor.observe.prometheus import MULTIPROC_ENV
 from stor.process.worker_metrics import PARENT_ENV, SLOT_ENV
@@ -98,7 +99,7 @@ class _ChildNotices:
     protocol's class and the socket's abstract name when it starts and stops.
     """
 
-    def __init__(self, name: str, on_ready: Callable[[], None], reactor: Any) -> None:
+    def __init__(self, name: str, on_ready: Callable[[], None], reactor: Reactor) -> None:
         self._on_ready = on_ready
         self._reactor = reactor
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
@@ -141,7 +142,7 @@ class Supervisor(Service):
         endpoint: Any,
         count: int,
         worker_argv: Callable[[int], Sequence[str]],
-        reactor: Any,
+        reactor: Reactor,
         grace: float,
         notifier: Callable[[str], object] = notify,
         executable: str = sys.executable,

@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 
 from stor.config import Config
 from stor.core import layout
+from stor.core.reactor import Reactor
 from stor.disk.fsio import fsync_dir
 from stor.s3.put import CorruptLocalFile, Runner, S3WriteError, S3Writer
 from stor.core.metrics import Metrics, NullMetrics
@@ -269,7 +270,7 @@ class LocalFailure(Exception):
 class Outbox(Service):
     """Drains the markers of ``storages`` into S3; see the module docstring."""
 
-    def __init__(self, storages: Sequence[str], writer: Writer, reactor: Any, run: Runner,
+    def __init__(self, storages: Sequence[str], writer: Writer, reactor: Reactor, run: Runner,
                  metrics: Metrics | None = None, concurrency: int = 4,
                  max_backoff: float = 30.0, min_backoff: float = MIN_BACKOFF,
                  rescan_interval: float = RESCAN_INTERVAL, stop_timeout: float = STOP_TIMEOUT,
@@ -507,7 +508,7 @@ class Outbox(Service):
         self._metrics.gauge(DEPTH, len(self._pending))
 
 
-def build_outbox(config: Config, reactor: Any, run: Runner, metrics: Metrics,
+def build_outbox(config: Config, reactor: Reactor, run: Runner, metrics: Metrics,
                  on_corrupt: Callable[[str], object] = lambda path: None) -> Outbox | None:
     """The outbox the config asks for (``s3_write_through``), or None."""
     from stor.s3.read import s3_client  # the read path's client: same pool settings

@@ -41,6 +41,7 @@ from stor.core.ranges import ByteRange
 from stor.config import Config, S3Config
 from stor.core.errors import StorageFailure
 from stor.core.metrics import Metrics
+from stor.core.reactor import Reactor
 from stor.s3.sign import Signer
 
 log = Logger()
@@ -55,7 +56,7 @@ ERROR = "error.get.hcp_error.count"
 BAD_SHA = "error.get.hcp_bad_sha.count"
 
 
-def s3_client(config: S3Config, reactor: Any,
+def s3_client(config: S3Config, reactor: Reactor,
               pool: HTTPConnectionPool | None = None) -> HTTPClient:
     """A treq client for ``config``'s endpoint: persistent pool, connect timeout.
 
@@ -68,7 +69,7 @@ def s3_client(config: S3Config, reactor: Any,
     return HTTPClient(agent)
 
 
-def build_s3(config: Config, reactor: Any, metrics: Metrics) -> "S3Reader | NoS3":
+def build_s3(config: Config, reactor: Reactor, metrics: Metrics) -> "S3Reader | NoS3":
     """The reader the config asks for: a real one, or one that never finds anything."""
     if config.s3 is None or not config.s3.read_through:
         return NoS3()

@@ -1,0 +1,39 @@
+"""The reactor as stor's code sees it: one named type instead of ``Any``.
+
+Twisted types its global ``twisted.internet.reactor`` as a make-believe interface
+(core, time, file descriptors, TCP, processes) that leaves out the threads, UNIX
+sockets and adopted ports stor uses. ``Reactor`` is the same device with what stor
+calls: a function that takes one can be given the real reactor (through
+``the_reactor``, the one place the global is narrowed) or, in a test, anything that
+implements the methods it uses (``task.Clock``, ``MemoryReactorClock``).
+Functions that only schedule take the narrower ``IReactorTime``.
+"""
+
+from typing import cast
+
+from treq._types import _ITreqReactor
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorFDSet,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorThreads,
+    IReactorUDP,
+    IReactorUNIX,
+)
+
+
+class Reactor(_ITreqReactor, IReactorCore, IReactorThreads, IReactorFDSet, IReactorUNIX,
+              IReactorUDP, IReactorSocket, IReactorProcess):
+    """Every interface of the reactor stor uses (what the default epoll reactor provides).
+
+    treq types the reactor it takes with its own make-believe interface (TCP, time and
+    the name resolver); interfaces are nominal, so ``Reactor`` extends that one rather
+    than those three, to be accepted by treq."""
+
+
+def the_reactor() -> Reactor:
+    """The installed global reactor, typed as what it is on Linux."""
+    from twisted.internet import reactor
+
+    return cast(Reactor, reactor)
