@@ -9,9 +9,11 @@ implements the methods it uses (``task.Clock``, ``MemoryReactorClock``).
 Functions that only schedule take the narrower ``IReactorTime``.
 """
 
-from typing import cast
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast
 
 from treq._types import _ITreqReactor
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IReactorCore,
     IReactorFDSet,
@@ -37,3 +39,13 @@ def the_reactor() -> Reactor:
     from twisted.internet import reactor
 
     return cast(Reactor, reactor)
+
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """Runs a blocking call in a thread pool (``DiskPool.run``), so the reactor never
+    waits on a disk; the Deferred fires on the reactor thread with what ``f`` returned."""
+
+    def __call__(self, f: Callable[..., T], /, *args: Any) -> "Deferred[T]": ...

@@ -40,11 +40,11 @@ class DiskPool(Service):
         self._threads: list[threading.Thread] = []
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self.start()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self.stop()
 
     def start(self) -> None:

@@ -6,6 +6,7 @@ Everything here blocks: call it from the disk pool, never the reactor.
 import ctypes
 import errno
 import os
+from collections.abc import Sequence
 from typing import Any
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -18,7 +19,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_chunks(fd: int, chunks: "list[bytes] | tuple[bytes, ...]") -> None:
+def write_chunks(fd: int, chunks: Sequence[bytes]) -> None:
     """Write every byte of ``chunks``, in order, with as few system calls as possible."""
     if len(chunks) == 1:
         write_all(fd, chunks[0])

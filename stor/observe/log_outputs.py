@@ -110,7 +110,7 @@ class LogDispatch:
     def __call__(self, event: LogEvent) -> None:
         if getattr(self._local, "busy", False):
             return  # logged by an output while it handled an event: twistd's log has it
-        level = LEVEL_NUMBERS.get(event.get("log_level"), 1)  # type: ignore[arg-type]
+        level = LEVEL_NUMBERS.get(event.get("log_level"), 1)
         text = _Text(event)
         self._local.busy = True
         try:

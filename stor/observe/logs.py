@@ -210,7 +210,7 @@ def use_format(log_format: str, logfile_option: str | None, nodaemon: bool) -> s
             return sys.stdout
         opened = logfile.LogFile.fromFullPath(logfile_option or "twistd.log")
         _rotate_on_sigusr1(opened)
-        return opened  # type: ignore[return-value]
+        return opened
 
     _format = log_format
     _output = open_output

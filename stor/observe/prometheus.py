@@ -259,7 +259,7 @@ class Exporter:
                                 "414, 431) and upload bodies cut for silence, by reason.",
                                 ["reason"], registry=own)
         self._storages = _Storages()
-        self.registry.register(self._storages)  # type: ignore[arg-type]
+        self.registry.register(self._storages)
         self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
         self._tallies: dict[tuple[str, int], list[int]] = {}
         self._started = self._ended = 0

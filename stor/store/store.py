@@ -295,7 +295,7 @@ class Store:
                 self._metrics.incr(f"success.get.ok_old.{server}.count")
                 self._metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
                 self._metrics.timing(f"success.get.ok_old.{server}.time", _ms(start))
-            elif result.check(CorruptReplica):
+            elif isinstance(result.value, CorruptReplica):
                 self._corrupt(hit, sha, result.value.actual)
 
         return Reading(hit.size, hit.mtime, part, body, ended, self.local.call_from_thread)

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.core.errors import HashMismatch, StorageFailure, StorError, TooLarge, UploadAborted
+from stor.core.reactor import Runner
 from stor.disk.commit import MemberFailed
 from stor.store.pipeline import Pipeline
 from stor.disk.spool import Duplicate, Spool, UploadResult, as_stor_error
@@ -56,9 +57,6 @@ class State(Enum):
     COMMITTING = "committing"
     DONE = "done"
     ABORTED = "aborted"
-
-
-Runner = Callable[..., "Deferred[object]"]
 
 
 @implementer(IConsumer)
@@ -104,7 +102,10 @@ class Upload:
 
     # -- IConsumer ------------------------------------------------------
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    # IConsumer takes any IProducer; an upload is fed by a push producer only (the
+    # connection), which it pauses while the disks are behind: hence the ignore
+    def registerProducer(self, producer: IPushProducer,  # type: ignore[override]
+                         streaming: bool) -> None:
         self._producer = producer
 
     def unregisterProducer(self) -> None:
