@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.config.memcached import MemcachedServer, UnixServer
-from stor.core.reactor import Reactor
+from stor.core.reactor import Connection, Reactor
 
 T = TypeVar("T")
 
@@ -243,6 +243,8 @@ class _Protocol(MemCacheProtocol):
     when it fires.  When a request is too old, every request waiting fails
     with TimeoutError and the connection is dropped: the server is down.
     """
+
+    transport: Connection  # set by makeConnection before any other call
 
     def __init__(self, server: _Server) -> None:
         super().__init__(timeOut=None)  # see above: the timing is done here

@@ -18,7 +18,7 @@ from twisted.web.iweb import IResponse
 
 from stor.client.errors import ItemFailed, LocalFailure, Transient
 from stor.client.threads import in_thread
-from stor.core.reactor import Reactor
+from stor.core.reactor import Connection, Reactor
 
 HIGH_WATER = 4 * 1024 * 1024
 """Bytes waiting for the writer thread above which the socket is paused."""
@@ -159,6 +159,8 @@ class BodyReceiver(Protocol):
     :class:`LocalFailure`.
     """
 
+    transport: Connection  # the response body's connection, set before dataReceived
+
     def __init__(self, reactor: Reactor, sink: Sink, timeout: float) -> None:
         self._sink = sink
         self._timeout = timeout
@@ -217,6 +219,8 @@ async def receive(reactor: Reactor, response: IResponse, sink: Sink, timeout: fl
 
 class _Text(Protocol):
     """Collects up to ``limit`` bytes of a body, then hangs up on the rest."""
+
+    transport: Connection  # set before dataReceived
 
     def __init__(self, limit: int) -> None:
         self._limit = limit

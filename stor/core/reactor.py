@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeVar, cast
 from treq._types import _ITreqReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
     IReactorCore,
     IReactorFDSet,
     IReactorProcess,
@@ -22,7 +24,9 @@ from twisted.internet.interfaces import (
     IReactorThreads,
     IReactorUDP,
     IReactorUNIX,
+    ITCPTransport,
 )
+from zope.interface import Attribute
 
 
 class Reactor(_ITreqReactor, IReactorCore, IReactorThreads, IReactorFDSet, IReactorUNIX,
@@ -39,6 +43,19 @@ def the_reactor() -> Reactor:
     from twisted.internet import reactor
 
     return cast(Reactor, reactor)
+
+
+class Connection(ITCPTransport, IPushProducer, IConsumer):
+    """A connection as the reactor hands it to a protocol (``protocol.transport``):
+    a TCP (or UNIX) transport that is also the producer of what it reads (paused
+    for back-pressure) and the consumer of what the protocol streams to it.
+
+    Twisted types ``Protocol.transport`` as an optional ``ITransport``; stor's
+    protocols declare ``transport: Connection``: it is set by ``makeConnection``
+    before any other call reaches them."""
+
+    disconnecting = Attribute("True once loseConnection or abortConnection was called")
+    bufferSize = Attribute("Bytes read per read call")
 
 
 T = TypeVar("T")

@@ -30,6 +30,8 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTranspo
 from twisted.web import http
 from zope.interface import implementer
 
+from stor.core.reactor import Connection
+
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 READ_SIZE = 256 * 1024
@@ -56,6 +58,8 @@ def is_gone(request: Any) -> bool:
 
 class StorChannel(http.HTTPChannel):
     """An HTTP/1.1 channel with header deadlines, 414/431, and ``Expect`` left to the request."""
+
+    transport: Connection  # set by makeConnection before any other call
 
     header_timeout: float | None = 30.0
     MAX_LENGTH = MAX_HEADER_BYTES

@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from stor.config import S3Config
 from stor.core import layout
+from stor.core.reactor import Connection
 from stor.s3.sign import Signer
 
 log = Logger()
@@ -425,6 +426,8 @@ async def _read_body(response: IResponse, reactor: IReactorTime, timeout: float)
 
 class _Discard(Protocol):
     """Closes the connection of an answer too long to read."""
+
+    transport: Connection  # set before dataReceived
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()

@@ -41,7 +41,7 @@ from stor.core.ranges import ByteRange
 from stor.config import Config, S3Config
 from stor.core.errors import StorageFailure
 from stor.core.metrics import Metrics
-from stor.core.reactor import Reactor
+from stor.core.reactor import Connection, Reactor
 from stor.s3.sign import Signer
 
 log = Logger()
@@ -428,6 +428,8 @@ class _Drain(Protocol):
     Keeps the first bytes for the log; a body over ``limit`` bytes, or one
     still coming after ``timeout`` seconds, is cut off by closing the connection.
     """
+
+    transport: Connection | None
 
     def __init__(self, reactor: IReactorTime, timeout: float, limit: int) -> None:
         self.done: Deferred[bytes] = Deferred()
