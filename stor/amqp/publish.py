@@ -152,7 +152,7 @@ class _Connection(TwistedProtocolConnection):
         self._exchange = exchange
         self.opened: defer.Deferred[TwistedChannel] = defer.Deferred()
         self.gone: defer.Deferred[None] = defer.Deferred()
-        self.why: Exception | None = None
+        self.why: BaseException | None = None
 
     def connectionMade(self) -> None:
         heartbeat = self._params.heartbeat  # None or a callable: the broker's proposal

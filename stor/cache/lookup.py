@@ -162,7 +162,7 @@ class LocalCache(Service):
 
     @property
     def stats(self) -> CacheStats:
-        return CacheStats(**self._counts)
+        return CacheStats(**self._counts)  # type: ignore[arg-type]  # only int fields are counted
 
     def _get_remote(self, sha: str) -> "Deferred[str | None]":
         """The next level after an LRU miss: here there is none."""

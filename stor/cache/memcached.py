@@ -45,7 +45,7 @@ from twisted.internet.endpoints import (
     HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint,
 )
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint, ITCPTransport
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.memcache import MemCacheProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -291,7 +291,7 @@ class _Protocol(MemCacheProtocol):
         super().timeoutConnection()
         self.transport.abortConnection()  # no waiting to flush to a server that does not read
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

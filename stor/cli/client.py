@@ -174,7 +174,7 @@ def _run(main: Callable[["Reactor"], Coroutine[Any, Any, int]], settings: Settin
 
     reactor = the_reactor()
     reactor.suggestThreadPoolSize(max(10, settings.parallel + 4))
-    outcome: list[object] = []
+    outcome: list[int | Failure] = []
 
     def start() -> None:
         d = ensureDeferred(main(reactor))
@@ -192,7 +192,7 @@ def _run(main: Callable[["Reactor"], Coroutine[Any, Any, int]], settings: Settin
     if isinstance(result, Failure):
         sys.stderr.write(f"stor: internal error: {result.getTraceback()}")
         return EXIT_FAILED
-    return int(result)  # type: ignore[call-overload]
+    return int(result)
 
 
 def _positive_int(text: str) -> int:

@@ -34,7 +34,7 @@ class Session:
 
     async def get(self, sha: str, offset: int = 0) -> IResponse:
         """GET the file, from byte ``offset`` on (a ``Range`` request) when it is not 0."""
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers: dict[bytes | str, bytes | str] = {"Range": f"bytes={offset}-"} if offset else {}
         return await self._request("GET", sha, headers=headers, timeout=self.settings.timeout)
 
     def post(self, sha: str, body: IBodyProducer) -> "Deferred[IResponse]":
@@ -42,12 +42,15 @@ class Session:
 
         No overall timeout: a large file takes as long as it takes while bytes move.
         """
+        headers: dict[bytes | str, bytes | str] = {"Content-Type": "application/octet-stream"}
         d = self._http.post(self.settings.url(sha), data=body, auth=self.settings.auth,
-                            headers={"Content-Type": "application/octet-stream"},
+                            headers=headers,
                             allow_redirects=False, unbuffered=True, reactor=self.reactor)
-        return d.addErrback(self._failed)
+        # treq's _Response provides IResponse, but Deferred is invariant
+        return d.addErrback(self._failed)  # type: ignore[return-value]  # (above)
 
-    async def _request(self, method: str, sha: str, headers: dict[str, str] | None = None,
+    async def _request(self, method: str, sha: str,
+                       headers: dict[bytes | str, bytes | str] | None = None,
                        timeout: float | None = None) -> IResponse:
         d = self._http.request(method, self.settings.url(sha), headers=headers or {},
                                unbuffered=True, timeout=timeout, reactor=self.reactor)

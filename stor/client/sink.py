@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol as Typing, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -196,7 +196,7 @@ class BodyReceiver(Protocol):
     def _give_up(self) -> None:
         self.transport.stopProducing()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._finished = True
         self._timer.stop()
         if self._timer.fired:
@@ -237,7 +237,7 @@ class _Text(Protocol):
             if len(self._data) >= self._limit:
                 self.transport.stopProducing()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback(self._data)
 
 
@@ -256,7 +256,7 @@ def discard(response: IResponse) -> "Deferred[str]":
 def _as_item_failure(failure: Failure) -> Failure:
     if failure.check(ItemFailed):
         return failure
-    if failure.check(OSError):
+    if isinstance(failure.value, OSError):
         return Failure(LocalFailure.from_os_error(failure.value))
     return failure
 

@@ -13,11 +13,14 @@ temps to try elsewhere, and nothing this call did not create is ever removed.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from stor.core import layout
 from stor.disk.fsio import fsync_dir, make_dirs, owner_of, unlink_quietly
 from stor.disk.temps import OwnedTemp
+
+T = TypeVar("T")
 
 
 class MemberFailed(Exception):
@@ -56,7 +59,7 @@ def install(sha: str, temps: Sequence[OwnedTemp]) -> list[str]:
     return finals
 
 
-def _step(storage: str, f, *args) -> object:  # type: ignore[no-untyped-def]
+def _step(storage: str, f: Callable[..., T], *args: Any) -> T:
     try:
         return f(*args)
     except OSError as e:

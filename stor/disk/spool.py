@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from stor.core import layout
 from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
@@ -29,6 +30,8 @@ from stor.disk.locks import ShaLocks
 from stor.disk.temps import OwnedTemp, create_temp
 from stor.disk.local import LocalStore
 from stor.disk.replica import copy_verified
+
+T = TypeVar("T")
 
 RESERVE_STEP = 64 * 1024 * 1024
 """A body of unknown length (chunked) reserves space in steps of this size."""
@@ -68,7 +71,7 @@ StillWanted = Callable[[str], bool]
 was deleted since the upload began, which must not bring it back."""
 
 
-def _step(storage: str, f, *args):  # type: ignore[no-untyped-def]
+def _step(storage: str, f: Callable[..., T], *args: Any) -> T:
     try:
         return f(*args)
     except OSError as e:

@@ -177,7 +177,9 @@ class StorApp:
         reading = await self.store.read(selection, segment)
         _content_headers(request, sha, reading)
         try:
-            await reading.send(request, SocketSendfile.of(request) if self._sendfile else None)
+            # twisted.web's Request is an IConsumer; Klein types it as IRequest only
+            await reading.send(request,  # type: ignore[arg-type]  # (above)
+                               SocketSendfile.of(request) if self._sendfile else None)
         except CancelledError:
             pass  # the client went away
         except Exception as e:
@@ -191,18 +193,19 @@ class StorApp:
             log.failure("{uri}: failed mid-response", failure=Failure(error),
                         uri=request.uri.decode("latin-1"))
         if not is_gone(request):
-            request.cut()  # type: ignore[attr-defined]
+            request.cut()  # type: ignore[attr-defined]  # a StorRequest, typed IRequest by Klein
 
     @app.route("/<segment>", methods=["POST"])
     async def post(self, request: IRequest, segment: str) -> bytes:
         """The upload decided when the headers came in, now with its body."""
         self.metrics.incr("request.post.count")
-        decision = request.decision  # type: ignore[attr-defined]
+        # Klein types the request as IRequest; it is StorSite's StorRequest
+        decision = request.decision  # type: ignore[attr-defined]  # (above)
         if isinstance(decision, Refused):
             raise decision.error
-        if not isinstance(decision, Accepted) or request.upload is None:  # type: ignore[attr-defined]
+        if not isinstance(decision, Accepted) or request.upload is None:  # type: ignore[attr-defined]  # (above)
             raise StorageFailure("the request body was not captured")
-        result = await request.upload.finish()  # type: ignore[attr-defined]
+        result = await request.upload.finish()  # type: ignore[attr-defined]  # (above)
         return self._stored(request, result, decision.sha)
 
     def _stored(self, request: IRequest, result: UploadResult, sha: str) -> bytes:
@@ -240,6 +243,7 @@ class StorApp:
     def answer(self, request: IRequest, failure: Failure) -> bytes:
         """Routing answers (404, 405) pass through; every other error becomes its answer."""
         error = failure.value
+        assert error is not None  # a Failure always holds the exception it stands for
         if isinstance(error, HTTPException):
             request.setResponseCode(error.code or 500)
             for name, value in error.get_headers():
@@ -300,13 +304,14 @@ class FastPaths(Resource):
 
     @staticmethod
     def _write(body: bytes, request: IRequest) -> None:
-        if request.finished or is_gone(request) or request.abandoned:  # type: ignore[attr-defined]
+        # finished: twisted.web's Request has it, IRequest does not; abandoned: StorRequest's
+        if request.finished or is_gone(request) or request.abandoned:  # type: ignore[attr-defined]  # (above)
             return
         if body:
             request.write(body)
         request.finish()
 
     def _fail(self, failure: Failure, request: IRequest) -> None:
-        if request.finished or is_gone(request):
+        if request.finished or is_gone(request):  # type: ignore[attr-defined]  # twisted.web's Request has it
             return
         self._write(self._app.answer(request, failure), request)

@@ -21,7 +21,8 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 from stor.core.errors import StorError
-from stor.http.channel import BodyProducer, is_gone, request_line
+from stor.core.reactor import Connection
+from stor.http.channel import BodyProducer, StorChannel, is_gone, request_line
 from stor.http.handshake import Accepted, Decision, NotAnUpload, Refused, decide, expects_continue
 from stor.store.upload import Upload
 
@@ -29,6 +30,8 @@ from stor.store.upload import Upload
 class StorRequest(server.Request):
     """A request that hands its body to an :class:`Upload` chunk by chunk."""
 
+    channel: StorChannel  # what StorSite builds; set by the channel before any call
+    transport: Connection | None  # the channel's, None once the request is done
     decision: Decision = NotAnUpload()
     upload: Upload | None = None
     abandoned = False

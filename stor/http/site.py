@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.web import http, server
 
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.sha import sha_of_path
@@ -86,7 +86,7 @@ class StorSite(server.Site):
         self.connections.add(channel)
         return channel
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         """twisted.web's access line is replaced by the access event (see :meth:`_end`)."""
 
     def rejected(self, reason: str, transport: Any) -> None:

@@ -221,13 +221,13 @@ def _rotate_on_sigusr1(opened: logfile.LogFile) -> None:
     """twistd's own behaviour for ``--logfile``: SIGUSR1 rotates it, if nobody else wants it."""
     import signal
 
+    from stor.core.reactor import the_reactor  # not at the top: the log setup stays light
+
     if signal.getsignal(signal.SIGUSR1):
         return
 
     def rotate(signum: int, frame: object) -> None:
-        from twisted.internet import reactor
-
-        reactor.callFromThread(opened.rotate)  # type: ignore[attr-defined]
+        the_reactor().callFromThread(opened.rotate)
 
     signal.signal(signal.SIGUSR1, rotate)
 

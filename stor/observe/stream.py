@@ -24,7 +24,7 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from stor.core.reactor import Reactor
+from stor.core.reactor import Connection, Reactor
 
 log = Logger()
 
@@ -46,6 +46,8 @@ class _Reconnecting(ClientService):
 
 
 class _Link(Protocol):
+    transport: Connection  # set by makeConnection before connectionMade
+
     def __init__(self, sender: "StreamSender") -> None:
         self.sender = sender
 
@@ -119,7 +121,7 @@ class StreamSender(Service):
         self._link = link
         self._paused = False
         assert link.transport is not None
-        link.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        link.transport.registerProducer(self, True)
         log.info("{what}: connected to {host}:{port}", what=self.what, host=self.host,
                  port=self.port)
         self._warned = False

@@ -123,7 +123,11 @@ def temp_sweeper(store: LocalStore, tombstones: Tombstones,
 
     def sweep() -> object:
         d = store.run(sweep_all)
-        d.addCallback(lambda n: n and log.info("removed {count} stale temp files", count=n))
+        def report(count: int) -> None:
+            if count:
+                log.info("removed {count} stale temp files", count=count)
+
+        d.addCallback(report)
         d.addErrback(lambda f: log.failure("temp sweep failed", failure=f))
         return d
 

@@ -199,7 +199,9 @@ def adopt(reactor: Reactor, fd: int) -> Callable[[StorSite], Any]:
         probe = socket.socket(fileno=fd)
         family = probe.family
         probe.detach()
-        port = reactor.adoptStreamPort(fd, family, site)  # dups the descriptor
+        # Twisted declares the factory as ServerFactory[_ProtoWithFactory] and a Site as
+        # ServerFactory[HTTPChannel]: its own generic parameters disagree
+        port = reactor.adoptStreamPort(fd, family, site)  # type: ignore[arg-type]  # (above); dups the descriptor
         os.close(fd)
         return port
 

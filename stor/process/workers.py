@@ -37,7 +37,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IProcessTransport, IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -76,6 +76,8 @@ class _NeverServed(Factory):
 
 
 class _Worker(ProcessProtocol):
+    transport: IProcessTransport  # set by spawnProcess before connectionMade
+
     def __init__(self, supervisor: "Supervisor", slot: int, started: float) -> None:
         self.supervisor = supervisor
         self.slot = slot
@@ -84,7 +86,7 @@ class _Worker(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.pid = self.transport.pid
 
     def processEnded(self, reason: Failure) -> None:
         self.supervisor.worker_ended(self, reason)
@@ -291,7 +293,7 @@ class Supervisor(Service):
     @staticmethod
     def _signal(worker: _Worker, signum: int) -> None:
         try:
-            worker.transport.signalProcess(signum)  # type: ignore[union-attr, call-arg, misc]
+            worker.transport.signalProcess(signum)
         except Exception:  # already gone
             pass
 

@@ -293,7 +293,7 @@ class Outbox(Service):
         self._clock = clock
         self._pending: dict[str, float] = {}  # sha -> when recorded
         self._queue: deque[str] = deque()
-        self._active: dict[str, Deferred[None]] = {}
+        self._active: dict[str, Deferred[bool]] = {}
         self._again: set[str] = set()  # queued while in flight: go round once more
         self._later: dict[str, IDelayedCall] = {}  # SHAs waiting after a local failure
         self._failures = 0  # consecutive S3 failures
@@ -333,9 +333,12 @@ class Outbox(Service):
         if not active:
             return succeed(None)
         waiting = DeferredList(active, consumeErrors=True)
-        timer = self._reactor.callLater(self._stop_timeout, lambda: [d.cancel() for d in active])
-        waiting.addBoth(lambda _: timer.cancel() if timer.active() else None)
-        return waiting
+        def cancel_all() -> None:
+            for d in active:
+                d.cancel()
+
+        timer = self._reactor.callLater(self._stop_timeout, cancel_all)
+        return waiting.addBoth(lambda _: timer.cancel() if timer.active() else None)
 
     # -- feeding it ----------------------------------------------------------
 

@@ -232,7 +232,7 @@ class FileSlice:
         self._reading = False
         self._fail(failure.value)
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException | None) -> None:
         self.failure = error
         self._close()
         if not self._stopped and not self._done.called:
@@ -444,7 +444,7 @@ def _refusal(what: str, url: str, response: IResponse, body: bytes,
                         + (f" ({code})" if code else ""), retryable, status, code)
 
 
-def _describe(error: BaseException, timeout: float) -> str:
+def _describe(error: BaseException | None, timeout: float) -> str:
     """One short human line for a failed request."""
     if isinstance(error, (ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed,
                           RequestGenerationFailed)):

@@ -118,7 +118,7 @@ class S3Object:
 class S3Reader:
     """Looks objects up in one bucket; see the module docstring for the failure policy."""
 
-    def __init__(self, config: S3Config, client: HTTPClient, reactor: IReactorTime,
+    def __init__(self, config: S3Config, client: HTTPClient, reactor: Reactor,
                  metrics: Metrics) -> None:
         self._config = config
         self._client = client
@@ -176,7 +176,8 @@ class S3Reader:
         headers = self.signed_headers(method, url)
         if byte_range is not None:  # unsigned: SigV4 need not cover every header
             headers.setRawHeaders(b"range", [b"bytes=%d-%d" % (byte_range.first, byte_range.last)])
-        return self._client.request(
+        # treq's _Response provides IResponse, but Deferred is invariant
+        return self._client.request(  # type: ignore[return-value]  # (above)
             method, url, headers=headers,
             allow_redirects=False, unbuffered=True,
             reactor=self._reactor, timeout=self._config.timeout,

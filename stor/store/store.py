@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from stor.core import layout
 from stor.core.errors import CorruptReplica, NotFound, RangeNotSatisfiable, StorageFailure
 from stor.core.metrics import Metrics, NullMetrics
-from stor.core.ranges import Part, Selection
+from stor.core.ranges import ByteRange, Part, Selection
 from stor.disk.health import StorageHealth
 from stor.disk.fsio import fsync_dir
 from stor.disk.locks import ShaLocks, Tombstones
@@ -45,6 +45,9 @@ from stor.disk.spool import BeforeInstall, Duplicate, Spool, Stored, UploadResul
 from stor.disk.spool import commit as commit_spool
 from stor.disk.spool import open_spool
 from stor.store.upload import Upload
+
+if TYPE_CHECKING:  # a type only: the store sees S3 through S3Source
+    from stor.s3.read import S3Object
 
 log = Logger()
 
@@ -64,7 +67,8 @@ class LookupCache(Protocol):
 class S3Source(Protocol):
     """The S3 read-through (:class:`stor.s3.read.S3Reader`)."""
 
-    def fetch(self, sha: str, head: bool, byte_range: object = None) -> "Deferred[object]": ...
+    def fetch(self, sha: str, head: bool,
+              byte_range: ByteRange | None = None) -> "Deferred[S3Object | None]": ...
 
 
 class Publisher(Protocol):
@@ -214,9 +218,9 @@ class Store:
         if obj is None:
             return None
         try:
-            part = selection.part(obj.size)  # type: ignore[attr-defined]
+            part = selection.part(obj.size)
         except RangeNotSatisfiable:
-            obj.discard()  # type: ignore[attr-defined]
+            obj.discard()
             raise
         wants_body = not selection.head and part.status != 304
         if wants_body and not selection.plain:
@@ -224,18 +228,18 @@ class Store:
             if obj is None:
                 return None
         if not wants_body:
-            obj.discard()  # type: ignore[attr-defined]
+            obj.discard()
 
         def ended(result: "None | Failure") -> None:
             if result is None:
                 self._metrics.incr("success.get.ok_hcp.count")
-                self._metrics.incr("success.get.ok_hcp.size", obj.size)  # type: ignore[attr-defined]
+                self._metrics.incr("success.get.ok_hcp.size", obj.size)
                 self._metrics.timing("success.get.ok_hcp.time", _ms(start))
                 if self._fill_local:
                     self._fill(sha)
 
-        return Reading(obj.size, obj.last_modified, part,  # type: ignore[attr-defined]
-                       obj if wants_body else None, ended)  # type: ignore[arg-type]
+        return Reading(obj.size, obj.last_modified, part,
+                       obj if wants_body else None, ended)
 
     async def _read_local(self, selection: Selection, start: float) -> Reading | None:
         sha = selection.sha
@@ -407,11 +411,11 @@ class Store:
         obj = await self._s3.fetch(sha, False)
         if obj is None:
             return
-        upload = self.upload(sha, obj.size)  # type: ignore[attr-defined]
+        upload = self.upload(sha, obj.size)
         if await upload.screen() is not None:
-            obj.discard()  # type: ignore[attr-defined]
+            obj.discard()
             return  # already stored here
-        await obj.write_to(upload)  # type: ignore[attr-defined]
+        await obj.write_to(upload)
         result = await upload.finish()
         if isinstance(result, Stored):
             self._metrics.incr("s3.fill.count")

@@ -104,7 +104,7 @@ class Upload:
 
     # IConsumer takes any IProducer; an upload is fed by a push producer only (the
     # connection), which it pauses while the disks are behind: hence the ignore
-    def registerProducer(self, producer: IPushProducer,  # type: ignore[override]
+    def registerProducer(self, producer: IPushProducer,  # type: ignore[override]  # (above)
                          streaming: bool) -> None:
         self._producer = producer
 
