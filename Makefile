@@ -22,7 +22,7 @@ LOCK_ARGS := --quiet --generate-hashes --allow-unsafe --strip-extras \
 # runs as never needs to write it (and never logs "Unable to write to plugin cache").
 PLUGIN_CACHE := from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))
 
-.PHONY: install install-test run typecheck test bench bench-tools bench-compare lock clean
+.PHONY: install install-test run typecheck test bench bench-tools bench-compare lock docs clean
 
 install: $(STAMP)
 
@@ -83,7 +83,7 @@ bench-tools:
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends nginx; }
 
-# stor next to its ceilings, 5 alternating rounds (bench/README.rst). The test
+# stor next to its ceilings, 5 alternating rounds (docs/benchmarks.rst). The test
 # extra brings moto's server, the S3 of the write-through row. E.g.
 # BENCH_ARGS="--rss-upload 4GiB" or "--rows get4k,post4m --rounds 9".
 BENCH_ARGS ?=
@@ -114,6 +114,11 @@ bench-compare: install bench-tools
 	elif [ -n "$(BASE)" ]; then base="--base $(BASE)"; \
 	else echo "usage: make bench-compare BASE=<git ref> | BASE_DIR=<checkout with .venv>"; exit 2; fi; \
 	$(BIN)/python bench/compare.py $$base $(COMPARE_ARGS)
+
+# The generated references in docs/ (configuration from stor/config/schema.json,
+# HTTP API from stor/http/openapi.json); tests/test_docs.py fails while they differ.
+docs:
+	$(PYTHON) tools/gendocs.py
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) var .pytest_cache .hypothesis .mypy_cache

@@ -1,5 +1,5 @@
 """The folder tree is the architecture: imports point down the layers only, and no
-module imports itself back through others (README "Architecture")."""
+module imports itself back through others (docs/architecture.rst)."""
 
 import ast
 from collections.abc import Iterator

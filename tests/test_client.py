@@ -240,13 +240,15 @@ def test_put_reports_unreadable_files_and_still_uploads_the_rest(url: str, tmp_p
     good = tmp_path / "good"
     sha = make_file(good, 1234, seed=6)
     missing = tmp_path / "missing"
-    done = stor("put", "--storage", url, "--auth", AUTH, str(missing), str(tmp_path), str(good))
+    unreadable = tmp_path / "fifo"
+    os.mkfifo(unreadable)  # not a regular file: nothing to hash (a directory is put file by file)
+    done = stor("put", "--storage", url, "--auth", AUTH, str(missing), str(unreadable), str(good))
     assert done.returncode == 1
     assert rows(done.stdout) == [[sha, str(good), "201"]]
     failures = {name: (sha_, status, reason) for sha_, name, status, reason in rows(done.stderr)}
-    assert failures.keys() == {str(missing), str(tmp_path)}
+    assert failures.keys() == {str(missing), str(unreadable)}
     assert failures[str(missing)][:2] == ("-", "error") and "No such file" in failures[str(missing)][2]
-    assert failures[str(tmp_path)][:2] == ("-", "error") and "directory" in failures[str(tmp_path)][2]
+    assert failures[str(unreadable)] == ("-", "error", "not a regular file")
 
 
 def test_put_of_a_file_above_max_upload_size_fails_with_413(tmp_path: Path) -> None:

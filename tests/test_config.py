@@ -18,7 +18,7 @@ from stor.disk.health import check_storages
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The example from the old service's README (seed/stor-readme.txt), keys and values unchanged.
+# The example from the old service's README, keys and values unchanged.
 OLD_EXAMPLE = """\
 {
     "statsite": {

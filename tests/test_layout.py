@@ -11,7 +11,7 @@ from stor.core import layout
 from stor.core.sha import parse_sha, sha_of_path
 from stor.core.errors import MalformedSha
 
-# The README's worked example: 557a65…d16e.
+# docs/data-layout.rst's worked example: 557a65…d16e.
 EXAMPLE = "557a65" + "0123456789abcdef" * 3 + "89abcd" + "d16e"
 EXAMPLE_UPPER = EXAMPLE.upper()
 

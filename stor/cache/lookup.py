@@ -4,7 +4,7 @@ An in-process LRU answers first, without leaving the reactor thread.  Behind
 it, when ``memcached_servers`` is configured, memcached is reached on the
 reactor itself (:mod:`stor.cache.memcached`: one pipelined connection per
 server, reconnected with backoff; ``bench/memcache.py`` measured it against
-pymemcache in a thread pool, see README).  memcached is only ever an
+pymemcache in a thread pool, see docs/design.rst).  memcached is only ever an
 optimisation: every error or timeout there is answered as a miss, a server
 that stops answering is left alone for a while (``retry_timeout``, doubling up
 to ``dead_timeout``) instead of being waited on by every request, and its

@@ -1,7 +1,7 @@
 """memcached on the reactor: one pipelined connection per server, each kept open by a ClientService.
 
 Why on the reactor rather than pymemcache in a thread pool (``bench/memcache.py``,
-README): with 64 requests in flight a round trip takes 7–11 µs of reactor CPU
+docs/design.rst): with 64 requests in flight a round trip takes 7–11 µs of reactor CPU
 instead of 16–19 (requests share writes and reads on one connection); one at
 a time it takes a few µs more (the socket calls are the reactor's), but the
 pool's threads spend ~60 µs more per call holding the GIL the reactor needs,

@@ -1,4 +1,4 @@
-"""``stor put``, ``stor get``, ``stor verify``: the client's command line.
+"""``stor put``, ``get``, ``verify``, ``delete``, ``du``, ``info``: the client's command line.
 
 Parses and checks arguments (a bad one is a usage error, exit 2, before any
 request), reads SHAs from stdin when none are given, and runs the command
@@ -25,8 +25,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register ``put``, ``get`` and ``verify`` on the ``stor`` command's subparsers."""
-    put = subparsers.add_parser("put", help="upload files (skips what the server already has)",
+    """Register the client commands on the ``stor`` command's subparsers."""
+    put = subparsers.add_parser("put", help="upload files and directories (skips what the server has)",
                                 description="Upload files; prints '<sha>  <file>  <status>' per file.")
     _common(put)
     put.add_argument("--auth", metavar="USER:PASS",
@@ -48,6 +48,31 @@ def add_commands(subparsers: Any) -> None:
     verify.add_argument("shas", nargs="*", metavar="SHA")
     verify.set_defaults(func=_verify)
 
+    delete = subparsers.add_parser(
+        "delete", help="remove files from a host (needs its delete_auth)",
+        description="DELETE each SHA from the host (and its S3 bucket, when it has one); "
+                    "prints '<sha>  <url>  204' per file removed. SHAs from the arguments or, "
+                    "one per line, from stdin.")
+    _common(delete)
+    delete.add_argument("--auth", metavar="USER:PASS",
+                        help="the host's delete_auth credentials (default: $STOR_DELETE_AUTH)")
+    delete.add_argument("shas", nargs="*", metavar="SHA")
+    delete.set_defaults(func=_delete)
+
+    du = subparsers.add_parser(
+        "du", help="used, total and free bytes of each storage of a host",
+        description="Per storage of the host: used, total, free and use%%, from its JSON "
+                    "/status (one statvfs per storage on the host; nothing is walked).")
+    _common(du)
+    du.set_defaults(func=_du)
+
+    info = subparsers.add_parser(
+        "info", help="a host at a glance: version, uptime, storages, S3 backlog",
+        description="The host's version, uptime, health, per-storage space and S3 outbox "
+                    "backlog, from its JSON /status.")
+    _common(info)
+    info.set_defaults(func=_info)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="URL",
@@ -63,9 +88,61 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _put(args: argparse.Namespace) -> int:
     from stor.client import commands
 
-    return _guarded(args, lambda settings: _run(
-        lambda reactor: commands.put(reactor, settings, _unique(args.files), sys.stdout,
-                                     sys.stderr, sys.stderr.isatty()), settings))
+    def start(settings: Settings) -> int:
+        files = _unique(list(expand_paths(args.files)))
+        total = sum(_size(f) for f in files)
+        return _run(lambda reactor: commands.put(reactor, settings, files, sys.stdout,
+                                                 sys.stderr, sys.stderr.isatty(), total),
+                    settings)
+    return _guarded(args, start)
+
+
+def expand_paths(paths: Iterable[str]) -> Iterable[str]:
+    """Each path, a directory replaced by every file below it (in name order; symlinked
+    directories are not followed, so a loop cannot make a put endless)."""
+    for path in paths:
+        if not os.path.isdir(path):
+            yield path
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            yield from (os.path.join(root, name) for name in sorted(files))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # the put itself reports why the file cannot be read
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from stor.client import commands
+
+    def start(settings: Settings) -> int:
+        if settings.auth is None:
+            raise UsageError("--auth (or STOR_DELETE_AUTH) must give the delete credentials")
+        shas = _shas(args.shas, sys.stdin)
+        return _run(lambda reactor: commands.delete(reactor, settings, shas, sys.stdout,
+                                                    sys.stderr, sys.stderr.isatty()), settings)
+    return _guarded(args, start)
+
+
+def _du(args: argparse.Namespace) -> int:
+    from stor.client import commands
+    from stor.client.admin import du_lines
+
+    return _guarded(args, lambda settings: _run(lambda reactor: commands.host_status(
+        reactor, settings, sys.stdout, sys.stderr, du_lines), settings))
+
+
+def _info(args: argparse.Namespace) -> int:
+    from stor.client import commands
+    from stor.client.admin import info_lines
+
+    return _guarded(args, lambda settings: _run(lambda reactor: commands.host_status(
+        reactor, settings, sys.stdout, sys.stderr,
+        lambda doc: info_lines(settings.storage, doc)), settings))
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -104,8 +181,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | Any) -> Se
     """The :class:`Settings` the arguments and environment ask for (or :class:`UsageError`)."""
     storage, url_auth = parse_storage(args.storage or environ.get("STOR_URL") or DEFAULT_STORAGE)
     auth = url_auth
-    if hasattr(args, "auth"):  # only put sends credentials; get and verify ignore STOR_AUTH
-        text = args.auth or environ.get("STOR_AUTH")
+    if hasattr(args, "auth"):  # put and delete send credentials; get and verify ignore them
+        variable = "STOR_DELETE_AUTH" if args.command == "delete" else "STOR_AUTH"
+        text = args.auth or environ.get(variable)
         auth = parse_auth(text) if text else url_auth
     return Settings(storage=storage, auth=auth, parallel=args.parallel,
                     backoff=Backoff(retries=args.retries), timeout=args.timeout)
@@ -132,7 +210,7 @@ def parse_storage(url: str) -> tuple[str, tuple[str, str] | None]:
 def parse_auth(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user:
-        raise UsageError("--auth (or STOR_AUTH) must be USER:PASS")
+        raise UsageError("--auth must be USER:PASS")
     return user, password
 
 
@@ -184,6 +262,9 @@ def _run(main: Callable[["Reactor"], Coroutine[Any, Any, int]], settings: Settin
     reactor.callWhenRunning(start)
     reactor.run()
     if not outcome:
+        from stor.client.localfiles import drop_empty_parts
+
+        drop_empty_parts()  # a signal during retries: no empty .part is left behind
         if sys.stderr.isatty():
             sys.stderr.write("\n")  # below the progress bar
         sys.stderr.write("stor: interrupted (partial downloads are kept as DIR/.<sha>.part)\n")

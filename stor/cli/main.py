@@ -60,9 +60,23 @@ def _scrub(args: argparse.Namespace) -> int:
     return scrub.run_command(args)
 
 
+EXIT_CODES = """\
+exit status:
+  0  done (check-config: the file is valid; scrub: every replica is good)
+  1  the command ran and found or met a problem (a replica to repair, a file
+     that failed to transfer, a daemon that cannot listen)
+  2  a usage or config error, reported before anything is done
+  130  interrupted by SIGINT or SIGTERM (get keeps its partial download)
+Each command's own --help says more."""
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser; later subcommands register here."""
-    p = argparse.ArgumentParser(prog="stor", description=f"stor {__version__}")
+    p = argparse.ArgumentParser(
+        prog="stor", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"stor {__version__}: store and serve files addressed by their SHA-256; "
+                    "the daemon's operator tools and its client.",
+        epilog=EXIT_CODES)
     p.add_argument("--version", action="version", version=f"stor {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file and exit")

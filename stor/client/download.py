@@ -21,6 +21,7 @@ What the answer to a Range request makes us do:
 """
 
 import os
+from collections.abc import Callable
 
 from twisted.web.iweb import IResponse
 
@@ -51,12 +52,13 @@ async def get_sha(session: Session, sha: str, directory: str, reporter: Reporter
     except OSError as e:
         return Result(sha, final, "error", False, LocalFailure.from_os_error(e).reason)
     sink = Sink(reactor, writer, reporter.progress.add_bytes)
+    expect = _once(reporter.progress.add_expected)
     try:
         if writer.size and writer.hexdigest() == sha:  # a complete .part, not yet renamed
             status = "present"
         else:
             status = await with_retries(reactor, session.settings.backoff,
-                                        lambda: _fetch_once(session, sha, sink, True),
+                                        lambda: _fetch_once(session, sha, sink, True, expect),
                                         progress=lambda: sink.size)
         await sink.call(writer.commit, final)
     except ItemFailed as e:
@@ -68,21 +70,37 @@ async def get_sha(session: Session, sha: str, directory: str, reporter: Reporter
 async def verify_sha(session: Session, sha: str, reporter: Reporter) -> Result:
     """Download ``sha`` and hash it without keeping it."""
     sink = Sink(session.reactor, HashOnly(), reporter.progress.add_bytes)
+    expect = _once(reporter.progress.add_expected)
     url = session.settings.url(sha)
     try:
         status = await with_retries(session.reactor, session.settings.backoff,
-                                    lambda: _fetch_once(session, sha, sink, False),
+                                    lambda: _fetch_once(session, sha, sink, False, expect),
                                     progress=lambda: sink.size)
     except ItemFailed as e:
         return Result(sha, url, e.status, False, e.reason)
     return Result(sha, url, status, True)
 
 
-async def _fetch_once(session: Session, sha: str, sink: Sink, retry_mismatch: bool) -> str:
+def _once(tell: Callable[[int], None]) -> Callable[[int], None]:
+    """``tell``, called for the first transfer of an item only (a retry brings no new bytes
+    to expect)."""
+    told: list[int] = []
+
+    def first(n: int) -> None:
+        if not told:
+            told.append(n)
+            tell(n)
+    return first
+
+
+async def _fetch_once(session: Session, sha: str, sink: Sink, retry_mismatch: bool,
+                      expect: Callable[[int], None]) -> str:
     """One request for the bytes ``sink`` lacks; the HTTP status once the file is complete."""
     offset = sink.size
     response = await session.get(sha, offset)
     total = await _accept(response, offset, sink)
+    if total is not None:
+        expect(total - sink.size)  # what this transfer brings
     await receive(session.reactor, response, sink, session.settings.timeout)
     if total is not None and sink.size < total:
         raise Transient(f"connection lost at byte {sink.size} of {total}")

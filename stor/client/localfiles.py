@@ -116,6 +116,21 @@ class HashOnly:
         return self._hasher.hexdigest()
 
 
+OPEN_PARTS: set["PartFile"] = set()
+"""The ``.part`` files this process holds open: an interrupted run drops the empty ones
+(:func:`drop_empty_parts`), which no later run could resume from."""
+
+
+def drop_empty_parts() -> None:
+    """Remove every open ``.part`` that holds no byte (called when a signal stops ``get``)."""
+    for part in list(OPEN_PARTS):
+        if part.size == 0:
+            try:
+                os.unlink(part.path)
+            except OSError:
+                pass
+
+
 class PartFile:
     """``DIR/.<sha>.part``: a resumable partial download that hashes what it holds.
 
@@ -140,6 +155,7 @@ class PartFile:
         while chunk := os.read(self._fd, CHUNK):
             self._hasher.update(chunk)
             self.size += len(chunk)
+        OPEN_PARTS.add(self)
 
     def write(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -162,6 +178,7 @@ class PartFile:
         os.fsync(self._fd)
         os.replace(self.path, final)
         fsync_dir(os.path.dirname(final))
+        OPEN_PARTS.discard(self)
         os.close(self._fd)
 
     def close(self) -> None:
@@ -171,4 +188,5 @@ class PartFile:
                 os.unlink(self.path)
             except OSError:
                 pass
+        OPEN_PARTS.discard(self)
         os.close(self._fd)

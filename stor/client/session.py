@@ -32,6 +32,21 @@ class Session:
     async def head(self, sha: str) -> IResponse:
         return await self._request("HEAD", sha, timeout=self.settings.timeout)
 
+    async def delete(self, sha: str) -> IResponse:
+        """``DELETE /<sha>`` with the settings' credentials (the host's ``delete_auth``)."""
+        d = self._http.request("DELETE", self.settings.url(sha), auth=self.settings.auth,
+                               unbuffered=True, timeout=self.settings.timeout,
+                               reactor=self.reactor)
+        return await d.addErrback(self._failed)
+
+    async def status(self) -> IResponse:
+        """``GET /status`` as JSON: the host's storages, version, uptime, S3 backlog."""
+        headers: dict[bytes | str, bytes | str] = {"Accept": "application/json"}
+        d = self._http.request("GET", self.settings.storage + "/status",
+                               headers=headers, unbuffered=True,
+                               timeout=self.settings.timeout, reactor=self.reactor)
+        return await d.addErrback(self._failed)
+
     async def get(self, sha: str, offset: int = 0) -> IResponse:
         """GET the file, from byte ``offset`` on (a ``Range`` request) when it is not 0."""
         headers: dict[bytes | str, bytes | str] = {"Range": f"bytes={offset}-"} if offset else {}

@@ -14,6 +14,8 @@ retried like a 5xx.
 """
 
 import os
+import stat
+from collections.abc import Callable
 
 from twisted.web.iweb import IResponse
 
@@ -29,8 +31,11 @@ from stor.client.threads import in_thread
 
 async def put_file(session: Session, path: str, reporter: Reporter) -> Result:
     """Store the file at ``path``; never raises, the outcome is the result."""
+    reactor = session.reactor
+    hashed = reporter.progress.add_hashed
     try:
-        sha, size = await in_thread(session.reactor, _hash_regular_file, path)
+        sha, size = await in_thread(reactor, _hash_regular_file, path,
+                                    lambda n: reactor.callFromThread(hashed, n))
     except OSError as e:
         return Result("-", path, "error", False, e.strerror or str(e))
     try:
@@ -41,16 +46,21 @@ async def put_file(session: Session, path: str, reporter: Reporter) -> Result:
     return Result(sha, path, status, True)
 
 
-def _hash_regular_file(path: str) -> tuple[str, int]:
-    if os.path.isdir(path):
+def _hash_regular_file(path: str, on_chunk: Callable[[int], None]) -> tuple[str, int]:
+    """Only a regular file: a FIFO or a device would block the read (or never end)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
         raise IsADirectoryError(21, "is a directory", path)
-    return sha256_file(path)
+    if not stat.S_ISREG(mode):
+        raise OSError(22, "not a regular file", path)
+    return sha256_file(path, on_chunk)
 
 
 async def _put_once(session: Session, path: str, sha: str, size: int, reporter: Reporter) -> str:
     head = await session.head(sha)
     if head.code == 200:
         await discard(head)
+        reporter.progress.add_bytes(size)  # nothing to send: counted as sent
         return "200"
     if head.code != 404:
         raise ServerAnswer(head.code, await read_text(head), retry_after(head))

@@ -48,7 +48,7 @@ KNOWN_KEYS = (storage.KEYS | server.KEYS | auth.KEYS | s3.KEYS | memcached.KEYS 
 
 @dataclass(frozen=True)
 class Config:
-    """Validated configuration; see README.rst for every key."""
+    """Validated configuration; see docs/configuration.rst for every key."""
 
     storage_pairs: tuple[Pair, ...]
     writable_pairs_regex: re.Pattern[str] = storage.ANY

@@ -33,6 +33,8 @@ class StorageHealth:
     """Whether new files may go to it (before ``writable_pairs_regex``)."""
     free_bytes: int | None
     """``statvfs`` bytes available to stor; None when it cannot be read."""
+    size_bytes: int | None = None
+    """``statvfs`` total bytes of its filesystem (for "% full"); None when not read."""
 
     @property
     def ok(self) -> bool:
@@ -41,11 +43,17 @@ class StorageHealth:
 
 def free_bytes(storage: str) -> int | None:
     """Bytes available to stor on ``storage``'s filesystem; None when unreadable."""
+    return space(storage)[0]
+
+
+def space(storage: str) -> tuple[int | None, int | None]:
+    """(bytes available to stor, total bytes) of ``storage``'s filesystem, from one
+    ``statvfs``; (None, None) when unreadable."""
     try:
         st = os.statvfs(storage)
     except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
+        return None, None
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
 def _basic_problem(storage: str) -> tuple[str | None, int | None]:
@@ -72,9 +80,10 @@ def check_storages(storages: Sequence[str], check_mounts: bool | None,
         on_root = dev == root_dev
         if on_root and check_mounts is not False:
             problem = ON_ROOT
-        free = free_bytes(storage) if with_free and dev is not None else None
+        free, size = space(storage) if with_free and dev is not None else (None, None)
         found.append(StorageHealth(storage, problem,
-                                   _placeable(dev, on_root, check_mounts, some_mounted), free))
+                                   _placeable(dev, on_root, check_mounts, some_mounted), free,
+                                   size))
     return found
 
 

@@ -116,7 +116,7 @@ class StorApp:
         if _wants_json(request):
             doc = {"ok": not problems, "storages": [
                 {"path": h.path, "ok": h.ok, "reason": h.problem, "free_bytes": h.free_bytes,
-                 "writable": self.store.local.writable(h.path)} for h in health],
+                 "size_bytes": h.size_bytes, "writable": self.store.local.writable(h.path)} for h in health],
                    **self._status_extra()}
             return _body(request, json.dumps(doc, indent=1).encode() + b"\n", b"application/json")
         if problems:

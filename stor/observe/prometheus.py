@@ -11,6 +11,8 @@ What an operator graphs and alerts on:
 ``stor_http_requests_in_flight``             requests begun and not yet finished
 ``stor_storage_up{storage}``                 1 when the storage is healthy (as ``/status``)
 ``stor_storage_free_bytes{storage}``         ``statvfs`` free bytes, read at scrape time
+``stor_storage_size_bytes{storage}``         ``statvfs`` total bytes of its filesystem (with
+                                             the free bytes: a "% full" alert)
 ``stor_storage_writable{storage}``           1 when ``writable_pairs_regex`` lets it take files
 ``stor_http_rejected_total{reason}``         requests refused before routing (408/414/431)
                                              and upload bodies cut for silence
@@ -18,7 +20,8 @@ What an operator graphs and alerts on:
                                              bad_sha, no_space, malformed_sha, unauthorized,
                                              conflict, failed
 ``stor_storage_errors_total{storage}``       a storage failed while written (the upload
-                                             moved on to another pair)
+                                             moved on to another pair); ``storage`` is the
+                                             path, as in every other ``storage`` label
 ``stor_corrupt_replicas_total``              replicas found not to hash to their name
 ``stor_repairs_total{outcome}``              replica repairs: queued, done, failed,
                                              dropped, quarantined
@@ -30,7 +33,12 @@ What an operator graphs and alerts on:
 ``stor_cache_hits_total{layer}``             lookup cache hits (``lru``, ``memcached``)
 ``stor_cache_misses_total``                  lookup cache misses
 ``stor_cache_errors_total``                  failed memcached round trips
-``stor_amqp_connected``                      processes with an open AMQP channel
+``stor_memcached_up{server}``                1 while every serving process reaches the
+                                             server (only with ``memcached_servers``)
+``stor_amqp_connected``                      processes with an open AMQP channel (this and
+                                             the other ``stor_amqp_*`` only with
+                                             ``rabbitmq_uri``: no alert fires on a host
+                                             without AMQP)
 ``stor_amqp_buffered_messages``              SHAs waiting for the broker
 ``stor_amqp_dropped_messages_total``         SHAs dropped for buffer space
 ``stor_build_info{version}``                 always 1
@@ -48,7 +56,7 @@ multiprocess files) runs in the store's thread pool, never on the reactor.
 """
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +91,7 @@ class _Storages:
     def __init__(self) -> None:
         self.up: dict[str, bool] = {}
         self.free: dict[str, int | None] = {}
+        self.size: dict[str, int | None] = {}
         self.writable: dict[str, bool] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -98,6 +107,13 @@ class _Storages:
             if value is not None:
                 free.add_metric([storage], value)
         yield free
+        size = GaugeMetricFamily("stor_storage_size_bytes",
+                                 "Total bytes of the storage's filesystem (statvfs).",
+                                 labels=["storage"])
+        for storage, value in self.size.items():
+            if value is not None:
+                size.add_metric([storage], value)
+        yield size
         writable = GaugeMetricFamily("stor_storage_writable",
                                      "1 when writable_pairs_regex lets the storage take new files.",
                                      labels=["storage"])
@@ -132,8 +148,12 @@ class StatsdMirror:
                 "error.post.conflict.count": "conflict",
                 "error.post.unknown.count": "failed"}
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    def __init__(self, registry: CollectorRegistry | None,
+                 storage_of: Callable[[str], str | None] = lambda server: server) -> None:
         self._counts: dict[str, Any] = {}
+        self._storage_of = storage_of
+        """statsite's ``<server>`` segment back to the storage path, the label every
+        other per-storage metric uses."""
         self.uploads = Counter("stor_uploads", "Uploads answered, by outcome.", ["outcome"],
                                registry=registry)
         self.storage_errors = Counter("stor_storage_errors",
@@ -165,7 +185,8 @@ class StatsdMirror:
         if outcome is not None:
             return self.uploads.labels(outcome)
         if key.startswith("error.storage.") and key.endswith(".count"):
-            return self.storage_errors.labels(key[len("error.storage."):-len(".count")])
+            server = key[len("error.storage."):-len(".count")]
+            return self.storage_errors.labels(self._storage_of(server))
         if key == "error.get.corrupt_replica.count":
             return self.corrupt
         if key.startswith("repair.") and key.endswith(".count"):
@@ -212,8 +233,11 @@ class Exporter:
     def __init__(self, storages: Callable[[], list[StorageHealth]],
                  writable: Callable[[str], bool], run: Runner, *,
                  cache_stats: Callable[[], Any] | None = None,
-                 amqp_state: Callable[[], AmqpState] | None = None) -> None:
+                 amqp_state: Callable[[], AmqpState] | None = None,
+                 storage_of: Callable[[str], str | None] = lambda server: server,
+                 memcached_servers: Sequence[str] = ()) -> None:
         self._storages_now = storages
+        self._memcached_servers = tuple(memcached_servers)
         self._writable = writable
         self._run = run
         self._cache_stats = cache_stats
@@ -246,15 +270,20 @@ class Exporter:
         self.cache_misses = Counter("stor_cache_misses", "Lookup cache misses.", registry=own)
         self.cache_errors = Counter("stor_cache_errors", "Failed memcached round trips.",
                                     registry=own)
+        amqp = own if amqp_state is not None else None  # no AMQP gauges without AMQP
         self.amqp_connected = Gauge("stor_amqp_connected",
                                     "Processes with an open AMQP channel (0 or 1 per worker).",
-                                    registry=own, multiprocess_mode="livesum")
+                                    registry=amqp, multiprocess_mode="livesum")
         self.amqp_buffered = Gauge("stor_amqp_buffered_messages",
                                    "SHAs buffered while the broker is away.",
-                                   registry=own, multiprocess_mode="livesum")
+                                   registry=amqp, multiprocess_mode="livesum")
         self.amqp_dropped = Counter("stor_amqp_dropped_messages",
-                                    "SHAs dropped because the buffer was full.", registry=own)
-        self.events = StatsdMirror(own)
+                                    "SHAs dropped because the buffer was full.", registry=amqp)
+        self.memcached_up = Gauge("stor_memcached_up",
+                                  "1 while every serving process reaches the memcached server.",
+                                  ["server"], registry=own if memcached_servers else None,
+                                  multiprocess_mode="livemin")
+        self.events = StatsdMirror(own, storage_of)
         self.rejected = Counter("stor_http_rejected", "Requests refused before routing (408, "
                                 "414, 431) and upload bodies cut for silence, by reason.",
                                 ["reason"], registry=own)
@@ -315,6 +344,9 @@ class Exporter:
             self._advance(self.cache_hits.labels("memcached"), "memcached", stats.memcached_hits)
             self._advance(self.cache_misses, "misses", stats.misses)
             self._advance(self.cache_errors, "errors", stats.errors)
+            down = set(stats.servers_down)
+            for server in self._memcached_servers:
+                self.memcached_up.labels(server).set(0 if server in down else 1)
         if self._amqp_state is not None:
             state = self._amqp_state()
             self.amqp_connected.set(1 if state.connected else 0)
@@ -337,6 +369,7 @@ class Exporter:
             health = self._storages_now()
             self._storages.up = {h.path: h.ok for h in health}
             self._storages.free = {h.path: h.free_bytes for h in health}
+            self._storages.size = {h.path: h.size_bytes for h in health}
             self._storages.writable = {h.path: self._writable(h.path) for h in health}
             return generate_latest(self.registry)
 

@@ -18,6 +18,7 @@ shutdown messages reach them).
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,13 +48,14 @@ from stor.s3.read import NoS3, build_s3, s3_client
 from stor.s3.put import S3Writer
 from stor.disk.diskpool import DiskPool
 from stor.disk.local import LocalStore
-from stor.s3.outbox import build_outbox
+from stor.s3.outbox import Outbox, build_outbox
 from stor.store.store import Store
 from stor.observe.log_outputs import build_log_outputs
 from stor.observe.logs import LOG_FORMATS
 from stor.observe.prometheus import MULTIPROC_ENV, AmqpState, Exporter, SyncService, multiprocess
-from stor.process.worker_metrics import register_worker_processes
+from stor.process.worker_metrics import SLOT_ENV, register_worker_processes
 from stor.process.shutdown import Frontend, adopt
+from stor.process.title import set_title
 from stor.process.workers import Supervisor, stop_with_parent
 
 log = Logger()
@@ -74,7 +76,15 @@ class Options(usage.Options):
         ["workers", "w", 1, "Serving processes sharing the listening socket.", int],
         ["adopt-fd", None, None, "(internal, set by --workers) serve on this inherited socket.", int],
     ]
-    longdesc = f"stor {__version__}: store and serve files addressed by their SHA-256."
+    longdesc = (f"stor {__version__}: store and serve files addressed by their SHA-256.\n"
+                "Exit status: 0 after a graceful stop (SIGTERM, SIGINT, SIGHUP); 1 when it "
+                "cannot listen or its workers keep dying; 2 for a config or usage error "
+                "(one line per problem, before anything listens).")
+
+    def opt_version(self) -> None:
+        """Print stor's version (``twistd --version`` prints Twisted's) and exit."""
+        sys.stdout.write(f"stor {__version__}\n")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         # No config file is not a usage error: makeService says so in one line
@@ -152,6 +162,7 @@ def build_daemon(config: Config, reactor: Reactor) -> Daemon:
 
     Services stop in the reverse order they were added: the disk pool last.
     """
+    started = time.monotonic()
     services = service.MultiService()
     statsd, statsd_service = build_metrics(config, reactor)
     if statsd_service is not None:
@@ -169,7 +180,9 @@ def build_daemon(config: Config, reactor: Reactor) -> Daemon:
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
     exporter = Exporter(local.health_now, local.writable, pool.run,
-                        cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher))
+                        cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher),
+                        storage_of={local.server_name(s): s for s in local.storages}.get,
+                        memcached_servers=[s.name for s in config.memcached.servers])
     if multiprocess():  # a --workers child: process_* of every worker, not only its own
         register_worker_processes(exporter.registry, os.environ[MULTIPROC_ENV])
     SyncService(exporter, reactor).setServiceParent(services)
@@ -191,7 +204,7 @@ def build_daemon(config: Config, reactor: Reactor) -> Daemon:
     app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
                   delete_auth=config.delete_auth,
                   stopping=lambda: any(site.closing for site in sites),
-                  status_extra=lambda: {"s3_outbox": outbox.state()} if outbox else {},
+                  status_extra=lambda: _status_extra(started, outbox),
                   sendfile=config.sendfile)
     site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
@@ -234,6 +247,15 @@ class StartupCheck(service.Service):
                          storage=h.path, problem=h.problem)
 
 
+def _status_extra(started: float, outbox: Outbox | None) -> dict[str, Any]:
+    """What ``stor info`` shows beside the storages: version, uptime, the S3 backlog."""
+    extra: dict[str, Any] = {"version": __version__,
+                             "uptime_seconds": round(time.monotonic() - started, 1)}
+    if outbox is not None:
+        extra["s3_outbox"] = outbox.state()
+    return extra
+
+
 def _amqp_state(publisher: object) -> "Callable[[], AmqpState] | None":
     if not isinstance(publisher, AmqpPublisher):
         return None
@@ -266,6 +288,8 @@ def makeService(options: Options) -> service.MultiService:
     key = "--listen" if options["listen"] else "listen"
     endpoint = _exit_on_config_error(lambda: server_endpoint(reactor, listen, key))
     child = options["adopt-fd"] is not None
+    set_title(f"worker {os.environ.get(SLOT_ENV, '?')}" if child else "main",
+              os.path.abspath(options["config"]))
     reopened: list[Callable[[], object]] = []
 
     top: service.MultiService
