@@ -34,8 +34,11 @@ async def get(server, sha: str) -> tuple[int, bytes]:
 
 
 def lookups(statsite) -> int:
-    """Full lookups over the pairs so far: each one sends a ``lookup.time``."""
-    return sum(line.startswith("c.lookup.time:") for line in statsite.lines)
+    """Full lookups over the pairs for reads so far: each one sends a ``lookup.time``,
+    and so does each upload's duplicate lookup (one per ``request.post.count``)."""
+    def sent(prefix: str) -> int:
+        return sum(line.startswith(prefix) for line in statsite.lines)
+    return sent("c.lookup.time:") - sent("c.request.post.count:")
 
 
 def memcached_value(address: tuple[str, int], key: str) -> str | None:

@@ -20,6 +20,7 @@ from stor.disk.diskpool import DiskPool
 from stor.disk.locks import ShaLocks
 from stor.http.app import StorApp
 from stor.http.site import StorSite
+from stor.observe.access import emit_access
 from stor.observe.logs import format_json_line, format_text_line
 from stor.disk.local import LocalStore
 from stor.store.store import Store
@@ -123,6 +124,9 @@ class BrokenCache:
     def get(self, sha: str) -> Any:
         raise RuntimeError("disk controller on fire")
 
+    def peek(self, sha: str) -> None:
+        return None  # nothing remembered in this process: the fast lane leaves it to get
+
     def put(self, sha: str, path: str) -> None:
         pass
 
@@ -136,7 +140,7 @@ async def broken_site(storage_dirs, tmp_path):
     pool = DiskPool(reactor)
     local = LocalStore([tuple(p) for p in storage_dirs], pool, check_mounts=False)
     store = Store(local, ShaLocks(str(tmp_path / "locks")), cache=BrokenCache())
-    site = StorSite(StorApp(store).resource(), store, None)
+    site = StorSite(StorApp(store), access=emit_access)
     port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     yield f"http://127.0.0.1:{port.getHost().port}"
     await port.stopListening()

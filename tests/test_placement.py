@@ -223,7 +223,7 @@ def store(regex: str = ".*", free: dict[str, int] | None = None, seed: int = 1,
 
     return LocalStore(
         PAIRS,
-        pool=None,  # type: ignore[arg-type]  # choose_pair_now is called directly, no pool
+        pool=None,  # type: ignore[arg-type]  # choose_pair_blocking is called directly, no pool
         writable_regex=re.compile(regex),
         rng=random.Random(seed),
         health=health,
@@ -232,43 +232,43 @@ def store(regex: str = ".*", free: dict[str, int] | None = None, seed: int = 1,
 
 def test_store_honours_writable_regex() -> None:
     s = store("data[12]")
-    assert {s.choose_pair_now(1000) for _ in range(200)} == {PAIRS[0]}
+    assert {s.choose_pair_blocking(1000) for _ in range(200)} == {PAIRS[0]}
     s = store("data[34]")
-    assert {s.choose_pair_now(1000) for _ in range(200)} == {PAIRS[1]}
+    assert {s.choose_pair_blocking(1000) for _ in range(200)} == {PAIRS[1]}
 
 
 def test_store_pair_needs_both_members_writable() -> None:
     # data1 and data3 match, their twins do not: no pair may be written
     with pytest.raises(NoSpace):
-        store("data[13]").choose_pair_now(1)
+        store("data[13]").choose_pair_blocking(1)
 
 
 def test_store_balances_over_all_writable_pairs() -> None:
     s = store()
-    assert {s.choose_pair_now(1000) for _ in range(200)} == set(PAIRS)
+    assert {s.choose_pair_blocking(1000) for _ in range(200)} == set(PAIRS)
 
 
 def test_store_never_places_on_an_unhealthy_member() -> None:
     s = store(unplaceable=frozenset({"/mnt/data2"}))  # e.g. a disk that did not mount
-    assert {s.choose_pair_now(1000) for _ in range(100)} == {PAIRS[1]}
+    assert {s.choose_pair_blocking(1000) for _ in range(100)} == {PAIRS[1]}
 
 
 def test_store_uses_injected_free_space() -> None:
     free = {"/mnt/data1": 900, "/mnt/data2": 2000, "/mnt/data3": 1000, "/mnt/data4": 1000}
     s = store(free=free)
-    assert {s.choose_pair_now(100) for _ in range(50)} == {PAIRS[1]}
+    assert {s.choose_pair_blocking(100) for _ in range(50)} == {PAIRS[1]}
     with pytest.raises(NoSpace):
-        s.choose_pair_now(1000)
+        s.choose_pair_blocking(1000)
 
 
 def test_store_exclude() -> None:
     s = store()
-    assert {s.choose_pair_now(1000, exclude=[PAIRS[0]]) for _ in range(100)} == {PAIRS[1]}
-    assert {s.choose_pair_now(1000, exclude=[PAIRS[1]]) for _ in range(100)} == {PAIRS[0]}
+    assert {s.choose_pair_blocking(1000, exclude=[PAIRS[0]]) for _ in range(100)} == {PAIRS[1]}
+    assert {s.choose_pair_blocking(1000, exclude=[PAIRS[1]]) for _ in range(100)} == {PAIRS[0]}
     with pytest.raises(NoSpace):
-        s.choose_pair_now(1000, exclude=PAIRS)
+        s.choose_pair_blocking(1000, exclude=PAIRS)
 
 
 def test_store_exclude_with_regex() -> None:
     with pytest.raises(NoSpace):
-        store("data[12]").choose_pair_now(1000, exclude=[PAIRS[0]])
+        store("data[12]").choose_pair_blocking(1000, exclude=[PAIRS[0]])

@@ -15,6 +15,7 @@ from amqp_peer import Consumer, Relay, amqp_methods, delete_exchange, eventually
 import pika
 
 from stor.config.amqp import split_amqp_uri
+from stor.core.reconnect import quiet
 from stor.amqp.publish import (
     BACKOFF, CONNECTED, DISCONNECTED, DROPPED, AmqpPublisher, NoPublisher, build_publisher,
 )
@@ -164,15 +165,16 @@ async def consumer():
 
 @pytest.fixture
 def logged():
-    """Every event logged during the test."""
+    """Every event stor's log shows during the test (its observers are :func:`quiet`)."""
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = quiet(events.append)
+    globalLogPublisher.addObserver(observer)
     yield events
-    globalLogPublisher.removeObserver(events.append)
+    globalLogPublisher.removeObserver(observer)
 
 
 def amqp_lines(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """What stor.amqp.publish (the publisher, and the ClientService it uses) logged: (level, text)."""
+    """What stor.amqp.publish logged: (level, text)."""
     return [(e["log_level"].name, formatEvent(e)) for e in events
             if e.get("log_namespace", "").startswith("stor.amqp.publish")]
 

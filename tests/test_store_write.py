@@ -16,7 +16,7 @@ from conftest import dat_files, temp_files
 from store_fakes import Connection, ManualPool, make_store, roomiest_first, sha256
 from stor.core import layout
 from stor.core.errors import HashMismatch, NoSpace, StorageFailure, TooLarge
-from stor.disk.spool import Duplicate, Stored
+from stor.core.results import Duplicate, Stored
 from stor.store.upload import HIGH_WATER
 
 

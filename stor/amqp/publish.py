@@ -14,7 +14,9 @@ the message waits:
   order unless it is dropped for space.
 
 Twisted's :class:`~twisted.application.internet.ClientService` keeps the
-connection (reconnecting with capped, jittered exponential backoff); each
+connection (reconnecting with capped, jittered exponential backoff), built by
+:func:`stor.core.reconnect.reconnecting` so its line per attempt stays out of
+stor's log; each
 connection is pika's Twisted adapter, which opens a confirm-mode channel and
 declares the exchange before anything is sent.  The log gets one warning per
 outage and one line when the connection is back, never a line per attempt.
@@ -31,18 +33,17 @@ from typing import Any
 import pika
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from pika.exceptions import ConnectionClosedByBroker, ConnectionWrongStateError, NackError
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints, protocol, ssl
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.logger import (
-    FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, globalLogPublisher,
-)
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from stor.config.amqp import DEFAULT_HEARTBEAT, AmqpConfig
 from stor.core.metrics import Metrics
+from stor.core.reactor import Reactor
+from stor.core.reconnect import Outage, reconnecting
 
 log = Logger()
 
@@ -64,10 +65,6 @@ DROPPED = "amqp.dropped.count"
 NACKED = "amqp.nacked.count"
 CONNECTED = "amqp.connect.count"
 DISCONNECTED = "amqp.disconnect.count"
-
-# Reactor implementations name their parameters differently, so the reactor is
-# only ever called positionally and typed loosely (IReactorTCP + IReactorTime).
-Reactor = Any
 
 
 class NoPublisher:
@@ -194,41 +191,14 @@ class _Connection(TwistedProtocolConnection):
 
 
 class _Factory(protocol.Factory):
-    noisy = False  # no "Starting factory" line per attempt
+    """One :class:`_Connection` per attempt (its "Starting factory" lines are dropped as
+    noise: :mod:`stor.core.reconnect`)."""
 
     def __init__(self, build: Callable[[], protocol.Protocol]) -> None:
         self.build = build
 
     def buildProtocol(self, addr: object) -> protocol.Protocol:
         return self.build()
-
-
-@implementer(IStreamClientEndpoint)
-class _ReportingEndpoint:
-    """An endpoint that reports failed attempts, which ClientService keeps to itself."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
-        self._endpoint = endpoint
-        self._failed = failed
-
-    def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
-        def report(failure: Failure) -> Failure:
-            self._failed(failure)
-            return failure
-
-        return self._endpoint.connect(factory).addErrback(report)
-
-
-class _QuietClientService(ClientService):
-    """ClientService without its info line per attempt ("Scheduling retry N to connect …").
-
-    Its logger is the class attribute ``_log`` (private: Twisted offers no
-    other way); warnings still get through.  tests/test_publisher.py
-    ``test_an_outage_logs_one_warning_and_one_line_when_back`` fails if Twisted changes it.
-    """
-
-    _log = Logger(observer=FilteringLogObserver(
-        globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]))
 
 
 class AmqpPublisher(Service):
@@ -265,11 +235,10 @@ class AmqpPublisher(Service):
         self._buffer_size = buffer_size
         self._max_in_flight = max_in_flight
         self._where = f"{params.host}:{params.port}/{params.virtual_host.lstrip('/')}"
-        self._client = _QuietClientService(
-            _ReportingEndpoint(endpoint or broker_endpoint(params, reactor), self._unreachable),
-            _Factory(self._new_connection),
-            retryPolicy=lambda _attempt: backoff(max(self._failures - 1, 0)),
-            clock=reactor,
+        self._client = reconnecting(
+            endpoint or broker_endpoint(params, reactor), _Factory(self._new_connection),
+            retry=lambda _attempt: backoff(max(self._failures - 1, 0)), clock=reactor,
+            failed=self._unreachable, name=f"AMQP {self._where}",
         )
 
         self._buffer: deque[bytes] = deque()
@@ -279,7 +248,7 @@ class AmqpPublisher(Service):
         self._channel: TwistedChannel | None = None
         self._opened_at: float | None = None  # when the current connection's channel opened
         self._failures = 0  # consecutive, for the backoff
-        self._down_since: float | None = None  # the outage the log has warned about
+        self._down = Outage(reactor)  # the outage the log has warned about
         self._overflowing = False
         self.dropped = 0
 
@@ -369,7 +338,7 @@ class AmqpPublisher(Service):
     def startService(self) -> None:
         """Start connecting; returns at once, publishes are buffered until connected."""
         super().startService()
-        self._down_since = None
+        self._down.forget()
         self._client.startService()
 
     def stopService(self) -> defer.Deferred[None]:
@@ -414,10 +383,10 @@ class AmqpPublisher(Service):
         self._overflowing = False
         channel.on_closed.addCallback(self._channel_closed, channel)
         self._metrics.incr(CONNECTED)
-        down, self._down_since = self._down_since, None
+        lasted = self._down.end()
         log.info("AMQP connected to {where}, exchange {exchange!r}{after}; {count} to send",
                  where=self._where, exchange=self._exchange, count=len(self._buffer),
-                 after="" if down is None else f", again after {self._opened_at - down:.1f}s")
+                 after="" if lasted is None else f", again after {lasted:.1f}s")
         self._flush()
 
     def _channel_closed(self, reason: Exception, channel: TwistedChannel) -> None:
@@ -448,7 +417,6 @@ class AmqpPublisher(Service):
 
     def _outage(self, what: str, why: BaseException | None) -> None:
         """Warn at the start of an outage only: a broker down for hours logs once."""
-        if self._down_since is None:
-            self._down_since = self._reactor.seconds()
+        if self._down.begin():
             log.warn("AMQP {what} {where}: {reason}; buffering and reconnecting", what=what,
                      where=self._where, reason=f"{type(why).__name__}: {why}")

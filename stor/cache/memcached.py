@@ -39,19 +39,19 @@ from hashlib import blake2b
 from random import random
 from typing import Any, TypeVar
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, gatherResults
 from twisted.internet.endpoints import (
     HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint,
 )
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.memcache import MemCacheProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from stor.config.memcached import MemcachedServer, UnixServer
 from stor.core.reactor import Connection, Reactor
+from stor.core.reconnect import Outage, reconnecting
 
 T = TypeVar("T")
 
@@ -129,7 +129,7 @@ class _Server:
         self.name = address.name
         self.timeout = timeout
         self.clock = reactor
-        self.down = False
+        self._outage = Outage(reactor)
         self.connect_failures = 0
         self._on_state = on_state
         self._running = False
@@ -139,10 +139,14 @@ class _Server:
         self._failures = 0
         self._backoff = backoffPolicy(initialDelay=retry_timeout, maxDelay=dead_timeout,
                                       factor=2.0, jitter=lambda: random() * retry_timeout / 4)
-        endpoint = _WatchedEndpoint(_endpoint(reactor, address, timeout), self._connect_failed,
-                                    self.name)
-        self._service = ClientService(endpoint, _Factory(self), retryPolicy=self._retry_delay,
-                                      clock=reactor)
+        self._service = reconnecting(_endpoint(reactor, address, timeout), _Factory(self),
+                                     retry=self._retry_delay, clock=reactor,
+                                     failed=self._connect_failed, name=f"memcached {self.name}")
+
+    @property
+    def down(self) -> bool:
+        """A connection failed or timed out, and none has answered since."""
+        return self._outage.down
 
     def start(self) -> None:
         self._running = True
@@ -167,7 +171,12 @@ class _Server:
     # -- what the connections tell -----------------------------------------
 
     def _made(self, protocol: "_Protocol") -> None:
-        """A new connection: used once it answers ``version`` (a black hole never does)."""
+        """A new connection: used once it answers ``version`` (a black hole never does).
+
+        (ClientService's ``prepareConnection`` cannot reject a connection that
+        later closes: the close reaches its state machine in a state that does
+        not expect it, hence this check.)
+        """
         probe = protocol.request(lambda p: p.version())
         probe.addCallbacks(lambda _: self._answered(protocol),
                            lambda _: protocol.transport.abortConnection())
@@ -175,8 +184,7 @@ class _Server:
     def _answered(self, protocol: "_Protocol") -> None:
         self._protocol = protocol
         self._failures = 0
-        if self.down:
-            self.down = False
+        if self._outage.end() is not None:
             self._on_state(self.name, None)
         self._release(protocol)  # last: what the waiters run next sees the new state
 
@@ -209,8 +217,7 @@ class _Server:
             self._fail(failure.value or ConnectionError("cannot connect"))
 
     def _fail(self, error: BaseException) -> None:
-        if not self.down:
-            self.down = True
+        if self._outage.begin():
             self._on_state(self.name, error)
         self._release(ServerDown(f"{self.name}: {error}"))
 
@@ -300,43 +307,14 @@ class _Protocol(MemCacheProtocol):
 
 
 class _Factory(Factory):
-    """Protocols for one server."""
-
-    noisy = False  # no "Starting factory" line for every reconnection
+    """Protocols for one server (its "Starting factory" lines are dropped as noise:
+    :mod:`stor.core.reconnect`)."""
 
     def __init__(self, server: _Server) -> None:
         self.server = server
 
     def buildProtocol(self, addr: object) -> _Protocol:
         return _Protocol(self.server)
-
-
-@implementer(IStreamClientEndpoint)
-class _WatchedEndpoint:
-    """An endpoint that reports each failed connection attempt, with its reason.
-
-    ClientService retries on its own and keeps the reasons to itself (unless a
-    caller waits in ``whenConnected``); this is where a server going down is
-    learnt.  (ClientService's ``prepareConnection`` cannot reject a connection
-    that later closes: the close reaches its state machine in a state that does
-    not expect it, hence the ``version`` check in :meth:`_Server._made`.)
-    """
-
-    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None],
-                 name: str) -> None:
-        self._endpoint = endpoint
-        self._failed = failed
-        self._name = name
-
-    def __repr__(self) -> str:  # ClientService logs its endpoint at each attempt
-        return f"<memcached {self._name}>"
-
-    def connect(self, factory: IProtocolFactory) -> "Deferred[Any]":
-        return self._endpoint.connect(factory).addErrback(self._report)
-
-    def _report(self, failure: Failure) -> Failure:
-        self._failed(failure)
-        return failure
 
 
 def _endpoint(reactor: Reactor, address: MemcachedServer, timeout: float) -> IStreamClientEndpoint:

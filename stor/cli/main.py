@@ -15,9 +15,10 @@ from stor import __version__
 from stor.cli import s3sync
 from stor.cli import client
 from stor.cli import scrub
-from stor.config import check_config
+from stor.cli import preflight
+from stor.config import Config, check_config
 from stor.config.problems import EXIT_CONFIG, NO_CONFIG_FILE, Problems, report_lines
-from stor.config.systemd import check_unit
+from stor.config.systemd import check_unit, unit_user
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -31,6 +32,10 @@ def _check_config(args: argparse.Namespace) -> int:
     if args.unit:
         grace = checked.config.shutdown_grace_period if checked.config is not None else None
         check_unit(args.unit, grace, found)
+    if checked.config is not None:
+        _dry_run(args, checked.config, found)
+    if args.strict:  # every warning is an error: a typo like basic_auht must not pass
+        found = Problems(found.errors + found.warnings, [])
     for line in report_lines(found.errors, found.warnings):
         sys.stderr.write(line + "\n")
     if found.errors or checked.config is None:
@@ -38,6 +43,23 @@ def _check_config(args: argparse.Namespace) -> int:
     pairs = len(checked.config.storage_pairs)
     sys.stdout.write(f"{path}: OK ({pairs} storage pair{'s' if pairs != 1 else ''})\n")
     return 0
+
+
+def _dry_run(args: argparse.Namespace, config: Config, found: Problems) -> None:
+    """What start-up would meet: storages and log files as the daemon's user, the peers."""
+    name = args.user or (unit_user(args.unit) if args.unit else None)
+    try:
+        user = preflight.daemon_user(name)
+    except (KeyError, OverflowError):
+        found.error("--user", f"no such user: {name}")
+        return
+    try:
+        preflight.check_storages(config, user, found)
+        preflight.check_log_files(config, user, found)
+    except PermissionError as e:
+        found.warn("--user", str(e))
+    if args.probe:
+        preflight.probe_peers(config, found)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -79,11 +101,25 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES)
     p.add_argument("--version", action="version", version=f"stor {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check = sub.add_parser(
+        "check-config", help="validate a config file and exit",
+        description="A dry run of start-up: validate the config file, then check what the "
+                    "daemon would meet — every storage and File log output as the daemon's "
+                    "user, the unit (--unit), the peers (--probe) — creating and changing "
+                    "nothing. One line per problem on stderr; exit 0, or 2 on an error "
+                    "(with --strict, on a warning too).")
     check.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")
     check.add_argument("--unit", metavar="FILE",
                        help="systemd unit of the service: warn if shutdown_grace_period is not "
-                            "below its TimeoutStopSec (drop-ins in FILE.d/ are read too)")
+                            "below its TimeoutStopSec (drop-ins in FILE.d/ are read too); its "
+                            "User= is the daemon's user of the checks")
+    check.add_argument("--user", metavar="USER",
+                       help="check the storages and log files as this user (default: the "
+                            "unit's User=, else the user running the check)")
+    check.add_argument("--strict", action="store_true",
+                       help="treat every warning as an error (exit 2)")
+    check.add_argument("--probe", action="store_true",
+                       help="also check that S3, RabbitMQ and memcached answer")
     check.set_defaults(func=_check_config)
     serve = sub.add_parser("serve", help="run the daemon in the foreground (twistd -n stor …)")
     serve.add_argument("--config", "-c", help="config file (default: $CONFIG_FILE)")

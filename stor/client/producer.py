@@ -1,97 +1,63 @@
 """A file on disk as a request body: read in a thread, one piece ahead, with back-pressure.
 
-Twisted's ``FileBodyProducer`` reads on the reactor thread; here every read
-runs in a thread while the previous piece is on the wire, and the transport's
+Twisted's ``FileBodyProducer`` reads on the reactor thread; here the shared
+:class:`~stor.core.slices.VerifiedSlice` reads every piece in a thread while
+the previous piece is on the wire (``read_ahead``), and the transport's
 ``pauseProducing`` holds the next piece back, so at most two pieces of any
-upload are in memory.
+upload are in memory.  The bytes are not checked against the SHA here: the
+:class:`~stor.client.localfiles.Reader` hashes what it sends, and the server
+refuses (412) a body that does not hash to its name.
 """
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.python.failure import Failure
-from twisted.internet.interfaces import IConsumer
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+from twisted.internet.defer import Deferred
 
 from stor.client.localfiles import CHUNK, Reader
 from stor.client.threads import in_thread
 from stor.core.reactor import Reactor
+from stor.core.slices import VerifiedSlice
 
 
-@implementer(IBodyProducer)
-class FileProducer:
-    """Sends all ``reader.size`` bytes of an open :class:`Reader`.
+def file_producer(reactor: Reactor, reader: Reader,
+                  on_chunk: Callable[[int], None] = lambda n: None) -> VerifiedSlice:
+    """A body of all ``reader.size`` bytes of an open :class:`Reader`.
 
     ``on_chunk`` is called with the size of every piece handed to the
-    transport (progress, and the upload's idle timer).
+    transport (progress, and the upload's idle timer).  The reader is closed
+    by the caller (:func:`close_reader`) whatever became of the request.
+    """
+    return VerifiedSlice(_ReaderSource(reactor, reader), 0, reader.size, chunk=CHUNK,
+                         read_ahead=True, on_chunk=on_chunk)
+
+
+def close_reader(reactor: Reactor, reader: Reader) -> "Deferred[None]":
+    """Close the file (whatever became of the request); safe during a read."""
+    return in_thread(reactor, reader.close)
+
+
+class _ReaderSource:
+    """A :class:`Reader` read in the reactor's thread pool, piece after piece.
+
+    The reader raises :class:`~stor.client.errors.FileChanged` itself when the
+    file ends early, so the producer never sees a short source.
     """
 
-    def __init__(self, reactor: Reactor, reader: Reader,
-                 on_chunk: Callable[[int], None] = lambda n: None) -> None:
+    def __init__(self, reactor: Reactor, reader: Reader) -> None:
         self._reactor = reactor
         self._reader = reader
-        self._on_chunk = on_chunk
-        self.length = reader.size
-        self._consumer: IConsumer | None = None
-        self._finished: Deferred[None] | None = None
-        self._ready: bytes | None = None
-        self._reading = False
-        self._paused = False
-        self._stopped = False
-        self._sent = 0
 
-    def startProducing(self, consumer: IConsumer) -> "Deferred[None]":
-        if self.length == 0:
-            return succeed(None)
-        self._consumer = consumer
-        self._finished = Deferred()
-        self._pump()
-        return self._finished
+    def read_nowait(self, offset: int, size: int) -> None:
+        return None  # every read goes to a thread
 
-    def pauseProducing(self) -> None:
-        self._paused = True
+    def read(self, offset: int, size: int) -> "Deferred[bytes]":
+        return in_thread(self._reactor, self._reader.read, size)
 
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._pump()
+    def ended_early(self, offset: int) -> BaseException:
+        return EOFError(f"{self._reader.path} ends at byte {offset}")
 
-    def stopProducing(self) -> None:
-        """The request is abandoned: read no more; ``startProducing``'s Deferred never fires."""
-        self._stopped = True
-        self._ready = None
+    def corrupt(self, actual: str) -> BaseException:  # no expected hash: never asked
+        return ValueError(f"{self._reader.path} hashes to {actual}")
 
-    def _pump(self) -> None:
-        if self._stopped:
-            return
-        if self._ready is not None and not self._paused:
-            data, self._ready = self._ready, None
-            assert self._consumer is not None
-            self._consumer.write(data)
-            self._sent += len(data)
-            self._on_chunk(len(data))
-            if self._sent == self.length:
-                assert self._finished is not None
-                self._finished.callback(None)
-                return
-        if self._ready is None and not self._reading and self._reader.position < self.length:
-            self._reading = True
-            in_thread(self._reactor, self._reader.read, CHUNK).addCallbacks(self._read, self._failed)
-
-    def _read(self, data: bytes) -> None:
-        self._reading = False
-        if self._stopped:
-            return
-        self._ready = data
-        self._pump()
-
-    def close(self) -> "Deferred[None]":
-        """Close the file (whatever became of the request); safe during a read."""
-        return in_thread(self._reactor, self._reader.close)
-
-    def _failed(self, failure: Failure) -> None:
-        self._reading = False
-        if not self._stopped:
-            self._stopped = True
-            assert self._finished is not None
-            self._finished.errback(failure)
+    def close(self) -> None:
+        pass  # the reader closes after its last piece; close_reader does the rest

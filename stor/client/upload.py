@@ -3,7 +3,7 @@
 treq sends a request body without waiting for ``100 Continue``, so asking
 first is what keeps an already stored file from crossing the network again.
 The body is read from disk in a thread as the socket takes it
-(:class:`~stor.client.producer.FileProducer`).
+(:func:`~stor.client.producer.file_producer`).
 
 A 412 to the upload means the bytes that reached the server do not hash to
 the SHA.  The bytes sent are hashed as they are read: when their hash is not
@@ -21,7 +21,7 @@ from twisted.web.iweb import IResponse
 
 from stor.client.errors import FileChanged, ItemFailed, LocalFailure, ServerAnswer, Transient
 from stor.client.localfiles import Reader, sha256_file
-from stor.client.producer import FileProducer
+from stor.client.producer import close_reader, file_producer
 from stor.client.report import Reporter, Result
 from stor.client.retry import with_retries
 from stor.client.session import Session, retry_after
@@ -91,7 +91,7 @@ async def _post(session: Session, sha: str, reader: Reader, reporter: Reporter) 
         timer.kick()
         reporter.progress.add_bytes(n)
 
-    producer = FileProducer(session.reactor, reader, sent)
+    producer = file_producer(session.reactor, reader, sent)
     d = session.post(sha, producer)
     timer.start()
     try:
@@ -102,5 +102,5 @@ async def _post(session: Session, sha: str, reader: Reader, reporter: Reporter) 
         raise
     finally:
         timer.stop()
-        await producer.close()
+        await close_reader(session.reactor, reader)
 

@@ -117,6 +117,22 @@ def _service_assignments(path: str) -> list[tuple[int, str, str]]:
     return found
 
 
+def unit_user(unit_path: str) -> str | None:
+    """The ``User=`` the unit (and its drop-ins, read after it) runs the service as; None
+    when it names none (root) or cannot be read (:func:`check_unit` says so) — the last
+    assignment wins, as in systemd."""
+    found = None
+    for path in [unit_path, *_dropins(unit_path)]:
+        try:
+            assignments = _service_assignments(path)
+        except OSError:
+            return None
+        for _, name, value in assignments:
+            if name == "User":
+                found = value or None
+    return found
+
+
 def check_unit(unit_path: str, grace: float | None, problems: Problems) -> None:
     """Record what is wrong between the unit at ``unit_path`` and a ``shutdown_grace_period``.
 

@@ -6,6 +6,11 @@ and the choice of a pair for a new file.  Lookups run on the reactor only when
 the kernel promises not to wait (:mod:`stor.disk.nowait`), otherwise in the disk
 pool; the blocking helpers are plain functions, also used by uploads, repair
 and scrub from pool threads.
+
+Names say whether a call may wait: ``*_blocking`` may wait for a disk and runs
+only in a pool thread; ``*_nowait`` never waits (it answers, or says it would
+have to: :data:`BLOCKED`) and is safe on the reactor; a call returning a
+Deferred does its waiting elsewhere.
 """
 
 import os
@@ -55,7 +60,7 @@ class Hit:
             self.file.close()
 
 
-def open_first(order: Sequence[str], sha: str, head: bool = False) -> Hit | None:
+def open_first_blocking(order: Sequence[str], sha: str, head: bool = False) -> Hit | None:
     """Blocking: ``sha``'s file on the first storage in ``order`` that has it.
 
     An unreadable disk is a miss there, not a failed request.
@@ -80,8 +85,8 @@ class _Blocked:
 BLOCKED = _Blocked()
 
 
-def open_now(order: Sequence[str], sha: str, head: bool = False) -> "Hit | None | _Blocked":
-    """:func:`open_first` using only cached data: the answer, or :data:`BLOCKED`
+def open_nowait(order: Sequence[str], sha: str, head: bool = False) -> "Hit | None | _Blocked":
+    """:func:`open_first_blocking` using only cached data: the answer, or :data:`BLOCKED`
     as soon as anything would need a disk."""
     rel = layout.relative_path(sha)
     for attempt, storage in enumerate(order, start=1):
@@ -209,22 +214,22 @@ class LocalStore:
             return succeed(None)
         return self._open([storage], sha, head)
 
-    def find_at_now(self, path: str, sha: str, head: bool) -> "Hit | None | _Blocked":
+    def find_at_nowait(self, path: str, sha: str, head: bool) -> "Hit | None | _Blocked":
         """:meth:`find_at` without waiting: the answer, or :data:`BLOCKED`."""
         storage = layout.storage_of(path, sha)
         if storage is None or storage not in self._twins:
             return None
-        return open_now([storage], sha, head)
+        return open_nowait([storage], sha, head)
 
     def _open(self, order: list[str], sha: str, head: bool) -> "Deferred[Hit | None]":
-        hit = open_now(order, sha, head)
+        hit = open_nowait(order, sha, head)
         if isinstance(hit, _Blocked):
-            return self.run(open_first, order, sha, head)
+            return self.run(open_first_blocking, order, sha, head)
         return succeed(hit)
 
     def health(self, with_free: bool = True) -> "Deferred[list[StorageHealth]]":
         """Every storage's health, measured now in the pool (``/status``, metrics)."""
-        return self.run(self.health_now, with_free)
+        return self.run(self.health_blocking, with_free)
 
     def not_ready(self, health: list[StorageHealth]) -> list[str]:
         """Why this host should not get traffic (empty: ready).  Ready means every
@@ -241,11 +246,11 @@ class LocalStore:
 
     # -- blocking (pool threads) -----------------------------------------
 
-    def health_now(self, with_free: bool = True) -> list[StorageHealth]:
+    def health_blocking(self, with_free: bool = True) -> list[StorageHealth]:
         """Blocking :meth:`health`."""
         return self._health(self.storages, self._check_mounts, with_free)
 
-    def existing_now(self, sha: str) -> tuple[list[str], list[Pair]]:
+    def existing_blocking(self, sha: str) -> tuple[list[str], list[Pair]]:
         """Blocking: every path of ``sha`` (lookup order) and the pairs holding it on both members.
 
         A file counts as stored (a duplicate) only when both members of a pair
@@ -256,14 +261,14 @@ class LocalStore:
         whole = [pair for pair in self.pairs if pair[0] in held and pair[1] in held]
         return paths, whole
 
-    def choose_pair_now(self, size: int, exclude: Collection[Pair] = ()) -> Pair:
+    def choose_pair_blocking(self, size: int, exclude: Collection[Pair] = ()) -> Pair:
         """Blocking: the pair a new file of ``size`` bytes goes to; NoSpace if none.
 
         A member that is unhealthy (missing, not a directory, unmounted: see
         :mod:`stor.disk.health`) or not writable counts as having no room.
         """
         room = {h.path: (h.free_bytes or 0) if h.placeable and self.writable(h.path) else 0
-                for h in self.health_now()}
+                for h in self.health_blocking()}
         candidates = [(pair, (room[pair[0]], room[pair[1]]))
                       for pair in self.pairs if pair not in exclude]
         return placement.choose_pair(candidates, size, self._rng, self._threshold)

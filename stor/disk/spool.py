@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from stor.core import layout
 from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
 from stor.core.placement import Pair
+from stor.core.results import Duplicate, Stored, UploadResult
 from stor.disk.commit import MemberFailed, install
 from stor.disk.fsio import is_no_space, make_dirs, owner_of, reserve, start_writeback, write_chunks
 from stor.disk.locks import ShaLocks
@@ -40,27 +41,6 @@ WRITEBACK_STEP = 1024 * 1024
 """After this many bytes written, the kernel is asked to start writing them to
 disk (without waiting): the fsync before the answer then finds little left to do."""
 
-
-@dataclass(frozen=True)
-class Stored:
-    """The file was written: 201 with these paths.
-
-    ``failures`` lists the storages that failed on the way (the file was then
-    placed on another pair).
-    """
-
-    paths: list[str]
-    failures: tuple[MemberFailed, ...] = ()
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """The file was already stored (on both members of a pair): 200 with every path."""
-
-    paths: list[str]
-
-
-UploadResult = Stored | Duplicate
 
 BeforeInstall = Callable[[str, Pair], None]
 """Called (blocking, under the SHA's lock) just before a file is installed on a
@@ -218,7 +198,7 @@ def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
     failures: list[MemberFailed] = []
     while True:
         try:
-            pair = store.choose_pair_now(length or 0, excluded)
+            pair = store.choose_pair_blocking(length or 0, excluded)
         except NoSpace:
             raise as_stor_error(failures, length or 0) from None
         try:
@@ -259,7 +239,7 @@ def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
         with locks.hold(spool.sha):
             if still_wanted is not None and not still_wanted(spool.sha):
                 raise Conflict(f"{spool.sha} was deleted while it was uploaded")
-            paths, whole = store.existing_now(spool.sha)
+            paths, whole = store.existing_blocking(spool.sha)
             if whole:
                 return Duplicate(paths)
             try:
@@ -287,7 +267,7 @@ def _another_pair(spool: Spool, store: LocalStore, tried: set[Pair]) -> Pair:
     source = spool.temps[0]
     while True:
         try:
-            pair = store.choose_pair_now(spool.size, tried)
+            pair = store.choose_pair_blocking(spool.size, tried)
         except NoSpace:
             raise as_stor_error(spool.failures, spool.size) from None
         copies: list[OwnedTemp] = []

@@ -4,26 +4,27 @@ A storage host mostly answers ``GET /<sha>`` (and ``HEAD``) for small files that
 are read again and again.  When such a request arrives whole in one read —
 request line and headers, nothing after them — with nothing that changes its
 answer (no range, no validators, no body, no ``Connection`` other than
-keep-alive), and the store can answer it without waiting
-(:meth:`~stor.store.store.Store.read_now`: the path remembered in this
+keep-alive), and the store can answer it without waiting (the routes'
+:meth:`~stor.http.app.StorApp.read_nowait`: the path remembered in this
 process, the file in the page cache), the answer is written here, in one
 piece, without building a twisted.web request.  Everything an operator sees
-is the same as on the ordinary path — the headers, byte for byte and in the
-same order, the access event, the statsite keys, the Prometheus figures —
-and ``tests/test_fastlane.py`` checks that.  Anything else goes the ordinary
+is the same as on the ordinary path — the headers (built by the same
+:func:`~stor.http.app.file_headers`), byte for byte and in the same order,
+the access event, the statsite keys, the Prometheus figures — and
+``tests/test_fastlane.py`` checks that.  Anything else goes the ordinary
 way, untouched.
 """
 
+import functools
 import re
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol
 
-from twisted.web.http import datetimeToString
+from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.server import version as SERVER
 
-from stor.core.ranges import Selection, etag
-from stor.core.sha import parse_sha
-from stor.http.dates import http_date
+from stor.http.app import FileAnswer, HeaderList
 
 REQUEST = re.compile(rb"(GET|HEAD) /([0-9a-fA-F]{64}) HTTP/1\.1\r\n"
                      rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*)\r\n")
@@ -37,25 +38,68 @@ _ORDINARY = frozenset({b"range", b"if-range", b"if-none-match", b"if-match",
                        b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer"})
 """Headers that change an answer (or announce a body): their requests take the ordinary path."""
 
-IMMUTABLE = b"public, max-age=31536000, immutable"
+ReadNow = Callable[[bytes, str], "FileAnswer | None"]
+"""(method, SHA as requested) → the whole answer, or None: the routes'
+:meth:`~stor.http.app.StorApp.read_nowait`."""
+
+
+@functools.lru_cache(maxsize=8)
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, RESPONSES[status])
+
+
+@functools.lru_cache(maxsize=4096)
+def _render(headers: HeaderList) -> bytes:
+    """A file answer's header lines and the blank line after them.  A hot file is
+    asked for again and again with the same headers: rendered once (measured: this
+    and the call around it cost the fast lane about as much as the rest of it)."""
+    return b"".join(b"%s: %s\r\n" % header for header in headers) + b"\r\n"
+
+
+class Accounting(Protocol):
+    """What the fast lane tells the site (:class:`~stor.http.site.StorSite`)."""
+
+    worker: bytes
+    """This process's pid, for the ``Stor-Worker`` header."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    def started(self) -> None: ...
+
+    def account(self, method: str, path: bytes, status: int, sent: int, received: int,
+                seconds: float, peer: str, agent: bytes, completed: bool) -> None: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+
+class Peer(Protocol):
+    """The connection a request came on (:class:`~stor.http.channel.StorChannel`)."""
+
+    peer_name: str
+
+    @property
+    def transport(self) -> Writable: ...
 
 
 class FastLane:
     """Answers what it can of ``data`` (one read of a connection); see the module docstring.
 
-    ``app`` is the :class:`~stor.http.app.StorApp` (its store and metrics),
-    ``site`` the :class:`~stor.http.site.StorSite` (accounting, the worker pid).
+    ``read_nowait`` is the routes' (the only way to the store), ``site`` does the
+    accounting.
     """
 
-    def __init__(self, app: Any, site: Any) -> None:
-        self._app = app
+    def __init__(self, read_nowait: ReadNow, site: Accounting) -> None:
+        self._read_now = read_nowait
         self._site = site
         self._worker = b"Stor-Worker: " + site.worker + b"\r\n"
         self._server = b"Server: " + SERVER + b"\r\n"
         self._second = -1
         self._date = b""
 
-    def __call__(self, channel: Any, data: bytes) -> bool:
+    def __call__(self, channel: Peer, data: bytes) -> bool:
         """True when ``data`` was answered here (the connection stays open)."""
         if len(data) > MAX_SIZE or self._site.closing:
             return False
@@ -72,31 +116,18 @@ class FastLane:
                 agent = value.strip()
         return self._answer(channel, match.group(1), match.group(2), agent)
 
-    def _answer(self, channel: Any, method: bytes, segment: bytes, agent: bytes) -> bool:
+    def _answer(self, channel: Peer, method: bytes, segment: bytes, agent: bytes) -> bool:
         start = time.monotonic()
-        text = segment.decode("ascii")
-        head = method == b"HEAD"
-        reading = self._app.store.read_now(Selection(parse_sha(text), head=head), text)
-        if reading is None:
+        answer = self._read_now(method, segment.decode("ascii"))
+        if answer is None:
             return False
         self._site.started()
-        self._app.metrics.incr("request.get.count")
-        collected: list[bytes] = []
-        reading.send(_Collect(collected))
-        body = b"".join(collected)
-        modified = reading.last_modified
         channel.transport.write(b"".join((
-            b"HTTP/1.1 200 OK\r\n", self._worker, self._server,
-            b"Date: ", self._now(), b"\r\n",
-            b"Last-Modified: ", modified if isinstance(modified, bytes)
-            else http_date(int(modified)), b"\r\n",
-            b"ETag: ", etag(text), b"\r\n",
-            b"Accept-Ranges: bytes\r\nCache-Control: ", IMMUTABLE, b"\r\n",
-            b"Content-Type: application/octet-stream\r\n",
-            b"Content-Length: %d\r\n\r\n" % reading.size, body)))
-        path = b"/" + segment
-        self._site.account(method.decode("ascii"), path, 200, len(body), 0,
-                           time.monotonic() - start, channel.peer_name, agent, True)
+            _status_line(answer.status), self._worker, self._server,
+            b"Date: ", self._now(), b"\r\n", _render(answer.headers), answer.body)))
+        self._site.account(method.decode("ascii"), b"/" + segment, answer.status,
+                           len(answer.body), 0, time.monotonic() - start, channel.peer_name,
+                           agent, True)
         return True
 
     def _now(self) -> bytes:
@@ -104,19 +135,3 @@ class FastLane:
         if second != self._second:
             self._second, self._date = second, datetimeToString(second)
         return self._date
-
-
-class _Collect:
-    """The body of a small file, as the store writes it to a consumer."""
-
-    def __init__(self, into: list[bytes]) -> None:
-        self._into = into
-
-    def registerProducer(self, producer: object, streaming: bool) -> None:
-        pass
-
-    def unregisterProducer(self) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        self._into.append(data)

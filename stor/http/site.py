@@ -1,10 +1,13 @@
 """The site: connections, the operator's view of each request, and a graceful stop.
 
-:class:`StorSite` builds :class:`~stor.http.channel.StorChannel` connections
-whose requests are :class:`~stor.http.request.StorRequest` (uploads stream
-into ``store``).  It logs one access event per request
-(:func:`stor.observe.access.emit_access`) when its answer is finished or its
-connection lost, tells the ``observer`` (the Prometheus exporter) likewise,
+:class:`StorSite` serves the routes (:class:`~stor.http.app.StorApp`) over
+:class:`~stor.http.channel.StorChannel` connections whose requests are
+:class:`~stor.http.request.StorRequest` (an upload's body streams into the
+intake the routes give it), and offers each connection's reads to the fast
+lane first (:mod:`stor.http.fastlane`, also the routes').  It emits one
+access event per request (``access``: given by the process, which owns the
+log) when its answer is finished or its connection lost, tells the
+``observer`` (the Prometheus exporter) likewise,
 puts a ``Stor-Worker: <pid>`` header on every answer, counts requests the
 channel refused (408, 414, 431, body timeouts), and keeps the requests and
 connections still open, for a graceful stop (:meth:`close_idle`).
@@ -13,23 +16,57 @@ connections still open, for a graceful stop (:meth:`close_idle`).
 import os
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.logger import Logger
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
 
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.sha import sha_of_path
-from stor.observe.access import emit_access
 from stor.http.channel import StorChannel, describe_peer, request_line
+from stor.http.app import FileAnswer
+from stor.http.fastlane import FastLane
+from stor.http.handshake import Intake
 from stor.http.request import StorRequest
-from stor.store.store import Store
 
 log = Logger()
 
 LOST = 499
 """Status recorded for a request whose connection was lost before its answer (nginx's)."""
+
+
+AccessEvent = Callable[[str, str, "str | None", int, int, int, float, str, str, bool], None]
+"""(method, path, SHA, status, bytes sent, bytes received, milliseconds, peer,
+user agent, completed): :func:`stor.observe.access.emit_access`."""
+
+
+class Routes(Protocol):
+    """What the site serves (:class:`~stor.http.app.StorApp`): its resource, the intake
+    of a request's body (:data:`~stor.http.request.OpenIntake`) and the fast lane's read
+    (:data:`~stor.http.fastlane.ReadNow`)."""
+
+    def resource(self) -> Resource: ...
+
+    def intake(self, method: bytes, target: bytes, headers: Headers,
+               length: int | None) -> Intake | None: ...
+
+    def read_nowait(self, method: bytes, segment: str) -> FileAnswer | None: ...
+
+
+class Closing:
+    """Whether this process has begun its graceful stop: set by the site
+    (:meth:`StorSite.close_idle`), read by the routes (``/health/ready`` says
+    ``stopping``).  Made before both, so neither needs the other."""
+
+    def __init__(self) -> None:
+        self.begun = False
+
+    def __call__(self) -> bool:
+        return self.begun
 
 
 class RequestObserver(Protocol):
@@ -58,25 +95,30 @@ class StorSite(server.Site):
     requestFactory = StorRequest
     protocol = StorChannel  # type: ignore[assignment]  # HTTP/1.1 only: no h2 negotiation wrapper
 
-    def __init__(self, resource: object, store: Store, basic_auth: str | None, *,
-                 observer: RequestObserver | None = None, metrics: Metrics | None = None,
-                 header_timeout: float | None = 30.0, body_timeout: float = 120.0,
-                 **kwargs: Any) -> None:
-        super().__init__(resource, timeout=body_timeout, **kwargs)
-        self.store = store
-        self.basic_auth = basic_auth
+    def __init__(self, routes: Routes, *, access: AccessEvent | None = None,
+                 closing: Closing | None = None, observer: RequestObserver | None = None,
+                 metrics: Metrics | None = None, header_timeout: float | None = 30.0,
+                 body_timeout: float = 120.0, **kwargs: Any) -> None:
+        super().__init__(routes.resource(), timeout=body_timeout, **kwargs)
+        self._open_intake = routes.intake
+        self._access = access
+        self._closing = closing or Closing()
         self.observer = observer
         self.metrics: Metrics = metrics or NullMetrics()
         self.header_timeout = header_timeout
         self.in_flight: dict[server.Request, _Begun] = {}
         """Requests begun (request line received) and not yet ended."""
         self.connections: "weakref.WeakSet[StorChannel]" = weakref.WeakSet()
-        self.closing = False
         self.worker = b"%d" % os.getpid()
         """This process's pid, as every answer's ``Stor-Worker`` header says."""
         self._worker = [self.worker]
-        self.fast_lane: Any = None
+        self.fast_lane = FastLane(routes.read_nowait, self)
         """Called with each connection's reads first (:mod:`stor.http.fastlane`)."""
+
+    @property
+    def closing(self) -> bool:
+        """Whether the graceful stop has begun (no new keep-alive, no fast lane)."""
+        return self._closing.begun
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
@@ -98,10 +140,11 @@ class StorSite(server.Site):
         log.info("refused a request from {peer}: {reason}", peer=peer, reason=reason)
 
     def _begin(self, channel: Any, *args: Any) -> server.Request:
-        request = self.requestFactory(channel, *args)
+        request = StorRequest(channel, *args)
         self.in_flight[request] = _Begun(time.monotonic(), channel, channel.peer_name)
         request.responseHeaders.setRawHeaders(b"stor-worker", self._worker)
         request.site_ended = self.ended  # told by the request itself: no Deferred a request
+        request.open_intake = self._open_intake
         if self.observer is not None:
             self.observer.request_started()
         return request
@@ -123,17 +166,19 @@ class StorSite(server.Site):
             line = request_line(begun.channel)
             method, path = (line[0], line[1].split(b"?", 1)[0]) if line else (b"-", b"-")
         status = request.code if completed or request.startedWriting else LOST
-        upload = getattr(request, "upload", None)
+        intake = request.intake if isinstance(request, StorRequest) else None
         agent = request.requestHeaders.getRawHeaders(b"user-agent")
         self.account(method.decode("latin-1") if isinstance(method, bytes) else str(method),
-                     path, status, request.sentLength, upload.received if upload else 0,
+                     path, status, request.sentLength, intake.received if intake else 0,
                      seconds, begun.peer, agent[0] if agent else b"", completed)
 
     def account(self, method: str, path: bytes, status: int, sent: int, received: int,
                 seconds: float, peer: str, agent: bytes, completed: bool) -> None:
         """The access event and the observer's figures of one request."""
-        emit_access(method, path.decode("latin-1"), sha_of_path(path), status, sent, received,
-                    round(seconds * 1000, 3), peer, agent.decode("latin-1"), completed)
+        if self._access is not None:
+            self._access(method, path.decode("latin-1"), sha_of_path(path), status, sent,
+                         received, round(seconds * 1000, 3), peer, agent.decode("latin-1"),
+                         completed)
         if self.observer is not None:
             self.observer.request_ended(method, status, sent, received, seconds)
 
@@ -144,7 +189,7 @@ class StorSite(server.Site):
         ``Connection: close`` (when its headers are not sent yet) and its
         connection closes after it.  Returns the connections still open.
         """
-        self.closing = True
+        self._closing.begun = True
         busy = set()
         for request, begun in list(self.in_flight.items()):
             busy.add(id(begun.channel))

@@ -45,6 +45,7 @@ from stor.config.log import (
 from stor.config.problems import Problem
 from stor.core.errors import ConfigError
 from stor.core.reactor import Reactor
+from stor.core.reconnect import quiet
 from stor.observe.gelf import datagrams, gelf_message, syslog_level, tcp_frame
 from stor.observe.logs import event_as_record
 from stor.observe.stream import StreamSender
@@ -465,6 +466,7 @@ class LogOutputs(MultiService):
         super().__init__()
         self.sinks = tuple(sinks)
         self.dispatch = LogDispatch(self.sinks)
+        self._observer = quiet(self.dispatch)  # no line per reconnection attempt
         self._reactor = reactor
         self._warnings = tuple(warnings)
         self._on_reopen = tuple(on_reopen)
@@ -476,7 +478,7 @@ class LogOutputs(MultiService):
 
     def privilegedStartService(self) -> None:
         if self.sinks:
-            globalLogPublisher.addObserver(self.dispatch)
+            globalLogPublisher.addObserver(self._observer)
         for sink in self.sinks:
             writer = getattr(sink, "writer", None)
             if isinstance(writer, LineWriter):
@@ -506,7 +508,7 @@ class LogOutputs(MultiService):
     async def _stop(self) -> None:
         await super().stopService()
         self.signal.uninstall()
-        globalLogPublisher.removeObserver(self.dispatch)
+        globalLogPublisher.removeObserver(self._observer)
         waits = []
         for sink in self.sinks:
             writer = getattr(sink, "writer", None)

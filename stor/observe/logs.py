@@ -36,9 +36,12 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from twisted.logger import (
-    LogEvent, formatEvent, formatEventAsClassicLogText, formatTime,
+    ILogObserver, LogEvent, formatEvent, formatEventAsClassicLogText, formatTime,
 )
 from twisted.python import logfile, threadable
+from zope.interface import implementer
+
+from stor.core.reconnect import quiet
 
 LOG_FORMATS = ("text", "json")
 
@@ -137,6 +140,7 @@ format_text_line = TextLines()
 """One event as twistd's text line, with the pid (the ``text`` format)."""
 
 
+@implementer(ILogObserver)
 class BatchedFileLogObserver:
     """Writes formatted events to ``out``, flushed once per turn of the event loop.
 
@@ -232,9 +236,10 @@ def _rotate_on_sigusr1(opened: logfile.LogFile) -> None:
     signal.signal(signal.SIGUSR1, rotate)
 
 
-def observer_factory() -> "BatchedFileLogObserver":
-    """twistd's ``--logger``: lines of the chosen format where twistd would have written."""
+def observer_factory() -> ILogObserver:
+    """twistd's ``--logger``: lines of the chosen format where twistd would have written,
+    without the reconnecting clients' line per attempt (:func:`stor.core.reconnect.quiet`)."""
     out = _output() if _output is not None else sys.stdout
     if _format == "json":
-        return json_file_observer(out)
-    return text_file_observer(out)
+        return quiet(json_file_observer(out))
+    return quiet(text_file_observer(out))

@@ -236,7 +236,7 @@ class Exporter:
                  amqp_state: Callable[[], AmqpState] | None = None,
                  storage_of: Callable[[str], str | None] = lambda server: server,
                  memcached_servers: Sequence[str] = ()) -> None:
-        self._storages_now = storages
+        self._storages_blocking = storages
         self._memcached_servers = tuple(memcached_servers)
         self._writable = writable
         self._run = run
@@ -366,7 +366,7 @@ class Exporter:
         self.sync()
 
         def measure_and_render() -> bytes:
-            health = self._storages_now()
+            health = self._storages_blocking()
             self._storages.up = {h.path: h.ok for h in health}
             self._storages.free = {h.path: h.free_bytes for h in health}
             self._storages.size = {h.path: h.size_bytes for h in health}

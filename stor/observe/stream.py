@@ -7,24 +7,26 @@ the write happens on the reactor thread, over a connection kept by Twisted's
 off the reactor thread).  While there is no connection, or the peer reads more
 slowly than stor writes (the transport asks its producer to pause), messages
 wait in a bounded buffer; past :data:`BUFFER_LIMIT` messages the oldest is
-dropped and counted in :attr:`StreamSender.dropped`.
+dropped and counted in :attr:`StreamSender.dropped`.  The log gets one warning
+per outage and one line when the peer is back (:mod:`stor.core.reconnect`).
 """
 
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.core.reactor import Connection, Reactor
+from stor.core.reconnect import Outage, reconnecting
 
 log = Logger()
 
@@ -32,17 +34,6 @@ BUFFER_LIMIT = 10_000
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
 CONNECT_TIMEOUT = 5.0
-
-
-class _QuietLogger(Logger):
-    """ClientService's "Scheduling retry N …" lines, at debug: one every 30 s while a peer is down."""
-
-    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
-        super().emit(LogLevel.debug if level == LogLevel.info else level, format, **kwargs)
-
-
-class _Reconnecting(ClientService):
-    _log = _QuietLogger(namespace="stor.observe.stream")
 
 
 class _Link(Protocol):
@@ -76,14 +67,15 @@ class StreamSender(Service):
         self._link: _Link | None = None
         self._paused = False
         self._closed = False
-        self._warned = False
+        self._outage = Outage(reactor)
         self.sent = 0
         self.dropped = 0
         endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-        self._service = _Reconnecting(endpoint, Factory.forProtocol(lambda: _Link(self)),
-                                      retryPolicy=retry or backoffPolicy(FIRST_DELAY, MAX_DELAY,
-                                                                         factor=2.0),
-                                      clock=reactor)
+        self._service = reconnecting(endpoint, Factory.forProtocol(lambda: _Link(self)),
+                                     retry=retry or backoffPolicy(FIRST_DELAY, MAX_DELAY,
+                                                                  factor=2.0),
+                                     clock=reactor, failed=self._unreachable,
+                                     name=f"{what} {host}:{port}")
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -122,23 +114,24 @@ class StreamSender(Service):
         self._paused = False
         assert link.transport is not None
         link.transport.registerProducer(self, True)
-        log.info("{what}: connected to {host}:{port}", what=self.what, host=self.host,
-                 port=self.port)
-        self._warned = False
+        lasted = self._outage.end()
+        log.info("{what}: connected to {host}:{port}{after}", what=self.what, host=self.host,
+                 port=self.port, after="" if lasted is None else f" again after {lasted:.1f}s")
         self._flush()
 
     def _lost(self, link: _Link, reason: Failure) -> None:
         if self._link is link:
             self._link = None
             self._paused = False
-            if not self._closed:
+            if not self._closed and self._outage.begin():
                 log.warn("{what}: connection to {host}:{port} lost ({why}); reconnecting",
                          what=self.what, host=self.host, port=self.port,
                          why=reason.getErrorMessage())
 
     def _unreachable(self, failure: Failure) -> None:
-        if not self._closed and not self._warned:
-            self._warned = True
+        """A connection attempt failed: a warning if that starts an outage (not after a
+        lost connection, already told), then silence until the peer is back."""
+        if not self._closed and self._outage.begin():
             log.warn("{what}: cannot connect to {host}:{port} ({why}); retrying, keeping up to "
                      "{limit} messages", what=self.what, host=self.host, port=self.port,
                      why=failure.getErrorMessage(), limit=self._limit)
@@ -160,9 +153,8 @@ class StreamSender(Service):
     def startService(self) -> None:
         super().startService()
         self._closed = False
+        self._outage.forget()
         self._service.startService()
-        d = self._service.whenConnected(failAfterFailures=1)
-        d.addErrback(self._unreachable)
 
     def stopService(self) -> Any:
         super().stopService()

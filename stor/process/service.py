@@ -35,8 +35,7 @@ from stor.core.metrics import Tee
 from stor.disk.locks import ShaLocks, Tombstones, default_lock_dir
 from stor.disk.temps import sweep_temp_dir
 from stor.http.app import StorApp
-from stor.http.fastlane import FastLane
-from stor.http.site import StorSite
+from stor.http.site import Closing, StorSite
 from stor.config import Config, load_config
 from stor.config.problems import EXIT_CONFIG, NO_CONFIG_FILE, report_lines
 from stor.config.server import listen_problem
@@ -46,10 +45,13 @@ from stor.observe.statsd import build_metrics
 from stor.amqp.publish import AmqpPublisher, build_publisher
 from stor.s3.read import NoS3, build_s3, s3_client
 from stor.s3.put import S3Writer
+from stor.disk.corrupt import CorruptReplicas
 from stor.disk.diskpool import DiskPool
 from stor.disk.local import LocalStore
+from stor.disk.repair import Repairer
 from stor.s3.outbox import Outbox, build_outbox
 from stor.store.store import Store
+from stor.observe.access import emit_access
 from stor.observe.log_outputs import build_log_outputs
 from stor.observe.logs import LOG_FORMATS
 from stor.observe.prometheus import MULTIPROC_ENV, AmqpState, Exporter, SyncService, multiprocess
@@ -160,7 +162,10 @@ class Daemon:
 def build_daemon(config: Config, reactor: Reactor) -> Daemon:
     """The web site for ``config``, its collaborators, and their services.
 
-    Services stop in the reverse order they were added: the disk pool last.
+    Built in layer order, each part from parts already built (nothing is bound
+    late): the tiers, the store over them, the routes over the store, the site
+    serving the routes.  Services stop in the reverse order they were added:
+    the disk pool last.
     """
     started = time.monotonic()
     services = service.MultiService()
@@ -179,7 +184,7 @@ def build_daemon(config: Config, reactor: Reactor) -> Daemon:
     publisher = build_publisher(config.amqp, reactor, statsd)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    exporter = Exporter(local.health_now, local.writable, pool.run,
+    exporter = Exporter(local.health_blocking, local.writable, pool.run,
                         cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher),
                         storage_of={local.server_name(s): s for s in local.storages}.get,
                         memcached_servers=[s.name for s in config.memcached.servers])
@@ -187,29 +192,26 @@ def build_daemon(config: Config, reactor: Reactor) -> Daemon:
         register_worker_processes(exporter.registry, os.environ[MULTIPROC_ENV])
     SyncService(exporter, reactor).setServiceParent(services)
     metrics = Tee(statsd, exporter.events)
-    corrupt: list[Callable[[str], object]] = []
-    outbox = build_outbox(config, reactor, pool.run, metrics,
-                          on_corrupt=lambda path: corrupt[0](path))
+    repairer = Repairer(local, locks, metrics)
+    corrupt = CorruptReplicas(local, locks, metrics, repairer, cache.drop)
+    outbox = build_outbox(config, reactor, pool.run, metrics, on_corrupt=corrupt.found_at)
     s3 = build_s3(config, reactor, metrics)
     store = Store(local, locks, metrics=metrics, cache=cache,
                   s3=None if isinstance(s3, NoS3) else s3,
                   s3_first=config.s3 is None or config.s3.read != "fallback",
-                  publisher=publisher, max_upload_size=config.max_upload_size, outbox=outbox,
+                  publisher=publisher, repairer=repairer, corrupt=corrupt,
+                  max_upload_size=config.max_upload_size, outbox=outbox,
                   s3_objects=_s3_objects(config, reactor, pool.run),
                   fill_local=config.s3 is not None and config.s3.fill_local)
-    corrupt.append(store.corrupt_file)
     if outbox is not None:
         outbox.setServiceParent(services)
-    sites: list[StorSite] = []
+    closing = Closing()
     app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
-                  delete_auth=config.delete_auth,
-                  stopping=lambda: any(site.closing for site in sites),
+                  basic_auth=config.basic_auth, delete_auth=config.delete_auth, stopping=closing,
                   status_extra=lambda: _status_extra(started, outbox),
                   sendfile=config.sendfile)
-    site = StorSite(app.resource(), store, config.basic_auth, observer=exporter, metrics=metrics,
+    site = StorSite(app, access=emit_access, closing=closing, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout)
-    sites.append(site)
-    site.fast_lane = FastLane(app, site)
     site.displayTracebacks = False
     site.noisy = False  # no "Starting factory <StorSite object at 0x…>" lines
     temp_sweeper(local, store.tombstones, config.cleanup_tempdir_period).setServiceParent(services)

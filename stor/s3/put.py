@@ -10,7 +10,8 @@ the last chunk is held back, the request is aborted and
 :class:`CorruptLocalFile` is raised, so the caller can quarantine that
 replica and use its twin.
 
-The body is streamed from the committed local file by :class:`FileSlice`,
+The body is streamed from the committed local file by :func:`file_slice`
+(the shared :class:`~stor.core.slices.VerifiedSlice`),
 which reads in chunks on the disk pool (never on the reactor) as fast as the
 connection takes them: memory stays at one chunk per upload whatever the file
 size.  Files of ``multipart_threshold`` bytes or more go as a multipart
@@ -36,7 +37,7 @@ from xml.sax.saxutils import escape
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as TxTimeoutError
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,12 +46,12 @@ from twisted.web.client import (
     readBody,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
 from stor.config import S3Config
 from stor.core import layout
 from stor.core.reactor import Connection
+from stor.core.slices import VerifiedSlice
 from stor.s3.sign import Signer
 
 log = Logger()
@@ -129,116 +130,54 @@ def hash_range(path: str, offset: int, length: int, whole: "Any | None" = None,
     return part.hexdigest()
 
 
-@implementer(IBodyProducer)
-class FileSlice:
+def file_slice(path: str, offset: int, length: int, expected: str, run: Runner,
+               pace: Pace | None = None, chunk: int = CHUNK) -> VerifiedSlice:
     """A request body: ``length`` bytes of ``path`` from ``offset``, verified.
 
-    Chunks are read with ``run`` (off the reactor) one at a time, only while
-    the connection wants more (``pauseProducing``/``resumeProducing``).  The
-    bytes are hashed as they go; the chunk that completes the slice is written
-    only if the slice hashes to ``expected``, otherwise the body fails with
-    :class:`CorruptLocalFile` (kept in :attr:`failure`) and twisted aborts the
-    request: the store never receives a whole wrong body.
+    The shared :class:`~stor.core.slices.VerifiedSlice` reads chunks with
+    ``run`` (off the reactor) one at a time, only while the connection wants
+    more.  The bytes are hashed as they go; the chunk that completes the slice
+    is written only if the slice hashes to ``expected``, otherwise the body
+    fails with :class:`CorruptLocalFile` (kept in its ``failure``) and twisted
+    aborts the request: the store never receives a whole wrong body.
     """
+    source = _LocalRange(path, offset + length, expected, run, pace)
+    return VerifiedSlice(source, offset, length, chunk=chunk, expected=expected)
 
-    def __init__(self, path: str, offset: int, length: int, expected: str, run: Runner,
-                 pace: Pace | None = None, chunk: int = CHUNK,
-                 on_progress: Callable[[], None] = lambda: None) -> None:
-        self.length = length
-        self.failure: BaseException | None = None
-        self.on_progress = on_progress
-        self._path, self._offset, self._expected = path, offset, expected
-        self._run, self._pace, self._chunk = run, pace, chunk
-        self._hash = hashlib.sha256()
-        self._sent = 0
+
+class _LocalRange:
+    """The local file read in the disk pool (opened on the first read), paced."""
+
+    def __init__(self, path: str, end: int, expected: str, run: Runner,
+                 pace: Pace | None) -> None:
+        self._path, self._end, self._expected = path, end, expected
+        self._run, self._pace = run, pace
         self._fd: int | None = None
-        self._paused = self._reading = self._stopped = False
-        self._consumer: IConsumer | None = None
-        self._done: Deferred[None] = Deferred()
 
-    def startProducing(self, consumer: IConsumer) -> "Deferred[None]":
-        self._consumer = consumer
-        if self.length == 0:
-            self._verify_and_send(b"")
-        else:
-            self._read_next()
-        return self._done
+    def read_nowait(self, offset: int, size: int) -> None:
+        return None  # a sync to S3 reads at its own pace, in the pool
 
-    def pauseProducing(self) -> None:
-        self._paused = True
+    def read(self, offset: int, size: int) -> "Deferred[bytes]":
+        d: Deferred[bytes] = self._run(self._read, offset, size)
+        return d
 
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._read_next()
-
-    def stopProducing(self) -> None:
-        """The request is over (aborted, timed out): stop reading; never fire."""
-        self._stopped = True
-        if not self._reading:
-            self._close()
-
-    # -- internals --------------------------------------------------------------
-
-    def _read_next(self) -> None:
-        if self._paused or self._reading or self._stopped or self._done.called:
-            return
-        self._reading = True
-        want = min(self._chunk, self.length - self._sent)
-        d = self._run(self._read, self._offset + self._sent, want)
-        d.addCallbacks(self._got, self._failed)
-
-    def _read(self, position: int, size: int) -> bytes:
+    def _read(self, offset: int, size: int) -> bytes:
         """In a thread: one chunk (the file is opened on the first)."""
         if self._fd is None:
             self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-        data = os.pread(self._fd, size, position)
+        data = os.pread(self._fd, size, offset)
         if self._pace is not None:
             self._pace(len(data))
         return data
 
-    def _got(self, data: bytes) -> None:
-        self._reading = False
-        if self._stopped:
-            self._close()
-            return
-        if not data:
-            end = self._offset + self._sent
-            self._fail(CorruptLocalFile(self._path, self._expected, "", f"ends at byte {end}, "
-                                        f"expected {self._offset + self.length}"))
-            return
-        self._hash.update(data)
-        self._sent += len(data)
-        if self._sent < self.length:
-            assert self._consumer is not None
-            self._consumer.write(data)
-            self.on_progress()
-            self._read_next()
-        else:
-            self._verify_and_send(data)
+    def ended_early(self, offset: int) -> BaseException:
+        return CorruptLocalFile(self._path, self._expected, "",
+                                f"ends at byte {offset}, expected {self._end}")
 
-    def _verify_and_send(self, last: bytes) -> None:
-        actual = self._hash.hexdigest()
-        if actual != self._expected:
-            self._fail(CorruptLocalFile(self._path, self._expected, actual))
-            return
-        self._close()
-        if last:
-            assert self._consumer is not None
-            self._consumer.write(last)
-            self.on_progress()
-        self._done.callback(None)
+    def corrupt(self, actual: str) -> BaseException:
+        return CorruptLocalFile(self._path, self._expected, actual)
 
-    def _failed(self, failure: Failure) -> None:
-        self._reading = False
-        self._fail(failure.value)
-
-    def _fail(self, error: BaseException | None) -> None:
-        self.failure = error
-        self._close()
-        if not self._stopped and not self._done.called:
-            self._done.errback(error)
-
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # a read-only fd: closing it does not wait for the disk
@@ -309,7 +248,7 @@ class S3Writer:
 
     async def _put_single(self, sha: str, path: str, size: int, pace: Pace | None) -> None:
         url = self.url(sha)
-        body = FileSlice(path, 0, size, sha, self._run, pace)
+        body = file_slice(path, 0, size, sha, self._run, pace)
         headers = self._signer.headers("PUT", url, sha)
         response, answer = await self._send("PUT", url, headers, body)
         if response.code != 200:
@@ -343,7 +282,7 @@ class S3Writer:
             if number == len(ranges) and whole.hexdigest() != sha:
                 raise CorruptLocalFile(path, sha, whole.hexdigest())
             part_url = f"{url}?partNumber={number}&uploadId={quote(upload_id, safe='')}"
-            body = FileSlice(path, offset, length, part_sha, self._run, pace)
+            body = file_slice(path, offset, length, part_sha, self._run, pace)
             headers = self._signer.headers("PUT", part_url, part_sha)
             response, answer = await self._send("PUT", part_url, headers, body)
             etag = (response.headers.getRawHeaders(b"etag") or [b""])[0].decode("latin-1")
@@ -386,7 +325,7 @@ class S3Writer:
                      upload_id=upload_id, url=url, why=e)
 
     async def _send(self, method: str, url: str, headers: Headers,
-                    body: "FileSlice | bytes | None" = None) -> tuple[IResponse, bytes]:
+                    body: "VerifiedSlice | bytes | None" = None) -> tuple[IResponse, bytes]:
         """One request; S3WriteError(retryable) for network failures and stalls.
 
         ``config.timeout`` bounds every wait for progress (connecting, each
@@ -397,13 +336,13 @@ class S3Writer:
         request = self._client.request(method, url, headers=headers, data=body,
                                        allow_redirects=False, unbuffered=True)
         watchdog = self._reactor.callLater(timeout, request.cancel)
-        if isinstance(body, FileSlice):
-            body.on_progress = lambda: watchdog.reset(timeout) if watchdog.active() else None
+        if isinstance(body, VerifiedSlice):
+            body.on_chunk = lambda n: watchdog.reset(timeout) if watchdog.active() else None
         try:
             response: IResponse = await request
             answer = await _read_body(response, self._reactor, timeout)
         except Exception as e:
-            local = body.failure if isinstance(body, FileSlice) else None
+            local = body.failure if isinstance(body, VerifiedSlice) else None
             if local is not None:
                 raise local from None
             raise S3WriteError(f"S3 {method} {url} failed: {_describe(e, timeout)}",

@@ -5,8 +5,9 @@
 local hit has its twin checked (repair), every whole answer is verified (a
 small file before the answer, a large one on the way), a corrupt replica is
 moved aside and its twin served and copied back.  It returns a
-:class:`Reading`: the size, validators and part decided, and a body to
-write to any consumer.
+:class:`~stor.store.interface.Reading`: the size, validators and part
+decided, and a body to write to any consumer.  The HTTP layer sees this class
+only as :class:`~stor.store.interface.StoreApi`.
 
 :meth:`Store.upload` starts "store this body": an
 :class:`~stor.store.upload.Upload` fed by the HTTP layer, committed through
@@ -20,12 +21,9 @@ are additions to this class, not to the routes.
 import hashlib
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,14 +34,16 @@ from stor.core.ranges import ByteRange, Part, Selection
 from stor.disk.health import StorageHealth
 from stor.disk.fsio import fsync_dir
 from stor.disk.locks import ShaLocks, Tombstones
-from stor.disk.body import Body, BytesBody, FileBody, SendTarget
+from stor.disk.body import Body, BytesBody, FileBody
 from stor.s3 import outbox as outbox_markers
 from stor.disk.local import Hit, LocalStore
-from stor.disk.quarantine import quarantine
+from stor.disk.corrupt import CorruptReplicas
 from stor.disk.repair import Repairer
-from stor.disk.spool import BeforeInstall, Duplicate, Spool, Stored, UploadResult
+from stor.core.results import Duplicate, Stored, UploadResult
+from stor.disk.spool import BeforeInstall, Spool
 from stor.disk.spool import commit as commit_spool
 from stor.disk.spool import open_spool
+from stor.store.interface import Reading
 from stor.store.upload import Upload
 
 if TYPE_CHECKING:  # a type only: the store sees S3 through S3Source
@@ -110,41 +110,6 @@ class _NoPublisher:
         pass
 
 
-@dataclass
-class Reading:
-    """A read answered: what to send for the file, and the body to send it with.
-
-    ``part`` says 200 (whole), 206 (a range) or 304; ``size`` is the whole
-    file's.  :meth:`send` must be called once (it sends nothing for a HEAD or
-    a 304); its Deferred fails if the body cannot be completed.
-    """
-
-    size: int
-    last_modified: float | bytes
-    """The file's mtime (local) or S3's ``Last-Modified`` header value."""
-    part: Part
-    body: Body | None
-    _ended: Callable[["None | Failure"], None] = field(repr=False)
-    _call_from_thread: Callable[..., object] | None = field(default=None, repr=False)
-
-    def send(self, consumer: IConsumer, sendfile: SendTarget | None = None) -> "Deferred[None]":
-        """Write the body to ``consumer`` (``sendfile``: the kernel may send a large
-        local file straight to the connection instead)."""
-        if self.body is None:
-            self._ended(None)
-            return succeed(None)
-        if isinstance(self.body, FileBody):
-            d = self.body.write_to(consumer, sendfile, self._call_from_thread)
-        else:
-            d = self.body.write_to(consumer)
-        d.addBoth(self._end)
-        return d
-
-    def _end(self, result: "None | Failure") -> "None | Failure":
-        self._ended(result)
-        return result
-
-
 def _ms(start: float) -> float:
     return (time.monotonic() - start) * 1000.0
 
@@ -163,6 +128,7 @@ class Store:
         s3_first: bool = True,
         publisher: Publisher | None = None,
         repairer: Repairer | None = None,
+        corrupt: CorruptReplicas | None = None,
         max_upload_size: int | None = None,
         before_install: BeforeInstall | None = None,
         outbox: Outbox | None = None,
@@ -178,6 +144,8 @@ class Store:
         self._s3_first = s3_first
         self._publisher: Publisher = publisher or _NoPublisher()
         self._repairer = repairer or Repairer(local, locks, self._metrics)
+        self._corrupt = corrupt or CorruptReplicas(local, locks, self._metrics, self._repairer,
+                                                   self._cache.drop)
         self._max_upload_size = max_upload_size
         self._outbox = outbox
         self._before_install = before_install or (self._record_for_s3 if outbox else None)
@@ -245,7 +213,7 @@ class Store:
         sha = selection.sha
         hit = await self._find(sha, selection.head)
         while hit is not None and hit.data is not None and _digest(hit.data) != sha:
-            self._corrupt(hit, sha, _digest(hit.data))
+            self._corrupt.found(hit, sha, _digest(hit.data))
             hit = await self._find(sha, selection.head, exclude={hit.storage})
         if hit is None:
             return None
@@ -256,7 +224,7 @@ class Store:
             raise
         return self._local_reading(hit, sha, part, selection.head, start)
 
-    def read_now(self, selection: Selection, requested: str) -> Reading | None:
+    def read_nowait(self, selection: Selection, requested: str) -> Reading | None:
         """:meth:`read` when it needs no waiting at all: the path remembered in this
         process, a small file (or a HEAD) in the page cache, no S3 to ask first.
 
@@ -271,7 +239,7 @@ class Store:
         path = self._cache.peek(sha)
         if path is None:
             return None
-        hit = self.local.find_at_now(path, sha, selection.head)
+        hit = self.local.find_at_nowait(path, sha, selection.head)
         if not isinstance(hit, Hit):
             return None
         if hit.file is not None:
@@ -297,10 +265,11 @@ class Store:
         def ended(result: "None | Failure") -> None:
             if result is None:
                 self._metrics.incr(f"success.get.ok_old.{server}.count")
-                self._metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
-                self._metrics.timing(f"success.get.ok_old.{server}.time", _ms(start))
+                if not head:  # as the old service: a HEAD sends no bytes, so no .size/.time
+                    self._metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
+                    self._metrics.timing(f"success.get.ok_old.{server}.time", _ms(start))
             elif isinstance(result.value, CorruptReplica):
-                self._corrupt(hit, sha, result.value.actual)
+                self._corrupt.found(hit, sha, result.value.actual)
 
         return Reading(hit.size, hit.mtime, part, body, ended, self.local.call_from_thread)
 
@@ -341,29 +310,12 @@ class Store:
         self._repairer.found(sha, hit.storage)
         return hit
 
-    def _corrupt(self, hit: Hit, sha: str, actual: str) -> None:
-        """A replica does not hash to its name: never serve it again, bring the twin back."""
-        self._metrics.incr("error.get.corrupt_replica.count")
-        log.error("corrupt replica {path}: hashes to {actual}; moving it to quarantine",
-                  path=hit.path, actual=actual, sha=sha)
-        self._cache.drop(sha)
-        d = self.local.run(quarantine, hit.storage, sha, hit.ident, self.locks)
-        d.addCallbacks(self._quarantined, self._quarantine_failed, callbackArgs=(sha, hit),
-                       errbackArgs=(hit,))
-
-    def _quarantined(self, where: str | None, sha: str, hit: Hit) -> None:
-        if where is not None:
-            self._metrics.incr("repair.quarantined.count")
-            log.warn("{path} moved to {where}", path=hit.path, where=where)
-            self._repairer.replace(sha, hit.storage)
-
-    def _quarantine_failed(self, failure: Failure, hit: Hit) -> None:
-        log.failure("could not quarantine {path}", failure=failure, path=hit.path)
-
     # -- uploads ----------------------------------------------------------
 
-    def upload(self, sha: str, length: int | None) -> Upload:
-        """Start receiving the body of ``sha`` (``length``: its declared size, if any)."""
+    def upload(self, sha: str, length: int | None, *, counted: bool = True) -> Upload:
+        """Start receiving the body of ``sha`` (``length``: its declared size, if any).
+
+        ``counted``: its duplicate lookup is a client's (a POST), counted as such."""
         started = time.time()
 
         def still_wanted(sha: str) -> bool:  # a DELETE since the upload began wins
@@ -372,16 +324,28 @@ class Store:
         def commit(spool: Spool) -> UploadResult:
             return commit_spool(spool, self.local, self.locks, self._before_install, still_wanted)
 
-        return Upload(sha, length, self.local.run, self._prepare, commit,
+        def prepare(sha: str, length: int | None) -> Duplicate | Spool:
+            return self._prepare(sha, length, counted)
+
+        return Upload(sha, length, self.local.run, prepare, commit,
                       max_size=self._max_upload_size, committed=self._committed)
 
-    def _prepare(self, sha: str, length: int | None) -> Duplicate | Spool:
+    def _prepare(self, sha: str, length: int | None, counted: bool) -> Duplicate | Spool:
         """Blocking: the duplicate check, then a pair with room and temps on it."""
         with self.locks.hold(sha):
-            paths, whole = self.local.existing_now(sha)
+            start = time.monotonic()
+            paths, whole = self.local.existing_blocking(sha)
+            if counted:
+                self.local.call_from_thread(self._looked_up, _ms(start))
         if whole:
             return Duplicate(paths)
         return open_spool(self.local, sha, length)
+
+    def _looked_up(self, ms: float) -> None:
+        """A POST's duplicate lookup, counted as the old service counted it: it
+        tried every storage (docs/SPEC.md §6)."""
+        self._metrics.timing("lookup.time", ms)
+        self._metrics.incr(f"lookup.attempt.{len(self.local.storages)}.count")
 
     def _committed(self, sha: str, result: UploadResult) -> None:
         """An upload is in place: log and count failed storages, queue it for S3."""
@@ -411,7 +375,7 @@ class Store:
         obj = await self._s3.fetch(sha, False)
         if obj is None:
             return
-        upload = self.upload(sha, obj.size)
+        upload = self.upload(sha, obj.size, counted=False)
         if await upload.screen() is not None:
             obj.discard()
             return  # already stored here
@@ -420,18 +384,6 @@ class Store:
         if isinstance(result, Stored):
             self._metrics.incr("s3.fill.count")
             log.info("filled {sha} from S3 to {paths}", sha=sha, paths=result.paths)
-
-    def corrupt_file(self, path: str) -> None:
-        """Someone else (the S3 outbox) read ``path`` and found it corrupt."""
-        sha = os.path.basename(path)[:-4].lower()
-        storage = layout.storage_of(path, sha)
-        if storage is None:
-            return
-        d = self.local.run(os.stat, path)
-        d.addCallback(lambda st: self._corrupt(
-            Hit(storage, path, st.st_size, st.st_mtime, 0, (st.st_dev, st.st_ino)), sha,
-            "(read by the S3 outbox)"))
-        d.addErrback(lambda f: None)  # gone meanwhile
 
     # -- deletes ----------------------------------------------------------
 
@@ -444,7 +396,7 @@ class Store:
         the file was nowhere.  A storage that cannot remove its copy fails the
         request (after the others were removed), naming it; so does S3.
         """
-        removed, failures = await self.local.run(self._delete_now, sha)
+        removed, failures = await self.local.run(self._delete_blocking, sha)
         self._cache.drop(sha)
         in_s3 = False
         if self._s3_objects is not None:
@@ -461,7 +413,7 @@ class Store:
         self._metrics.incr("success.delete.count")
         return removed
 
-    def _delete_now(self, sha: str) -> tuple[list[str], list[str]]:
+    def _delete_blocking(self, sha: str) -> tuple[list[str], list[str]]:
         """Blocking: under the SHA's lock, bury it and remove every local copy."""
         removed: list[str] = []
         failures: list[str] = []
@@ -490,6 +442,15 @@ class Store:
     def health(self, with_free: bool = True) -> "Deferred[list[StorageHealth]]":
         """Every storage as seen now (``/status``, readiness, metrics)."""
         return self.local.health(with_free)
+
+    def writable(self, storage: str) -> bool:
+        """Whether ``writable_pairs_regex`` lets ``storage`` take new files."""
+        return self.local.writable(storage)
+
+    def not_ready(self, health: list[StorageHealth]) -> list[str]:
+        """Why this host should get no traffic (empty: ready): see
+        :meth:`~stor.disk.local.LocalStore.not_ready`."""
+        return self.local.not_ready(health)
 
 
 def _digest(data: bytes) -> str:

@@ -37,9 +37,10 @@ from zope.interface import implementer
 
 from stor.core.errors import HashMismatch, StorageFailure, StorError, TooLarge, UploadAborted
 from stor.core.reactor import Runner
+from stor.core.results import Duplicate, UploadResult
 from stor.disk.commit import MemberFailed
+from stor.disk.spool import Spool, as_stor_error
 from stor.store.pipeline import Pipeline
-from stor.disk.spool import Duplicate, Spool, UploadResult, as_stor_error
 
 HIGH_WATER = 4 * 1024 * 1024
 """Queued bytes at which the connection is paused."""
