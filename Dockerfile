@@ -11,12 +11,17 @@
 # its "listen" must be reachable from outside the container (tcp:8080, not
 # interface=127.0.0.1) and its storage paths are paths inside the container.
 #
-# stor runs as root, as in the old image, so storages that image wrote take
-# new files.  To run it as the image's user stor (uid/gid 10001) instead,
-# give it the storages first, then add --user:
+# stor runs as the image's unprivileged user stor (uid/gid 10001), never as
+# root (docs/security.rst): a process serving strangers gets no more rights
+# than its storages need.  Volumes must belong to that user; storages the old
+# image wrote (as root) are handed over once, before the first start:
 #
 #   chown -R 10001:10001 /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4
-#   docker run ... --user 10001:10001 ... stor
+#   docker run ... --user 10001:10001 ... stor      (the default; --user is optional)
+#
+# Its SHA locks live in /run/stor (the image's, owned by stor, mode 0750).
+# Running as root (--user 0:0) still works, as the old image did, and is
+# not recommended.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -41,8 +46,9 @@ RUN pip install --require-hashes --no-deps -r requirements.txt \
  && groupadd --system --gid 10001 stor \
  && useradd --system --uid 10001 --gid stor --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin stor \
- && mkdir -p /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4 \
- && chown stor:stor /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4
+ && mkdir -p /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4 /run/stor \
+ && chown stor:stor /mnt/data1 /mnt/data2 /mnt/data3 /mnt/data4 /run/stor \
+ && chmod 0750 /run/stor
 
 # MALLOC_ARENA_MAX: two malloc arenas, so the pool threads' freed buffers are
 # reused rather than kept per thread (systemd/stor.service says the same).
@@ -53,6 +59,7 @@ VOLUME ["/mnt/data1", "/mnt/data2", "/mnt/data3", "/mnt/data4"]
 EXPOSE 8080
 
 WORKDIR /tmp
+USER stor:stor
 
 # /health/live is 200 while stor serves, whatever its disks say: restarting a
 # container does not bring a disk back (/status, 503 for one missing disk, is for

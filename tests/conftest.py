@@ -28,6 +28,21 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every stor the tests start without a ``lock_dir`` keeps its locks in this run's own
+    directory (as systemd's ``RuntimeDirectory=`` gives one), never in the host's
+    ``/run/stor``, which an older build may have left world-writable (then refused)."""
+    path = tmp_path_factory.mktemp("run")
+    before = os.environ.get("RUNTIME_DIRECTORY")
+    os.environ["RUNTIME_DIRECTORY"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("RUNTIME_DIRECTORY", None)
+    else:
+        os.environ["RUNTIME_DIRECTORY"] = before
+
+
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """moto's S3 server, a real HTTP endpoint checking signatures, for the whole session."""
@@ -165,13 +180,14 @@ def dat_files(root: str | Path) -> list[str]:
 
 
 def temp_files(storage_dirs: list[list[str]]) -> list[str]:
-    """Every file in any storage's temp dir."""
+    """Every file in any storage's temp dir (but the health probe's, which comes and goes
+    every ``probe_period`` whatever the uploads do)."""
     found = []
     for pair in storage_dirs:
         for s in pair:
             t = Path(s) / ".stor-tmp"
             if t.is_dir():
-                found += [str(p) for p in t.iterdir()]
+                found += [str(p) for p in t.iterdir() if not p.name.startswith(".probe.")]
     return found
 
 

@@ -146,6 +146,7 @@ def stor_process(tmp_path: Path) -> Iterator[Callable[..., Stor]]:
             "check_mounts": False,
             "basic_auth": "writer:writer_pass",
             "listen": f"tcp:{port}:interface=127.0.0.1",
+            "lock_dir": str(tmp_path / "locks"),  # the test's own, shared by its processes
         }
         raw.update(config)
         config_path = tmp_path / f"stor{n}.json"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from email.utils import parsedate_to_datetime
 from io import BytesIO
 from pathlib import Path
@@ -254,7 +255,7 @@ async def test_status_503_names_each_failing_storage(start_server, config_dict, 
     a_file.write_text("x")
     config_dict["storage_pairs"] = [[storage_dirs[0][0], missing]]
     server = await start_server(config_dict)
-    os.rmdir(storage_dirs[0][0])
+    shutil.rmtree(storage_dirs[0][0])  # with the .stor-tmp its write probe made
     os.symlink(a_file, storage_dirs[0][0])
     r = await treq.get(server.at("status"))
     assert r.code == 503

@@ -278,7 +278,7 @@ def test_an_unknown_key_of_stors_log_form_is_an_error(value: object, key: str,
     # stor alone defines {"gelf": …}: a misspelt key must not switch GELF off without a word
     config, problems = parsed(value)
     assert [e.key for e in problems.errors] == [key]
-    assert problems.errors[0].message.endswith(f'(did you mean "{hint}"?)' if hint else "(known: gelf)")
+    assert problems.errors[0].message.endswith(f'(did you mean "{hint}"?)' if hint else "(known: file, gelf)")
 
 
 def test_an_unknown_log_dispatch_parameter_names_the_nearest_one() -> None:

@@ -133,7 +133,9 @@ async def test_status_as_json_when_all_is_well_is_200_and_plain_status_stays_ok(
 
 
 @pytest_twisted.ensureDeferred
-async def test_metrics_show_the_missing_storage_down_and_the_others_up(server, storage_dirs):
+async def test_metrics_show_the_missing_storage_down_and_the_others_up(start_server, config_dict,
+                                                                      storage_dirs):
+    server = await start_server({**config_dict, "probe_period": 0.1})
     storages = [s for pair in storage_dirs for s in pair]
     gone = storages[0]
     remove(gone, "rmtree")
@@ -143,8 +145,12 @@ async def test_metrics_show_the_missing_storage_down_and_the_others_up(server, s
         assert f'stor_storage_up{{storage="{storage}"}} 1.0\n' in text
         assert samples[storage_label("stor_storage_free_bytes", storage)] > 0
     assert storage_label("stor_storage_free_bytes", gone) not in samples  # nothing to measure
-    os.mkdir(gone)  # the disk is back: the next scrape says so
-    text, _ = await metrics(server)
+    os.mkdir(gone)  # the disk is back: a scrape after its next probe says so
+    for _ in range(100):
+        text, _ = await metrics(server)
+        if f'stor_storage_up{{storage="{gone}"}} 1.0\n' in text:
+            break
+        await deferLater(reactor, 0.05)
     assert f'stor_storage_up{{storage="{gone}"}} 1.0\n' in text
 
 

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import re
 import time
 from collections.abc import Callable
@@ -141,7 +142,7 @@ def test_5_a_failing_status_counts_no_healthcheck(old) -> None:
     ``increment('healthcheck.count')``: only a passing check is counted."""
     stor, statsite = old
     passing = statsite.lines_of(lambda: request(stor.port, "GET", "/status"))
-    os.rmdir(stor.extra["storages"][3])
+    shutil.rmtree(stor.extra["storages"][3])  # with the .stor-tmp its write probe made
     answers = []
     failing = statsite.lines_of(lambda: answers.append(request(stor.port, "GET", "/status")))
     assert answers[0].status == 503

@@ -51,7 +51,7 @@ def test_unit_is_a_hardened_notify_service() -> None:
     assert s["ProtectSystem"] == ["strict"]
     # stor's per-SHA locks default to $RUNTIME_DIRECTORY/locks (stor.disk.locks), the one
     # directory besides the storages that ProtectSystem=strict leaves writable
-    assert s["RuntimeDirectory"] == ["stor"]
+    assert s["RuntimeDirectory"] == ["stor stor/locks"]
     assert s["KillMode"] == ["mixed"]  # SIGTERM to the main process, which passes it on once
     example = json.loads((ROOT / "conf" / "stor.json.example").read_text())
     grace = example.get("shutdown_grace_period", 30)
@@ -126,11 +126,12 @@ def test_dockerfile_contract() -> None:
     kinds = [k for k, _ in instructions]
     assert instructions[0] == ("FROM", "python:3.11-slim")
 
-    # root by default, as the old image: volumes it wrote (as root) take new files
+    # an unprivileged user by default (issue 19), whose volumes the comments say how to hand over
     users = [v for k, v in instructions if k == "USER"]
-    assert not users or users[-1].split(":")[0] in ("root", "0")
+    assert users and users[-1].split(":")[0] in ("stor", "10001")
     run = " ".join(v for k, v in instructions if k == "RUN")
-    assert "useradd --system --uid 10001" in run  # the user `docker run --user 10001:10001` gets
+    assert "useradd --system --uid 10001" in run
+    assert "/run/stor" in run  # its lock directory, the user's own
 
     # hash-pinned dependencies, stor alone after them, and the plugin cache built last
     deps = "pip install --require-hashes --no-deps -r requirements.txt"

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from stor.cli.usage import (
     UsageError, check_listable, command_config, positive_rate, selected_storages,
 )
+from stor.cli.owner import OwnerError, act_as_storage_owner
 from stor.config import Config
 from stor.core import layout
 from stor.core.reactor import Reactor
@@ -97,7 +98,11 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
     try:
         config = _load(args)
         storages = selected_storages(config, args.storages)
+        act_as_storage_owner(config.storages)  # before anything below them is touched
         check_listable(storages)
+    except OwnerError as e:
+        err.write(f"stor s3-sync: {e}\n")
+        return EXIT_ERROR
     except UsageError as e:
         err.write(f"stor s3-sync: {e}\n")
         return EXIT_ERROR

@@ -31,7 +31,9 @@ from stor.cli.usage import (
     UsageError, check_listable, command_config, positive_number, positive_rate,
     selected_storages,
 )
+from stor.cli.owner import OwnerError, act_as_storage_owner
 from stor.config import Config, StatsiteConfig
+from stor.core.errors import ConfigError
 from stor.disk.locks import ShaLocks, default_lock_dir
 from stor.observe.statsd import StatsdMetrics
 from stor.disk.scrub import KINDS, Problem, Report, Scrubber, Throttle, count, twins
@@ -71,11 +73,20 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
     try:
         config = command_config(args)
         storages = selected_storages(config, args.storages)
+        act_as_storage_owner(config.storages)  # before anything below them is touched
         check_listable(storages)
+        locks = ShaLocks(config.lock_dir or default_lock_dir())
+        locks.prepare()  # the daemon's directory, checked as the daemon checks it
+    except ConfigError as e:
+        err.write(f"stor scrub: {e}\n")
+        return EXIT_ERROR
+    except OwnerError as e:
+        err.write(f"stor scrub: {e}\n")
+        return EXIT_ERROR
     except UsageError as e:
         err.write(f"stor scrub: {e}\n")
         return EXIT_ERROR
-    report = scrub(config, storages, args, err, None if args.json else out)
+    report = scrub(config, storages, args, err, None if args.json else out, locks)
     if args.json:
         out.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
@@ -86,7 +97,7 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
 
 
 def scrub(config: Config, storages: Sequence[str], args: argparse.Namespace,
-          err: TextIO, lines: TextIO | None) -> Report:
+          err: TextIO, lines: TextIO | None, locks: ShaLocks | None = None) -> Report:
     """Count, then scrub ``storages`` with the command's options; problem lines go to ``lines``."""
     progress = Progress(err, terminal=_is_terminal(err),
                         every=getattr(args, "progress_every", PROGRESS_EVERY))
@@ -104,7 +115,7 @@ def scrub(config: Config, storages: Sequence[str], args: argparse.Namespace,
     progress.counting_done()
     scrubber = Scrubber(
         twins=twins(config), report=report,
-        locks=ShaLocks(config.lock_dir or default_lock_dir()), repair=args.repair,
+        locks=locks or ShaLocks(config.lock_dir or default_lock_dir()), repair=args.repair,
         throttle=Throttle(args.max_mbps * 1e6 if args.max_mbps else None),
         progress=progress, on_problem=show,
     )

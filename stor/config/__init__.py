@@ -26,7 +26,7 @@ from stor.config import amqp, auth, log, memcached, s3, server, statsite, storag
 from stor.config.amqp import AmqpConfig, parse_amqp
 from stor.config.auth import AuthConfig, parse_auth
 from stor.config.jsonfile import read_json
-from stor.config.log import LogConfig, parse_log
+from stor.config.log import LogConfig, parse_log_settings
 from stor.config.memcached import MemcachedConfig, parse_memcached
 from stor.config.problems import Problem, Problems
 from stor.config.s3 import S3Config, parse_s3
@@ -68,9 +68,11 @@ class Config:
     amqp: AmqpConfig | None = None
     log: LogConfig = LogConfig()
     lock_dir: str | None = None
+    probe_period: float = storage.DEFAULT_PROBE_PERIOD
     header_timeout: float = server.DEFAULT_HEADER_TIMEOUT
     body_timeout: float = server.DEFAULT_BODY_TIMEOUT
     sendfile: bool = True
+    server_header: str = server.DEFAULT_SERVER_HEADER
     unknown_keys: tuple[str, ...] = field(default=())
     """Top-level keys stor does not read (each is also one of ``warnings``)."""
     warnings: tuple[Problem, ...] = ()
@@ -137,7 +139,7 @@ def _assemble(raw: object, problems: Problems) -> Config | None:
         memcached=parse_memcached(raw, problems),
         statsite=parse_statsite(raw.get("statsite"), problems),
         amqp=parse_amqp(raw.get("rabbitmq_uri"), problems),
-        log=parse_log(raw.get("log"), problems),
+        log=parse_log_settings(raw, problems),
     )
     return Config(**flat, **sections, unknown_keys=tuple(unknown),
                   warnings=tuple(problems.warnings))

@@ -59,11 +59,18 @@ def parse_amqp(value: object, problems: Problems, key: str = "rabbitmq_uri") -> 
     if not isinstance(value, str):
         problems.error(key, f"must be a string, got {type(value).__name__}")
         return None
-    if urlsplit(value).scheme.lower() not in ("amqp", "amqps"):
-        problems.warn(key, f"{value!r} is not an amqp:// or amqps:// URI: publishing is off")
+    # The URI holds the broker's password: messages name the problem, never the value.
+    try:
+        scheme = urlsplit(value).scheme.lower()
+    except ValueError:
+        scheme = ""
+    if scheme not in ("amqp", "amqps"):
+        shown = f"the scheme {scheme!r}" if scheme.isalnum() else "no scheme"
+        problems.warn(key, f"has {shown}, not amqp:// or amqps://: publishing is off")
         return None  # the old service ignored other schemes; so do we, but say so
     try:
         return split_amqp_uri(value)
     except Exception as e:  # pika raises ValueError and friends for a bad URI
-        problems.error(key, str(e))
+        problems.error(key, f"is not a valid amqp URI ({type(e).__name__}: host, port, "
+                            "virtual host or query parameters)")
         return None

@@ -11,12 +11,15 @@ made of it.
 
 ``secret`` (the old service's Mojolicious cookie secret) is accepted and not
 used: stor signs no cookies.
+
+These values are credentials: a message about them names the key and the
+problem, never the value (it is logged at every start, to every output).
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from stor.config.perl import describe, perl_string
+from stor.config.perl import kind, perl_string
 from stor.config.problems import Problems
 
 KEYS = frozenset({"basic_auth", "delete_auth", "secret"})
@@ -40,14 +43,14 @@ def _basic_auth(value: object, problems: Problems) -> str | None:
     key = "basic_auth"
     text = "" if value is None else perl_string(value)
     if text is None:
-        problems.error(key, f'must be a string "user:password", got {describe(value)}')
+        problems.error(key, f'must be a string "user:password", got {kind(value)}')
         return None
     if not text:
         problems.warn(key, "is not set: this host is read-only (every upload gets 401)")
         return None
     if ":" not in text:
-        problems.warn(key, f'has no ":": Basic credentials are "user:password", so only a client '
-                           f"sending exactly {text!r} can upload")
+        problems.warn(key, 'must be user:password (it has no ":"): only a client sending '
+                           "exactly this value as its user name can upload")
     return text
 
 
@@ -55,7 +58,10 @@ def _delete_auth(value: object, problems: Problems) -> str | None:
     key = "delete_auth"
     if value is None:
         return None
-    if not isinstance(value, str) or ":" not in value or value.startswith(":"):
-        problems.error(key, f'must be a string "user:password", got {describe(value)}')
+    if not isinstance(value, str):
+        problems.error(key, f'must be a string "user:password", got {kind(value)}')
+        return None
+    if ":" not in value or value.startswith(":"):
+        problems.error(key, 'must be "user:password" (a non-empty user, a ":", a password)')
         return None
     return value

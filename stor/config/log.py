@@ -37,7 +37,10 @@ from stor.config.perl import describe, perl_number, perl_string, perl_true
 from stor.config.problems import Problems, did_you_mean
 
 KEY = "log"
-KEYS = frozenset({KEY})
+KEYS = frozenset({KEY, "log_level", "access_log_skip"})
+OWN_LEVELS = ("debug", "info", "warn", "error", "critical")
+"""``log_level``: twisted.logger's levels, for stor's own log (stdout, the journal)."""
+DEFAULT_ACCESS_SKIP = ("/health/",)
 
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 """Log::Dispatch's levels; an output's ``min_level``/``max_level`` are indexes into this."""
@@ -109,6 +112,9 @@ class FileOutput(Output):
     lazy_open: bool = False
     permissions: int | None = None
     """chmod'ed to this after the first open (a decimal number, as Perl read it: 420 = 0644)."""
+    stamped: bool = False
+    """Each line starts with the time, the pid and the level (``stamp``; stor's own form's
+    ``file`` always).  Off, a line is the message alone, as Log::Dispatch::File wrote it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +136,31 @@ class LogConfig:
     outputs: tuple[Output, ...] = ()
     form: str = "none"
     """``log-dispatch`` (the old service's list), ``stor`` (``{"gelf": …}``) or ``none``."""
+    level: str = "info"
+    """``log_level``: stor's own log (stdout) leaves out events below it."""
+    access_skip: tuple[str, ...] = DEFAULT_ACCESS_SKIP
+    """``access_log_skip``: access events of paths starting with one of these are not
+    logged anywhere (the balancer's health checks)."""
+
+
+def parse_log_settings(raw: dict[str, object], problems: Problems) -> LogConfig:
+    """``log`` (the outputs), ``log_level`` and ``access_log_skip`` of the config ``raw``."""
+    found = parse_log(raw.get(KEY), problems)
+    level = raw.get("log_level", "info")
+    if level is None:
+        level = "info"
+    if level not in OWN_LEVELS:
+        problems.error("log_level", f"must be one of {', '.join(OWN_LEVELS)}, got {describe(level)}")
+        level = "info"
+    skip = raw.get("access_log_skip", list(DEFAULT_ACCESS_SKIP))
+    if skip is None:
+        skip = list(DEFAULT_ACCESS_SKIP)
+    if not isinstance(skip, list) or not all(isinstance(s, str) and s.startswith("/")
+                                             for s in skip):
+        problems.error("access_log_skip", "must be a list of path prefixes starting with /, "
+                                          f"got {describe(skip)}")
+        skip = list(DEFAULT_ACCESS_SKIP)
+    return LogConfig(found.outputs, found.form, str(level), tuple(skip))
 
 
 def level_number(value: object) -> int | None:
@@ -357,7 +388,8 @@ def _file(key: str, levels: tuple[int, int], params: dict[str, object],
                       close_after_write=close_after_write,
                       lazy_open=perl_true(params.get("lazy_open")),
                       permissions=_permissions(params.get("permissions"), f"{key}.permissions",
-                                               problems))
+                                               problems),
+                      stamped=perl_true(params.get("stamp")))
 
 
 def _append_mode(mode: object) -> bool:
@@ -437,7 +469,7 @@ def _null(key: str, levels: tuple[int, int], params: dict[str, object],
 
 Builder = Callable[[str, tuple[int, int], dict[str, object], Problems], Output | None]
 _FILE_PARAMS = frozenset({"filename", "mode", "binmode", "autoflush", "close_after_write",
-                          "lazy_open", "permissions", "syswrite"})
+                          "lazy_open", "permissions", "syswrite", "stamp"})
 BUILDERS: dict[str, tuple[Builder, frozenset[str]]] = {
     "Gelf": (_gelf, frozenset({"socket", "additional_fields", "host", "compress", "chunked"})),
     "Screen": (_screen, frozenset({"stderr", "utf8"})),
@@ -450,7 +482,8 @@ BUILDERS: dict[str, tuple[Builder, frozenset[str]]] = {
 
 # -- stor's own form ---------------------------------------------------------------
 
-STOR_LOG_KEYS = frozenset({"gelf"})
+STOR_LOG_KEYS = frozenset({"gelf", "file"})
+STOR_FILE_KEYS = frozenset({"path", "level", "stamp"})
 STOR_GELF_KEYS = frozenset({"host", "level", "facility", "fields"})
 STOR_LEVELS = {"debug": 0, "info": 1, "warn": 3, "error": 4, "critical": 5}
 
@@ -459,10 +492,38 @@ def _stor_form(value: dict[str, object], problems: Problems) -> LogConfig:
     """stor's ``{"gelf": …}``: stor alone defines it, so an unknown key is an error, not a warning
     (a misspelt ``"glef"`` must not switch GELF off without a word)."""
     problems.unknown_keys(KEY, value, STOR_LOG_KEYS, strict=True, what="a stor log setting")
-    if value.get("gelf") is None:
-        return LogConfig()
-    output = _stor_gelf(value["gelf"], problems)
-    return LogConfig((output,) if output is not None else (), "stor")
+    outputs: list[Output] = []
+    if value.get("gelf") is not None:
+        gelf = _stor_gelf(value["gelf"], problems)
+        outputs += [gelf] if gelf is not None else []
+    if value.get("file") is not None:
+        file = _stor_file(value["file"], problems)
+        outputs += [file] if file is not None else []
+    return LogConfig(tuple(outputs), "stor" if outputs else "none")
+
+
+def _stor_file(spec: object, problems: Problems) -> FileOutput | None:
+    """``{"path": "/var/log/stor/stor.log", "level": "info", "stamp": true}``: lines appended,
+    each with its time, pid and level unless ``stamp`` is false."""
+    key = f"{KEY}.file"
+    if not isinstance(spec, dict):
+        problems.error(key, f'must be an object {{"path": "/var/log/…", …}}, got {describe(spec)}')
+        return None
+    problems.unknown_keys(key, spec, STOR_FILE_KEYS, strict=True, what="a file log setting")
+    path = spec.get("path")
+    if not isinstance(path, str) or not path:
+        problems.error(f"{key}.path", "must be the path of the log file")
+        return None
+    level = spec.get("level", "info")
+    if level not in STOR_LEVELS:
+        problems.error(f"{key}.level", f"must be one of {', '.join(STOR_LEVELS)}, got {describe(level)}")
+        return None
+    stamp = spec.get("stamp", True)
+    if not isinstance(stamp, bool):
+        problems.error(f"{key}.stamp", f"must be true or false, got {describe(stamp)}")
+        return None
+    return FileOutput(key=key, min_level=STOR_LEVELS[str(level)], filename=path, append=True,
+                      stamped=stamp)
 
 
 def _stor_gelf(gelf: object, problems: Problems) -> GelfOutput | None:

@@ -29,6 +29,22 @@ def describe(value: object) -> str:
         return repr(value)
 
 
+def kind(value: object) -> str:
+    """What sort of JSON value ``value`` is, without its content: for keys holding secrets,
+    whose values are never printed (docs/security.rst)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else type(value).__name__
+
+
 def perl_number(value: object) -> float | None:
     """``value`` as Perl would use it as a number, or None when Perl would not.
 

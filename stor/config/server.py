@@ -16,11 +16,13 @@ from stor.config import values
 from stor.config.problems import Problems
 
 KEYS = frozenset({"listen", "header_timeout", "body_timeout", "max_upload_size",
-                  "shutdown_grace_period", "sendfile"})
+                  "shutdown_grace_period", "sendfile", "server_header"})
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_BODY_TIMEOUT = 120.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
+DEFAULT_SERVER_HEADER = "stor"
+"""No version: a stranger learns nothing to look up (docs/security.rst)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class ServerConfig:
     sendfile: bool = True
     """Large whole files go to plain TCP connections by ``sendfile(2)``; false
     sends every body through twisted.web (to rule it out when debugging)."""
+    server_header: str = DEFAULT_SERVER_HEADER
+    """The ``Server`` header of every answer (twisted.web's would name its version)."""
 
 
 def parse_server_config(raw: Mapping[str, object], problems: Problems) -> ServerConfig:
@@ -52,7 +56,17 @@ def parse_server_config(raw: Mapping[str, object], problems: Problems) -> Server
         shutdown_grace_period=values.number(raw, "shutdown_grace_period", DEFAULT_SHUTDOWN_GRACE,
                                             problems, above=None, at_least=0.0),
         sendfile=values.switch(raw, "sendfile", True, problems),
+        server_header=_server_header(raw, problems),
     )
+
+
+def _server_header(raw: Mapping[str, object], problems: Problems) -> str:
+    """A header value: printable ASCII, at most 200 characters."""
+    value = values.string(raw, "server_header", DEFAULT_SERVER_HEADER, problems)
+    if not value or len(value) > 200 or not all(" " <= c <= "~" for c in value):
+        problems.error("server_header", "must be 1 to 200 printable ASCII characters")
+        return DEFAULT_SERVER_HEADER
+    return value
 
 
 def listen_problem(description: str) -> str | None:

@@ -20,8 +20,11 @@ from stor.config.problems import Problems
 from stor.core.placement import BALANCE_THRESHOLD, Pair
 
 KEYS = frozenset({"storage_pairs", "writable_pairs_regex", "cleanup_tempdir_period",
-                  "check_mounts", "balance_threshold", "lock_dir"})
+                  "check_mounts", "balance_threshold", "lock_dir", "probe_period"})
 DEFAULT_CLEANUP_PERIOD = 1800.0
+DEFAULT_PROBE_PERIOD = 10.0
+"""Seconds between two probes of every storage (docs/security.rst: a create, a small write,
+an fsync and an unlink per writable storage)."""
 ANY = re.compile(".*")
 
 
@@ -36,6 +39,7 @@ class StorageConfig:
     balance_threshold: int = BALANCE_THRESHOLD
     cleanup_tempdir_period: float = DEFAULT_CLEANUP_PERIOD
     lock_dir: str | None = None
+    probe_period: float = DEFAULT_PROBE_PERIOD
 
 
 def parse_storage(raw: Mapping[str, object], problems: Problems) -> StorageConfig:
@@ -55,6 +59,7 @@ def parse_storage(raw: Mapping[str, object], problems: Problems) -> StorageConfi
                                        low=0),
         cleanup_tempdir_period=_period(raw.get("cleanup_tempdir_period"), problems),
         lock_dir=values.optional_string(raw, "lock_dir", problems),
+        probe_period=values.number(raw, "probe_period", DEFAULT_PROBE_PERIOD, problems),
     )
 
 

@@ -76,6 +76,10 @@ class CorruptReplica(StorageFailure):
         self.actual = actual
 
 
+class Busy(StorError):
+    """A resource stayed held past a bounded wait (a SHA's lock): retry later (503)."""
+
+
 class Conflict(StorError):
     """The file was deleted while this upload was under way: it is not stored."""
 

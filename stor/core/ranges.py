@@ -110,14 +110,26 @@ def parse_range(header: bytes | None, size: int, if_range: bytes | None, sha: st
     if not first_text:  # suffix: the last N bytes
         if not last_text:
             return None
-        n = int(last_text)
+        n = _position(last_text)
         if n == 0 or size == 0:
             raise RangeNotSatisfiable(size)
         return ByteRange(max(0, size - n), size - 1, size)
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else size - 1
     if last_text and last < first:
         return None
     if first >= size:
         raise RangeNotSatisfiable(size)
     return ByteRange(first, min(last, size - 1), size)
+
+
+_HUGE = 10**18
+"""Past any file's size: a position with more digits means "beyond the end"."""
+
+
+def _position(digits: bytes) -> int:
+    """A byte position of a Range header; an absurdly long one (Python refuses to read
+    over 4,300 digits, and no file is 10^18 bytes) counts as :data:`_HUGE`, so that it
+    is answered as any position past the end: ignored, clamped or 416, never a 500."""
+    digits = digits.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= 18 else _HUGE

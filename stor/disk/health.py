@@ -12,12 +12,35 @@ from the config, as in every file the old service ran on: ``/status`` reports
 a storage on ``/`` as the old service did, and placement skips it only when
 some other configured storage is on a filesystem of its own (one disk failed
 to mount); when every storage is on ``/``, as in test setups, placement
-behaves as the old service.  Everything here blocks.
+behaves as the old service.  A storage ``check_mounts`` judges unmounted
+reports no free bytes (the figure would be the root filesystem's).
+
+**Health is writability where stor writes** (:class:`Prober`): that a
+directory exists and is mounted says nothing of whether the daemon's user can
+write it (``chmod 000``, a wrong owner), of free inodes, or of a filesystem
+remounted read-only.  A periodic probe, as the daemon's user, creates,
+writes, fsyncs and removes a file in stor's own temp directory of every
+storage that ``writable_pairs_regex`` lets take files (after checking
+``statvfs`` for a read-only mount and free inodes), and lists every other
+storage (read probe: it is never written).  Its verdict fails the storage
+for ``/status``, readiness, ``stor_storage_up`` and placement, and each change
+of a storage's state is logged once.  Everything here blocks.
 """
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from dataclasses import dataclass, replace
+
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
+
+from stor.core import layout
+
+_log = Logger()
 
 ON_ROOT = "is on the / filesystem (not a mounted disk)"
 
@@ -32,13 +55,33 @@ class StorageHealth:
     placeable: bool
     """Whether new files may go to it (before ``writable_pairs_regex``)."""
     free_bytes: int | None
-    """``statvfs`` bytes available to stor; None when it cannot be read."""
+    """``statvfs`` bytes available to stor; None when it cannot be read or is not the disk's."""
     size_bytes: int | None = None
     """``statvfs`` total bytes of its filesystem (for "% full"); None when not read."""
+    probe: "Verdict | None" = None
+    """The latest probe's verdict (None: not probed yet)."""
 
     @property
     def ok(self) -> bool:
         return self.problem is None
+
+    def probe_json(self) -> dict[str, object] | None:
+        """The probe's verdict as ``/status`` JSON shows it (``writable`` stays the regex rule)."""
+        if self.probe is None:
+            return None
+        return {"kind": self.probe.kind, "ok": self.probe.problem is None,
+                "reason": self.probe.problem, "seconds_ago": round(time.time() - self.probe.at, 1)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One probe of one storage."""
+
+    kind: str
+    """``write`` or ``read``."""
+    problem: str | None
+    at: float
+    """``time.time()`` when it was made."""
 
 
 def free_bytes(storage: str) -> int | None:
@@ -80,10 +123,11 @@ def check_storages(storages: Sequence[str], check_mounts: bool | None,
         on_root = dev == root_dev
         if on_root and check_mounts is not False:
             problem = ON_ROOT
-        free, size = space(storage) if with_free and dev is not None else (None, None)
-        found.append(StorageHealth(storage, problem,
-                                   _placeable(dev, on_root, check_mounts, some_mounted), free,
-                                   size))
+        placeable = _placeable(dev, on_root, check_mounts, some_mounted)
+        unmounted = on_root and (check_mounts is True or (check_mounts is None and some_mounted))
+        free, size = space(storage) if with_free and dev is not None and not unmounted \
+            else (None, None)
+        found.append(StorageHealth(storage, problem, placeable, free, size))
     return found
 
 
@@ -94,3 +138,146 @@ def _placeable(dev: int | None, on_root: bool, check_mounts: bool | None,
     if not on_root or check_mounts is False:
         return True
     return check_mounts is None and not some_mounted
+
+
+# -- the probe ---------------------------------------------------------------------------------
+
+STALLED_AFTER = 30.0
+"""Seconds a probe may take before its storage counts as failing (a hung disk)."""
+
+
+def write_probe(storage: str) -> str | None:
+    """Why stor cannot write ``storage`` now (None: it can): a read-only mount, no free
+    inodes, or a file that cannot be created, written, fsynced and removed in its temp dir."""
+    try:
+        st = os.statvfs(storage)
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if st.f_flag & os.ST_RDONLY:
+        return "is mounted read-only"
+    if st.f_files and not st.f_favail:
+        return "has no free inodes"
+    directory = os.path.join(storage, layout.TEMP_DIR)
+    name = os.path.join(directory, f".probe.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            pass
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, b"stor write probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as e:
+        return f"cannot be written: {e.strerror}"
+    return None
+
+
+def read_probe(storage: str) -> str | None:
+    """Why stor cannot read ``storage`` now (None: it can list it)."""
+    try:
+        with os.scandir(storage) as entries:
+            next(entries, None)
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    return None
+
+
+class Prober:
+    """The latest probe of every storage, and the health check that takes it into account.
+
+    :meth:`run` (blocking; the health pool, periodically) probes each storage
+    and returns the changes of state; :meth:`check` is :func:`check_storages`
+    with each storage's verdict folded in (a failed or stalled probe fails
+    it and takes it out of placement).
+    """
+
+    def __init__(self, storages: Sequence[str], writable: Callable[[str], bool],
+                 probes: tuple[Callable[[str], str | None], Callable[[str], str | None]]
+                 = (write_probe, read_probe)) -> None:
+        self._storages = tuple(storages)
+        self._writable = writable
+        self._write, self._read = probes
+        self._verdicts: dict[str, Verdict] = {}
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def run(self) -> list[tuple[str, Verdict]]:
+        """Probe every storage now; the (storage, verdict) of each whose state changed."""
+        changed = []
+        for storage in self._storages:
+            if not os.path.isdir(storage):
+                continue  # missing: the basic check fails it, and the start-up check says so
+            writable = self._writable(storage)
+            with self._lock:
+                self._started[storage] = time.monotonic()
+            problem = (self._write if writable else self._read)(storage)
+            verdict = Verdict("write" if writable else "read", problem, time.time())
+            with self._lock:
+                before = self._verdicts.get(storage)
+                self._verdicts[storage] = verdict
+                self._started.pop(storage, None)
+            if (before.problem if before else None) != problem:
+                changed.append((storage, verdict))
+        return changed
+
+    def verdict(self, storage: str) -> Verdict | None:
+        """The latest verdict, or a failing one when a probe has been running too long."""
+        with self._lock:
+            started = self._started.get(storage)
+            verdict = self._verdicts.get(storage)
+        if started is not None and time.monotonic() - started > STALLED_AFTER:
+            kind = verdict.kind if verdict else "write"
+            return Verdict(kind, f"its probe has not finished for {STALLED_AFTER:g} s", time.time())
+        return verdict
+
+    def check(self, storages: Sequence[str], check_mounts: bool | None,
+              with_free: bool = True) -> list[StorageHealth]:
+        """:func:`check_storages`, each storage with its probe's verdict."""
+        found = []
+        for h in check_storages(storages, check_mounts, with_free):
+            verdict = self.verdict(h.path)
+            if verdict is not None and verdict.problem is not None:
+                h = replace(h, problem=h.problem or verdict.problem, placeable=False)
+            found.append(replace(h, probe=verdict))
+        return found
+
+
+class ProbeService(TimerService):
+    """Runs the :class:`Prober` every ``period`` seconds (from start) in ``run`` (the health
+    pool), one run at a time, and logs each change of a storage's state once."""
+
+    def __init__(self, prober: Prober, run: Callable[..., Any], period: float) -> None:
+        super().__init__(period, self._probe)  # type: ignore[no-untyped-call]  # TimerService: unannotated
+        self._prober = prober
+        self._run = run
+        self._busy = False
+
+    def _probe(self) -> Any:
+        if self._busy:
+            return None  # the last run is still waiting on a disk: the verdict says stalled
+        self._busy = True
+        d = self._run(self._prober.run)
+        d.addCallback(self._report)
+        d.addErrback(lambda f: _log.failure("storage probe failed", failure=f))
+        d.addBoth(self._idle)
+        return None  # never hold the timer (nor the service's stop) behind a hung disk
+
+    def _idle(self, result: object) -> object:
+        self._busy = False
+        return result
+
+    @staticmethod
+    def _report(changes: list[tuple[str, Verdict]]) -> None:
+        for storage, verdict in changes:
+            if verdict.problem is not None:
+                _log.warn("storage {storage} is down: {problem} ({kind} probe); it gets no new "
+                          "files until it passes", storage=storage, problem=verdict.problem,
+                          kind=verdict.kind)
+            else:
+                _log.info("storage {storage} is up again ({kind} probe passed)",
+                          storage=storage, kind=verdict.kind)

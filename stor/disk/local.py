@@ -156,6 +156,7 @@ class LocalStore:
         check_mounts: bool | None = True,
         rng: random.Random | None = None,
         health: Callable[[Sequence[str], bool | None, bool], list[StorageHealth]] = check_storages,
+        health_pool: DiskPool | None = None,
     ) -> None:
         self.pairs = tuple(pairs)
         self.storages = tuple(s for pair in self.pairs for s in pair)
@@ -167,6 +168,7 @@ class LocalStore:
         self._check_mounts = check_mounts
         self._rng = rng or random.Random()
         self._health = health
+        self._health_pool = health_pool or pool  # its own threads: never behind uploads
 
     def run(self, f: Callable[..., T], *args: object) -> "Deferred[T]":
         """Run blocking ``f(*args)`` in the disk pool."""
@@ -229,7 +231,7 @@ class LocalStore:
 
     def health(self, with_free: bool = True) -> "Deferred[list[StorageHealth]]":
         """Every storage's health, measured now in the pool (``/status``, metrics)."""
-        return self.run(self.health_blocking, with_free)
+        return self._health_pool.run(self.health_blocking, with_free)
 
     def not_ready(self, health: list[StorageHealth]) -> list[str]:
         """Why this host should not get traffic (empty: ready).  Ready means every

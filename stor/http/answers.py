@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from twisted.logger import LogLevel
 
 from stor.core.errors import (
-    Conflict, HashMismatch, MalformedSha, NoSpace, NotAllowed, NotFound, RangeNotSatisfiable,
+    Busy, Conflict, HashMismatch, MalformedSha, NoSpace, NotAllowed, NotFound, RangeNotSatisfiable,
     StorError, TooLarge, Unauthorized, UploadAborted,
 )
 
@@ -75,6 +75,9 @@ def error_answer(error: BaseException, method: bytes, segment: str) -> Answer:
     if isinstance(error, RangeNotSatisfiable):
         return Answer(416, f"Range not satisfiable: the file has {error.size} bytes\n".encode(),
                       headers=((b"content-range", b"bytes */%d" % error.size),))
+    if isinstance(error, Busy):
+        return Answer(503, b"Busy: try again later\n", f"error.{kind}.busy.count",
+                      ((b"retry-after", b"1"),), level=LogLevel.warn, log=f"503 {error}")
     if isinstance(error, Conflict):
         return Answer(409, b"Deleted while it was uploaded: not stored\n", "error.post.conflict.count",
                       level=LogLevel.warn, log=f"409 upload of {segment} raced a DELETE")
@@ -90,8 +93,15 @@ def error_answer(error: BaseException, method: bytes, segment: str) -> Answer:
                   log=prefix + detail)
 
 
-def reason_header(error: object) -> bytes:
-    """``str(error)`` as a one-line header value (the ``Stor-Reason`` of an answer)."""
+def reason_header(error: BaseException | str) -> bytes:
+    """``str(error)`` as a one-line header value (the ``Stor-Reason`` of an answer).
+
+    Only stor's own texts (a :class:`StorError`, or a text stor wrote) are
+    shown; a Python exception's text says what a stranger need not know, and
+    the log has it.
+    """
+    if not isinstance(error, (StorError, str)):
+        return b"internal error (logged)"
     text = " ".join(str(error).split())[:500]
     return text.encode("latin-1", "replace")
 

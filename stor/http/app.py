@@ -64,6 +64,7 @@ def _body(request: IRequest, data: bytes, content_type: bytes = TEXT) -> bytes:
     """``data`` as the whole response body, with its type and length set."""
     request.setHeader(b"content-type", content_type)
     request.setHeader(b"content-length", b"%d" % len(data))
+    request.setHeader(b"x-content-type-options", b"nosniff")  # a quoted segment is no page
     return data
 
 
@@ -148,9 +149,10 @@ class StorApp:
         once every storage had passed."""
         try:
             health = await self._store.health()
-        except Exception as e:  # /status answers 503, never 500
+        except Exception:  # /status answers 503, never 500; the log has the reason
+            log.failure("health check failed")
             request.setResponseCode(503)
-            return _body(request, f"*: health check failed: {e}\n".encode())
+            return _body(request, b"*: health check failed (logged)\n")
         problems = [(h.path, h.problem) for h in health if h.problem]
         if problems:
             request.setResponseCode(503)
@@ -159,7 +161,8 @@ class StorApp:
         if _wants_json(request):
             doc = {"ok": not problems, "storages": [
                 {"path": h.path, "ok": h.ok, "reason": h.problem, "free_bytes": h.free_bytes,
-                 "size_bytes": h.size_bytes, "writable": self._store.writable(h.path)} for h in health],
+                 "size_bytes": h.size_bytes, "writable": self._store.writable(h.path),
+                 "probe": h.probe_json()} for h in health],
                    **self._status_extra()}
             return _body(request, json.dumps(doc, indent=1).encode() + b"\n", JSON)
         if problems:
@@ -283,7 +286,7 @@ class StorApp:
         else:
             self.metrics.incr("success.post.write.count")
             request.setResponseCode(201)
-            log.info("stored {sha} at {paths}", sha=sha, paths=result.paths)
+            log.debug("stored {sha} at {paths}", sha=sha, paths=result.paths)
             if isinstance(result, Stored) and result.failures:
                 request.setHeader(b"stor-reason", reason_header(
                     "stored after " + "; ".join(str(f) for f in result.failures)))

@@ -122,6 +122,19 @@ class StorChannel(http.HTTPChannel):
         else:
             self._refuse(431, "headers_too_large")
 
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        """twisted's, but a ``Transfer-Encoding`` other than exactly ``chunked`` is a 400.
+
+        twisted takes ``chunked`` then a second header ``identity`` as chunked,
+        where RFC 9112 §6.1 makes a request whose last coding is not chunked a
+        400: a balancer in front reading the other way is a desync (request
+        smuggling).  A repeated ``chunked`` or one after ``Content-Length``
+        fails in twisted already.
+        """
+        if header == b"Transfer-Encoding" and data.lower() != b"chunked":
+            return bool(self._failChooseTransferDecoder())
+        return bool(super()._maybeChooseTransferDecoder(header, data))
+
     def allHeadersReceived(self) -> None:
         """twisted's, without its automatic ``100 Continue`` (the request decides)."""
         self._disarm_deadline()

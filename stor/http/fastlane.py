@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from twisted.web.http import RESPONSES, datetimeToString
-from twisted.web.server import version as SERVER
 
 from stor.http.app import FileAnswer, HeaderList
 
@@ -62,6 +61,9 @@ class Accounting(Protocol):
     worker: bytes
     """This process's pid, for the ``Stor-Worker`` header."""
 
+    server_header: bytes
+    """The ``Server`` header's value."""
+
     @property
     def closing(self) -> bool: ...
 
@@ -95,7 +97,7 @@ class FastLane:
         self._read_now = read_nowait
         self._site = site
         self._worker = b"Stor-Worker: " + site.worker + b"\r\n"
-        self._server = b"Server: " + SERVER + b"\r\n"
+        self._server = b"Server: " + site.server_header + b"\r\n"
         self._second = -1
         self._date = b""
 

@@ -55,6 +55,13 @@ class StorRequest(server.Request):
     _body_started = False
     _answered_early = False
 
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        """twisted's, but its ``Server: TwistedWeb/<version>`` is the site's ``server_header``."""
+        if isinstance(name, bytes) and name.lower() == b"server":
+            channel = self.channel
+            value = getattr(getattr(channel, "site", None), "server_header", b"stor")
+        super().setHeader(name, value)
+
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # stays empty: form parsing finds nothing to parse
         line = request_line(self.channel)

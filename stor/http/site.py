@@ -98,8 +98,12 @@ class StorSite(server.Site):
     def __init__(self, routes: Routes, *, access: AccessEvent | None = None,
                  closing: Closing | None = None, observer: RequestObserver | None = None,
                  metrics: Metrics | None = None, header_timeout: float | None = 30.0,
-                 body_timeout: float = 120.0, **kwargs: Any) -> None:
+                 body_timeout: float = 120.0, server_header: bytes = b"stor",
+                 **kwargs: Any) -> None:
         super().__init__(routes.resource(), timeout=body_timeout, **kwargs)
+        self.server_header = server_header
+        """Every answer's ``Server`` header (config ``server_header``; twisted's names its
+        version, which tells a stranger what to look up)."""
         self._open_intake = routes.intake
         self._access = access
         self._closing = closing or Closing()

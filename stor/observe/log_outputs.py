@@ -40,14 +40,15 @@ from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
 from zope.interface import implementer
 
 from stor.config.log import (
-    FileOutput, GelfOutput, LogConfig, Output, ScreenOutput, SyslogOutput,
+    LEVELS, FileOutput, GelfOutput, LogConfig, Output, ScreenOutput, SyslogOutput,
 )
 from stor.config.problems import Problem
 from stor.core.errors import ConfigError
 from stor.core.reactor import Reactor
 from stor.core.reconnect import quiet
+from stor.observe.policy import LogPolicy, filtered, outputs_policy
 from stor.observe.gelf import datagrams, gelf_message, syslog_level, tcp_frame
-from stor.observe.logs import event_as_record
+from stor.observe.logs import clean_text, event_as_record, safe_traceback
 from stor.observe.stream import StreamSender
 from stor.observe.udp import UdpSender
 
@@ -65,13 +66,10 @@ LEVEL_NUMBERS = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 3, LogLevel
 
 def event_text(event: LogEvent) -> str:
     """The event's text as one would read it: its formatted message, then a failure's traceback."""
-    text = formatEvent(event)
+    text = clean_text(event)  # input never structure: control characters escaped
     failure = event.get("log_failure")
     if failure is not None:
-        try:
-            traceback = failure.getTraceback().rstrip("\n")
-        except Exception:
-            traceback = repr(failure)
+        traceback = safe_traceback(failure)
         text = f"{text}\n{traceback}" if text else traceback
     return text
 
@@ -291,6 +289,14 @@ class _Fd:
         pass  # never close the process's own stdout/stderr
 
 
+def stamped(event: LogEvent, level: int, text: str) -> str:
+    """``2026-12-07T03:40:00+0000 [1234] warning: <text>``: the time, the pid and the
+    Log::Dispatch level name before the message (a File output's ``stamp``)."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z",
+                         time.localtime(float(event.get("log_time") or time.time())))
+    return f"{when} [{os.getpid()}] {LEVELS[min(level, len(LEVELS) - 1)]}: {text}"
+
+
 def _line(text: str) -> bytes:
     return (text + "\n").encode("utf-8", "replace")
 
@@ -356,7 +362,10 @@ class FileSink:
         self.writer.dropped = value
 
     def emit(self, event: LogEvent, level: int, text: Callable[[], str]) -> None:
-        self.writer.put(_line(text()))
+        if self.output.stamped:
+            self.writer.put(_line(stamped(event, level, text())))
+        else:  # Log::Dispatch::File's line: the message alone
+            self.writer.put(_line(text()))
 
     def reopen(self) -> None:
         self.writer.reopen()
@@ -462,11 +471,13 @@ class LogOutputs(MultiService):
 
     def __init__(self, sinks: Sequence[Sink], reactor: Reactor,
                  warnings: Iterable[Problem] = (), chain_signal: bool = True,
-                 on_reopen: Sequence[Callable[[], object]] = ()) -> None:
+                 on_reopen: Sequence[Callable[[], object]] = (),
+                 policy: LogPolicy | None = None) -> None:
         super().__init__()
         self.sinks = tuple(sinks)
         self.dispatch = LogDispatch(self.sinks)
-        self._observer = quiet(self.dispatch)  # no line per reconnection attempt
+        # no line per reconnection attempt, no factory noise, no health-check access events
+        self._observer = quiet(filtered(self.dispatch, policy or outputs_policy()))
         self._reactor = reactor
         self._warnings = tuple(warnings)
         self._on_reopen = tuple(on_reopen)
@@ -541,7 +552,8 @@ def build_log_outputs(config: LogConfig, reactor: Reactor, *, warnings: Iterable
         elif isinstance(output, SyslogOutput):
             sinks.append(SyslogSink(output, reactor))
     return LogOutputs(sinks, reactor, warnings=() if child else warnings,
-                      chain_signal=not child, on_reopen=on_reopen)
+                      chain_signal=not child, on_reopen=on_reopen,
+                      policy=outputs_policy(config.access_skip))
 
 
 def _file_sink(output: FileOutput, child: bool) -> FileSink:

@@ -16,6 +16,14 @@ one stdout (one journal stream) can be told apart::
 A failure's traceback is one ``traceback`` field of its event, never
 separate lines.
 
+**Logs carry input, never structure** (docs/security.rst): whatever a request
+brings (its segment, user, headers, URI) may hold control characters — a LF
+forging a log line, a CR or terminal escape rewriting one on screen.
+:func:`escape_controls` is the one function that writes them as ``\\xNN``;
+every output applies it where it formats an event (:func:`clean_text` for a
+message, :func:`event_as_record` for the fields of JSON and GELF, the File,
+Screen and Syslog outputs through :func:`stor.observe.log_outputs.event_text`).
+
 The access event of every request (:mod:`stor.observe.access`) is one event like
 any other here.
 
@@ -29,6 +37,7 @@ returns the ``--logger`` value naming :func:`observer_factory`.  An explicit
 
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -42,6 +51,7 @@ from twisted.python import logfile, threadable
 from zope.interface import implementer
 
 from stor.core.reconnect import quiet
+from stor.observe.policy import LogPolicy, filtered, own_log_policy
 
 LOG_FORMATS = ("text", "json")
 
@@ -49,11 +59,73 @@ LOG_FORMATS = ("text", "json")
 _SKIP = frozenset({"message", "format", "isError", "time", "failure", "why", "system",
                    "log_legacy", "outcome", "access_line"})
 
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: "re.Match[str]") -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str, keep_lines: bool = False) -> str:
+    """``text`` with every control character (C0, DEL, C1, line separators) as ``\\xNN``.
+
+    ``keep_lines`` keeps LF and TAB: for a traceback, whose line structure is
+    stor's own (its other characters are escaped all the same).  Printable
+    text, nearly every line, is returned as it is after one C-level test.
+    """
+    if text.isprintable():
+        return text
+    return (_CONTROLS_BUT_LINES if keep_lines else _CONTROLS).sub(_escape, text)
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+
+
+def hide_userinfo(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URI in it written ``***@``.
+
+    An absolute-form request line (``http://user:pass@host/<sha>``) or a
+    broker URI must never put a password in a log.
+    """
+    if "@" not in text or "://" not in text:
+        return text
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def safe_text(text: str) -> str:
+    """What any output may write of ``text``: control characters escaped, no userinfo."""
+    return hide_userinfo(escape_controls(text))
+
+
+def safe_traceback(failure: Any) -> str:
+    """A failure's traceback, its lines kept (stor's structure) but its exception's message
+    — which may quote a request — escaped whole, line breaks included."""
+    try:
+        text = failure.getTraceback().rstrip("\n")
+        message = failure.getErrorMessage()
+    except Exception:
+        return safe_text(repr(failure))
+    if message and not message.isprintable():
+        head, found, tail = text.rpartition(message)
+        if found:
+            text = head + escape_controls(message) + tail
+    return hide_userinfo(escape_controls(text, keep_lines=True))
+
+
+def clean_text(event: LogEvent) -> str:
+    """The event's formatted message on one line, control characters escaped, no userinfo."""
+    return safe_text(formatEvent(event))
+
+
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool)):
+    if isinstance(value, str):
+        return safe_text(value)
+    if value is None or isinstance(value, (int, float, bool)):
         return value
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return safe_text(value.decode("utf-8", "replace"))
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -70,11 +142,11 @@ def event_as_record(event: LogEvent) -> dict[str, Any]:
         "namespace": event.get("log_namespace", "-"),
         "pid": os.getpid(),
     }
-    message = formatEvent(event)
+    message = clean_text(event)
     failure = event.get("log_failure")
     if failure is not None:
-        record["error"] = f"{failure.type.__name__}: {failure.getErrorMessage()}"
-        record["traceback"] = failure.getTraceback()
+        record["error"] = safe_text(f"{failure.type.__name__}: {failure.getErrorMessage()}")
+        record["traceback"] = safe_traceback(failure)
         message = message or record["error"]
     system = event.get("system") or event.get("log_system")
     if system and system != "-":
@@ -121,8 +193,8 @@ class TextLines:
         stamp = self._stamp_of(when)
         access = event.get("access_line")
         if access is not None and event.get("log_namespace") == "stor.access":
-            return f"{stamp} [{self._pid}] [stor.access#info] {access}\n"
-        line = formatEventAsClassicLogText(event, formatTime=lambda _: stamp)
+            return f"{stamp} [{self._pid}] [stor.access#info] {safe_text(access)}\n"
+        line = formatEventAsClassicLogText(_escaped_event(event), formatTime=lambda _: stamp)
         if not line:
             return ""
         return f"{stamp} [{self._pid}] {line.partition(' ')[2]}"
@@ -134,6 +206,19 @@ class TextLines:
         if second != self._second:
             self._second, self._stamp = second, formatTime(when)
         return self._stamp
+
+
+def _escaped_event(event: LogEvent) -> LogEvent:
+    """``event`` with its message pre-formatted and escaped (its traceback: lines kept)."""
+    escaped = dict(event, log_format="{log_escaped_text}", log_escaped_text=clean_text(event))
+    failure = event.get("log_failure")
+    if failure is not None:
+        escaped.pop("log_failure")
+        text = escaped["log_escaped_text"]
+        tb = safe_traceback(failure)
+        escaped["log_escaped_text"] = f"{text}\n{tb}" if text else tb
+    escaped["system"] = escape_controls(str(event.get("log_system") or event.get("system") or "-"))
+    return escaped
 
 
 format_text_line = TextLines()
@@ -236,10 +321,21 @@ def _rotate_on_sigusr1(opened: logfile.LogFile) -> None:
     signal.signal(signal.SIGUSR1, rotate)
 
 
+_policy = own_log_policy()
+
+
+def use_policy(policy: LogPolicy) -> None:
+    """The config's ``log_level`` and ``access_log_skip``, for :func:`observer_factory`
+    (twistd calls it after ``makeService``, which reads the config)."""
+    global _policy
+    _policy = policy
+
+
 def observer_factory() -> ILogObserver:
     """twistd's ``--logger``: lines of the chosen format where twistd would have written,
-    without the reconnecting clients' line per attempt (:func:`stor.core.reconnect.quiet`)."""
+    without the reconnecting clients' line per attempt (:func:`stor.core.reconnect.quiet`)
+    and what the log policy leaves out (:mod:`stor.observe.policy`)."""
     out = _output() if _output is not None else sys.stdout
     if _format == "json":
-        return quiet(json_file_observer(out))
-    return quiet(text_file_observer(out))
+        return quiet(filtered(json_file_observer(out), _policy))
+    return quiet(filtered(text_file_observer(out), _policy))

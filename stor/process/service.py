@@ -47,12 +47,14 @@ from stor.s3.read import NoS3, build_s3, s3_client
 from stor.s3.put import S3Writer
 from stor.disk.corrupt import CorruptReplicas
 from stor.disk.diskpool import DiskPool
+from stor.disk.health import Prober, ProbeService
 from stor.disk.local import LocalStore
 from stor.disk.repair import Repairer
 from stor.s3.outbox import Outbox, build_outbox
 from stor.store.store import Store
 from stor.observe.access import emit_access
 from stor.observe.log_outputs import build_log_outputs
+from stor.observe.policy import own_log_policy
 from stor.observe.logs import LOG_FORMATS
 from stor.observe.prometheus import MULTIPROC_ENV, AmqpState, Exporter, SyncService, multiprocess
 from stor.process.worker_metrics import SLOT_ENV, register_worker_processes
@@ -159,12 +161,14 @@ class Daemon:
     services: service.MultiService
 
 
-def build_daemon(config: Config, reactor: Reactor) -> Daemon:
+def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | None" = None) -> Daemon:
     """The web site for ``config``, its collaborators, and their services.
 
     Built in layer order, each part from parts already built (nothing is bound
     late): the tiers, the store over them, the routes over the store, the site
-    serving the routes.  Services stop in the reverse order they were added:
+    serving the routes.  ``run_as``: the (uid, gid) twistd's ``--uid``/``--gid``
+    will switch to after this runs as root (the lock directory is made for and
+    checked against them).  Services stop in the reverse order they were added:
     the disk pool last.
     """
     started = time.monotonic()
@@ -174,17 +178,25 @@ def build_daemon(config: Config, reactor: Reactor) -> Daemon:
         statsd_service.setServiceParent(services)
     pool = DiskPool(reactor)
     pool.setServiceParent(services)
-    local = LocalStore(config.storage_pairs, pool, writable_regex=config.writable_pairs_regex,
+    # /status, readiness and metrics get threads of their own: uploads waiting for a
+    # SHA's lock or a slow disk never hold them up (docs/security.rst)
+    health_pool = DiskPool(reactor, size=2, name="stor-health")
+    health_pool.setServiceParent(services)
+    regex = config.writable_pairs_regex
+    prober = Prober(config.storages, lambda storage: bool(regex.search(storage)))
+    local = LocalStore(config.storage_pairs, pool, writable_regex=regex,
                        balance_threshold=config.balance_threshold,
-                       check_mounts=config.check_mounts)
-    locks = ShaLocks(config.lock_dir or default_lock_dir())
-    locks.prepare()
+                       check_mounts=config.check_mounts, health=prober.check,
+                       health_pool=health_pool)
+    ProbeService(prober, health_pool.run, config.probe_period).setServiceParent(services)
+    locks = ShaLocks(config.lock_dir or default_lock_dir(), owner=run_as)
+    locks.prepare()  # a lock directory that cannot be trusted stops start-up (ConfigError)
     cache = build_cache(config, reactor)
     cache.setServiceParent(services)
     publisher = build_publisher(config.amqp, reactor, statsd)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    exporter = Exporter(local.health_blocking, local.writable, pool.run,
+    exporter = Exporter(local.health_blocking, local.writable, health_pool.run,
                         cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher),
                         storage_of={local.server_name(s): s for s in local.storages}.get,
                         memcached_servers=[s.name for s in config.memcached.servers])
@@ -211,7 +223,8 @@ def build_daemon(config: Config, reactor: Reactor) -> Daemon:
                   status_extra=lambda: _status_extra(started, outbox),
                   sendfile=config.sendfile)
     site = StorSite(app, access=emit_access, closing=closing, observer=exporter, metrics=metrics,
-                    header_timeout=config.header_timeout, body_timeout=config.body_timeout)
+                    header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+                    server_header=config.server_header.encode("ascii"))
     site.displayTracebacks = False
     site.noisy = False  # no "Starting factory <StorSite object at 0x…>" lines
     temp_sweeper(local, store.tombstones, config.cleanup_tempdir_period).setServiceParent(services)
@@ -256,6 +269,21 @@ def _status_extra(started: float, outbox: Outbox | None) -> dict[str, Any]:
     if outbox is not None:
         extra["s3_outbox"] = outbox.state()
     return extra
+
+
+def _run_as(options: Options) -> "tuple[int, int] | None":
+    """The (uid, gid) twistd switches to after ``makeService`` (``--uid``/``--gid``), if any."""
+    parent = getattr(options, "parent", None)
+    uid = parent.get("uid") if parent is not None else None
+    if uid is None or os.geteuid() != 0:
+        return None
+    assert parent is not None  # uid came from it
+    gid = parent.get("gid")
+    if gid is None:
+        import pwd
+
+        gid = pwd.getpwuid(uid).pw_gid
+    return int(uid), int(gid)
 
 
 def _amqp_state(publisher: object) -> "Callable[[], AmqpState] | None":
@@ -308,9 +336,10 @@ def makeService(options: Options) -> service.MultiService:
             serve = adopt(reactor, options["adopt-fd"])
         else:
             serve = endpoint.listen
-        daemon = _exit_on_config_error(lambda: build_daemon(config, reactor))
+        daemon = _exit_on_config_error(lambda: build_daemon(config, reactor, _run_as(options)))
         top = Frontend(serve, daemon.site, daemon.services, reactor,
                        grace=config.shutdown_grace_period)
+    logs.use_policy(own_log_policy(config.log.level, config.log.access_skip))
     outputs = _exit_on_config_error(lambda: build_log_outputs(
         config.log, reactor, warnings=config.warnings, child=child, on_reopen=reopened))
     root = service.MultiService()

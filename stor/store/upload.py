@@ -32,6 +32,7 @@ from enum import Enum
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -41,6 +42,8 @@ from stor.core.results import Duplicate, UploadResult
 from stor.disk.commit import MemberFailed
 from stor.disk.spool import Spool, as_stor_error
 from stor.store.pipeline import Pipeline
+
+_log = Logger()
 
 HIGH_WATER = 4 * 1024 * 1024
 """Queued bytes at which the connection is paused."""
@@ -283,7 +286,9 @@ class Upload:
         if isinstance(error, MemberFailed):
             failures = self._spool.failures if self._spool is not None else [error]
             return as_stor_error(failures)
-        return StorageFailure(f"unexpected error: {error!r}")
+        # the log has the exception; the client and Stor-Reason get stor's words only
+        _log.failure("upload of {sha} failed unexpectedly", failure=failure, sha=self.sha)
+        return StorageFailure("unexpected error (logged)")
 
     def _drop_queue(self) -> None:
         self._queue.clear()

@@ -1,0 +1,65 @@
+"""Issue 19, finding 2: a process holding a SHA's lock cannot starve the host.
+
+Uploads waiting for a held lock answer 503 with ``Retry-After`` after a
+bounded wait instead of hanging, and ``/status`` and ``/health/ready`` answer
+meanwhile, however many uploads are waiting.
+"""
+
+import fcntl
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ops_peer import AUTH_HEADER, request, stor_process
+from stor.disk.locks import LOCK_WAIT
+
+__all__ = ["stor_process"]
+
+WAITING_UPLOADS = 12
+"""More than the disk pool's threads."""
+
+
+def _bodies_with_prefix(prefix: str, n: int) -> list[bytes]:
+    found, i = [], 0
+    seed = os.urandom(8)
+    while len(found) < n:
+        body = seed + str(i).encode()
+        if hashlib.sha256(body).hexdigest().startswith(prefix):
+            found.append(body)
+        i += 1
+    return found
+
+
+def _post(port: int, body: bytes):
+    sha = hashlib.sha256(body).hexdigest()
+    return request(port, "POST", f"/{sha}", body, {"Authorization": AUTH_HEADER},
+                   timeout=LOCK_WAIT * 4)
+
+
+def test_a_held_lock_answers_503_in_bounded_time_and_health_never_waits(
+        stor_process, tmp_path: Path) -> None:
+    stor = stor_process()
+    bodies = _bodies_with_prefix("abc", WAITING_UPLOADS)
+    lock_file = tmp_path / "locks" / "abc.lock"
+    fd = os.open(lock_file, os.O_RDONLY | os.O_CREAT, 0o640)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, as by a stuck or hostile process of the group
+    try:
+        with ThreadPoolExecutor(WAITING_UPLOADS) as pool:
+            started = time.monotonic()
+            uploads = [pool.submit(_post, stor.port, body) for body in bodies]
+            time.sleep(0.5)  # the uploads reach the lock (nothing observable to await)
+            for path in ("/status", "/health/ready", "/metrics"):
+                asked = time.monotonic()
+                answer = request(stor.port, "GET", path, timeout=5)
+                assert answer.status == 200, (path, answer)
+                assert time.monotonic() - asked < 2.0, path
+            answers = [u.result() for u in uploads]
+            took = time.monotonic() - started
+        assert [a.status for a in answers] == [503] * WAITING_UPLOADS
+        assert all(a.headers.get("retry-after") == "1" for a in answers)
+        assert took < LOCK_WAIT * 3
+    finally:
+        os.close(fd)
+    assert _post(stor.port, bodies[0]).status == 201

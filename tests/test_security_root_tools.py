@@ -1,0 +1,101 @@
+"""Issue 19, finding 1: a root ``stor scrub --repair`` or ``stor s3-sync`` acts as the storages'
+owner, so what a compromised daemon plants below them gains it nothing."""
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from ops_peer import AUTH_HEADER, BIN, request
+from stor.core import layout
+from unprivileged import SERVICE, open_tmp, reachable, unprivileged_stor, user
+
+__all__ = ["open_tmp", "unprivileged_stor"]
+
+STOR = str(BIN / "stor")
+
+
+def _run_as_root(argv: list[str], scratch: Path) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(reachable(argv, scratch), capture_output=True, text=True, timeout=120)
+
+
+def _upload(port: int, body: bytes) -> list[str]:
+    sha = hashlib.sha256(body).hexdigest()
+    answer = request(port, "POST", f"/{sha}", body, {"Authorization": AUTH_HEADER})
+    assert answer.status == 201, answer
+    return json.loads(answer.body)
+
+
+def test_root_repair_does_not_write_through_a_planted_directory_symlink(unprivileged_stor) -> None:
+    stor = unprivileged_stor.start()
+    body = os.urandom(5000)
+    first, second = _upload(stor.port, body)
+    root_only = unprivileged_stor.root / "root-only"
+    root_only.mkdir(mode=0o700)
+    # the daemon's user replaces the twin's AA/BB/CC by a symlink to a root-only directory
+    cc = Path(second).parent
+    os.unlink(second)
+    cc.rmdir()
+    os.symlink(root_only, cc)
+    os.lchown(cc, *user(SERVICE))
+    done = _run_as_root([STOR, "scrub", "--repair", "--config", str(stor.config_path)],
+                        unprivileged_stor.root)
+    assert list(root_only.iterdir()) == [], done.stdout + done.stderr
+    assert Path(first).read_bytes() == body
+
+
+def test_root_tools_leave_their_files_to_the_storages_owner(unprivileged_stor) -> None:
+    """A root scrub run first makes the lock files the daemon's: its DELETEs work after it
+    (issue 18 case 9: whichever process ran first)."""
+    storages = unprivileged_stor.storages()
+    config = unprivileged_stor.root / "scrub.json"
+    locks = unprivileged_stor.root / "run" / "locks"
+    config.write_text(json.dumps({"storage_pairs": [storages[0:2], storages[2:4]],
+                                  "lock_dir": str(locks), "check_mounts": False}))
+    body = b"scrubbed before the daemon started"
+    sha = hashlib.sha256(body).hexdigest()
+    for storage in storages[0:1]:  # a missing twin for --repair to mend, under its lock
+        path = Path(layout.file_path(storage, sha))
+        path.parent.mkdir(parents=True)
+        path.write_bytes(body)
+        for p in [path, *path.parents][:4]:
+            os.chown(p, *user(SERVICE))
+    done = _run_as_root([STOR, "scrub", "--repair", "--config", str(config)],
+                        unprivileged_stor.root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for made in [locks, *locks.iterdir(), *Path(storages[1]).rglob("*")]:
+        assert made.lstat().st_uid == user(SERVICE)[0], f"{made} belongs to root"
+    stor = unprivileged_stor.start(delete_auth="admin:admin_pass", storages=storages)
+    admin = {"Authorization": "Basic YWRtaW46YWRtaW5fcGFzcw=="}
+    assert request(stor.port, "DELETE", f"/{sha}", headers=admin).status == 204
+    assert _upload(stor.port, body)
+    assert request(stor.port, "DELETE", f"/{sha}", headers=admin).status == 204
+
+
+def test_storages_of_two_users_are_refused_by_a_root_tool(unprivileged_stor) -> None:
+    storages = unprivileged_stor.storages()
+    os.chown(storages[3], 0, 0)
+    config = unprivileged_stor.root / "mixed.json"
+    config.write_text(json.dumps({"storage_pairs": [storages[0:2], storages[2:4]],
+                                  "lock_dir": str(unprivileged_stor.root / "run" / "locks")}))
+    done = _run_as_root([STOR, "scrub", "--config", str(config)], unprivileged_stor.root)
+    assert done.returncode == 2
+    assert "belong to different users" in done.stderr
+    assert stat.S_ISDIR(os.stat(storages[0]).st_mode)
+
+
+def test_a_root_scrub_refuses_a_lock_directory_anyone_can_write(unprivileged_stor) -> None:
+    storages = unprivileged_stor.storages()
+    locks = unprivileged_stor.root / "run" / "locks"
+    locks.mkdir(mode=0o777)
+    locks.chmod(0o1777)
+    config = unprivileged_stor.root / "planted.json"
+    config.write_text(json.dumps({"storage_pairs": [storages[0:2], storages[2:4]],
+                                  "lock_dir": str(locks)}))
+    done = _run_as_root([STOR, "scrub", "--repair", "--config", str(config)],
+                        unprivileged_stor.root)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "stor scrub: lock_dir: " in done.stderr and "writable by every user" in done.stderr
+    assert "Traceback" not in done.stderr
