@@ -43,7 +43,9 @@ $(TESTSTAMP): $(STAMP) requirements-test.txt
 	touch $@
 
 # The peers the tests talk to: memcached, nginx and HAProxy (started per test
-# by the tests themselves; the fleet tests run the balancer configs in conf/)
+# by the tests themselves; the fleet tests run the balancer configs in conf/),
+# Ceph's RADOS Gateway (a one-OSD cluster the S3 tests start on loopback,
+# tests/rgw_peer.py)
 # and a RabbitMQ broker on 127.0.0.1:5672 (the machine's own; installed and
 # started here only when absent).
 install-test: $(TESTSTAMP)
@@ -57,6 +59,9 @@ install-test: $(TESTSTAMP)
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq systemd; }
 	@command -v strace >/dev/null 2>&1 || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq strace; }
+	@command -v radosgw >/dev/null 2>&1 || [ -x /usr/bin/radosgw ] || \
+	  { $(APT_GET) update -qq && \
+	    $(APT_GET) install -y -qq --no-install-recommends ceph-mon ceph-osd radosgw ceph-common; }
 	@if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then \
 	  command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || \
 	    { $(APT_GET) update -qq && $(APT_GET) install -y -qq rabbitmq-server; }; \

@@ -20,7 +20,8 @@ from twisted.internet.protocol import DatagramProtocol
 from stor.config import Config, parse_config
 
 # Fixture modules shared by several test files (peers started per test).
-pytest_plugins = ["memcached_peer", "ops_peer", "log_peers", "s3write_peer", "fleet_peer"]
+pytest_plugins = ["memcached_peer", "ops_peer", "log_peers", "s3write_peer", "fleet_peer",
+                  "rgw_peer"]
 from stor.process.service import build_daemon
 
 

@@ -264,13 +264,15 @@ class Fleet:
         self._tmp = tmp_path
         self.hosts: list[Host] = []
 
-    def start(self, name: str, wait: bool = True, **config: Any) -> Host:
-        """A new host ``name`` running with ``config`` on top of its own storages."""
+    def start(self, name: str, wait: bool = True, port: int | None = None,
+              **config: Any) -> Host:
+        """A new host ``name`` running with ``config`` on top of its own storages
+        (on ``port``, when the test must know it before: e.g. for ``fleet_peers``)."""
         root = self._tmp / name
         storages = [str(root / f"data{i + 1}") for i in range(4)]
         for s in storages:
             os.makedirs(s)
-        port = free_port()
+        port = port or free_port()
         raw: dict[str, Any] = {
             "storage_pairs": [storages[0:2], storages[2:4]],
             "check_mounts": False,
@@ -488,15 +490,18 @@ def render_haproxy(template: str, listen: int, stats: int, upstreams: list[int])
     stor1, stor2, … with the first such line's parameters), logs to stderr."""
     out: list[str] = []
     seen: set[str] = set()
+    previous = ""
     for line in template.splitlines():
         m = _HAPROXY_MARKED.match(line)
         if m is None:
             assert not re.search(r"#\s*@\w+\s*$", line), f"a marker the test cannot parse: {line!r}"
             out.append(line)
+            previous = ""
             continue
         name, indent, directive, args = m["name"], m["indent"], m["directive"], m["args"].split()
-        if name == "stor":
-            if name not in seen:
+        first_of_group, previous = previous != name, name
+        if name == "stor":  # each backend's group of servers: the test's hosts
+            if first_of_group:
                 out += [f"{indent}server stor{i + 1} 127.0.0.1:{port} {' '.join(args[2:])}".rstrip()
                         for i, port in enumerate(upstreams)]
         elif name in ("bind", "stats"):
@@ -525,13 +530,14 @@ class HAProxy:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
-    def servers(self) -> dict[str, str]:
-        """Each stor server's state on the stats page (``UP``, ``DOWN``, …)."""
+    def servers(self, backend: str = "stor") -> dict[str, str]:
+        """Each stor server's state in ``backend`` (``stor``: reads, ``stor_write``:
+        uploads) on the stats page (``UP``, ``DOWN``, …)."""
         answer = request(self.stats_port, "GET", "/;csv", timeout=5.0)
         assert answer.status == 200, answer
         rows = csv.DictReader(io.StringIO(answer.body.decode().lstrip("# ")))
         return {row["svname"]: row["status"] for row in rows
-                if row["pxname"] == "stor" and row["svname"].startswith("stor")}
+                if row["pxname"] == backend and row["svname"].startswith("stor")}
 
     def stop(self) -> None:
         if self.popen.poll() is None:

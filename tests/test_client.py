@@ -208,6 +208,27 @@ def test_put_asks_head_first_and_skips_what_is_stored(relay: Relay, url: str, tm
     assert relay.methods() == [f"HEAD {sha}", f"POST {sha}", f"HEAD {sha}"]
 
 
+def test_put_uploads_when_the_host_is_503_for_s3_unknown(tmp_path: Path) -> None:
+    """A host whose S3 is down answers HEAD of a file it lacks 503 ``Stor-S3: unavailable``:
+    that is "not stored here", so the file is uploaded (and a second put finds it)."""
+    from s3_peer import refused_port
+
+    proc = start_stor(tmp_path / "stor", s3_enabled=1, s3_credentials={
+        "access_key": "AKIAEXAMPLE", "secret_key": "secret",
+        "host": f"127.0.0.1:{refused_port()}"})
+    try:
+        url = f"http://127.0.0.1:{proc.port}"
+        path = tmp_path / "f"
+        sha = make_file(path, 3000, seed=30)
+        assert stored(url, sha) == 503
+        first = stor("put", "--storage", url, "--auth", AUTH, str(path))
+        second = stor("put", "--storage", url, "--auth", AUTH, str(path))
+    finally:
+        stop_stor(proc)
+    assert (first.returncode, rows(first.stdout)) == (0, [[sha, str(path), "201"]])
+    assert (second.returncode, rows(second.stdout)) == (0, [[sha, str(path), "200"]])
+
+
 def test_put_reads_url_and_credentials_from_the_environment(url: str, tmp_path: Path) -> None:
     path = tmp_path / "f"
     sha = make_file(path, 10, seed=3)

@@ -31,6 +31,14 @@ from ops_peer import AUTH_HEADER, request, wait_for
 from s3_peer import refused_port
 from stor.core import layout
 from stor.disk.locks import ShaLocks
+from rgw_peer import moto_then_rgw
+
+
+@pytest.fixture(params=["moto", "rgw"])
+def moto(request, moto):
+    """These tests hold on moto's server and on a real S3, Ceph RGW (tests/rgw_peer.py)."""
+    return moto_then_rgw(request, moto)
+
 
 DELETER = ("admin", "admin_pass")
 DATA = b"a file someone wants gone\n" * 500

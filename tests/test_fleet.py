@@ -254,9 +254,10 @@ async def test_fallback_serves_local_files_without_s3_and_asks_s3_on_a_miss(
         assert relay.requests(sha256(remote)) >= 1  # a local miss asks S3
         assert copies(storages_of(server), sha256(remote)) == []
 
-        await relay.cut()  # S3 refuses connections: a miss everywhere is a plain 404
+        await relay.cut()  # S3 refuses connections: a miss cannot be a 404 (issue 20)
         nowhere = sha256(b"stored nowhere")
-        assert (await get(server.url, nowhere))[0] == 404
+        assert await get(server.url, nowhere) == (
+            503, f"S3 unavailable: '{nowhere}' not found locally\n".encode())
         assert await get(server.url, sha256(local)) == (200, local)
     finally:
         await relay.cut()

@@ -30,7 +30,8 @@ from treq.client import HTTPClient
 from s3_peer import MotoS3, ScriptedPeer, black_hole, refused_port, response
 from stor.core import layout
 from stor.config import Config, S3Config
-from stor.core.errors import StorageFailure
+from stor.core.errors import S3Unavailable, StorageFailure
+from stor.s3 import read as read_module
 from stor.s3.read import BAD_SHA, ERROR, NOT_FOUND, NoS3, S3Object, S3Reader, build_s3, s3_client
 
 MiB = 1024 * 1024
@@ -288,28 +289,61 @@ async def test_wrong_credentials_are_an_s3_error(moto, bucket, make_reader, head
 
 
 @pytest_twisted.ensureDeferred
-async def test_refused_connection_is_none_quickly(make_reader):
+async def test_refused_connection_is_unknown_quickly(make_reader):
+    """A refused connection says nothing about the object: S3 is unknown (not None),
+    and as refusing costs nothing, S3 is asked again next time (no outage)."""
     reader, metrics = make_reader(f"http://127.0.0.1:{refused_port()}",
                                   timeout=5.0, connect_timeout=5.0)
     start = time.monotonic()
 
-    assert await bounded(reader.fetch(sha256(b"x"), head=False)) is None
+    with pytest.raises(S3Unavailable, match="refused"):
+        await bounded(reader.fetch(sha256(b"x"), head=False))
     assert time.monotonic() - start < 2.0
     assert +metrics.counts == Counter({ERROR: 1})
+    assert not reader.down
 
 
 @pytest.mark.parametrize("head", [True, False], ids=["HEAD", "GET"])
 @pytest_twisted.ensureDeferred
-async def test_silent_peer_times_out(make_reader, head):
+async def test_silent_peer_times_out_then_fails_at_once(make_reader, head):
+    """A hung S3 costs one timeout per outage, not one per lookup."""
     with black_hole() as port:
         reader, metrics = make_reader(f"http://127.0.0.1:{port}", timeout=0.5)
         start = time.monotonic()
 
-        assert await bounded(reader.fetch(sha256(b"x"), head=head)) is None
+        with pytest.raises(S3Unavailable, match="no answer within 0.5s"):
+            await bounded(reader.fetch(sha256(b"x"), head=head))
         elapsed = time.monotonic() - start
+        assert reader.down
+        start = time.monotonic()
+        with pytest.raises(S3Unavailable):
+            await bounded(reader.fetch(sha256(b"y"), head=head))
+        again = time.monotonic() - start
 
     assert 0.5 <= elapsed < 5.0
+    assert again < 0.2
     assert +metrics.counts == Counter({ERROR: 1})
+
+
+@pytest_twisted.ensureDeferred
+async def test_outage_ends_when_s3_answers_a_probe(make_reader, monkeypatch):
+    """While down, a lookup starts a background probe; S3's first answer ends the outage."""
+    monkeypatch.setattr(read_module, "PROBE_INTERVAL", 0.0)
+    with black_hole() as port:
+        reader, _ = make_reader(f"http://127.0.0.1:{port}", timeout=0.3)
+        with pytest.raises(S3Unavailable):
+            await bounded(reader.fetch(sha256(b"x"), head=False))
+        assert reader.down
+    peer = ScriptedPeer(response("404 Not Found", content_length=0))
+    listening = reactor.listenTCP(port, peer, interface="127.0.0.1")  # S3 is back
+    try:
+        with pytest.raises(S3Unavailable):  # still taken for down: answered at once
+            await bounded(reader.fetch(sha256(b"x"), head=False))
+        await bounded(reader.when_up())  # the probe was answered
+        assert len(peer.requests) == 1 and peer.requests[0].startswith(b"HEAD ")
+        assert await bounded(reader.fetch(sha256(b"x"), head=False)) is None
+    finally:
+        await listening.stopListening()
 
 
 @pytest_twisted.ensureDeferred
@@ -411,21 +445,31 @@ async def test_100_mib_streams_with_bounded_memory(moto, bucket, moto_reader, re
 XML_500 = b"<Error><Code>InternalError</Code><Message>boom</Message></Error>"
 
 
-@pytest.mark.parametrize("answer", [
-    response("500 Internal Server Error", body=XML_500, content_length=len(XML_500)),
-    response("503 Slow Down", content_length=0),
-    response("301 Moved Permanently", {"Location": "http://example.invalid/"}, content_length=0),
-    b"this is not HTTP\r\n\r\n",
-    response("200 OK", {"Transfer-Encoding": "chunked"}, b"5\r\nhello\r\n0\r\n\r\n"),
-    response("200 OK", {"Last-Modified": ""}, b"hello", content_length=5),
-], ids=["500", "503", "redirect", "garbage", "no-length", "no-last-modified"])
+@pytest.mark.parametrize("answer, unknown", [
+    (response("500 Internal Server Error", body=XML_500, content_length=len(XML_500)), True),
+    (response("503 Slow Down", content_length=0), True),
+    (response("301 Moved Permanently", {"Location": "http://example.invalid/"},
+              content_length=0), False),
+    (response("403 Forbidden", content_length=0), False),
+    (b"this is not HTTP\r\n\r\n", True),
+    (response("200 OK", {"Transfer-Encoding": "chunked"}, b"5\r\nhello\r\n0\r\n\r\n"), True),
+    (response("200 OK", {"Last-Modified": ""}, b"hello", content_length=5), True),
+], ids=["500", "503", "redirect", "403", "garbage", "no-length", "no-last-modified"])
 @pytest_twisted.ensureDeferred
-async def test_unusable_answers_are_none_and_counted(scripted, make_reader, answer):
+async def test_unusable_answers_are_counted_and_unknown_unless_a_refusal(
+        scripted, make_reader, answer, unknown):
+    """A 5xx or an unreadable answer leaves the object's existence unknown; a
+    4xx is S3 refusing to serve it: not found (a 403 is logged as a config error)."""
     peer, endpoint = scripted(answer)
     reader, metrics = make_reader(endpoint)
 
-    assert await bounded(reader.fetch(sha256(b"hello"), head=False)) is None
+    if unknown:
+        with pytest.raises(S3Unavailable):
+            await bounded(reader.fetch(sha256(b"hello"), head=False))
+    else:
+        assert await bounded(reader.fetch(sha256(b"hello"), head=False)) is None
     assert +metrics.counts == Counter({ERROR: 1})
+    assert not reader.down
     assert len(peer.requests) == 1
     request = peer.requests[0].decode()
     assert request.startswith(f"GET /samples/{layout.s3_key(sha256(b'hello'))} HTTP/1.1")

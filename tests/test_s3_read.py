@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import threads
@@ -15,6 +16,13 @@ from s3_peer import black_hole, refused_port
 from stor.core import layout
 
 MiB = 1024 * 1024
+from rgw_peer import moto_then_rgw
+
+
+@pytest.fixture(params=["moto", "rgw"])
+def moto(request, moto):
+    """These tests hold on moto's server and on a real S3, Ceph RGW (tests/rgw_peer.py)."""
+    return moto_then_rgw(request, moto)
 
 
 def s3_config(config_dict, endpoint: str, bucket: str, moto, timeout: float = 5.0):

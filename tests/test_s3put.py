@@ -24,6 +24,14 @@ from stor.core import layout
 from stor.s3.put import (
     MAX_PARTS, MIN_PART_SIZE, CorruptLocalFile, S3WriteError, part_ranges,
 )
+from rgw_peer import moto_then_rgw
+
+
+@pytest.fixture(params=["moto", "rgw"])
+def moto(request, moto):
+    """These tests hold on moto's server and on a real S3, Ceph RGW (tests/rgw_peer.py)."""
+    return moto_then_rgw(request, moto)
+
 
 HERE = Path(__file__).parent
 

@@ -13,6 +13,13 @@ import pytest
 
 from s3_peer import MotoS3
 from s3write_peer import MiB, make_file, place_big, stored_sha
+from rgw_peer import moto_then_rgw
+
+
+@pytest.fixture(params=["moto", "rgw"])
+def moto(request, moto):
+    """These tests hold on moto's server and on a real S3, Ceph RGW (tests/rgw_peer.py)."""
+    return moto_then_rgw(request, moto)
 
 
 def run_sync(config: Path, *args: str, env: dict[str, str] | None = None,

@@ -1,5 +1,8 @@
 """``stor put`` of one file: hash it, ask ``HEAD`` whether it is stored, else stream it.
 
+"Not stored" is a 404, or the 503 of a host whose S3 is down and whose disks
+lack the file (``Stor-S3: unavailable``): both are answered by uploading.
+
 treq sends a request body without waiting for ``100 Continue``, so asking
 first is what keeps an already stored file from crossing the network again.
 The body is read from disk in a thread as the socket takes it
@@ -62,7 +65,7 @@ async def _put_once(session: Session, path: str, sha: str, size: int, reporter: 
         await discard(head)
         reporter.progress.add_bytes(size)  # nothing to send: counted as sent
         return "200"
-    if head.code != 404:
+    if head.code != 404 and not _missing_here(head):
         raise ServerAnswer(head.code, await read_text(head), retry_after(head))
     await discard(head)
     try:
@@ -80,6 +83,15 @@ async def _put_once(session: Session, path: str, sha: str, size: int, reporter: 
     if response.code == 412:
         answer.retryable = True  # the file is as hashed: the bytes were damaged on the way
     raise answer
+
+
+def _missing_here(head: IResponse) -> bool:
+    """A 503 ``Stor-S3: unavailable``: not on that host, and its S3 cannot say.
+
+    Uploading settles it: the host answers 200 if the file is there after all,
+    else stores it (docs/fleet-operations.rst).
+    """
+    return head.code == 503 and head.headers.getRawHeaders(b"stor-s3") == [b"unavailable"]
 
 
 async def _post(session: Session, sha: str, reader: Reader, reporter: Reporter) -> IResponse:

@@ -73,6 +73,12 @@ class Config:
     body_timeout: float = server.DEFAULT_BODY_TIMEOUT
     sendfile: bool = True
     server_header: str = server.DEFAULT_SERVER_HEADER
+    write_headroom: int = storage.DEFAULT_WRITE_HEADROOM
+    """Bytes both members of a writable pair must have free for ``/health/write``."""
+    trusted_proxies: tuple[Any, ...] = ()
+    """Networks of the balancers whose ``X-Forwarded-For`` is believed."""
+    fleet_peers: tuple[str, ...] = ()
+    """The other hosts' base URLs, asked on a miss before a 404."""
     unknown_keys: tuple[str, ...] = field(default=())
     """Top-level keys stor does not read (each is also one of ``warnings``)."""
     warnings: tuple[Problem, ...] = ()

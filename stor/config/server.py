@@ -8,7 +8,9 @@ listens.  Parsing needs no reactor: endpoints keep the one they are given
 until they listen, and the probe below stands in for it.
 """
 
+import ipaddress
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,8 @@ from stor.config import values
 from stor.config.problems import Problems
 
 KEYS = frozenset({"listen", "header_timeout", "body_timeout", "max_upload_size",
-                  "shutdown_grace_period", "sendfile", "server_header"})
+                  "shutdown_grace_period", "sendfile", "server_header", "trusted_proxies",
+                  "fleet_peers"})
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_BODY_TIMEOUT = 120.0
@@ -40,6 +43,10 @@ class ServerConfig:
     sends every body through twisted.web (to rule it out when debugging)."""
     server_header: str = DEFAULT_SERVER_HEADER
     """The ``Server`` header of every answer (twisted.web's would name its version)."""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Balancers whose ``X-Forwarded-For`` names the client in logs (addresses or CIDR)."""
+    fleet_peers: tuple[str, ...] = ()
+    """Base URLs of the fleet's other hosts, asked on a miss (:mod:`stor.s3.peers`)."""
 
 
 def parse_server_config(raw: Mapping[str, object], problems: Problems) -> ServerConfig:
@@ -57,6 +64,8 @@ def parse_server_config(raw: Mapping[str, object], problems: Problems) -> Server
                                             problems, above=None, at_least=0.0),
         sendfile=values.switch(raw, "sendfile", True, problems),
         server_header=_server_header(raw, problems),
+        trusted_proxies=_networks(raw.get("trusted_proxies"), problems),
+        fleet_peers=_peers(raw.get("fleet_peers"), problems),
     )
 
 
@@ -67,6 +76,47 @@ def _server_header(raw: Mapping[str, object], problems: Problems) -> str:
         problems.error("server_header", "must be 1 to 200 printable ASCII characters")
         return DEFAULT_SERVER_HEADER
     return value
+
+
+def _peers(value: object, problems: Problems) -> tuple[str, ...]:
+    """``fleet_peers``: ``["http://10.0.0.2:8080", …]``, the other hosts' stor URLs."""
+    key = "fleet_peers"
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.error(key, 'must be a list of URLs like "http://10.0.0.2:8080"')
+        return ()
+    found = []
+    for i, url in enumerate(value):
+        parts = urlsplit(url)
+        try:
+            _ = parts.port
+        except ValueError:
+            parts = urlsplit("")
+        if (parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path not in ("", "/")):
+            problems.error(f"{key}[{i}]", f"{url!r} is not a URL like \"http://10.0.0.2:8080\"")
+            continue
+        found.append(url.rstrip("/"))
+    return tuple(found)
+
+
+def _networks(value: object, problems: Problems
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``trusted_proxies``: a list of addresses or networks (``10.0.0.5``, ``10.1.0.0/16``)."""
+    key = "trusted_proxies"
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.error(key, "must be a list of IP addresses or networks like \"10.0.0.0/8\"")
+        return ()
+    found = []
+    for i, text in enumerate(value):
+        try:
+            found.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            problems.error(f"{key}[{i}]", f"{text!r} is not an IP address or network")
+    return tuple(found)
 
 
 def listen_problem(description: str) -> str | None:

@@ -2,7 +2,9 @@
 
 ``storage_pairs``, ``writable_pairs_regex`` and ``cleanup_tempdir_period``
 are the old service's keys with its meanings (docs/SPEC.md §2, §7);
-``check_mounts``, ``balance_threshold`` and ``lock_dir`` are stor's.
+``check_mounts``, ``balance_threshold``, ``lock_dir`` and ``write_headroom``
+(bytes a writable pair must have free on both members for the host to be
+write-ready, docs/fleet-operations.rst) are stor's.
 Storage directories need not exist when the file is read (``/status`` names a
 missing one); one that exists and is not a directory, or one listed twice,
 cannot be meant.
@@ -20,11 +22,15 @@ from stor.config.problems import Problems
 from stor.core.placement import BALANCE_THRESHOLD, Pair
 
 KEYS = frozenset({"storage_pairs", "writable_pairs_regex", "cleanup_tempdir_period",
-                  "check_mounts", "balance_threshold", "lock_dir", "probe_period"})
+                  "check_mounts", "balance_threshold", "lock_dir", "probe_period",
+                  "write_headroom"})
 DEFAULT_CLEANUP_PERIOD = 1800.0
 DEFAULT_PROBE_PERIOD = 10.0
 """Seconds between two probes of every storage (docs/security.rst: a create, a small write,
 an fsync and an unlink per writable storage)."""
+DEFAULT_WRITE_HEADROOM = 1024 ** 3
+"""1 GiB: twice the old service's largest upload (500 MiB), so a write-ready host
+can take any file it accepts, even with one more upload of that size in flight."""
 ANY = re.compile(".*")
 
 
@@ -40,6 +46,7 @@ class StorageConfig:
     cleanup_tempdir_period: float = DEFAULT_CLEANUP_PERIOD
     lock_dir: str | None = None
     probe_period: float = DEFAULT_PROBE_PERIOD
+    write_headroom: int = DEFAULT_WRITE_HEADROOM
 
 
 def parse_storage(raw: Mapping[str, object], problems: Problems) -> StorageConfig:
@@ -60,6 +67,8 @@ def parse_storage(raw: Mapping[str, object], problems: Problems) -> StorageConfi
         cleanup_tempdir_period=_period(raw.get("cleanup_tempdir_period"), problems),
         lock_dir=values.optional_string(raw, "lock_dir", problems),
         probe_period=values.number(raw, "probe_period", DEFAULT_PROBE_PERIOD, problems),
+        write_headroom=values.whole(raw, "write_headroom", DEFAULT_WRITE_HEADROOM, problems,
+                                    low=0),
     )
 
 

@@ -30,6 +30,17 @@ class NotFound(StorError):
         self.sha = sha
 
 
+class S3Unavailable(StorError):
+    """S3 could not say whether it has the file (a timeout, a refused connection,
+    a 5xx), and no local storage has it: the file may exist, so this is not a
+    404 but an answer a balancer retries on another host (docs/fleet-operations.rst)."""
+
+    def __init__(self, sha: str, why: str) -> None:
+        super().__init__(f"S3 unavailable ({why}) and {sha} not found locally")
+        self.sha = sha
+        self.why = why
+
+
 class Unauthorized(StorError):
     """Missing or wrong Basic credentials."""
 

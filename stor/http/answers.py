@@ -13,11 +13,16 @@ from twisted.logger import LogLevel
 
 from stor.core.errors import (
     Busy, Conflict, HashMismatch, MalformedSha, NoSpace, NotAllowed, NotFound, RangeNotSatisfiable,
-    StorError, TooLarge, Unauthorized, UploadAborted,
+    S3Unavailable, StorError, TooLarge, Unauthorized, UploadAborted,
 )
 
 TEXT = b"text/plain; charset=utf-8"
 NOT_FOUND_CLASS = "failure::stor::filenotfound"
+S3_UNKNOWN_RETRY_AFTER = b"1"
+"""Seconds a client waits before asking again after a 503 for an S3 outage;
+a balancer does not wait but asks another host (``retry-on 503``)."""
+S3_UNKNOWN_HEADER = (b"stor-s3", b"unavailable")
+"""Marks the 503 of a local miss while S3 is unknown: ``stor put`` uploads on it."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,11 @@ def error_answer(error: BaseException, method: bytes, segment: str) -> Answer:
         metric = "error.delete.not_found.count" if kind == "delete" else None
         return Answer(404, _caught(NOT_FOUND_CLASS, message), metric,
                       level=LogLevel.warn, log=message)
+    if isinstance(error, S3Unavailable):
+        return Answer(503, f"S3 unavailable: '{segment}' not found locally\n".encode(),
+                      "error.get.s3_unknown.count",
+                      ((b"retry-after", S3_UNKNOWN_RETRY_AFTER), S3_UNKNOWN_HEADER),
+                      level=LogLevel.warn, log=f"503 {error}")
     if isinstance(error, Unauthorized):
         return Answer(401, b"Authentication required!", f"error.{kind}.unauthorized.count",
                       ((b"www-authenticate", b'Basic realm="stor"'),))

@@ -38,11 +38,12 @@ from stor.core.results import Duplicate, Stored, UploadResult
 from stor.core.sha import parse_sha, sha_of_path
 from stor.http.answers import TEXT, Answer, error_answer, reason_header
 from stor.http.auth import authorized, user_of
-from stor.http.channel import SocketSendfile, is_gone
+from stor.http.channel import SocketSendfile, describe_peer, is_gone
 from stor.http.dates import http_date
 from stor.http.handshake import Accepted, Intake, NotAnUpload, decide, segment_of
 from stor.http.request import StorRequest
 from stor.store.interface import Reading, StoreApi
+from stor.core.peer import PEER_HEADER, PEER_LOCAL
 
 log = Logger()
 
@@ -71,6 +72,15 @@ def _body(request: IRequest, data: bytes, content_type: bytes = TEXT) -> bytes:
 def _wants_json(request: IRequest) -> bool:
     accept = request.getHeader(b"accept") or b""
     return b"application/json" in accept.lower()
+
+
+def _client(request: IRequest) -> str:
+    """The client's address, through trusted balancers (:mod:`stor.http.forwarded`)."""
+    peer = describe_peer(request.getClientAddress())
+    site = getattr(request, "site", None)
+    if site is None or not hasattr(site, "client"):
+        return peer
+    return str(site.client(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for")))
 
 
 def file_headers(sha: str, reading: Reading) -> HeaderList:
@@ -120,8 +130,9 @@ class StorApp:
                  metrics_page: MetricsPage | None = None, basic_auth: str | None = None,
                  delete_auth: str | None = None, stopping: Callable[[], bool] = lambda: False,
                  status_extra: Callable[[], dict[str, Any]] = dict,
-                 sendfile: bool = True) -> None:
+                 sendfile: bool = True, write_headroom: int = 0) -> None:
         self._store = store
+        self._write_headroom = write_headroom
         self.metrics: Metrics = metrics or NullMetrics()
         self._metrics_page = metrics_page
         self._basic_auth = basic_auth
@@ -185,6 +196,18 @@ class StorApp:
             return _body(request, "".join(f"{r}\n" for r in reasons).encode())
         return _body(request, b"OK\n")
 
+    @app.route("/health/write", methods=["GET", "HEAD"])
+    async def write_ready(self, request: IRequest) -> bytes:
+        """200 while a writable pair has more than ``write_headroom`` free on both
+        members (docs/SPEC.md §9): a balancer sends uploads only to such hosts."""
+        reasons = ["stopping"] if self._stopping() else []
+        if not reasons:
+            reasons = await self._store.write_blockers(self._write_headroom)
+        if reasons:
+            request.setResponseCode(503)
+            return _body(request, "".join(f"{r}\n" for r in reasons).encode())
+        return _body(request, b"OK\n")
+
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
         """This API as an OpenAPI 3 document, its ``info.version`` this server's."""
@@ -220,7 +243,8 @@ class StorApp:
         selection = Selection(sha, head=request.method == b"HEAD",
                               if_none_match=header(b"if-none-match"), range=header(b"range"),
                               if_range=header(b"if-range"))
-        reading = await self._store.read(selection, segment)
+        local_only = request.getHeader(PEER_HEADER) == PEER_LOCAL
+        reading = await self._store.read(selection, segment, local_only)
         request.setResponseCode(reading.part.status)
         for name, value in file_headers(sha, reading):
             request.setHeader(name, value)
@@ -302,9 +326,10 @@ class StorApp:
         if not authorized(request.requestHeaders, self._delete_auth):
             raise Unauthorized("DELETE needs the delete_auth Basic credentials")
         removed = await self._store.delete(sha)
-        log.warn("deleted {sha} at the request of {user} ({count} local copies: {paths})",
-                 sha=sha, user=user_of(request.requestHeaders), count=len(removed),
-                 paths=removed)
+        log.warn("deleted {sha} at the request of {user} from {client} "
+                 "({count} local copies: {paths})",
+                 sha=sha, user=user_of(request.requestHeaders), client=_client(request),
+                 count=len(removed), paths=removed)
         request.setResponseCode(204)
         return b""
 

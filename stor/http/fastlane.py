@@ -18,7 +18,7 @@ way, untouched.
 import functools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from twisted.web.http import RESPONSES, datetimeToString
@@ -69,6 +69,8 @@ class Accounting(Protocol):
 
     def started(self) -> None: ...
 
+    def client(self, peer: str, forwarded: Sequence[bytes] | None) -> str: ...
+
     def account(self, method: str, path: bytes, status: int, sent: int, received: int,
                 seconds: float, peer: str, agent: bytes, completed: bool) -> None: ...
 
@@ -109,6 +111,7 @@ class FastLane:
         if match is None:
             return False
         agent = b""
+        forwarded: list[bytes] = []
         for line in match.group(3).split(b"\r\n")[:-1]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -116,9 +119,12 @@ class FastLane:
                 return False
             if name == b"user-agent":
                 agent = value.strip()
-        return self._answer(channel, match.group(1), match.group(2), agent)
+            elif name == b"x-forwarded-for":
+                forwarded.append(value.strip())
+        return self._answer(channel, match.group(1), match.group(2), agent, forwarded)
 
-    def _answer(self, channel: Peer, method: bytes, segment: bytes, agent: bytes) -> bool:
+    def _answer(self, channel: Peer, method: bytes, segment: bytes, agent: bytes,
+                forwarded: list[bytes]) -> bool:
         start = time.monotonic()
         answer = self._read_now(method, segment.decode("ascii"))
         if answer is None:
@@ -128,7 +134,7 @@ class FastLane:
             _status_line(answer.status), self._worker, self._server,
             b"Date: ", self._now(), b"\r\n", _render(answer.headers), answer.body)))
         self._site.account(method.decode("ascii"), b"/" + segment, answer.status,
-                           len(answer.body), 0, time.monotonic() - start, channel.peer_name,
+                           len(answer.body), 0, time.monotonic() - start, self._site.client(channel.peer_name, forwarded),
                            agent, True)
         return True
 

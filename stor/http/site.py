@@ -16,7 +16,7 @@ connections still open, for a graceful stop (:meth:`close_idle`).
 import os
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from stor.http.channel import StorChannel, describe_peer, request_line
 from stor.http.app import FileAnswer
 from stor.http.fastlane import FastLane
 from stor.http.handshake import Intake
+from stor.http.forwarded import Network, client_of
 from stor.http.request import StorRequest
 
 log = Logger()
@@ -99,6 +100,7 @@ class StorSite(server.Site):
                  closing: Closing | None = None, observer: RequestObserver | None = None,
                  metrics: Metrics | None = None, header_timeout: float | None = 30.0,
                  body_timeout: float = 120.0, server_header: bytes = b"stor",
+                 trusted_proxies: Sequence[Network] = (),
                  **kwargs: Any) -> None:
         super().__init__(routes.resource(), timeout=body_timeout, **kwargs)
         self.server_header = server_header
@@ -107,6 +109,8 @@ class StorSite(server.Site):
         self._open_intake = routes.intake
         self._access = access
         self._closing = closing or Closing()
+        self.trusted_proxies = tuple(trusted_proxies)
+        """Balancers whose ``X-Forwarded-For`` names the client (:mod:`stor.http.forwarded`)."""
         self.observer = observer
         self.metrics: Metrics = metrics or NullMetrics()
         self.header_timeout = header_timeout
@@ -172,9 +176,14 @@ class StorSite(server.Site):
         status = request.code if completed or request.startedWriting else LOST
         intake = request.intake if isinstance(request, StorRequest) else None
         agent = request.requestHeaders.getRawHeaders(b"user-agent")
+        peer = self.client(begun.peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
         self.account(method.decode("latin-1") if isinstance(method, bytes) else str(method),
                      path, status, request.sentLength, intake.received if intake else 0,
-                     seconds, begun.peer, agent[0] if agent else b"", completed)
+                     seconds, peer, agent[0] if agent else b"", completed)
+
+    def client(self, peer: str, forwarded: Sequence[bytes] | None) -> str:
+        """The client as logs name it: ``peer``, or whom a trusted balancer forwarded."""
+        return client_of(peer, forwarded, self.trusted_proxies)
 
     def account(self, method: str, path: bytes, status: int, sent: int, received: int,
                 seconds: float, peer: str, agent: bytes, completed: bool) -> None:

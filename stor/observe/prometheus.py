@@ -29,6 +29,8 @@ What an operator graphs and alerts on:
 ``stor_s3_bad_objects_total``                S3 objects that did not hash to their name
 ``stor_s3_puts_total{outcome}``              write-through puts: ok, error, present, corrupt
 ``stor_s3_outbox_depth``                     files waiting for S3 (write-through)
+``stor_s3_outbox_oldest_age_seconds``        age of the oldest file waiting for S3 (0: none
+                                             waits); alert when it keeps growing
 ``stor_deletes_total``                       files removed by DELETE
 ``stor_cache_hits_total{layer}``             lookup cache hits (``lru``, ``memcached``)
 ``stor_cache_misses_total``                  lookup cache misses
@@ -287,6 +289,11 @@ class Exporter:
         self.rejected = Counter("stor_http_rejected", "Requests refused before routing (408, "
                                 "414, 431) and upload bodies cut for silence, by reason.",
                                 ["reason"], registry=own)
+        self.outbox_age = Gauge("stor_s3_outbox_oldest_age_seconds",
+                                "Seconds the oldest file waiting for S3 has waited (0: none).",
+                                registry=own, multiprocess_mode="livemax")
+        self.outbox_state: Callable[[], dict[str, Any]] | None = None
+        """The write-through outbox's :meth:`~stor.s3.outbox.Outbox.state`, when there is one."""
         self._storages = _Storages()
         self.registry.register(self._storages)
         self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
@@ -352,6 +359,10 @@ class Exporter:
             self.amqp_connected.set(1 if state.connected else 0)
             self.amqp_buffered.set(state.buffered)
             self._advance(self.amqp_dropped, "amqp_dropped", state.dropped)
+        if self.outbox_state is not None:  # current at each scrape, not at the statsd period
+            outbox = self.outbox_state()
+            self.outbox_age.set(outbox["oldest_age"] or 0.0)
+            self.events.outbox.set(outbox["depth"])
 
     def _advance(self, counter: Any, key: str, total: int) -> None:
         delta = total - self._seen.get(key, 0)

@@ -51,6 +51,7 @@ from stor.disk.health import Prober, ProbeService
 from stor.disk.local import LocalStore
 from stor.disk.repair import Repairer
 from stor.s3.outbox import Outbox, build_outbox
+from stor.s3.peers import build_peers
 from stor.store.store import Store
 from stor.observe.access import emit_access
 from stor.observe.log_outputs import build_log_outputs
@@ -214,17 +215,20 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
                   publisher=publisher, repairer=repairer, corrupt=corrupt,
                   max_upload_size=config.max_upload_size, outbox=outbox,
                   s3_objects=_s3_objects(config, reactor, pool.run),
-                  fill_local=config.s3 is not None and config.s3.fill_local)
+                  fill_local=config.s3 is not None and config.s3.fill_local,
+                  peers=list(build_peers(config, reactor, metrics)))
     if outbox is not None:
         outbox.setServiceParent(services)
+        exporter.outbox_state = outbox.state
     closing = Closing()
     app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
                   basic_auth=config.basic_auth, delete_auth=config.delete_auth, stopping=closing,
                   status_extra=lambda: _status_extra(started, outbox),
-                  sendfile=config.sendfile)
+                  sendfile=config.sendfile, write_headroom=config.write_headroom)
     site = StorSite(app, access=emit_access, closing=closing, observer=exporter, metrics=metrics,
                     header_timeout=config.header_timeout, body_timeout=config.body_timeout,
-                    server_header=config.server_header.encode("ascii"))
+                    server_header=config.server_header.encode("ascii"),
+                    trusted_proxies=config.trusted_proxies)
     site.displayTracebacks = False
     site.noisy = False  # no "Starting factory <StorSite object at 0x…>" lines
     temp_sweeper(local, store.tombstones, config.cleanup_tempdir_period).setServiceParent(services)

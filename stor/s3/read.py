@@ -1,9 +1,19 @@
 """The S3 read-through (docs/SPEC.md §3): ask a bucket before the local storages.
 
-An S3 outage must never turn a locally stored file into an error, so
-:meth:`S3Reader.fetch` never fails: a refusal, a timeout, a 5xx, a rejected
-signature or a malformed answer is logged once, counted and answered with
-None, and the route falls through to the local disks.
+An S3 outage must never turn a locally stored file into an error, and must
+never turn a file S3 may hold into a 404 (docs/SPEC.md §9).  So
+:meth:`S3Reader.fetch` answers one of three things: an :class:`S3Object`
+(found), None (S3 says it has no such object: a 404, or any other 4xx,
+a 403 logged as the configuration error it is), or it fails with
+:class:`~stor.core.errors.S3Unavailable` when S3 cannot say (a timeout, a
+refused or broken connection, a 5xx, a malformed 200).  The store then looks
+on the local disks, and only a local miss turns that failure into the
+retryable 503.
+
+After a timeout S3 is taken for down (:class:`_Outage`): further lookups do
+not wait for it again but fail at once, while one background probe at a time
+(at most one per ``PROBE_INTERVAL`` seconds, started by demand) asks S3 until
+it answers anything at all.
 
 A found object is relayed to a consumer (the client's request) chunk by chunk
 with back-pressure and hashed on the way.  The last chunk is held back until
@@ -23,7 +33,8 @@ from typing import Any, cast
 from urllib.parse import quote
 
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -39,7 +50,7 @@ from zope.interface import implementer
 from stor.core import layout
 from stor.core.ranges import ByteRange
 from stor.config import Config, S3Config
-from stor.core.errors import StorageFailure
+from stor.core.errors import S3Unavailable, StorageFailure
 from stor.core.metrics import Metrics
 from stor.core.reactor import Connection, Reactor
 from stor.s3.sign import Signer
@@ -50,6 +61,7 @@ BAD_SHA_LIMIT = 10_000  # remembered bad objects, oldest forgotten first
 DRAIN_LIMIT = 64 * 1024  # an error body larger than this is cut off rather than read
 SNIPPET = 512  # bytes of an error body kept for the log line
 POOL_SIZE = 10  # idle persistent connections kept to the endpoint
+PROBE_INTERVAL = 1.0  # seconds between probes of an S3 that timed out
 
 NOT_FOUND = "error.get.not_found_hcp.count"
 ERROR = "error.get.hcp_error.count"
@@ -118,6 +130,11 @@ class S3Object:
 class S3Reader:
     """Looks objects up in one bucket; see the module docstring for the failure policy."""
 
+    not_found_key = NOT_FOUND
+    error_key = ERROR
+    bad_sha_key = BAD_SHA
+    what = "S3"
+
     def __init__(self, config: S3Config, client: HTTPClient, reactor: Reactor,
                  metrics: Metrics) -> None:
         self._config = config
@@ -126,10 +143,21 @@ class S3Reader:
         self._metrics = metrics
         self._signer = Signer(config.access_key, config.secret_key, config.region)
         self._bad: OrderedDict[str, None] = OrderedDict()
+        self._outage = _Outage(reactor, self.what)
+
+    @property
+    def down(self) -> bool:
+        """True from a timeout until S3 answers again (lookups then fail at once)."""
+        return self._outage.down
+
+    def when_up(self) -> "Deferred[None]":
+        """Fires when S3 is not (or no longer) taken for down."""
+        return self._outage.when_up()
 
     def fetch(self, sha: str, head: bool,
               byte_range: ByteRange | None = None) -> "Deferred[S3Object | None]":
-        """HEAD or GET ``sha``'s object; None when S3 does not have it or cannot say.
+        """HEAD or GET ``sha``'s object; None when S3 says it does not have it,
+        :class:`~stor.core.errors.S3Unavailable` when it cannot say.
 
         A GET fires as soon as the headers are in (first-byte timeout
         ``config.timeout``); the body waits, paused, for :meth:`S3Object.deliver`.
@@ -139,6 +167,9 @@ class S3Reader:
         sha = sha.lower()
         if sha in self._bad:
             return succeed(None)
+        if self._outage.down:
+            self._outage.probe(lambda: self._request("HEAD", sha))
+            return fail(S3Unavailable(sha, self._outage.why))
         method = "HEAD" if head else "GET"
         asking: Deferred[Any] = maybeDeferred(self._request, method, sha, byte_range)
         cancelled_by_caller = False
@@ -186,15 +217,18 @@ class S3Reader:
     def _answered(self, response: IResponse, sha: str, head: bool,
                   byte_range: ByteRange | None = None) -> S3Object | None:
         method = "HEAD" if head else "GET"
+        self._outage.answered()
         if response.code == 404:
-            self._metrics.incr(NOT_FOUND)
+            self._metrics.incr(self.not_found_key)
             _drain(response, self._reactor, self._config.timeout)
             return None
         if response.code != (206 if byte_range is not None else 200):
-            self._metrics.incr(ERROR)
+            self._metrics.incr(self.error_key)
             drained = _drain(response, self._reactor, self._config.timeout)
             drained.addCallback(self._log_refusal, response, sha, method)
-            return None
+            if response.code >= 500:  # S3 has a problem: the object may well be there
+                raise S3Unavailable(sha, f"S3 answered {response.code}")
+            return None  # S3 refuses to say: not found, and the log names the cause
         try:
             size, last_modified = _object_headers(response, head)
         except ValueError as e:
@@ -212,33 +246,106 @@ class S3Reader:
                 cancelled_by_caller: Callable[[], bool]) -> None:
         if cancelled_by_caller():  # the client went away: not S3's fault, nothing to count
             raise CancelledError(f"S3 {method} {sha} cancelled")
-        self._metrics.incr(ERROR)
-        log.warn("S3 {method} {url} failed, using local storages: {why}",
-                 method=method, url=self.url(sha), why=_describe(failure, self._config.timeout))
-        return None
+        if failure.check(S3Unavailable):  # a 5xx, counted and logged already
+            failure.raiseException()
+        self._metrics.incr(self.error_key)
+        why = _describe(failure, self._config.timeout)
+        log.warn("{what} {method} {url} failed: {why}",
+                 what=self.what, method=method, url=self.url(sha), why=why)
+        if _timed_out(failure):
+            self._outage.trip(why)
+        raise S3Unavailable(sha, why)
 
     def _log_refusal(self, body: bytes, response: IResponse, sha: str, method: str) -> None:
         code = _error_code(body)
-        log.warn("S3 {method} {url} answered {status} {phrase}{code}, using local storages",
-                 method=method, url=self.url(sha), status=response.code,
+        if response.code == 403:
+            log.error("{what} {method} {url} answered {status} Forbidden{code}: a "
+                      "configuration error (s3_credentials, s3_region or the bucket's "
+                      "policy); answering 404",
+                      what=self.what, method=method, url=self.url(sha), status=response.code,
+                      code=f" ({code})" if code else "")
+            return
+        log.warn("{what} {method} {url} answered {status} {phrase}{code}",
+                 what=self.what, method=method, url=self.url(sha), status=response.code,
                  phrase=response.phrase.decode("latin-1"), code=f" ({code})" if code else "")
 
     def _bad_body(self, sha: str, actual: str, sent: int) -> StorageFailure:
         """The body does not hash to its name: never serve this object from S3 again."""
-        self._metrics.incr(BAD_SHA)
+        self._metrics.incr(self.bad_sha_key)
         self._bad[sha] = None
         while len(self._bad) > BAD_SHA_LIMIT:
             self._bad.popitem(last=False)
-        log.warn("S3 object {url} has sha256 {actual}: transfer aborted after {sent} bytes, "
-                 "no longer asking S3 for it", url=self.url(sha), actual=actual, sent=sent)
+        log.warn("{what} object {url} has sha256 {actual}: transfer aborted after {sent} bytes, "
+                 "no longer asking for it", what=self.what, url=self.url(sha), actual=actual,
+                 sent=sent)
         return StorageFailure(f"S3 object {sha} has sha256 {actual}")
 
     def _broken_body(self, sha: str, why: str, received: int, size: int) -> StorageFailure:
         """S3 broke off mid-body: a network problem, not the object's fault."""
-        self._metrics.incr(ERROR)
-        log.warn("S3 GET {url} broke off after {received} of {size} bytes: {why}",
-                 url=self.url(sha), received=received, size=size, why=why)
+        self._metrics.incr(self.error_key)
+        log.warn("{what} GET {url} broke off after {received} of {size} bytes: {why}",
+                 what=self.what, url=self.url(sha), received=received, size=size, why=why)
         return StorageFailure(f"S3 GET {sha} broke off after {received} of {size} bytes")
+
+
+class _Outage:
+    """Whether S3 is down since a timeout, and the one probe that finds it back.
+
+    No timer outlives a request: a probe is started by a lookup made while S3
+    is down (at most one at a time, one per :data:`PROBE_INTERVAL`), and any
+    HTTP answer to any request (the probe's or another) ends the outage.
+    """
+
+    def __init__(self, reactor: IReactorTime, what: str = "S3") -> None:
+        self._reactor = reactor
+        self._what = what
+        self.why = ""
+        self.down = False
+        self._since = 0.0
+        self._probing = False
+        self._last_probe = 0.0
+        self._waiting: list[Deferred[None]] = []
+
+    def when_up(self) -> "Deferred[None]":
+        if not self.down:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def trip(self, why: str) -> None:
+        if not self.down:
+            log.warn("{what} taken for down ({why}): not asked again until it answers a probe",
+                     what=self._what, why=why)
+            self._since = self._reactor.seconds()
+            self._last_probe = self._since
+        self.down, self.why = True, why
+
+    def answered(self) -> None:
+        if self.down:
+            log.info("{what} answers again after {seconds:.1f}s", what=self._what,
+                     seconds=self._reactor.seconds() - self._since)
+        self.down = False
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def probe(self, ask: "Callable[[], Deferred[IResponse]]") -> None:
+        now = self._reactor.seconds()
+        if self._probing or now - self._last_probe < PROBE_INTERVAL:
+            return
+        self._probing, self._last_probe = True, now
+        d = maybeDeferred(ask)
+        d.addCallback(self._probed)
+        d.addErrback(lambda _: None)  # still down: the next lookup probes again
+        d.addBoth(self._probe_over)
+
+    def _probed(self, response: IResponse) -> None:
+        self.answered()
+        _drain(response, self._reactor, 1.0)
+
+    def _probe_over(self, _: object) -> None:
+        self._probing = False
 
 
 @implementer(IPushProducer)
@@ -509,6 +616,14 @@ def _describe(failure: Failure, timeout: float) -> str:
     if isinstance(error, CancelledError):
         return f"no answer within {timeout:g}s"
     return f"{type(error).__name__}: {error}"
+
+
+def _timed_out(failure: Failure) -> bool:
+    """A request that got no answer in time (not one refused or broken off)."""
+    error = failure.value
+    if isinstance(error, (ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed)):
+        return any(_timed_out(r) for r in error.reasons if isinstance(r, Failure))
+    return isinstance(error, (CancelledError, ConnectTimeout))
 
 
 def _error_code(body: bytes) -> str:

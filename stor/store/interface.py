@@ -88,8 +88,10 @@ class UploadHandle(Protocol):
 class StoreApi(Protocol):
     """Everything the HTTP layer asks of the store (:class:`stor.store.store.Store`)."""
 
-    async def read(self, selection: Selection, requested: str) -> Reading:
-        """The answer to a GET/HEAD of ``selection``; raises NotFound."""
+    async def read(self, selection: Selection, requested: str,
+                   local_only: bool = False) -> Reading:
+        """The answer to a GET/HEAD of ``selection``; raises NotFound (or S3Unavailable);
+        ``local_only``: from this host's disks alone (a fleet peer asking)."""
 
     def read_nowait(self, selection: Selection, requested: str) -> Reading | None:
         """:meth:`read` if it needs no waiting at all, else None (nothing was done)."""
@@ -108,3 +110,6 @@ class StoreApi(Protocol):
 
     def not_ready(self, health: list[StorageHealth]) -> list[str]:
         """Why this host should get no traffic (empty: ready)."""
+
+    async def write_blockers(self, headroom: int) -> list[str]:
+        """Why this host should get no uploads (empty: write-ready, ``write_headroom``)."""

@@ -28,10 +28,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stor.core import layout
-from stor.core.errors import CorruptReplica, NotFound, RangeNotSatisfiable, StorageFailure
+from stor.core.errors import (
+    CorruptReplica, NotFound, RangeNotSatisfiable, S3Unavailable, StorageFailure,
+)
 from stor.core.metrics import Metrics, NullMetrics
 from stor.core.ranges import ByteRange, Part, Selection
 from stor.disk.health import StorageHealth
+from stor.disk.writeready import write_blockers
 from stor.disk.fsio import fsync_dir
 from stor.disk.locks import ShaLocks, Tombstones
 from stor.disk.body import Body, BytesBody, FileBody
@@ -134,6 +137,7 @@ class Store:
         outbox: Outbox | None = None,
         s3_objects: S3Objects | None = None,
         fill_local: bool = False,
+        peers: "list[S3Source] | None" = None,
     ) -> None:
         self.local = local
         self.locks = locks
@@ -152,37 +156,67 @@ class Store:
         self._s3_objects = s3_objects
         self._fill_local = fill_local
         self._filling: set[str] = set()
+        self._peers: list[S3Source] = peers or []
+        """The fleet's other hosts, asked on a miss (:mod:`stor.s3.peers`)."""
 
     # -- reads ------------------------------------------------------------
 
-    async def read(self, selection: Selection, requested: str) -> Reading:
-        """Find ``selection.sha`` and decide the answer; :class:`NotFound` if nowhere.
+    async def read(self, selection: Selection, requested: str,
+                   local_only: bool = False) -> Reading:
+        """Find ``selection.sha`` and decide the answer; :class:`NotFound` if nowhere,
+        :class:`S3Unavailable` if not here and S3 could not say.
 
         ``requested`` is the SHA as the client spelled it (what is published).
+        ``local_only``: a fleet peer asks (:mod:`stor.s3.peers`): the local disks only.
         """
+        if local_only:
+            reading = await self._read_local(selection, time.monotonic())
+            if reading is None:
+                raise NotFound(selection.sha)
+            return reading
         self._publisher.publish(requested)
         start = time.monotonic()
+        unknown: S3Unavailable | None = None
         if self._s3 is not None and self._s3_first:
-            reading = await self._read_s3(selection, start)
-            if reading is not None:
-                return reading
+            try:
+                reading = await self._read_s3(selection, start)
+            except S3Unavailable as e:
+                unknown = e
+            else:
+                if reading is not None:
+                    return reading
         reading = await self._read_local(selection, start)
         if reading is not None:
             return reading
         if self._s3 is not None and not self._s3_first:
-            reading = await self._read_s3(selection, start)
+            try:
+                reading = await self._read_s3(selection, start)
+            except S3Unavailable as e:
+                unknown = e
+            else:
+                if reading is not None:
+                    return reading
+        for peer in self._peers:  # stored elsewhere while this host took no uploads?
+            try:
+                reading = await self._read_s3(selection, start, peer, "peer")
+            except S3Unavailable:
+                continue  # a peer that cannot say does not make a 404 a 503
             if reading is not None:
                 return reading
+        if unknown is not None:  # the file may well exist: not a 404 (docs/SPEC.md §9)
+            raise unknown
         self._metrics.incr("error.get.not_found_old.count")
         raise NotFound(selection.sha)
 
-    async def _read_s3(self, selection: Selection, start: float) -> Reading | None:
-        """From S3, or None to fall through.  A plain GET is one request (its body
-        verified while relayed); a conditional or ranged one asks with HEAD first,
-        then fetches only what it needs."""
-        assert self._s3 is not None
+    async def _read_s3(self, selection: Selection, start: float,
+                       source: "S3Source | None" = None, kind: str = "hcp") -> Reading | None:
+        """From S3 (or a fleet peer: ``source``, ``kind`` "peer"), or None to fall
+        through.  A plain GET is one request (its body verified while relayed); a
+        conditional or ranged one asks with HEAD first, then fetches only what it needs."""
+        s3 = source or self._s3
+        assert s3 is not None
         sha = selection.sha
-        obj = await self._s3.fetch(sha, not selection.plain)
+        obj = await s3.fetch(sha, not selection.plain)
         if obj is None:
             return None
         try:
@@ -192,7 +226,7 @@ class Store:
             raise
         wants_body = not selection.head and part.status != 304
         if wants_body and not selection.plain:
-            obj = await self._s3.fetch(sha, False, part.range)
+            obj = await s3.fetch(sha, False, part.range)
             if obj is None:
                 return None
         if not wants_body:
@@ -200,10 +234,11 @@ class Store:
 
         def ended(result: "None | Failure") -> None:
             if result is None:
-                self._metrics.incr("success.get.ok_hcp.count")
-                self._metrics.incr("success.get.ok_hcp.size", obj.size)
-                self._metrics.timing("success.get.ok_hcp.time", _ms(start))
-                if self._fill_local:
+                self._metrics.incr(f"success.get.ok_{kind}.count")
+                size = obj.size
+                self._metrics.incr(f"success.get.ok_{kind}.size", size)
+                self._metrics.timing(f"success.get.ok_{kind}.time", _ms(start))
+                if self._fill_local and source is None:
                     self._fill(sha)
 
         return Reading(obj.size, obj.last_modified, part,
@@ -451,6 +486,12 @@ class Store:
         """Why this host should get no traffic (empty: ready): see
         :meth:`~stor.disk.local.LocalStore.not_ready`."""
         return self.local.not_ready(health)
+
+    async def write_blockers(self, headroom: int) -> list[str]:
+        """Why this host should get no uploads now (empty: write-ready): see
+        :func:`~stor.disk.writeready.write_blockers`."""
+        health = await self.health()
+        return write_blockers(self.local.pairs, self.local.writable, health, headroom)
 
 
 def _digest(data: bytes) -> str:
