@@ -15,7 +15,6 @@ reaches the bucket when the host is back).  A peer that timed out is not asked
 again until it answers a probe, as for S3.
 """
 
-
 from twisted.web.http_headers import Headers
 
 from stor.config import Config, S3Config
