@@ -21,7 +21,9 @@ POST within 5 % of the old build (ratio >= 0.95).
 
 Rows: ``get4k`` (GET of warm 4 KiB files with wrk, req/s), ``post4m`` (4 MiB
 uploads one after another, the two builds taking turns file by file, MB/s), ``post256m`` (one 256 MiB upload, MB/s),
-and, when asked, ``get256m`` (GET of one cached 256 MiB file, MB/s).
+and, when asked, ``get256m`` (GET of one cached 256 MiB file, MB/s) and the
+HEAD and duplicate-POST rows of ``trust_rows.py`` (``head4k``, ``head256m``,
+``dup4k``, ``dup256m``, ``dup256me``).
 
 Exit status: 0 when every measurement ran (a missed goal is printed as
 ``MISS``), 1 when something failed to run, 2 when a tool or a build is missing.
@@ -42,10 +44,12 @@ from harness import (BenchError, Server, Servers, StorBuild, ToolMissing, busy_n
                      current_build, guarded, human_size, make_storages, parse_size,
                      require_program, start_stor, temp_workdir)
 from rounds import Row, failed_row, raise_failures, run_rounds, summary, warn
+from trust_rows import trust_rows
 from rows import (InterleavedUploads, PostSource, StorUploads, WrkSettings, big_get_measure,
                   check_get, make_big_file, make_small_files, wrk_measure)
 
-ALL_ROWS = ("get4k", "get256m", "post4m", "post256m")
+ALL_ROWS = ("get4k", "get256m", "post4m", "post256m", "head4k", "head256m", "dup4k", "dup256m",
+            "dup256me")
 DEFAULT_ROWS = ("get4k", "post4m", "post256m")
 GOAL = 0.95
 MIN_ROUNDS = 5
@@ -235,6 +239,7 @@ def build_rows(args: argparse.Namespace, workdir: Path, servers: tuple[Server, S
                                                           args.post_count))
     builders["post256m"] = (f"POST {human_size(args.big_size)}", lambda: post_row(
         servers, workdir, args.big_size, 1))
+    builders.update(trust_rows(args.selected, servers, pairs, args.big_size, workdir, GOAL))
     rows = []
     for key in ALL_ROWS:
         if key not in args.selected:

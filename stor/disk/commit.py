@@ -3,8 +3,10 @@
 This is the one place a final ``.dat`` path changes.  The caller has written
 each temp file completely, checked its hash, fsynced it, and holds the SHA's
 host-wide lock (:mod:`stor.disk.locks`).  :func:`install` then creates the
-missing ``AA/BB/CC`` directories (fsyncing every parent it changes, up to the
-storage root), renames every temp over its final path and fsyncs the final
+missing ``AA/BB/CC`` directories and makes every entry of that chain durable
+(the parent of each fsynced, also of directories another upload or process
+created and may not have fsynced yet: :func:`~stor.disk.fsio.durable_dirs`),
+renames every temp over its final path and fsyncs the final
 directories: when it returns, the files survive a power cut.
 
 If a member fails on the way, the final paths this call created are put back
@@ -17,8 +19,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from stor.core import layout
-from stor.disk.fsio import fsync_dir, make_dirs, owner_of, unlink_quietly
+from stor.disk.fsio import (KNOWN_SYNCED, durable_dirs, fsync_dir, known_durable, owner_of,
+                            unlink_quietly)
 from stor.disk.temps import OwnedTemp
+from stor.disk.verified import VERIFIED, stamp_of
 
 T = TypeVar("T")
 
@@ -41,7 +45,7 @@ def install(sha: str, temps: Sequence[OwnedTemp]) -> list[str]:
     """
     finals = [layout.file_path(t.storage, sha) for t in temps]
     for temp, final in zip(temps, finals):
-        _step(temp.storage, make_dirs, temp.storage, os.path.dirname(final),
+        _step(temp.storage, durable_dirs, temp.storage, os.path.dirname(final),
               owner_of(temp.storage))
     moved: list[tuple[OwnedTemp, str]] = []
     try:
@@ -52,6 +56,10 @@ def install(sha: str, temps: Sequence[OwnedTemp]) -> list[str]:
                 moved.append((temp, final))
         for temp, final in zip(temps, finals):
             _step(temp.storage, fsync_dir, os.path.dirname(final))
+            st = os.fstat(temp.fd)
+            known_durable(final, (st.st_dev, st.st_ino))
+            VERIFIED.record(final, stamp_of(st))  # hashed before install: HEAD may trust it
+            KNOWN_SYNCED.add(final, stamp_of(st))  # its data was fsynced before the rename
     except MemberFailed:
         for temp, final in moved:
             _undo(temp, final)

@@ -6,6 +6,8 @@ Everything here blocks: call it from the disk pool, never the reactor.
 import ctypes
 import errno
 import os
+import stat
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +88,91 @@ def make_dirs(storage: str, path: str, owner: tuple[int, int] | None = None) -> 
     return created
 
 
+class _KnownDurable:
+    """Entries this process has seen made durable: path -> (st_dev, st_ino).
+
+    An entry is durable once its parent directory was fsynced *after* the entry
+    existed.  Whoever created a directory may not have done that yet (another
+    upload, another worker, a process that died), so an entry found already
+    there is not taken as durable until this process fsynced its parent once.
+    Keyed by inode, so an entry removed and made again is fsynced again.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, ...]] = {}
+        self._lock = threading.Lock()
+
+    def has(self, path: str, ident: tuple[int, ...]) -> bool:
+        with self._lock:
+            return self._known.get(path) == ident
+
+    def add(self, path: str, ident: tuple[int, ...]) -> None:
+        with self._lock:
+            if len(self._known) > 200_000:  # bounded: forgetting only costs an fsync
+                self._known.clear()
+            self._known[path] = ident
+
+
+KNOWN_DURABLE = _KnownDurable()
+KNOWN_SYNCED = _KnownDurable()
+"""Files whose data this process fsynced, keyed by path and their full stamp
+(:func:`stor.disk.verified.stamp_of`): a write since changes the ctime."""
+
+
+def _ident(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def durable_dirs(storage: str, path: str, owner: tuple[int, int] | None = None) -> list[str]:
+    """Make every directory from ``storage`` down to ``path`` exist *and be durable*.
+
+    Unlike :func:`make_dirs`, a directory found already there still has its
+    parent fsynced (once per process and inode, see :class:`_KnownDurable`):
+    its creator may not have fsynced it yet, and no answer may count on an
+    entry that a power cut can take away.  ``storage`` itself is never created
+    and its own entry is the operator's.  Returns the directories created.
+    """
+    if not os.path.isdir(storage):
+        raise FileNotFoundError(errno.ENOENT, "storage is not a directory", storage)
+    created: list[str] = []
+    chain: list[tuple[str, tuple[int, int]]] = []
+    current = storage
+    for part in os.path.relpath(path, storage).split(os.sep):
+        current = os.path.join(current, part)
+        try:
+            os.mkdir(current)
+            if owner is not None:
+                os.chown(current, *owner)
+            created.append(current)
+        except FileExistsError:
+            pass
+        st = os.lstat(current)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", current)
+        chain.append((current, _ident(st)))
+    _make_entries_durable(chain)
+    return created
+
+
+def _make_entries_durable(chain: list[tuple[str, tuple[int, int]]]) -> None:
+    """fsync the parent of every entry in ``chain`` not yet known durable, then know it."""
+    todo = [(p, i) for p, i in chain if not KNOWN_DURABLE.has(p, i)]
+    for parent in dict.fromkeys(os.path.dirname(p) for p, _ in todo):
+        fsync_dir(parent)
+    for p, i in todo:
+        KNOWN_DURABLE.add(p, i)
+
+
+def durable_entry(path: str, ident: tuple[int, int]) -> None:
+    """Make the entry ``path`` (the file ``ident``) durable in its directory."""
+    _make_entries_durable([(path, ident)])
+
+
+def known_durable(path: str, ident: tuple[int, int]) -> None:
+    """Record that ``path``'s entry was just made durable by its parent's fsync."""
+    KNOWN_DURABLE.add(path, ident)
+
+
 def owner_of(storage: str) -> tuple[int, int] | None:
     """(uid, gid) new entries on ``storage`` should get: the storage's, when we are root."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
@@ -126,6 +213,26 @@ def reserve(fd: int, offset: int, length: int) -> bool:
     if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
         return False
     raise OSError(err, os.strerror(err))
+
+
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def release_beyond(fd: int, size: int, reserved: int) -> None:
+    """Give back the blocks reserved past ``size`` (the file's real end).
+
+    ``fallocate(KEEP_SIZE)`` blocks past the end stay allocated after close:
+    a chunked upload reserved in 64 MiB steps would keep them for good.  A
+    hole is punched over them; where that is not supported, the file is grown
+    by one byte and truncated back, which frees everything past its end.
+    """
+    if reserved <= size:
+        return
+    if _fallocate is not None and _fallocate(
+            fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, size, reserved - size) == 0:
+        return
+    os.ftruncate(fd, size + 1)
+    os.ftruncate(fd, size)
 
 
 _sync_file_range = _libc("sync_file_range",

@@ -18,7 +18,7 @@ import random
 import re
 import stat
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
@@ -27,6 +27,8 @@ from stor.core import layout, placement
 from stor.core.placement import Pair
 from stor.disk import nowait
 from stor.disk.diskpool import DiskPool
+from stor.disk.duplicate import Existing, hash_fd, verified_existing
+from stor.disk.verified import VERIFIED, Stamp, stamp_of
 from stor.disk.health import StorageHealth, check_storages
 
 T = TypeVar("T")
@@ -40,8 +42,10 @@ verified before the answer; larger ones are streamed and verified on the way."""
 class Hit:
     """A file found on a storage.
 
-    For a GET, ``data`` holds the whole content of a small file (``file`` is
-    None) and a larger file is handed over open; a HEAD has neither.
+    ``data`` holds the whole content of a small file, for a GET and a HEAD
+    alike (both verify it); a GET gets a larger file handed over open; a HEAD
+    of a larger file has neither, but ``digest`` when it had to be hashed
+    (see :mod:`stor.disk.verified`).
     """
 
     storage: str
@@ -53,6 +57,10 @@ class Hit:
     """``(st_dev, st_ino)``: which file this was, should it need to be moved aside."""
     data: bytes | None = None
     file: IO[bytes] | None = None
+    stamp: Stamp | None = None
+    """What the file was when opened (:mod:`stor.disk.verified`)."""
+    digest: str | None = None
+    """A large HEAD's replica hashed now (not known verified): its sha256."""
 
     def close(self) -> None:
         """Release the open file, when the body will not be sent after all."""
@@ -60,22 +68,39 @@ class Hit:
             self.file.close()
 
 
-def open_first_blocking(order: Sequence[str], sha: str, head: bool = False) -> Hit | None:
+@dataclass(frozen=True)
+class Unreadable:
+    """No storage in the order could deliver the file, and some failed to read it
+    (an error other than "not there"): the file may well be stored, so this is
+    a storage fault, never a 404."""
+
+    errors: tuple[tuple[str, OSError], ...]
+
+    def __str__(self) -> str:
+        return "; ".join(f"{path}: {e.strerror or e}" for path, e in self.errors)
+
+
+def open_first_blocking(order: Sequence[str], sha: str, head: bool = False) -> "Hit | Unreadable | None":
     """Blocking: ``sha``'s file on the first storage in ``order`` that has it.
 
-    An unreadable disk is a miss there, not a failed request.
+    A storage that fails to read it is passed over for the next; when none
+    delivers, the failures are the answer (:class:`Unreadable`), not a miss.
     """
     rel = layout.relative_path(sha)
+    errors: list[tuple[str, OSError]] = []
     for attempt, storage in enumerate(order, start=1):
         path = os.path.join(storage, rel)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            hit = _hit(fd, storage, path, attempt, head, cached_only=False)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        hit = _hit(fd, storage, path, attempt, head, cached_only=False)
+        except OSError as e:
+            errors.append((path, e))
+            continue
         if isinstance(hit, Hit):
             return hit
-    return None
+    return Unreadable(tuple(errors)) if errors else None
 
 
 class _Blocked:
@@ -117,25 +142,42 @@ def _hit(fd: int, storage: str, path: str, attempt: int, head: bool,
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        ident = (st.st_dev, st.st_ino)
-        if head:
-            return Hit(storage, path, st.st_size, st.st_mtime, attempt, ident)
+        ident, stamp = (st.st_dev, st.st_ino), stamp_of(st)
+        if head and st.st_size > SMALL_FILE:
+            return _large_head(fd, storage, path, st, attempt, cached_only)
         if st.st_size > SMALL_FILE:
             keep = True
             return Hit(storage, path, st.st_size, st.st_mtime, attempt, ident,
-                       file=os.fdopen(fd, "rb", buffering=0))
+                       file=os.fdopen(fd, "rb", buffering=0), stamp=stamp)
         if cached_only:
             data = nowait.read_cached(fd, st.st_size)
             if data is None:
                 return BLOCKED
         else:
             data = os.pread(fd, st.st_size + 1, 0)  # one more: a file that grew is noticed
-        return Hit(storage, path, len(data), st.st_mtime, attempt, ident, data=data)
+        return Hit(storage, path, len(data), st.st_mtime, attempt, ident, data=data, stamp=stamp)
     except OSError:
-        return BLOCKED if cached_only else None
+        if cached_only:
+            return BLOCKED
+        raise  # the caller tells a read error from a miss
     finally:
         if not keep:
             os.close(fd)
+
+
+def _large_head(fd: int, storage: str, path: str, st: os.stat_result, attempt: int,
+                cached_only: bool) -> "Hit | _Blocked":
+    """A HEAD of a large file answers what a GET would: from a verification this
+    process remembers for this very file, else by hashing it now (blocking;
+    :data:`BLOCKED` on the reactor).  The caller compares ``digest``."""
+    stamp = stamp_of(st)
+    hit = Hit(storage, path, st.st_size, st.st_mtime, attempt, (st.st_dev, st.st_ino),
+              stamp=stamp)
+    if VERIFIED.knows(path, stamp):
+        return hit
+    if cached_only:
+        return BLOCKED
+    return replace(hit, digest=hash_fd(fd))
 
 
 def present(storage: str, sha: str) -> bool:
@@ -204,12 +246,13 @@ class LocalStore:
 
     # -- reads (reactor side) -------------------------------------------
 
-    def find(self, sha: str, head: bool, exclude: Collection[str] = ()) -> "Deferred[Hit | None]":
+    def find(self, sha: str, head: bool, exclude: Collection[str] = ()
+             ) -> "Deferred[Hit | Unreadable | None]":
         """Find (and for a GET open) ``sha`` in lookup order, skipping ``exclude``."""
         order = [s for s in self.lookup_order() if s not in exclude]
         return self._open(order, sha, head)
 
-    def find_at(self, path: str, sha: str, head: bool) -> "Deferred[Hit | None]":
+    def find_at(self, path: str, sha: str, head: bool) -> "Deferred[Hit | Unreadable | None]":
         """``sha`` at a path remembered from an earlier lookup (the cache's answer)."""
         storage = layout.storage_of(path, sha)
         if storage is None or storage not in self._twins:
@@ -223,7 +266,8 @@ class LocalStore:
             return None
         return open_nowait([storage], sha, head)
 
-    def _open(self, order: list[str], sha: str, head: bool) -> "Deferred[Hit | None]":
+    def _open(self, order: list[str], sha: str, head: bool
+              ) -> "Deferred[Hit | Unreadable | None]":
         hit = open_nowait(order, sha, head)
         if isinstance(hit, _Blocked):
             return self.run(open_first_blocking, order, sha, head)
@@ -252,16 +296,23 @@ class LocalStore:
         """Blocking :meth:`health`."""
         return self._health(self.storages, self._check_mounts, with_free)
 
-    def existing_blocking(self, sha: str) -> tuple[list[str], list[Pair]]:
-        """Blocking: every path of ``sha`` (lookup order) and the pairs holding it on both members.
+    def existing_blocking(self, sha: str) -> Existing:
+        """Blocking: the replicas of ``sha`` a 200 duplicate may name, and the pairs
+        holding it whole: verified (hashed) and durable (:mod:`stor.disk.duplicate`).
 
         A file counts as stored (a duplicate) only when both members of a pair
-        hold it; a lone replica is waiting for repair, not a promise kept.
+        hold its exact bytes; a lone replica is waiting for repair, not a promise kept.
         """
-        paths = [layout.file_path(s, sha) for s in self.lookup_order() if present(s, sha)]
-        held = {layout.storage_of(p, sha) for p in paths}
-        whole = [pair for pair in self.pairs if pair[0] in held and pair[1] in held]
-        return paths, whole
+        return verified_existing(self.lookup_order(), self.pairs, sha)
+
+    def capacity_now(self) -> int:
+        """Blocking: the most bytes any writable, placeable pair could hold were it
+        empty (the smaller member's filesystem size): a declared length above it
+        can be refused before its body."""
+        placeable = {h.path for h in self.health_blocking(with_free=False) if h.placeable}
+        sizes = [min(_size_of(a), _size_of(b)) for a, b in self.pairs
+                 if {a, b} <= placeable and self.writable(a) and self.writable(b)]
+        return max(sizes, default=0)
 
     def choose_pair_blocking(self, size: int, exclude: Collection[Pair] = ()) -> Pair:
         """Blocking: the pair a new file of ``size`` bytes goes to; NoSpace if none.
@@ -274,3 +325,11 @@ class LocalStore:
         candidates = [(pair, (room[pair[0]], room[pair[1]]))
                       for pair in self.pairs if pair not in exclude]
         return placement.choose_pair(candidates, size, self._rng, self._threshold)
+
+
+def _size_of(storage: str) -> int:
+    try:
+        st = os.statvfs(storage)
+    except OSError:
+        return 0
+    return st.f_blocks * st.f_frsize

@@ -45,8 +45,11 @@ class Repairer:
         self._checking = 0
         self._idle: list[Deferred[None]] = []
 
-    def found(self, sha: str, storage: str) -> None:
-        """A read found ``sha`` on ``storage``: make sure its twin has it too."""
+    def found(self, sha: str, storage: str, size: int | None = None) -> None:
+        """A read found ``sha`` on ``storage`` (``size`` bytes): make sure its twin
+        has it too, and at that size: an emptied or truncated twin is not a
+        copy (the verified copy replaces it; a same-size corruption is found
+        when a read hashes it)."""
         twin = self._store.twin(storage)
         if sha in self._pending or not self._store.writable(twin):
             return
@@ -60,9 +63,14 @@ class Repairer:
             return  # an odd twin (unreadable, ...) is scrub's business, not a read's
         if fd is None:  # cannot tell without the disk: let the pool look
             self._checking += 1
-            self._store.run(os.path.exists, twin_path).addBoth(self._checked, sha, storage, twin)
-        else:
+            self._store.run(_size_of, twin_path).addBoth(self._checked, sha, storage, twin, size)
+            return
+        try:
+            twin_size = os.fstat(fd).st_size
+        finally:
             os.close(fd)
+        if size is not None and twin_size != size:
+            self._enqueue(sha, storage, twin)
 
     def replace(self, sha: str, bad_storage: str) -> None:
         """``sha``'s replica on ``bad_storage`` was corrupt (and moved aside): copy the twin back."""
@@ -77,9 +85,11 @@ class Repairer:
         self._idle.append(d)
         return d
 
-    def _checked(self, there: object, sha: str, storage: str, twin: str) -> None:
+    def _checked(self, twin_size: object, sha: str, storage: str, twin: str,
+                 size: int | None) -> None:
         self._checking -= 1
-        if there is False:
+        if twin_size is None or (size is not None and isinstance(twin_size, int)
+                                 and twin_size != size):
             self._enqueue(sha, storage, twin)
         else:
             self._next()  # nothing to do; maybe now idle
@@ -129,3 +139,11 @@ class Repairer:
         self._running -= 1
         self._pending.discard(sha)
         self._next()
+
+
+def _size_of(path: str) -> int | None:
+    """Blocking: the size of the regular file at ``path``; None when there is none."""
+    try:
+        return os.stat(path).st_size
+    except (FileNotFoundError, NotADirectoryError):
+        return None

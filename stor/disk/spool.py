@@ -9,7 +9,9 @@ goes on: one verified copy is enough to finish the upload elsewhere.
 
 :func:`commit` runs once the body hashed to its name: it fsyncs the temps and,
 holding the SHA's host-wide lock, checks whether the file is already stored
-(on both members of some pair) and otherwise installs the temps.  When a
+(on both members of some pair, with its exact bytes, durably:
+:mod:`stor.disk.duplicate`) and otherwise installs the temps, over a damaged
+replica if one is in the way.  When a
 member fails, the verified copy moves on to the next pair before anything is
 answered, so a 201 always names two files in place.  Every function here
 blocks: the reactor side is :mod:`stor.store.upload`.
@@ -26,7 +28,9 @@ from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
 from stor.core.placement import Pair
 from stor.core.results import Duplicate, Stored, UploadResult
 from stor.disk.commit import MemberFailed, install
-from stor.disk.fsio import is_no_space, make_dirs, owner_of, reserve, start_writeback, write_chunks
+from stor.disk.duplicate import Damaged
+from stor.disk.fsio import (durable_dirs, is_no_space, owner_of, release_beyond, reserve,
+                            start_writeback, write_chunks)
 from stor.disk.locks import ShaLocks
 from stor.disk.temps import OwnedTemp, create_temp
 from stor.disk.local import LocalStore
@@ -35,7 +39,8 @@ from stor.disk.replica import copy_verified
 T = TypeVar("T")
 
 RESERVE_STEP = 64 * 1024 * 1024
-"""A body of unknown length (chunked) reserves space in steps of this size."""
+"""A body of unknown length (chunked) reserves space in steps of this size (less
+when the disk has less left); what it did not use is given back before its fsync."""
 
 WRITEBACK_STEP = 1024 * 1024
 """After this many bytes written, the kernel is asked to start writing them to
@@ -45,6 +50,10 @@ disk (without waiting): the fsync before the answer then finds little left to do
 BeforeInstall = Callable[[str, Pair], None]
 """Called (blocking, under the SHA's lock) just before a file is installed on a
 pair: the S3 outbox records it there."""
+
+OnDamaged = Callable[[str, Damaged], None]
+"""Told (blocking, from the pool) of a replica the duplicate check found not to
+hash to its name: the caller quarantines it and repairs it from its twin."""
 
 StillWanted = Callable[[str], bool]
 """Asked (blocking, under the SHA's lock) before installing: False when the SHA
@@ -115,8 +124,7 @@ class Spool:
         try:
             written = self._written[storage]
             if self.length is None and written + incoming > self._reserved[storage]:
-                reserve(temp.fd, self._reserved[storage], RESERVE_STEP)
-                self._reserved[storage] += RESERVE_STEP
+                self._reserve_more(storage, temp.fd, written + incoming)
             write_chunks(temp.fd, chunks)
             self._written[storage] = written + incoming
             if self._written[storage] - self._flushed[storage] >= WRITEBACK_STEP:
@@ -125,6 +133,20 @@ class Spool:
                 self._flushed[storage] = self._written[storage]
         except OSError as e:
             self._drop(temp, e)
+
+    def _reserve_more(self, storage: str, fd: int, needed: int) -> None:
+        """A chunked body outgrew its reservation: reserve another step, or, when
+        the disk has less than a step left, just what this write needs (a small
+        chunked upload must not need 64 MiB free).  ``OSError`` when not even that."""
+        start = self._reserved[storage]
+        try:
+            reserve(fd, start, RESERVE_STEP)
+            self._reserved[storage] = start + RESERVE_STEP
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            reserve(fd, start, needed - start)
+            self._reserved[storage] = needed
 
     def sync_member(self, storage: str) -> None:
         """Make ``storage``'s final directories (durably) and fsync its temp; a failure
@@ -139,8 +161,10 @@ class Spool:
         if temp is None or self._synced.get(storage) == self._written[storage]:
             return  # gone, or nothing written since its last fsync
         try:
-            make_dirs(storage, os.path.dirname(layout.file_path(storage, self.sha)),
-                      owner_of(storage))
+            durable_dirs(storage, os.path.dirname(layout.file_path(storage, self.sha)),
+                         owner_of(storage))
+            release_beyond(temp.fd, self._written[storage], self._reserved[storage])
+            self._reserved[storage] = self._written[storage]
             os.fsync(temp.fd)
             self._synced[storage] = self._written[storage]
         except OSError as e:
@@ -187,6 +211,18 @@ def as_stor_error(failures: Sequence[MemberFailed], size: int = 0) -> StorError:
     return StorageFailure(f"cannot write: {text}")
 
 
+class NoRoomAtAll(NoSpace):
+    """A declared length larger than any writable pair could hold even empty: the
+    answer (507) is known before the body, which is then not read."""
+
+
+def _no_room(store: LocalStore, failures: list[MemberFailed], length: int | None) -> StorError:
+    """Why no pair took ``length`` bytes; :class:`NoRoomAtAll` when none ever could."""
+    if length and not failures and length > store.capacity_now():
+        return NoRoomAtAll(f"no writable pair can hold {length} bytes")
+    return as_stor_error(failures, length or 0)
+
+
 def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
     """Choose a pair with room and open (and reserve) temp files on it.
 
@@ -200,7 +236,7 @@ def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
         try:
             pair = store.choose_pair_blocking(length or 0, excluded)
         except NoSpace:
-            raise as_stor_error(failures, length or 0) from None
+            raise _no_room(store, failures, length) from None
         try:
             spool = Spool(sha, pair, length)
         except MemberFailed as e:
@@ -213,7 +249,8 @@ def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
 
 def commit(spool: Spool, store: LocalStore, locks: ShaLocks,
            before_install: BeforeInstall | None = None,
-           still_wanted: StillWanted | None = None) -> UploadResult:
+           still_wanted: StillWanted | None = None,
+           on_damaged: OnDamaged | None = None) -> UploadResult:
     """Blocking: put the verified body in place, or find it already there.
 
     See the module docstring.  Raises a :class:`~stor.core.errors.StorError`
@@ -221,14 +258,15 @@ def commit(spool: Spool, store: LocalStore, locks: ShaLocks,
     when it was deleted meanwhile); the spool's temps are gone either way.
     """
     try:
-        return _commit(spool, store, locks, before_install, still_wanted)
+        return _commit(spool, store, locks, before_install, still_wanted, on_damaged)
     finally:
         spool.discard()
 
 
 def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
             before_install: BeforeInstall | None,
-            still_wanted: StillWanted | None) -> UploadResult:
+            still_wanted: StillWanted | None,
+            on_damaged: OnDamaged | None) -> UploadResult:
     temps = spool.sync()
     pair: Pair | None = spool.pair if len(temps) == 2 else None
     tried: set[Pair] = {spool.pair}
@@ -239,9 +277,12 @@ def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
         with locks.hold(spool.sha):
             if still_wanted is not None and not still_wanted(spool.sha):
                 raise Conflict(f"{spool.sha} was deleted while it was uploaded")
-            paths, whole = store.existing_blocking(spool.sha)
-            if whole:
-                return Duplicate(paths)
+            existing = store.existing_blocking(spool.sha)
+            if on_damaged is not None:
+                for damage in existing.damaged:
+                    on_damaged(spool.sha, damage)
+            if existing.whole:
+                return Duplicate(existing.paths)
             try:
                 if before_install is not None:
                     _step(pair[0], before_install, spool.sha, pair)

@@ -17,6 +17,8 @@ Limits (counted through the site's :meth:`~stor.http.site.StorSite.rejected`):
   kept-alive connection); else ``408`` (or, on an idle connection, just close).
 - a request line over :data:`MAX_REQUEST_LINE` bytes: ``414``; headers over
   :data:`MAX_HEADER_BYTES` in all (or one line over that): ``431``.
+- a ``Content-Length`` or chunk size that is not a number below 2^63: ``400``
+  with the reason (twisted answered an empty ``400`` or waited for the body).
 - ``body_timeout``: an upload body that stops arriving for this long is cut
   (twisted's idle timeout, suspended while stor itself holds the body back).
 """
@@ -41,8 +43,31 @@ READ_SIZE = 256 * 1024
 then costs the reactor a quarter of the turns per MiB.  It is also the most the
 transport buffers before pausing a producer."""
 
-_REASONS = {408: b"Request Timeout", 414: b"URI Too Long",
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long",
             431: b"Request Header Fields Too Large"}
+
+LENGTH_LIMIT = 2 ** 63
+"""A ``Content-Length`` or chunk size must be a number below this (a file offset)."""
+
+
+class _BoundedChunks(http._ChunkedTransferDecoder):
+    """twisted's chunked decoder, refusing a chunk size no file could have."""
+
+    reason = "malformed chunked body"
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        done = super()._dataReceived_CHUNK_LENGTH()
+        if done and self.length >= LENGTH_LIMIT:
+            self.reason = "chunk size is not a number below 2^63"
+            raise http._MalformedChunkedDataError(self.reason)
+        return done
+
+
+def _length_problem(data: bytes) -> str | None:
+    """Why a ``Content-Length`` value is refused (None: it is a usable length)."""
+    if not data.isdigit() or len(data) > 19 or int(data) >= LENGTH_LIMIT:
+        return "Content-Length is not a number below 2^63"
+    return None
 
 
 def request_line(channel: Any) -> tuple[bytes, bytes, bytes] | None:
@@ -122,18 +147,36 @@ class StorChannel(http.HTTPChannel):
         else:
             self._refuse(431, "headers_too_large")
 
-    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        """twisted's, but a ``Transfer-Encoding`` other than exactly ``chunked`` is a 400.
+    _bad_reason = "malformed request"
 
-        twisted takes ``chunked`` then a second header ``identity`` as chunked,
-        where RFC 9112 §6.1 makes a request whose last coding is not chunked a
-        400: a balancer in front reading the other way is a desync (request
-        smuggling).  A repeated ``chunked`` or one after ``Content-Length``
-        fails in twisted already.
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        """twisted's, with three more refusals, each a 400 with a text reason:
+
+        - a ``Content-Length`` that is not a number below 2^63 (twisted waited
+          for a body of 10^26 bytes), and chunk sizes bounded the same way;
+        - a ``Transfer-Encoding`` other than exactly ``chunked``: twisted takes
+          ``chunked`` then a second header ``identity`` as chunked, where RFC
+          9112 §6.1 makes a request whose last coding is not chunked a 400 (a
+          balancer in front reading the other way is a desync: request
+          smuggling).  A repeated ``chunked`` or one after ``Content-Length``
+          fails in twisted already.
         """
+        if header == b"Content-Length" and (problem := _length_problem(data)) is not None:
+            self._bad_reason = problem
+            return self._failChooseTransferDecoder()
         if header == b"Transfer-Encoding" and data.lower() != b"chunked":
+            self._bad_reason = "a Transfer-Encoding other than chunked"
             return bool(self._failChooseTransferDecoder())
-        return bool(super()._maybeChooseTransferDecoder(header, data))
+        ok: bool = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if ok and type(decoder) is http._ChunkedTransferDecoder:
+            self._transferDecoder = _BoundedChunks(decoder.dataCallback, decoder.finishCallback)
+        return ok
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """twisted's bare ``400``, with the reason in its body."""
+        reason = getattr(self._transferDecoder, "reason", None) or self._bad_reason
+        self._refuse(400, "bad_request", reason)
 
     def allHeadersReceived(self) -> None:
         """twisted's, without its automatic ``100 Continue`` (the request decides)."""
@@ -185,13 +228,14 @@ class StorChannel(http.HTTPChannel):
         elif self.transport is not None:
             self.transport.loseConnection()  # an idle kept-alive connection: just close it
 
-    def _refuse(self, status: int, kind: str) -> None:
+    def _refuse(self, status: int, kind: str, why: str | None = None) -> None:
         """Answer ``status`` without a request object, and close."""
         self._disarm_deadline()
         site = getattr(self, "site", None)
         if site is not None:
             site.rejected(kind, self.transport)
-        body = b"%d %s\n" % (status, _REASONS[status])
+        body = b"%d %s%s\n" % (status, _REASONS[status],
+                               b": " + why.encode() if why else b"")
         self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
                              % (status, _REASONS[status], len(body), body))

@@ -131,6 +131,13 @@ class Intake:
         except StorError:
             return True
 
+    async def refused_before_body(self) -> bool:
+        """Whether an accepted upload's headers alone refuse it whatever its body (too
+        large for ``max_upload_size`` or for any writable pair): answered at once."""
+        if self._upload is None:
+            return False  # refused: its answer comes from the route, as before
+        return await self._upload.refused_before_body()
+
     async def result(self) -> UploadResult:
         """The stored or duplicate file, once the whole body is in; raises the
         refusal or the upload's error."""

@@ -75,6 +75,17 @@ class StorRequest(server.Request):
         self.intake.attach(self._body)
         if expects_continue(self.requestHeaders, version):
             Deferred.fromCoroutine(self._screen(self.intake)).addErrback(self._screen_failed, line)
+        else:
+            Deferred.fromCoroutine(self._refuse_at_once(self.intake)).addErrback(
+                self._screen_failed, line)
+
+    async def _refuse_at_once(self, intake: Intake) -> None:
+        """Without ``Expect``: answer now when no body could change the answer (413,
+        or 507 for a length no pair can hold), instead of reading it all first."""
+        refused = await intake.refused_before_body()
+        line = request_line(self.channel) if not (is_gone(self) or self.finished) else None
+        if refused and line is not None:
+            self._answer_early(*line)
 
     async def _screen(self, intake: Intake) -> None:
         """Whether the headers alone settle the answer (the client waits for us)."""

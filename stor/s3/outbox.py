@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from stor.config import Config
 from stor.core import layout
 from stor.core.reactor import Reactor
-from stor.disk.fsio import fsync_dir
+from stor.disk.fsio import durable_dirs, fsync_dir
 from stor.s3.put import CorruptLocalFile, Runner, S3WriteError, S3Writer
 from stor.core.metrics import Metrics, NullMetrics
 
@@ -124,11 +124,7 @@ def record(sha: str, storages: Sequence[str]) -> list[str]:
 
 def _create_marker(storage: str, sha: str) -> None:
     directory = outbox_dir(storage)
-    try:
-        os.mkdir(directory)
-        fsync_dir(storage)
-    except FileExistsError:
-        pass
+    durable_dirs(storage, directory)  # also when another process made it and has not fsynced yet
     os.close(os.open(os.path.join(directory, sha), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
                      0o644))
 

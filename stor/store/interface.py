@@ -78,6 +78,10 @@ class UploadHandle(Protocol):
         """Before the body (``Expect: 100-continue``): the answer if the headers
         settle it (raises the error that does), else None."""
 
+    async def refused_before_body(self) -> bool:
+        """Whether the headers alone refuse this upload whatever its body (413, or 507
+        for a length no writable pair can hold): then it is answered at once."""
+
     async def finish(self) -> UploadResult:
         """The whole body is in: the verified, committed result."""
 

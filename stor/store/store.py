@@ -38,8 +38,10 @@ from stor.disk.writeready import write_blockers
 from stor.disk.fsio import fsync_dir
 from stor.disk.locks import ShaLocks, Tombstones
 from stor.disk.body import Body, BytesBody, FileBody
+from stor.disk.duplicate import Damaged
+from stor.disk.verified import VERIFIED
 from stor.s3 import outbox as outbox_markers
-from stor.disk.local import Hit, LocalStore
+from stor.disk.local import Hit, LocalStore, Unreadable
 from stor.disk.corrupt import CorruptReplicas
 from stor.disk.repair import Repairer
 from stor.core.results import Duplicate, Stored, UploadResult
@@ -53,6 +55,10 @@ if TYPE_CHECKING:  # a type only: the store sees S3 through S3Source
     from stor.s3.read import S3Object
 
 log = Logger()
+
+
+class ReplicasUnreadable(StorageFailure):
+    """A file no replica could deliver, some failing to read (not absent): 500."""
 
 
 class LookupCache(Protocol):
@@ -185,7 +191,11 @@ class Store:
             else:
                 if reading is not None:
                     return reading
-        reading = await self._read_local(selection, start)
+        unreadable: ReplicasUnreadable | None = None
+        try:
+            reading = await self._read_local(selection, start)
+        except ReplicasUnreadable as e:
+            reading, unreadable = None, e
         if reading is not None:
             return reading
         if self._s3 is not None and not self._s3_first:
@@ -203,6 +213,8 @@ class Store:
                 continue  # a peer that cannot say does not make a 404 a 503
             if reading is not None:
                 return reading
+        if unreadable is not None:
+            raise unreadable  # stored, maybe: never a 404
         if unknown is not None:  # the file may well exist: not a 404 (docs/SPEC.md §9)
             raise unknown
         self._metrics.incr("error.get.not_found_old.count")
@@ -247,11 +259,19 @@ class Store:
     async def _read_local(self, selection: Selection, start: float) -> Reading | None:
         sha = selection.sha
         hit = await self._find(sha, selection.head)
-        while hit is not None and hit.data is not None and _digest(hit.data) != sha:
-            self._corrupt.found(hit, sha, _digest(hit.data))
-            hit = await self._find(sha, selection.head, exclude={hit.storage})
+        tried: set[str] = set()
+        while isinstance(hit, Hit) and (actual := _wrong_digest(hit, sha)) is not None:
+            self._corrupt.found(hit, sha, actual)  # never answered from: a GET would not serve it
+            tried.add(hit.storage)
+            hit = await self._find(sha, selection.head, exclude=tried)
+        if isinstance(hit, Unreadable):
+            self._metrics.incr("error.get.unreadable.count")
+            log.error("cannot read {sha} from any replica: {why}", sha=sha, why=str(hit))
+            raise ReplicasUnreadable(f"cannot read {sha}: {hit}")
         if hit is None:
             return None
+        if hit.digest is not None and hit.stamp is not None:
+            VERIFIED.record(hit.path, hit.stamp)  # a large HEAD hashed it: the next need not
         try:
             part = selection.part(hit.size)
         except RangeNotSatisfiable:
@@ -280,7 +300,7 @@ class Store:
         if hit.file is not None:
             hit.close()  # a large file is streamed: not for here
             return None
-        if hit.data is not None and _digest(hit.data) != sha:
+        if _wrong_digest(hit, sha) is not None:
             return None
         try:
             part = selection.part(hit.size)
@@ -289,7 +309,7 @@ class Store:
         self._publisher.publish(requested)
         self._metrics.timing("cache.time", _ms(start))
         self._metrics.incr("cache.hit")
-        self._repairer.found(sha, hit.storage)
+        self._repairer.found(sha, hit.storage, hit.size)
         return self._local_reading(hit, sha, part, selection.head, start)
 
     def _local_reading(self, hit: Hit, sha: str, part: Part, head: bool,
@@ -299,6 +319,8 @@ class Store:
 
         def ended(result: "None | Failure") -> None:
             if result is None:
+                if hit.file is not None and part.whole and hit.stamp is not None:
+                    VERIFIED.record(hit.path, hit.stamp)  # hashed whole on the way out
                 self._metrics.incr(f"success.get.ok_old.{server}.count")
                 if not head:  # as the old service: a HEAD sends no bytes, so no .size/.time
                     self._metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
@@ -320,29 +342,33 @@ class Store:
                         verify=sha if part.whole else None)
 
     async def _find(self, sha: str, head: bool, exclude: frozenset[str] | set[str] = frozenset()
-                    ) -> Hit | None:
-        """The cached path if it still holds the file, else a lookup (then cached)."""
+                    ) -> Hit | Unreadable | None:
+        """The cached path if it still holds the file, else a lookup (then cached).
+
+        A cached replica that cannot be read is passed over for the lookup,
+        which tries every replica; :class:`Unreadable` when none could deliver
+        and some failed."""
         start = time.monotonic()
         path = await self._cache.get(sha)
         self._metrics.timing("cache.time", _ms(start))
         if path is not None and layout.storage_of(path, sha) not in exclude:
             hit = await self.local.find_at(path, sha, head)
-            if hit is not None:
+            if isinstance(hit, Hit):
                 self._metrics.incr("cache.hit")
-                self._repairer.found(sha, hit.storage)
+                self._repairer.found(sha, hit.storage, hit.size)
                 return hit
             self._cache.drop(sha)  # deleted or moved behind our back: look again
         self._metrics.incr("cache.miss")
         start = time.monotonic()
         hit = await self.local.find(sha, head, exclude)
         self._metrics.timing("lookup.time", _ms(start))
-        if hit is None:
+        if not isinstance(hit, Hit):
             tried = len(self.local.storages) - len(exclude)
             self._metrics.incr(f"lookup.attempt.{tried}.count")
-            return None
+            return hit
         self._metrics.incr(f"lookup.attempt.{hit.attempt}.count")
         self._cache.put(sha, hit.path)
-        self._repairer.found(sha, hit.storage)
+        self._repairer.found(sha, hit.storage, hit.size)
         return hit
 
     # -- uploads ----------------------------------------------------------
@@ -357,7 +383,8 @@ class Store:
             return not self.tombstones.deleted_since(sha, started)
 
         def commit(spool: Spool) -> UploadResult:
-            return commit_spool(spool, self.local, self.locks, self._before_install, still_wanted)
+            return commit_spool(spool, self.local, self.locks, self._before_install, still_wanted,
+                                self._damaged_from_thread)
 
         def prepare(sha: str, length: int | None) -> Duplicate | Spool:
             return self._prepare(sha, length, counted)
@@ -366,14 +393,17 @@ class Store:
                       max_size=self._max_upload_size, committed=self._committed)
 
     def _prepare(self, sha: str, length: int | None, counted: bool) -> Duplicate | Spool:
-        """Blocking: the duplicate check, then a pair with room and temps on it."""
+        """Blocking: the duplicate check (exact bytes, durably: :mod:`stor.disk.duplicate`),
+        then a pair with room and temps on it."""
         with self.locks.hold(sha):
             start = time.monotonic()
-            paths, whole = self.local.existing_blocking(sha)
+            existing = self.local.existing_blocking(sha)
             if counted:
                 self.local.call_from_thread(self._looked_up, _ms(start))
-        if whole:
-            return Duplicate(paths)
+        for damage in existing.damaged:
+            self._damaged_from_thread(sha, damage)
+        if existing.whole:
+            return Duplicate(existing.paths)
         return open_spool(self.local, sha, length)
 
     def _looked_up(self, ms: float) -> None:
@@ -381,6 +411,12 @@ class Store:
         tried every storage (docs/SPEC.md §6)."""
         self._metrics.timing("lookup.time", ms)
         self._metrics.incr(f"lookup.attempt.{len(self.local.storages)}.count")
+
+    def _damaged_from_thread(self, sha: str, damage: Damaged) -> None:
+        """The duplicate check read a replica that does not hash to its name: on the
+        reactor, quarantine it and repair it from its twin, as a GET would."""
+        hit = Hit(damage.storage, damage.path, damage.size, damage.mtime, 0, damage.ident)
+        self.local.call_from_thread(self._corrupt.found, hit, sha, damage.actual)
 
     def _committed(self, sha: str, result: UploadResult) -> None:
         """An upload is in place: log and count failed storages, queue it for S3."""
@@ -496,4 +532,14 @@ class Store:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _wrong_digest(hit: Hit, sha: str) -> str | None:
+    """What ``hit`` hashes to when that is known now and is not ``sha`` (else None).
+
+    A small file was read whole (GET and HEAD alike); a large HEAD was hashed
+    unless this process had verified that very file (:mod:`stor.disk.verified`);
+    a large GET is verified while it is sent."""
+    actual = _digest(hit.data) if hit.data is not None else hit.digest
+    return actual if actual is not None and actual != sha else None
 

@@ -20,7 +20,11 @@ States (:class:`State`)::
                           the body is read and dropped)
     any ──► ABORTED (the client went away: whatever was written is removed)
 
-A pair that cannot be prepared (no room, failing disks) does not stop the
+A length above ``max_upload_size`` or larger than any writable pair could
+hold is answered at once (:meth:`Upload.refused_before_body`).  Once the body
+is in, the commit runs to its end even if the client leaves (Klein cancels the
+route): the temps are installed or removed on every path.  Any other pair
+that cannot be prepared (no room, failing disks) does not stop the
 body from being hashed: the answer keeps the contract's order (a body that
 does not match its SHA is 412 even when there is no room) unless the client
 asked ``Expect: 100-continue`` and was answered before sending it.
@@ -40,7 +44,7 @@ from stor.core.errors import HashMismatch, StorageFailure, StorError, TooLarge, 
 from stor.core.reactor import Runner
 from stor.core.results import Duplicate, UploadResult
 from stor.disk.commit import MemberFailed
-from stor.disk.spool import Spool, as_stor_error
+from stor.disk.spool import NoRoomAtAll, Spool, as_stor_error
 from stor.store.pipeline import Pipeline
 
 _log = Logger()
@@ -152,6 +156,17 @@ class Upload:
             raise self._failure
         return None
 
+    async def refused_before_body(self) -> bool:
+        """Whether the headers alone refuse this upload whatever its body: longer
+        than ``max_upload_size`` (413) or than any writable pair can hold (507).
+
+        Then the answer is given at once, with or without ``Expect``: a client
+        announcing 10^13 bytes must not be left sending them for nothing.
+        """
+        while self.state is State.PREPARING:
+            await self._idle()
+        return isinstance(self._outcome, (TooLarge, NoRoomAtAll))
+
     async def finish(self) -> UploadResult:
         """The whole body has arrived: wait for it on disk, then verify and commit."""
         while self._busy() or self._queue:
@@ -174,8 +189,19 @@ class Upload:
         spool, self._spool = self._spool, None
         assert spool is not None
         self.state = State.COMMITTING
-        await gatherResults([self._run(spool.sync_member, s) for s in spool.live()])
-        result = await self._run(self._commit, spool)
+        return await _shielded(Deferred.fromCoroutine(self._commit_stage(spool)))
+
+    async def _commit_stage(self, spool: Spool) -> UploadResult:
+        """fsync and commit ``spool``; runs to its end even when the answer is no
+        longer awaited (the client left at the last byte: the route's Deferred
+        is cancelled), so the temps are always installed or removed."""
+        try:
+            await gatherResults([self._run(spool.sync_member, s) for s in spool.live()],
+                                consumeErrors=True)
+        except BaseException:
+            await self._run(spool.discard)
+            raise
+        result = await self._run(self._commit, spool)  # it removes the temps on every path
         self.state = State.DONE
         if self._committed is not None:
             self._committed(self.sha, result)
@@ -203,6 +229,8 @@ class Upload:
                 self.state = State.RECEIVING
             else:
                 self._discard()  # skipped or aborted meanwhile
+        elif isinstance(result.value, NoRoomAtAll):
+            self._skip(result.value)  # answered before the body (see refused_before_body)
         else:
             self._failure = self._as_error(result)
             if self.state is State.PREPARING:
@@ -320,3 +348,24 @@ class Upload:
         if spool is not None:
             self._cleanup = self._run(spool.discard)
         return self._cleanup
+
+
+def _shielded(work: "Deferred[UploadResult]") -> "Deferred[UploadResult]":
+    """A Deferred with ``work``'s result whose cancellation leaves ``work`` running.
+
+    Cancelling a Deferred from the disk pool does not stop the thread, it only
+    forgets its result: a commit cancelled half way would leak its temp files,
+    their fds, locks and reserved space for good (issue 18, case 5)."""
+    waiter: "Deferred[UploadResult]" = Deferred()
+
+    def relay(result: object) -> None:
+        if not waiter.called:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)  # type: ignore[arg-type]
+        elif isinstance(result, Failure) and not result.check(StorError):
+            _log.failure("upload commit failed after its client left", failure=result)
+
+    work.addBoth(relay)
+    return waiter

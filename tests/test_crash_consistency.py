@@ -1,0 +1,204 @@
+"""Crash consistency, checked from stor's own system calls (issue 18, Build's last item).
+
+stor runs as a real process with ``strace -f -yy`` attached; the test makes
+uploads (new and shared directories, duplicates, concurrent identical and
+distinct SHAs), a DELETE, and files left unsynced by a process that died;
+:mod:`crashcheck` then replays the trace under the conservative persistence
+model and lists every answer that was written before what it promised was
+durable.  Suppressing one fsync from outside (``strace -e inject``) must be
+caught, or the check proves nothing.
+"""
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from crashcheck import STRACE_CALLS, Ack, Trace
+from ops_peer import AUTH_HEADER
+from stor.core import layout
+
+pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+
+DELETER = "deleter:delete_pass"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Tracer:
+    """``strace`` attached to a running stor, recording :data:`STRACE_CALLS`."""
+
+    def __init__(self, stor, out: Path, inject: str | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.out = out
+        self.stor = stor
+        cmd = ["strace", "-f", "-yy", "-qq", "-s", "1024", "-o", str(out),
+               "-e", f"trace={STRACE_CALLS}"]
+        if inject:
+            cmd += ["-e", f"inject={inject}"]
+        self.popen = subprocess.Popen(cmd + ["-p", str(stor.popen.pid)])
+        deadline = time.monotonic() + 15
+        while not out.exists() or "HTTP/1.1 200" not in out.read_text(errors="replace"):
+            call(stor.port, "GET", "/")  # attached once its answer is traced
+            assert time.monotonic() < deadline, "strace did not attach"
+
+    def stop(self) -> Trace:
+        self.popen.terminate()
+        self.popen.wait(15)
+        return Trace(self.out.read_text(errors="replace").splitlines())
+
+
+def call(port: int, method: str, path: str, body: bytes | None = None,
+         auth: str | None = None) -> tuple[int, bytes, int]:
+    """(status, body, the client's port) of one request on its own connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.connect()
+        client_port = conn.sock.getsockname()[1]
+        conn.request(method, path, body=body, headers={"Authorization": auth} if auth else {})
+        response = conn.getresponse()
+        return response.status, response.read(), client_port
+    finally:
+        conn.close()
+
+
+class Client:
+    """Uploads and deletes, remembering every 2xx as an :class:`Ack`."""
+
+    def __init__(self, stor) -> None:  # type: ignore[no-untyped-def]
+        self.port = stor.port
+        self.storages = tuple(stor.extra["storages"])
+        self.acks: list[Ack] = []
+
+    def post(self, data: bytes) -> int:
+        status, body, client_port = call(self.port, "POST", f"/{sha256(data)}", data, AUTH_HEADER)
+        assert status in (200, 201), (status, body)
+        self.acks.append(Ack(client_port, tuple(json.loads(body)), self.storages))
+        return status
+
+    def delete(self, sha: str) -> None:
+        token = "Basic " + base64.b64encode(DELETER.encode()).decode()
+        status, body, client_port = call(self.port, "DELETE", f"/{sha}", auth=token)
+        assert status == 204, (status, body)
+        paths = tuple(layout.file_path(s, sha) for s in self.storages)
+        self.acks.append(Ack(client_port, paths, self.storages, removal=True))
+
+
+def sharing_first_byte(n: int) -> list[bytes]:
+    """``n`` bodies whose SHAs share their first byte pair (one ``AA`` directory)."""
+    by_prefix: dict[str, list[bytes]] = {}
+    while True:
+        data = os.urandom(3000)
+        group = by_prefix.setdefault(sha256(data)[:2], [])
+        group.append(data)
+        if len(group) == n:
+            return group
+
+
+def left_unsynced(storages: tuple[str, str], data: bytes) -> None:
+    """What a process killed between its renames and its directory fsync leaves:
+    the file in place on both members, nothing fsynced."""
+    for storage in storages:
+        path = Path(layout.file_path(storage, sha256(data)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def test_every_acknowledged_upload_was_durable_when_answered(stor_process, tmp_path):
+    stor = stor_process(delete_auth=DELETER)
+    storages = tuple(stor.extra["storages"])
+    dead = os.urandom(4000)
+    left_unsynced(storages[:2], dead)  # before stor ever traced: created "by someone else"
+    shared_dirs = os.urandom(2000)
+    Path(os.path.dirname(layout.file_path(storages[2], sha256(shared_dirs)))).mkdir(parents=True)
+    Path(os.path.dirname(layout.file_path(storages[3], sha256(shared_dirs)))).mkdir(parents=True)
+    tracer = Tracer(stor, tmp_path / "trace")
+    client = Client(stor)
+    try:
+        for i in range(5):  # new directories
+            client.post(os.urandom(5000) + bytes([i]))
+        for data in sharing_first_byte(3):  # an AA directory shared
+            client.post(data)
+        client.post(shared_dirs)  # AA/BB/CC made by someone else, never fsynced
+        assert client.post(dead) == 200  # a duplicate left by a dead process
+        again = os.urandom(70_000)
+        client.post(again)
+        assert client.post(again) == 200  # a plain duplicate
+        same = os.urandom(100_000)
+        distinct = [os.urandom(20_000) + bytes([i]) for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:  # concurrent identical, then distinct SHAs
+            assert sorted(pool.map(client.post, [same] * 8)).count(201) == 1
+            list(pool.map(client.post, distinct))
+        client.delete(sha256(distinct[0]))
+    finally:
+        trace = tracer.stop()
+    assert trace.injected() == 0
+    problems = trace.violations(client.acks)
+    assert not problems, "\n".join(problems)
+    assert len(client.acks) == 29  # the check looked at every answer
+
+
+def test_the_check_catches_one_suppressed_fsync(stor_process, tmp_path):
+    """Without this the check could pass by seeing nothing: the first fsync of each
+    thread of stor is made to do nothing (and say 0), from outside the process."""
+    stor = stor_process()
+    client = Client(stor)
+    client.post(os.urandom(1000))  # the disk pool's threads exist (and fsynced once)
+    tracer = Tracer(stor, tmp_path / "trace", inject="fsync:retval=0:when=1")
+    try:
+        client.acks.clear()
+        client.post(os.urandom(5000))
+    finally:
+        trace = tracer.stop()
+    assert trace.injected() >= 1
+    problems = trace.violations(client.acks)
+    assert problems, "a suppressed fsync went unnoticed"
+
+
+def test_a_process_killed_between_rename_and_directory_fsync_then_restarted(stor_process,
+                                                                            tmp_path):
+    """The renames of an upload are done, the fsync of their directory is where stor
+    dies (SIGKILL injected from outside at that very call).  Restarted on the same
+    storages, its answer to the same upload (200, a duplicate) must not count on
+    the entries the dead process never made durable."""
+    first = stor_process()
+    storages = first.extra["storages"]
+    data = os.urandom(6000)
+    leaves = sorted({os.path.dirname(layout.file_path(s, sha256(data))) for s in storages})
+    killer = subprocess.Popen(["strace", "-f", "-qq", "-o", str(tmp_path / "kill.trace"),
+                               *[arg for leaf in leaves for arg in ("-P", leaf)],
+                               "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL",
+                               "-p", str(first.popen.pid)])
+    try:
+        deadline = time.monotonic() + 15
+        while killer.poll() is None and first.popen.poll() is None:
+            try:
+                call(first.port, "POST", f"/{sha256(data)}", data, AUTH_HEADER)
+            except (OSError, http.client.HTTPException):
+                pass  # it died mid-answer, as planned
+            assert time.monotonic() < deadline, "stor was not killed at the directory fsync"
+    finally:
+        first.popen.wait(15)
+        killer.wait(15)
+    placed = [s for s in storages if os.path.exists(layout.file_path(s, sha256(data)))]
+    assert len(placed) >= 1, "killed before its rename: nothing to check"
+    second = stor_process(storage_pairs=[storages[0:2], storages[2:4]], delete_auth=DELETER)
+    second.extra["storages"] = storages
+    tracer = Tracer(second, tmp_path / "trace")
+    client = Client(second)
+    try:
+        client.post(data)
+    finally:
+        trace = tracer.stop()
+    assert trace.injected() == 0
+    problems = trace.violations(client.acks)
+    assert not problems, "\n".join(problems)
