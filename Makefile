@@ -22,7 +22,7 @@ LOCK_ARGS := --quiet --generate-hashes --allow-unsafe --strip-extras \
 # runs as never needs to write it (and never logs "Unable to write to plugin cache").
 PLUGIN_CACHE := from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))
 
-.PHONY: install install-test run typecheck test bench bench-tools bench-compare lock docs clean
+.PHONY: install install-test run typecheck test test-fast test-acceptance bench bench-tools bench-compare lock docs clean
 
 install: $(STAMP)
 
@@ -78,8 +78,25 @@ run: install
 typecheck: install-test
 	$(BIN)/python -m mypy
 
+# Two tiers (tests/support/tiers.py): the fast one (no process started, no peer,
+# no real fault; well under 30 s: the inner loop) and the acceptance one (real
+# stor processes, memcached, moto, RabbitMQ, nginx, HAProxy, tmpfs faults).
+# `make test` runs mypy, then both, the fast one first. E.g. PYTEST_ARGS="tests/disk -x".
+# test-fast tries 20 examples per property (Hypothesis profile "fast"); test, 100.
 test: install-test typecheck
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-fast HYPOTHESIS_PROFILE=default
+	$(MAKE) --no-print-directory test-acceptance
+
+# Third-party pytest plugins no test uses, not loaded (schemathesis' alone costs
+# a second and a half of every run's start; test_openapi.py imports schemathesis itself).
+UNUSED_PLUGINS := -p no:schemathesis -p no:anyio
+HYPOTHESIS_PROFILE ?= fast
+test-fast: $(TESTSTAMP)
+	$(BIN)/python -m pytest $(UNUSED_PLUGINS) -m "not acceptance" --hypothesis-profile=$(HYPOTHESIS_PROFILE) $(PYTEST_ARGS) \
+	  || [ $$? -eq 5 ]  # 5: PYTEST_ARGS chose no test of this tier
+
+test-acceptance: install-test
+	$(BIN)/python -m pytest $(UNUSED_PLUGINS) -m acceptance $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The benchmark tools, installed only when missing: wrk (many small GETs) and
 # nginx (the big-GET ceiling; run by the bench as its own child process).

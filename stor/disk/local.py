@@ -305,7 +305,22 @@ class LocalStore:
         """
         return verified_existing(self.lookup_order(), self.pairs, sha)
 
-    def capacity_now(self) -> int:
+    def unhealthy_writable_blocking(self) -> list[str] | None:
+        """Blocking: when no pair ``writable_pairs_regex`` lets take files is healthy on
+        both members, why (``<storage>: <problem>`` each); None when one is."""
+        health = {h.path: h for h in self.health_blocking(with_free=False)}
+        reasons: list[str] = []
+        for pair in self.pairs:
+            if not (self.writable(pair[0]) and self.writable(pair[1])):
+                continue
+            bad = [f"{s}: {health[s].problem or 'takes no files'}" for s in pair
+                   if not health[s].placeable]
+            if not bad:
+                return None
+            reasons += bad
+        return reasons or None
+
+    def capacity_blocking(self) -> int:
         """Blocking: the most bytes any writable, placeable pair could hold were it
         empty (the smaller member's filesystem size): a declared length above it
         can be refused before its body."""

@@ -217,9 +217,15 @@ class NoRoomAtAll(NoSpace):
 
 
 def _no_room(store: LocalStore, failures: list[MemberFailed], length: int | None) -> StorError:
-    """Why no pair took ``length`` bytes; :class:`NoRoomAtAll` when none ever could."""
-    if length and not failures and length > store.capacity_now():
-        return NoRoomAtAll(f"no writable pair can hold {length} bytes")
+    """Why no pair took ``length`` bytes: a storage fault (500 naming the storages) when
+    no writable pair is healthy on both members, :class:`NoRoomAtAll` when none ever
+    could hold it, else what the attempts met (:func:`as_stor_error`)."""
+    if not failures:
+        unhealthy = store.unhealthy_writable_blocking()
+        if unhealthy is not None:
+            return StorageFailure("no writable pair is healthy: " + "; ".join(unhealthy))
+        if length and length > store.capacity_blocking():
+            return NoRoomAtAll(f"no writable pair can hold {length} bytes")
     return as_stor_error(failures, length or 0)
 
 

@@ -96,7 +96,7 @@ class FastLane:
     """
 
     def __init__(self, read_nowait: ReadNow, site: Accounting) -> None:
-        self._read_now = read_nowait
+        self._read_nowait = read_nowait
         self._site = site
         self._worker = b"Stor-Worker: " + site.worker + b"\r\n"
         self._server = b"Server: " + site.server_header + b"\r\n"
@@ -126,7 +126,7 @@ class FastLane:
     def _answer(self, channel: Peer, method: bytes, segment: bytes, agent: bytes,
                 forwarded: list[bytes]) -> bool:
         start = time.monotonic()
-        answer = self._read_now(method, segment.decode("ascii"))
+        answer = self._read_nowait(method, segment.decode("ascii"))
         if answer is None:
             return False
         self._site.started()
