@@ -35,14 +35,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/stor
-COPY pyproject.toml README.rst constraints.txt ./
+COPY pyproject.toml README.rst requirements.txt ./
 COPY stor ./stor
 COPY twisted ./twisted
 
-# Install at the versions pinned in constraints.txt, then build twistd's
-# plugin cache at build time: a --user run cannot write site-packages, and
-# twistd would otherwise warn at every start.
-RUN pip install -c constraints.txt . \
+# Install the dependencies at the versions and hashes pinned in requirements.txt
+# (pip refuses any other file), then stor itself alone (--no-deps: nothing
+# unpinned), check the set is whole, and build twistd's plugin cache at build
+# time: a --user run cannot write site-packages, and twistd would otherwise warn
+# at every start.
+RUN pip install --require-hashes --no-deps -r requirements.txt \
+ && pip install --no-deps . \
+ && pip check \
  && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
  && groupadd --system --gid 10001 stor \
  && useradd --system --uid 10001 --gid stor --home-dir /nonexistent --no-create-home \

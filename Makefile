@@ -8,31 +8,38 @@ STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-# Dependencies come at the versions pinned in constraints.txt (runtime) and
-# constraints-test.txt (what the tests add); `make lock` refreshes both.
-CONSTRAINTS      := -c constraints.txt
-TEST_CONSTRAINTS := -c constraints.txt -c constraints-test.txt
+# Dependencies come at the versions and hashes pinned in requirements.txt
+# (runtime) and requirements-test.txt (runtime + the test extra), both written
+# by pip-compile (`make lock`); pip refuses any file whose hash is not listed.
+# stor itself is installed after them with --no-deps, so nothing unpinned slips in.
+PIP_PINNED := $(BIN)/pip install --quiet --require-hashes --no-deps
 LOCK_VENV ?= .venv-lock
+LOCK_TOOL := pip-tools==7.7.0
+LOCK_ARGS := --quiet --generate-hashes --allow-unsafe --strip-extras \
+             --no-emit-index-url --no-emit-find-links --upgrade
 # twistd finds its plugins through a cache file beside them (dropin.cache);
 # building it at install time, as the user who installs, means the user stor
 # runs as never needs to write it (and never logs "Unable to write to plugin cache").
 PLUGIN_CACHE := from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))
 
-.PHONY: install install-test run test test-fast test-acceptance bench bench-tools bench-compare lock docs clean
+.PHONY: install install-test run typecheck test test-fast test-acceptance bench bench-tools bench-compare lock docs clean
 
 install: $(STAMP)
 
 # Editable ("compat") install: the package and the twistd plugin are imported
 # from this working tree, so an edit needs no reinstall.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(CONSTRAINTS) -e . --config-settings editable_mode=compat
+	$(PIP_PINNED) -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e . --config-settings editable_mode=compat
+	$(BIN)/pip check
 	$(BIN)/python -c "$(PLUGIN_CACHE)"
 	touch $@
 
-$(TESTSTAMP): $(STAMP) constraints-test.txt
-	$(BIN)/pip install --quiet $(TEST_CONSTRAINTS) -e '.[test]' --config-settings editable_mode=compat
+$(TESTSTAMP): $(STAMP) requirements-test.txt
+	$(PIP_PINNED) -r requirements-test.txt
+	$(BIN)/pip check
 	touch $@
 
 # The peers the tests talk to: memcached, nginx and HAProxy (started per test
@@ -66,12 +73,17 @@ run: install
 	mkdir -p var/data1 var/data2 var/data3 var/data4
 	$(BIN)/twistd -n --pidfile= stor --config $(CONFIG)
 
+# mypy: the whole package, the store, disk tier and core strictly ([tool.mypy]
+# in pyproject.toml); `make test` runs it before the tests.
+typecheck: install-test
+	$(BIN)/python -m mypy
+
 # Two tiers (tests/support/tiers.py): the fast one (no process started, no peer,
 # no real fault; well under 30 s: the inner loop) and the acceptance one (real
 # stor processes, memcached, moto, RabbitMQ, nginx, HAProxy, tmpfs faults).
-# `make test` runs both, the fast one first. E.g. PYTEST_ARGS="tests/disk -x".
+# `make test` runs mypy, then both, the fast one first. E.g. PYTEST_ARGS="tests/disk -x".
 # test-fast tries 20 examples per property (Hypothesis profile "fast"); test, 100.
-test: install-test
+test: install-test typecheck
 	$(MAKE) --no-print-directory test-fast HYPOTHESIS_PROFILE=default
 	$(MAKE) --no-print-directory test-acceptance
 
@@ -100,14 +112,18 @@ BENCH_ARGS ?=
 bench: $(TESTSTAMP) bench-tools
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-# Re-resolve every dependency (newest versions allowed by pyproject.toml) in a
-# throw-away venv and pin the result; review the diff, run `make test`, commit.
+# Re-resolve every dependency (newest versions allowed by pyproject.toml) with
+# pip-compile in a throw-away venv and pin them with their hashes; the test set
+# is resolved within the runtime pins, so the two files never disagree.
+# Review the diff, run `make test`, commit.
 lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
-	$(LOCK_VENV)/bin/pip install --quiet '.[test]'
-	$(LOCK_VENV)/bin/python tools/lock.py --runtime constraints.txt --test constraints-test.txt
+	$(LOCK_VENV)/bin/pip install --quiet $(LOCK_TOOL)
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile $(LOCK_ARGS) \
+	    -o requirements.txt pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile $(LOCK_ARGS) \
+	    --extra test -c requirements.txt -o requirements-test.txt pyproject.toml
 	rm -rf $(LOCK_VENV) build
 
 # This tree against an older build: BASE=<git ref> (checked out into a reused
@@ -127,4 +143,4 @@ docs:
 	$(PYTHON) tools/gendocs.py
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) var .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) var .pytest_cache .hypothesis .mypy_cache

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 
 from stor.config.amqp import DEFAULT_HEARTBEAT, AmqpConfig
 from stor.core.metrics import Metrics
+from stor.core.reactor import Reactor
 from stor.core.reconnect import Outage, reconnecting
 
 log = Logger()
@@ -64,10 +65,6 @@ DROPPED = "amqp.dropped.count"
 NACKED = "amqp.nacked.count"
 CONNECTED = "amqp.connect.count"
 DISCONNECTED = "amqp.disconnect.count"
-
-# Reactor implementations name their parameters differently, so the reactor is
-# only ever called positionally and typed loosely (IReactorTCP + IReactorTime).
-Reactor = Any
 
 
 class NoPublisher:
@@ -152,7 +149,7 @@ class _Connection(TwistedProtocolConnection):
         self._exchange = exchange
         self.opened: defer.Deferred[TwistedChannel] = defer.Deferred()
         self.gone: defer.Deferred[None] = defer.Deferred()
-        self.why: Exception | None = None
+        self.why: BaseException | None = None
 
     def connectionMade(self) -> None:
         heartbeat = self._params.heartbeat  # None or a callable: the broker's proposal

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from stor.config import Config
 from stor.config.memcached import DEFAULT_TIMEOUT, MemcachedServer
 from stor.cache.memcached import MemcachedClient, ServerDown
+from stor.core.reactor import Reactor
 
 T = TypeVar("T")
 
@@ -161,7 +162,7 @@ class LocalCache(Service):
 
     @property
     def stats(self) -> CacheStats:
-        return CacheStats(**self._counts)
+        return CacheStats(**self._counts)  # type: ignore[arg-type]  # only int fields are counted
 
     def _get_remote(self, sha: str) -> "Deferred[str | None]":
         """The next level after an LRU miss: here there is none."""
@@ -177,7 +178,7 @@ class MemcachedCache(LocalCache):
     def __init__(
         self,
         servers: Sequence[MemcachedServer],
-        reactor: Any,
+        reactor: Reactor,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         prefix: str = "",
@@ -286,7 +287,7 @@ class MemcachedCache(LocalCache):
                           " answers", server=server, error=error, memcached="down")
 
 
-def build_cache(config: Config, reactor: Any) -> LocalCache | MemcachedCache:
+def build_cache(config: Config, reactor: Reactor) -> LocalCache | MemcachedCache:
     """The cache ``config`` asks for; start it (it is a Service) before use."""
     memcached = config.memcached
     if not memcached.servers:

@@ -45,11 +45,12 @@ from twisted.internet.endpoints import (
     HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.memcache import MemCacheProtocol
 from twisted.python.failure import Failure
 
 from stor.config.memcached import MemcachedServer, UnixServer
+from stor.core.reactor import Connection, Reactor
 from stor.core.reconnect import Outage, reconnecting
 
 T = TypeVar("T")
@@ -68,7 +69,7 @@ class MemcachedClient:
     def __init__(
         self,
         servers: Sequence[MemcachedServer],
-        reactor: Any,
+        reactor: Reactor,
         *,
         timeout: float,
         retry_timeout: float,
@@ -123,7 +124,7 @@ def _score(server_hash: Any, key: bytes) -> int:
 class _Server:
     """One server: its ClientService, its state, the requests waiting for a connection."""
 
-    def __init__(self, address: MemcachedServer, reactor: Any, timeout: float,
+    def __init__(self, address: MemcachedServer, reactor: Reactor, timeout: float,
                  retry_timeout: float, dead_timeout: float, on_state: StateListener) -> None:
         self.name = address.name
         self.timeout = timeout
@@ -250,6 +251,8 @@ class _Protocol(MemCacheProtocol):
     with TimeoutError and the connection is dropped: the server is down.
     """
 
+    transport: Connection  # set by makeConnection before any other call
+
     def __init__(self, server: _Server) -> None:
         super().__init__(timeOut=None)  # see above: the timing is done here
         self.server = server
@@ -295,7 +298,7 @@ class _Protocol(MemCacheProtocol):
         super().timeoutConnection()
         self.transport.abortConnection()  # no waiting to flush to a server that does not read
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -314,7 +317,7 @@ class _Factory(Factory):
         return _Protocol(self.server)
 
 
-def _endpoint(reactor: Any, address: MemcachedServer, timeout: float) -> IStreamClientEndpoint:
+def _endpoint(reactor: Reactor, address: MemcachedServer, timeout: float) -> IStreamClientEndpoint:
     """How to reach ``address``.
 
     An IP address is connected to directly: HostnameEndpoint would only

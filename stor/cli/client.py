@@ -9,14 +9,17 @@ succeeded, 1 some item failed, 2 usage error, 130 interrupted.
 import argparse
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TextIO
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from stor.cli.usage import UsageError
 from stor.client.settings import DEFAULT_STORAGE, Backoff, Settings
 from stor.core.errors import MalformedSha
 from stor.core.sha import parse_sha
+
+if TYPE_CHECKING:  # imported when run: `stor --help` loads no reactor
+    from stor.core.reactor import Reactor
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -240,14 +243,16 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _run(main: Callable[[Any], Awaitable[int]], settings: Settings) -> int:
+def _run(main: Callable[["Reactor"], Coroutine[Any, Any, int]], settings: Settings) -> int:
     """Run ``main(reactor)`` to its end; its exit status, or 130 when a signal stopped it."""
-    from twisted.internet import reactor
     from twisted.internet.defer import ensureDeferred
     from twisted.python.failure import Failure
 
+    from stor.core.reactor import the_reactor
+
+    reactor = the_reactor()
     reactor.suggestThreadPoolSize(max(10, settings.parallel + 4))
-    outcome: list[object] = []
+    outcome: list[int | Failure] = []
 
     def start() -> None:
         d = ensureDeferred(main(reactor))
@@ -268,7 +273,7 @@ def _run(main: Callable[[Any], Awaitable[int]], settings: Settings) -> int:
     if isinstance(result, Failure):
         sys.stderr.write(f"stor: internal error: {result.getTraceback()}")
         return EXIT_FAILED
-    return int(result)  # type: ignore[call-overload]
+    return int(result)
 
 
 def _positive_int(text: str) -> int:

@@ -37,6 +37,7 @@ from stor.cli.usage import (
 from stor.cli.owner import OwnerError, act_as_storage_owner
 from stor.config import Config
 from stor.core import layout
+from stor.core.reactor import Reactor
 from stor.disk.diskpool import DiskPool
 from stor.s3.read import s3_client
 from stor.s3.put import CorruptLocalFile, S3WriteError, S3Writer
@@ -115,7 +116,7 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
         return EXIT_ERROR
     summaries: list[Summary] = []
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: Reactor) -> None:
         try:
             summaries.append(await sync(reactor, config, storages, args, out, err))
         except Exception:
@@ -138,7 +139,7 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
     return summary.exit_code()
 
 
-async def sync(reactor: Any, config: Config, storages: Sequence[str], args: argparse.Namespace,
+async def sync(reactor: Reactor, config: Config, storages: Sequence[str], args: argparse.Namespace,
                out: TextIO, err: TextIO) -> Summary:
     """Walk ``storages`` and push what the bucket lacks; lines about problems go to ``out``."""
     assert config.s3 is not None

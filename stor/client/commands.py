@@ -17,11 +17,12 @@ from stor.client.report import Reporter, Result
 from stor.client.session import Session
 from stor.client.settings import Settings
 from stor.client.upload import put_file
+from stor.core.reactor import Reactor
 
 T = TypeVar("T")
 
 
-async def put(reactor: Any, settings: Settings, paths: list[str], out: TextIO, err: TextIO,
+async def put(reactor: Reactor, settings: Settings, paths: list[str], out: TextIO, err: TextIO,
               show_progress: bool, total_bytes: int | None = None) -> int:
     """Upload every file in ``paths`` (``total_bytes``: their sizes, for the progress bar)."""
     return await _run(reactor, settings, "put", paths, out, err, show_progress,
@@ -29,14 +30,14 @@ async def put(reactor: Any, settings: Settings, paths: list[str], out: TextIO, e
                       total_bytes)
 
 
-async def delete(reactor: Any, settings: Settings, shas: list[str], out: TextIO, err: TextIO,
+async def delete(reactor: Reactor, settings: Settings, shas: list[str], out: TextIO, err: TextIO,
                  show_progress: bool) -> int:
     """Remove every SHA from the host (``DELETE`` with its ``delete_auth`` credentials)."""
     return await _run(reactor, settings, "delete", shas, out, err, show_progress,
                       lambda session, reporter, sha: delete_sha(session, sha, reporter))
 
 
-async def host_status(reactor: Any, settings: Settings, out: TextIO, err: TextIO,
+async def host_status(reactor: Reactor, settings: Settings, out: TextIO, err: TextIO,
                       render: Callable[[dict[str, Any]], list[str]]) -> int:
     """``du`` and ``info``: the host's JSON ``/status``, rendered; 1 when it cannot be read."""
     session = Session(reactor, settings)
@@ -51,21 +52,21 @@ async def host_status(reactor: Any, settings: Settings, out: TextIO, err: TextIO
     return 0
 
 
-async def get(reactor: Any, settings: Settings, shas: list[str], directory: str, out: TextIO,
+async def get(reactor: Reactor, settings: Settings, shas: list[str], directory: str, out: TextIO,
               err: TextIO, show_progress: bool) -> int:
     """Download every SHA into ``directory``."""
     return await _run(reactor, settings, "get", shas, out, err, show_progress,
                       lambda session, reporter, sha: get_sha(session, sha, directory, reporter))
 
 
-async def verify(reactor: Any, settings: Settings, shas: list[str], out: TextIO, err: TextIO,
+async def verify(reactor: Reactor, settings: Settings, shas: list[str], out: TextIO, err: TextIO,
                  show_progress: bool) -> int:
     """Download and hash every SHA, keeping nothing."""
     return await _run(reactor, settings, "verify", shas, out, err, show_progress,
                       lambda session, reporter, sha: verify_sha(session, sha, reporter))
 
 
-async def _run(reactor: Any, settings: Settings, label: str, items: list[str], out: TextIO,
+async def _run(reactor: Reactor, settings: Settings, label: str, items: list[str], out: TextIO,
                err: TextIO, show_progress: bool,
                one: Callable[[Session, Reporter, str], Awaitable[Result]],
                total_bytes: int | None = None) -> int:

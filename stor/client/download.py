@@ -32,6 +32,7 @@ from stor.client.retry import with_retries
 from stor.client.session import Session, retry_after
 from stor.client.sink import Sink, discard, read_text, receive
 from stor.client.threads import in_thread
+from stor.core.reactor import Reactor
 
 
 def part_path(directory: str, sha: str) -> str:
@@ -148,7 +149,7 @@ def parse_content_range(value: bytes) -> tuple[int, int, int | None] | None:
     return result
 
 
-async def _close_quietly(reactor: object, sink: Sink, writer: PartFile) -> None:
+async def _close_quietly(reactor: Reactor, sink: Sink, writer: PartFile) -> None:
     """Release the .part (kept when it holds bytes); this item's failure is already known."""
     try:
         await sink.idle()

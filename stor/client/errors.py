@@ -107,9 +107,9 @@ class LocalFailure(ItemFailed):
 def connection_failure(failure: Failure, timeout: float) -> ItemFailed:
     """The :class:`ItemFailed` a network-level failure of a request stands for."""
     inner = _innermost(failure)
-    if inner.check(ItemFailed):
+    if isinstance(inner.value, ItemFailed):
         return inner.value  # raised by our own producer or sink
-    if inner.check(OSError) and not inner.check(net.ConnectError):
+    if isinstance(inner.value, OSError) and not inner.check(net.ConnectError):
         return LocalFailure.from_os_error(inner.value)
     if inner.check(net.ConnectionRefusedError):
         return Transient("connection refused")
@@ -126,8 +126,8 @@ def connection_failure(failure: Failure, timeout: float) -> ItemFailed:
 
 def _innermost(failure: Failure) -> Failure:
     """Twisted wraps the cause in ``ResponseFailed([...])`` and friends: unwrap it."""
-    while failure.check(web.ResponseFailed, web.ResponseNeverReceived,
-                        web.RequestTransmissionFailed, web.RequestGenerationFailed):
+    while isinstance(failure.value, (web.ResponseFailed, web.ResponseNeverReceived,
+                                     web.RequestTransmissionFailed, web.RequestGenerationFailed)):
         reasons = failure.value.reasons
         if not reasons:
             break

@@ -10,16 +10,16 @@ refuses (412) a body that does not hash to its name.
 """
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from stor.client.localfiles import CHUNK, Reader
 from stor.client.threads import in_thread
+from stor.core.reactor import Reactor
 from stor.core.slices import VerifiedSlice
 
 
-def file_producer(reactor: Any, reader: Reader,
+def file_producer(reactor: Reactor, reader: Reader,
                   on_chunk: Callable[[int], None] = lambda n: None) -> VerifiedSlice:
     """A body of all ``reader.size`` bytes of an open :class:`Reader`.
 
@@ -31,7 +31,7 @@ def file_producer(reactor: Any, reader: Reader,
                          read_ahead=True, on_chunk=on_chunk)
 
 
-def close_reader(reactor: Any, reader: Reader) -> "Deferred[None]":
+def close_reader(reactor: Reactor, reader: Reader) -> "Deferred[None]":
     """Close the file (whatever became of the request); safe during a read."""
     return in_thread(reactor, reader.close)
 
@@ -43,7 +43,7 @@ class _ReaderSource:
     file ends early, so the producer never sees a short source.
     """
 
-    def __init__(self, reactor: Any, reader: Reader) -> None:
+    def __init__(self, reactor: Reactor, reader: Reader) -> None:
         self._reactor = reactor
         self._reader = reader
 

@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 from twisted.internet.task import LoopingCall
 
+from stor.core.reactor import Reactor
+
 REFRESH = 0.2
 """Seconds between redraws."""
 
@@ -43,7 +45,7 @@ class Progress:
     backwards, and the ETA covers the transfers under way.
     """
 
-    def __init__(self, reactor: Any, stream: TextIO, label: str, items: int,
+    def __init__(self, reactor: Reactor, stream: TextIO, label: str, items: int,
                  enabled: bool, clock: Any = time.monotonic,
                  total_bytes: int | None = None) -> None:
         self._stream = stream

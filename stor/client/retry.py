@@ -7,17 +7,18 @@ answers 503 forever is given up on after ``retries`` more attempts.
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from twisted.internet.task import deferLater
 
 from stor.client.errors import ItemFailed
 from stor.client.settings import Backoff
+from stor.core.reactor import Reactor
 
 T = TypeVar("T")
 
 
-async def with_retries(reactor: Any, backoff: Backoff, attempt: Callable[[], Awaitable[T]],
+async def with_retries(reactor: Reactor, backoff: Backoff, attempt: Callable[[], Awaitable[T]],
                        progress: Callable[[], int] = lambda: 0) -> T:
     """Run ``attempt`` until it succeeds, fails for good, or uses up the retries.
 

@@ -6,7 +6,6 @@ Requests go through treq over a plain ``Agent`` with a persistent pool of
 so the commands deal with one kind of error.
 """
 
-from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
@@ -16,12 +15,13 @@ from twisted.web.iweb import IBodyProducer, IResponse
 
 from stor.client.errors import connection_failure
 from stor.client.settings import Settings
+from stor.core.reactor import Reactor
 
 
 class Session:
     """Requests to one stor server, ``settings.parallel`` connections at most."""
 
-    def __init__(self, reactor: Any, settings: Settings) -> None:
+    def __init__(self, reactor: Reactor, settings: Settings) -> None:
         self.reactor = reactor
         self.settings = settings
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -41,14 +41,15 @@ class Session:
 
     async def status(self) -> IResponse:
         """``GET /status`` as JSON: the host's storages, version, uptime, S3 backlog."""
+        headers: dict[bytes | str, bytes | str] = {"Accept": "application/json"}
         d = self._http.request("GET", self.settings.storage + "/status",
-                               headers={"Accept": "application/json"}, unbuffered=True,
+                               headers=headers, unbuffered=True,
                                timeout=self.settings.timeout, reactor=self.reactor)
         return await d.addErrback(self._failed)
 
     async def get(self, sha: str, offset: int = 0) -> IResponse:
         """GET the file, from byte ``offset`` on (a ``Range`` request) when it is not 0."""
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers: dict[bytes | str, bytes | str] = {"Range": f"bytes={offset}-"} if offset else {}
         return await self._request("GET", sha, headers=headers, timeout=self.settings.timeout)
 
     def post(self, sha: str, body: IBodyProducer) -> "Deferred[IResponse]":
@@ -56,12 +57,15 @@ class Session:
 
         No overall timeout: a large file takes as long as it takes while bytes move.
         """
+        headers: dict[bytes | str, bytes | str] = {"Content-Type": "application/octet-stream"}
         d = self._http.post(self.settings.url(sha), data=body, auth=self.settings.auth,
-                            headers={"Content-Type": "application/octet-stream"},
+                            headers=headers,
                             allow_redirects=False, unbuffered=True, reactor=self.reactor)
-        return d.addErrback(self._failed)
+        # treq's _Response provides IResponse, but Deferred is invariant
+        return d.addErrback(self._failed)  # type: ignore[return-value]  # (above)
 
-    async def _request(self, method: str, sha: str, headers: dict[str, str] | None = None,
+    async def _request(self, method: str, sha: str,
+                       headers: dict[bytes | str, bytes | str] | None = None,
                        timeout: float | None = None) -> IResponse:
         d = self._http.request(method, self.settings.url(sha), headers=headers or {},
                                unbuffered=True, timeout=timeout, reactor=self.reactor)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol as Typing, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -18,6 +18,7 @@ from twisted.web.iweb import IResponse
 
 from stor.client.errors import ItemFailed, LocalFailure, Transient
 from stor.client.threads import in_thread
+from stor.core.reactor import Connection, Reactor
 
 HIGH_WATER = 4 * 1024 * 1024
 """Bytes waiting for the writer thread above which the socket is paused."""
@@ -38,7 +39,7 @@ class Writer(Typing):
 class Sink:
     """Feeds chunks to a :class:`Writer` in a thread, in order, one batch in flight."""
 
-    def __init__(self, reactor: Any, writer: Writer,
+    def __init__(self, reactor: Reactor, writer: Writer,
                  on_bytes: Callable[[int], None] = lambda n: None) -> None:
         self._reactor = reactor
         self._writer = writer
@@ -124,7 +125,7 @@ class Sink:
 class IdleTimer:
     """Calls ``on_idle`` when ``kick`` was not called for ``seconds``."""
 
-    def __init__(self, reactor: Any, seconds: float, on_idle: Callable[[], None]) -> None:
+    def __init__(self, reactor: Reactor, seconds: float, on_idle: Callable[[], None]) -> None:
         self._reactor = reactor
         self._seconds = seconds
         self._on_idle = on_idle
@@ -158,7 +159,9 @@ class BodyReceiver(Protocol):
     :class:`LocalFailure`.
     """
 
-    def __init__(self, reactor: Any, sink: Sink, timeout: float) -> None:
+    transport: Connection  # the response body's connection, set before dataReceived
+
+    def __init__(self, reactor: Reactor, sink: Sink, timeout: float) -> None:
         self._sink = sink
         self._timeout = timeout
         self._paused = False
@@ -193,7 +196,7 @@ class BodyReceiver(Protocol):
     def _give_up(self) -> None:
         self.transport.stopProducing()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._finished = True
         self._timer.stop()
         if self._timer.fired:
@@ -204,7 +207,7 @@ class BodyReceiver(Protocol):
             self.done.errback(Transient("connection lost"))
 
 
-async def receive(reactor: Any, response: IResponse, sink: Sink, timeout: float) -> None:
+async def receive(reactor: Reactor, response: IResponse, sink: Sink, timeout: float) -> None:
     """Stream ``response``'s body into ``sink`` and wait until it is all written."""
     receiver = BodyReceiver(reactor, sink, timeout)
     response.deliverBody(receiver)
@@ -216,6 +219,8 @@ async def receive(reactor: Any, response: IResponse, sink: Sink, timeout: float)
 
 class _Text(Protocol):
     """Collects up to ``limit`` bytes of a body, then hangs up on the rest."""
+
+    transport: Connection  # set before dataReceived
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -232,7 +237,7 @@ class _Text(Protocol):
             if len(self._data) >= self._limit:
                 self.transport.stopProducing()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback(self._data)
 
 
@@ -251,7 +256,7 @@ def discard(response: IResponse) -> "Deferred[str]":
 def _as_item_failure(failure: Failure) -> Failure:
     if failure.check(ItemFailed):
         return failure
-    if failure.check(OSError):
+    if isinstance(failure.value, OSError):
         return Failure(LocalFailure.from_os_error(failure.value))
     return failure
 

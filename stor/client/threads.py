@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
+from stor.core.reactor import Reactor
+
 T = TypeVar("T")
 
 
-def in_thread(reactor: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> "Deferred[T]":
+def in_thread(reactor: Reactor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> "Deferred[T]":
     """Run the blocking ``fn(*args, **kwargs)`` off the reactor; its result fires on the reactor."""
     return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kwargs)

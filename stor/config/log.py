@@ -234,7 +234,7 @@ def _entries(value: list[object], problems: Problems) -> list[tuple[str, str, di
         if not all(isinstance(k, str) for k in names):
             problems.error(key, f"parameter names must be strings, got {describe(names)}")
             continue
-        found.append((key, entry[0], dict(zip(names, values))))  # type: ignore[arg-type]
+        found.append((key, entry[0], dict(zip(names, values))))
     return found
 
 

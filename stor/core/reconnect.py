@@ -39,18 +39,23 @@ _quiet: "weakref.WeakSet[object]" = weakref.WeakSet()
 """The services and factories whose info lines are noise (see :func:`drop_noise`)."""
 
 
+# constantly's constants are untyped class attributes (Any): typed once here
+_NO: PredicateResult = PredicateResult.no
+_MAYBE: PredicateResult = PredicateResult.maybe
+
+
 def drop_noise(event: LogEvent) -> PredicateResult:
     """``no`` for an event below *warn* logged by a quiet source (a service built by
     :func:`reconnecting`, or its factory); ``maybe`` for every other event."""
     source = event.get("log_source")
     level = event.get("log_level")
     if source is None or level is None or level >= LogLevel.warn:
-        return PredicateResult.maybe
+        return _MAYBE
     try:
         noise = source in _quiet
     except TypeError:  # a source that cannot be weakly referenced is none of ours
-        return PredicateResult.maybe
-    return PredicateResult.no if noise else PredicateResult.maybe
+        return _MAYBE
+    return _NO if noise else _MAYBE
 
 
 def quiet(observer: ILogObserver) -> ILogObserver:

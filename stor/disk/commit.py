@@ -15,13 +15,16 @@ temps to try elsewhere, and nothing this call did not create is ever removed.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from stor.core import layout
 from stor.disk.fsio import (KNOWN_SYNCED, durable_dirs, fsync_dir, known_durable, owner_of,
                             unlink_quietly)
 from stor.disk.temps import OwnedTemp
 from stor.disk.verified import VERIFIED, stamp_of
+
+T = TypeVar("T")
 
 
 class MemberFailed(Exception):
@@ -64,7 +67,7 @@ def install(sha: str, temps: Sequence[OwnedTemp]) -> list[str]:
     return finals
 
 
-def _step(storage: str, f, *args) -> object:  # type: ignore[no-untyped-def]
+def _step(storage: str, f: Callable[..., T], *args: Any) -> T:
     try:
         return f(*args)
     except OSError as e:

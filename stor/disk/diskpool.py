@@ -16,6 +16,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from stor.core.reactor import Reactor
+
 T = TypeVar("T")
 
 _STOP = object()
@@ -27,7 +29,7 @@ class DiskPool(Service):
     Threads start with the service (or on first use) and are joined when it stops.
     """
 
-    def __init__(self, reactor: Any, size: int = 8, name: str = "stor-disk") -> None:
+    def __init__(self, reactor: Reactor, size: int = 8, name: str = "stor-disk") -> None:
         self._reactor = reactor
         self._size = size
         self._name = name
@@ -38,11 +40,11 @@ class DiskPool(Service):
         self._threads: list[threading.Thread] = []
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self.start()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self.stop()
 
     def start(self) -> None:

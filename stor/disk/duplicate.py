@@ -24,6 +24,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from stor.core import layout
 from stor.core.placement import Pair
@@ -80,7 +81,7 @@ def verified_existing(order: list[str], pairs: tuple[Pair, ...], sha: str) -> Ex
             good.add(storage)
             found.paths.append(path)
         else:
-            found.damaged.append(damage)
+            found.damaged.append(cast(Damaged, damage))  # the one kind left: _verdict's contract
     found.whole = [pair for pair in pairs if pair[0] in good and pair[1] in good]
     return found
 

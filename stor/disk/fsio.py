@@ -8,6 +8,7 @@ import errno
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -20,7 +21,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_chunks(fd: int, chunks: "list[bytes] | tuple[bytes, ...]") -> None:
+def write_chunks(fd: int, chunks: Sequence[bytes]) -> None:
     """Write every byte of ``chunks``, in order, with as few system calls as possible."""
     if len(chunks) == 1:
         write_all(fd, chunks[0])
@@ -98,14 +99,14 @@ class _KnownDurable:
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[int, int]] = {}
+        self._known: dict[str, tuple[int, ...]] = {}
         self._lock = threading.Lock()
 
-    def has(self, path: str, ident: tuple[int, int]) -> bool:
+    def has(self, path: str, ident: tuple[int, ...]) -> bool:
         with self._lock:
             return self._known.get(path) == ident
 
-    def add(self, path: str, ident: tuple[int, int]) -> None:
+    def add(self, path: str, ident: tuple[int, ...]) -> None:
         with self._lock:
             if len(self._known) > 200_000:  # bounded: forgetting only costs an fsync
                 self._known.clear()

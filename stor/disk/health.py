@@ -252,7 +252,7 @@ class ProbeService(TimerService):
     pool), one run at a time, and logs each change of a storage's state once."""
 
     def __init__(self, prober: Prober, run: Callable[..., Any], period: float) -> None:
-        super().__init__(period, self._probe)
+        super().__init__(period, self._probe)  # type: ignore[no-untyped-call]  # TimerService: unannotated
         self._prober = prober
         self._run = run
         self._busy = False

@@ -18,6 +18,7 @@ import errno
 import os
 import struct
 import sys
+from collections.abc import Callable
 from typing import Final
 
 WOULD_BLOCK: Final = None
@@ -29,7 +30,7 @@ _RESOLVE_CACHED = 0x20
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
 
-def _load_syscall() -> object | None:
+def _load_syscall() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux") or not hasattr(os, "preadv"):
         return None
     try:
@@ -54,9 +55,10 @@ def open_cached(path: str) -> int | None:
     answer) and other ``OSError`` as ``os.open`` would.
     """
     global _syscall
-    if _syscall is None:
+    syscall = _syscall
+    if syscall is None:
         return WOULD_BLOCK
-    fd = _syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), _HOW, len(_HOW))  # type: ignore[operator]
+    fd = syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), _HOW, len(_HOW))
     if fd >= 0:
         return int(fd)
     err = ctypes.get_errno()

@@ -119,8 +119,8 @@ class Repairer:
             d.addBoth(self._finished, sha)
         if self._is_idle():
             idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+            for waiter in idle:
+                waiter.callback(None)
 
     def _done(self, path: str, sha: str) -> None:
         self._metrics.incr("repair.done.count")

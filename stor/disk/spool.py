@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from stor.core import layout
 from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
@@ -34,6 +35,8 @@ from stor.disk.locks import ShaLocks
 from stor.disk.temps import OwnedTemp, create_temp
 from stor.disk.local import LocalStore
 from stor.disk.replica import copy_verified
+
+T = TypeVar("T")
 
 RESERVE_STEP = 64 * 1024 * 1024
 """A body of unknown length (chunked) reserves space in steps of this size (less
@@ -57,7 +60,7 @@ StillWanted = Callable[[str], bool]
 was deleted since the upload began, which must not bring it back."""
 
 
-def _step(storage: str, f, *args):  # type: ignore[no-untyped-def]
+def _step(storage: str, f: Callable[..., T], *args: Any) -> T:
     try:
         return f(*args)
     except OSError as e:
@@ -281,8 +284,9 @@ def _commit(spool: Spool, store: LocalStore, locks: ShaLocks,
             if still_wanted is not None and not still_wanted(spool.sha):
                 raise Conflict(f"{spool.sha} was deleted while it was uploaded")
             existing = store.existing_blocking(spool.sha)
-            for damage in existing.damaged if on_damaged is not None else ():
-                on_damaged(spool.sha, damage)
+            if on_damaged is not None:
+                for damage in existing.damaged:
+                    on_damaged(spool.sha, damage)
             if existing.whole:
                 return Duplicate(existing.paths)
             try:

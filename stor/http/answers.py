@@ -75,9 +75,9 @@ def error_answer(error: BaseException, method: bytes, segment: str) -> Answer:
         return Answer(412, body.encode(), "error.post.bad_sha.count",
                       level=LogLevel.warn, log=f"412 {body}")
     if isinstance(error, NoSpace):
-        body = _caught("failure::stor", "Not enough space on storages")
-        return Answer(507, body, "error.post.no_space.count",
-                      level=LogLevel.warn, log="507 " + body.decode().rstrip("\n"))
+        page = _caught("failure::stor", "Not enough space on storages")
+        return Answer(507, page, "error.post.no_space.count",
+                      level=LogLevel.warn, log="507 " + page.decode().rstrip("\n"))
     if isinstance(error, TooLarge):
         return Answer(413, f"Content too large: the limit is {error.limit} bytes\n".encode(),
                       "error.post.too_large.count", level=LogLevel.warn,

@@ -20,12 +20,14 @@ from typing import Any, NamedTuple
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 from werkzeug.exceptions import HTTPException
 
 from stor import __version__
@@ -247,7 +249,9 @@ class StorApp:
         for name, value in file_headers(sha, reading):
             request.setHeader(name, value)
         try:
-            await reading.send(request, SocketSendfile.of(request) if self._sendfile else None)
+            # twisted.web's Request is an IConsumer; Klein types it as IRequest only
+            await reading.send(request,  # type: ignore[arg-type]  # (above)
+                               SocketSendfile.of(request) if self._sendfile else None)
         except CancelledError:
             pass  # the client went away
         except Exception as e:
@@ -335,6 +339,7 @@ class StorApp:
     def answer(self, request: IRequest, failure: Failure) -> bytes:
         """Routing answers (404, 405) pass through; every other error becomes its answer."""
         error = failure.value
+        assert error is not None  # a Failure always holds the exception it stands for
         if isinstance(error, HTTPException):
             request.setResponseCode(error.code or 500)
             for name, value in error.get_headers():
@@ -396,18 +401,19 @@ class FastPaths(Resource):
     @staticmethod
     def _write(body: bytes, request: IRequest) -> None:
         abandoned = isinstance(request, StorRequest) and request.abandoned
-        if request.finished or is_gone(request) or abandoned:
+        if request.finished or is_gone(request) or abandoned:  # type: ignore[attr-defined]  # twisted.web's Request has it
             return
         if body:
             request.write(body)
         request.finish()
 
     def _fail(self, failure: Failure, request: IRequest) -> None:
-        if request.finished or is_gone(request):
+        if request.finished or is_gone(request):  # type: ignore[attr-defined]  # twisted.web's Request has it
             return
         self._write(self._app.answer(request, failure), request)
 
 
+@implementer(IConsumer)
 class _Collect:
     """The body of a small file, as the store writes it to a consumer (in one go)."""
 

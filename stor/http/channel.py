@@ -29,8 +29,12 @@ import os
 import socket
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
 from zope.interface import implementer
+
+from stor.core.reactor import Connection
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -81,6 +85,9 @@ def is_gone(request: Any) -> bool:
 
 class StorChannel(http.HTTPChannel):
     """An HTTP/1.1 channel with header deadlines, 414/431, and ``Expect`` left to the request."""
+
+    transport: Connection  # set by makeConnection before any other call
+    site: Any  # the StorSite that built this channel (server.Site.buildProtocol sets it)
 
     header_timeout: float | None = 30.0
     MAX_LENGTH = MAX_HEADER_BYTES
@@ -186,7 +193,7 @@ class StorChannel(http.HTTPChannel):
             self._arm_deadline()
         super().requestDone(request)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm_deadline()
         super().connectionLost(reason)
 
@@ -232,7 +239,8 @@ class StorChannel(http.HTTPChannel):
         self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
                              % (status, _REASONS[status], len(body), body))
-        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
+        # the instance attributes shadow the methods: whatever else arrives is dropped
+        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign, assignment]  # (above)
         self.setTimeout(None)
         self.transport.loseConnection()
 

@@ -18,7 +18,7 @@ way, untouched.
 import functools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from twisted.web.http import RESPONSES, datetimeToString
@@ -61,10 +61,15 @@ class Accounting(Protocol):
     worker: bytes
     """This process's pid, for the ``Stor-Worker`` header."""
 
+    server_header: bytes
+    """The ``Server`` header's value."""
+
     @property
     def closing(self) -> bool: ...
 
     def started(self) -> None: ...
+
+    def client(self, peer: str, forwarded: Sequence[bytes] | None) -> str: ...
 
     def account(self, method: str, path: bytes, status: int, sent: int, received: int,
                 seconds: float, peer: str, agent: bytes, completed: bool) -> None: ...

@@ -26,7 +26,8 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
 
-from stor.http.channel import BodyProducer, is_gone, request_line
+from stor.core.reactor import Connection
+from stor.http.channel import BodyProducer, StorChannel, is_gone, request_line
 from stor.http.handshake import Intake, expects_continue, route_target
 
 OpenIntake = Callable[[bytes, bytes, Headers, "int | None"], "Intake | None"]
@@ -40,6 +41,8 @@ Ended = Callable[["StorRequest", bool], None]
 class StorRequest(server.Request):
     """A request that hands its body to an :class:`Intake` chunk by chunk."""
 
+    channel: StorChannel  # what StorSite builds; set by the channel before any call
+    transport: Connection | None  # the channel's, None once the request is done
     intake: Intake | None = None
     """The upload this request's body is for (None: not an upload)."""
     open_intake: OpenIntake | None = None

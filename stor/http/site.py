@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
@@ -136,7 +136,7 @@ class StorSite(server.Site):
         self.connections.add(channel)
         return channel
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         """twisted.web's access line is replaced by the access event (see :meth:`_end`)."""
 
     def rejected(self, reason: str, transport: Any) -> None:

@@ -44,6 +44,7 @@ from stor.config.log import (
 )
 from stor.config.problems import Problem
 from stor.core.errors import ConfigError
+from stor.core.reactor import Reactor
 from stor.core.reconnect import quiet
 from stor.observe.policy import LogPolicy, filtered, outputs_policy
 from stor.observe.gelf import datagrams, gelf_message, syslog_level, tcp_frame
@@ -108,7 +109,7 @@ class LogDispatch:
     def __call__(self, event: LogEvent) -> None:
         if getattr(self._local, "busy", False):
             return  # logged by an output while it handled an event: twistd's log has it
-        level = LEVEL_NUMBERS.get(event.get("log_level"), 1)  # type: ignore[arg-type]
+        level = LEVEL_NUMBERS.get(event.get("log_level"), 1)
         text = _Text(event)
         self._local.busy = True
         try:
@@ -128,7 +129,7 @@ class LogDispatch:
 class GelfSink:
     """GELF messages to Graylog through a UDP or TCP sender (a service started with the outputs)."""
 
-    def __init__(self, output: GelfOutput, reactor: Any, source: str | None = None) -> None:
+    def __init__(self, output: GelfOutput, reactor: Reactor, source: str | None = None) -> None:
         self.output = output
         self.source = source or socket.gethostname()
         self.dropped = 0
@@ -376,7 +377,7 @@ class FileSink:
 class SyslogSink:
     """Log::Dispatch::Syslog: one RFC 3164 datagram per event, never waiting for syslog."""
 
-    def __init__(self, output: SyslogOutput, reactor: Any) -> None:
+    def __init__(self, output: SyslogOutput, reactor: Reactor) -> None:
         self.output = output
         self.dropped = 0
         self.sent = 0
@@ -434,7 +435,7 @@ class ReopenOnSignal:
     twistd's handler there would rotate the log file the parent just rotated).
     """
 
-    def __init__(self, reactor: Any, reopen: Callable[[], None], chain: bool = True) -> None:
+    def __init__(self, reactor: Reactor, reopen: Callable[[], None], chain: bool = True) -> None:
         self._reactor = reactor
         self._reopen = reopen
         self._chain = chain
@@ -468,7 +469,7 @@ class LogOutputs(MultiService):
     them.  ``on_reopen`` callables run on SIGUSR1 after the files are reopened.
     """
 
-    def __init__(self, sinks: Sequence[Sink], reactor: Any,
+    def __init__(self, sinks: Sequence[Sink], reactor: Reactor,
                  warnings: Iterable[Problem] = (), chain_signal: bool = True,
                  on_reopen: Sequence[Callable[[], object]] = (),
                  policy: LogPolicy | None = None) -> None:
@@ -530,7 +531,7 @@ class LogOutputs(MultiService):
         await DeferredList(waits)
 
 
-def build_log_outputs(config: LogConfig, reactor: Any, *, warnings: Iterable[Problem] = (),
+def build_log_outputs(config: LogConfig, reactor: Reactor, *, warnings: Iterable[Problem] = (),
                       child: bool = False,
                       on_reopen: Sequence[Callable[[], object]] = ()) -> LogOutputs:
     """The outputs ``config`` names for this process; raises ConfigError if a File cannot be opened.

@@ -48,6 +48,7 @@ from twisted.logger import (
     ILogObserver, LogEvent, formatEvent, formatEventAsClassicLogText, formatTime,
 )
 from twisted.python import logfile, threadable
+from zope.interface import implementer
 
 from stor.core.reconnect import quiet
 from stor.observe.policy import LogPolicy, filtered, own_log_policy
@@ -224,6 +225,7 @@ format_text_line = TextLines()
 """One event as twistd's text line, with the pid (the ``text`` format)."""
 
 
+@implementer(ILogObserver)
 class BatchedFileLogObserver:
     """Writes formatted events to ``out``, flushed once per turn of the event loop.
 
@@ -297,7 +299,7 @@ def use_format(log_format: str, logfile_option: str | None, nodaemon: bool) -> s
             return sys.stdout
         opened = logfile.LogFile.fromFullPath(logfile_option or "twistd.log")
         _rotate_on_sigusr1(opened)
-        return opened  # type: ignore[return-value]
+        return opened
 
     _format = log_format
     _output = open_output
@@ -308,13 +310,13 @@ def _rotate_on_sigusr1(opened: logfile.LogFile) -> None:
     """twistd's own behaviour for ``--logfile``: SIGUSR1 rotates it, if nobody else wants it."""
     import signal
 
+    from stor.core.reactor import the_reactor  # not at the top: the log setup stays light
+
     if signal.getsignal(signal.SIGUSR1):
         return
 
     def rotate(signum: int, frame: object) -> None:
-        from twisted.internet import reactor
-
-        reactor.callFromThread(opened.rotate)  # type: ignore[attr-defined]
+        the_reactor().callFromThread(opened.rotate)
 
     signal.signal(signal.SIGUSR1, rotate)
 

@@ -72,6 +72,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from stor import __version__
+from stor.core.reactor import Reactor
 from stor.disk.health import StorageHealth
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -150,7 +151,7 @@ class StatsdMirror:
                 "error.post.unknown.count": "failed"}
 
     def __init__(self, registry: CollectorRegistry | None,
-                 storage_of: Callable[[str], str] = lambda server: server) -> None:
+                 storage_of: Callable[[str], str | None] = lambda server: server) -> None:
         self._counts: dict[str, Any] = {}
         self._storage_of = storage_of
         """statsite's ``<server>`` segment back to the storage path, the label every
@@ -235,7 +236,7 @@ class Exporter:
                  writable: Callable[[str], bool], run: Runner, *,
                  cache_stats: Callable[[], Any] | None = None,
                  amqp_state: Callable[[], AmqpState] | None = None,
-                 storage_of: Callable[[str], str] = lambda server: server,
+                 storage_of: Callable[[str], str | None] = lambda server: server,
                  memcached_servers: Sequence[str] = ()) -> None:
         self._storages_blocking = storages
         self._memcached_servers = tuple(memcached_servers)
@@ -294,7 +295,7 @@ class Exporter:
         self.outbox_state: Callable[[], dict[str, Any]] | None = None
         """The write-through outbox's :meth:`~stor.s3.outbox.Outbox.state`, when there is one."""
         self._storages = _Storages()
-        self.registry.register(self._storages)  # type: ignore[arg-type]
+        self.registry.register(self._storages)
         self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
         self._tallies: dict[tuple[str, int], list[int]] = {}
         self._started = self._ended = 0
@@ -359,9 +360,9 @@ class Exporter:
             self.amqp_buffered.set(state.buffered)
             self._advance(self.amqp_dropped, "amqp_dropped", state.dropped)
         if self.outbox_state is not None:  # current at each scrape, not at the statsd period
-            state = self.outbox_state()
-            self.outbox_age.set(state["oldest_age"] or 0.0)
-            self.events.outbox.set(state["depth"])
+            outbox = self.outbox_state()
+            self.outbox_age.set(outbox["oldest_age"] or 0.0)
+            self.events.outbox.set(outbox["depth"])
 
     def _advance(self, counter: Any, key: str, total: int) -> None:
         delta = total - self._seen.get(key, 0)
@@ -393,7 +394,7 @@ class Exporter:
 class SyncService(Service):
     """Calls :meth:`Exporter.sync` every second, so sibling workers' scrapes see it."""
 
-    def __init__(self, exporter: Exporter, reactor: Any, period: float = SYNC_PERIOD) -> None:
+    def __init__(self, exporter: Exporter, reactor: Reactor, period: float = SYNC_PERIOD) -> None:
         self._exporter = exporter
         self._loop = LoopingCall(exporter.sync)
         self._loop.clock = reactor

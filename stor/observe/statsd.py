@@ -17,13 +17,13 @@ statsite never affects a request.
 import random
 import re
 from collections.abc import Callable
-from typing import Any
 
 from twisted.application.service import Service
 
 from stor.config import Config, StatsiteConfig
 from stor.config.perl import perl_string
 from stor.core.metrics import Metrics, NullMetrics
+from stor.core.reactor import Reactor
 from stor.observe.stream import StreamSender
 from stor.observe.udp import UdpSender
 
@@ -103,7 +103,7 @@ class StatsdMetrics:
         self._batch.append(line)
 
 
-def build_metrics(config: Config, reactor: Any) -> tuple[Metrics, Service | None]:
+def build_metrics(config: Config, reactor: Reactor) -> tuple[Metrics, Service | None]:
     """The metrics for ``config`` and the service that sends them (None: nothing to start)."""
     statsite = config.statsite
     if statsite is None:

@@ -25,6 +25,7 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from stor.core.reactor import Connection, Reactor
 from stor.core.reconnect import Outage, reconnecting
 
 log = Logger()
@@ -36,6 +37,8 @@ CONNECT_TIMEOUT = 5.0
 
 
 class _Link(Protocol):
+    transport: Connection  # set by makeConnection before connectionMade
+
     def __init__(self, sender: "StreamSender") -> None:
         self.sender = sender
 
@@ -53,7 +56,7 @@ class _Link(Protocol):
 class StreamSender(Service):
     """Writes each message to ``host:port`` once connected; ``what`` names the peer in logs."""
 
-    def __init__(self, host: str, port: int, reactor: Any, what: str,
+    def __init__(self, host: str, port: int, reactor: Reactor, what: str,
                  limit: int = BUFFER_LIMIT, retry: Callable[[int], float] | None = None) -> None:
         self.host = host
         self.port = port
@@ -110,7 +113,7 @@ class StreamSender(Service):
         self._link = link
         self._paused = False
         assert link.transport is not None
-        link.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        link.transport.registerProducer(self, True)
         lasted = self._outage.end()
         log.info("{what}: connected to {host}:{port}{after}", what=self.what, host=self.host,
                  port=self.port, after="" if lasted is None else f" again after {lasted:.1f}s")

@@ -24,6 +24,8 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from stor.core.reactor import Reactor
+
 log = Logger()
 
 REFRESH = 300.0
@@ -33,7 +35,7 @@ PENDING_LIMIT = 1000
 class UdpSender(Service):
     """Sends datagrams to ``host:port``; ``what`` names the peer in log messages."""
 
-    def __init__(self, host: str, port: int, reactor: Any, what: str,
+    def __init__(self, host: str, port: int, reactor: Reactor, what: str,
                  refresh: float = REFRESH, pending_limit: int = PENDING_LIMIT) -> None:
         self.host = host
         self.port = port

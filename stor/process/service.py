@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from stor import __version__
+from stor.core.reactor import Reactor, the_reactor
 from stor.observe import logs
 from stor.core.metrics import Tee
 from stor.disk.locks import ShaLocks, Tombstones, default_lock_dir
@@ -137,7 +138,11 @@ def temp_sweeper(store: LocalStore, tombstones: Tombstones,
 
     def sweep() -> object:
         d = store.run(sweep_all)
-        d.addCallback(lambda n: n and log.info("removed {count} stale temp files", count=n))
+        def report(count: int) -> None:
+            if count:
+                log.info("removed {count} stale temp files", count=count)
+
+        d.addCallback(report)
         d.addErrback(lambda f: log.failure("temp sweep failed", failure=f))
         return d
 
@@ -157,7 +162,7 @@ class Daemon:
     services: service.MultiService
 
 
-def build_daemon(config: Config, reactor: Any, run_as: "tuple[int, int] | None" = None) -> Daemon:
+def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | None" = None) -> Daemon:
     """The web site for ``config``, its collaborators, and their services.
 
     Built in layer order, each part from parts already built (nothing is bound
@@ -231,7 +236,7 @@ def build_daemon(config: Config, reactor: Any, run_as: "tuple[int, int] | None" 
     return Daemon(site, store, services)
 
 
-def _s3_objects(config: Config, reactor: Any, run: Any) -> "S3Writer | None":
+def _s3_objects(config: Config, reactor: Reactor, run: Any) -> "S3Writer | None":
     """What DELETE uses in the bucket, whenever S3 is configured at all."""
     if config.s3 is None:
         return None
@@ -276,6 +281,7 @@ def _run_as(options: Options) -> "tuple[int, int] | None":
     uid = parent.get("uid") if parent is not None else None
     if uid is None or os.geteuid() != 0:
         return None
+    assert parent is not None  # uid came from it
     gid = parent.get("gid")
     if gid is None:
         import pwd
@@ -299,7 +305,7 @@ def _exit_on_config_error(build: Callable[[], T]) -> T:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-def server_endpoint(reactor: Any, listen: str, key: str = "listen") -> Any:
+def server_endpoint(reactor: Reactor, listen: str, key: str = "listen") -> Any:
     """The Twisted server endpoint ``listen`` describes (parsed, not listened on)."""
     problem = listen_problem(listen)  # the checks load_config made of the config's listen
     if problem is not None:
@@ -309,7 +315,7 @@ def server_endpoint(reactor: Any, listen: str, key: str = "listen") -> Any:
 
 def makeService(options: Options) -> service.MultiService:
     """The whole daemon, for twistd: one serving process, or a parent of ``--workers``."""
-    from twisted.internet import reactor
+    reactor = the_reactor()
 
     config = config_or_exit(options["config"])
     listen = options["listen"] or config.listen

@@ -27,6 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from stor.core.reactor import Reactor
 from stor.process.notify import notify
 from stor.http.site import StorSite
 
@@ -42,7 +43,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 class GracefulStop:
     """Turns SIGTERM/SIGINT into one graceful ``reactor.stop()`` and exit status 0."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Reactor) -> None:
         self._reactor = reactor
         self.requested = False
         self.hurry: Callable[[], None] = lambda: None
@@ -83,7 +84,7 @@ class Frontend(MultiService):
         listen: Callable[[StorSite], Any],
         site: StorSite,
         inner: Service,
-        reactor: Any,
+        reactor: Reactor,
         grace: float,
         notifier: Callable[[str], object] = notify,
         signals: GracefulStop | None = None,
@@ -191,14 +192,16 @@ def describe(address: Any) -> str:
     return name.decode() if isinstance(name, bytes) else str(name or address)
 
 
-def adopt(reactor: Any, fd: int) -> Callable[[StorSite], Any]:
+def adopt(reactor: Reactor, fd: int) -> Callable[[StorSite], Any]:
     """A ``listen`` for :class:`Frontend` taking over listening socket ``fd`` (a worker's)."""
 
     def listen(site: StorSite) -> Any:
         probe = socket.socket(fileno=fd)
         family = probe.family
         probe.detach()
-        port = reactor.adoptStreamPort(fd, family, site)  # dups the descriptor
+        # Twisted declares the factory as ServerFactory[_ProtoWithFactory] and a Site as
+        # ServerFactory[HTTPChannel]: its own generic parameters disagree
+        port = reactor.adoptStreamPort(fd, family, site)  # type: ignore[arg-type]  # (above); dups the descriptor
         os.close(fd)
         return port
 
@@ -208,7 +211,7 @@ def adopt(reactor: Any, fd: int) -> Callable[[StorSite], Any]:
 _exit_status: list[int] = []
 
 
-def exit_after_stop(reactor: Any, status: int) -> None:
+def exit_after_stop(reactor: Reactor, status: int) -> None:
     """Stop the reactor and make the process exit with ``status`` once twistd is done.
 
     twistd exits 0 after a stop it did not cause by a signal; the status is

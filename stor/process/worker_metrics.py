@@ -189,5 +189,5 @@ def register_worker_processes(registry: CollectorRegistry, directory: str,
     if not slot or not parent.isdigit():
         return False
     announce(directory, slot, os.getpid())
-    registry.register(WorkerProcesses(directory, int(parent)))  # type: ignore[arg-type]
+    registry.register(WorkerProcesses(directory, int(parent)))
     return True

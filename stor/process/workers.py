@@ -37,13 +37,14 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IProcessTransport, IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from stor.core.reactor import Reactor
 from stor.process.notify import notify, parse_state
 from stor.observe.prometheus import MULTIPROC_ENV
 from stor.process.worker_metrics import PARENT_ENV, SLOT_ENV
@@ -75,6 +76,8 @@ class _NeverServed(Factory):
 
 
 class _Worker(ProcessProtocol):
+    transport: IProcessTransport  # set by spawnProcess before connectionMade
+
     def __init__(self, supervisor: "Supervisor", slot: int, started: float) -> None:
         self.supervisor = supervisor
         self.slot = slot
@@ -83,7 +86,7 @@ class _Worker(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.pid = self.transport.pid
 
     def processEnded(self, reason: Failure) -> None:
         self.supervisor.worker_ended(self, reason)
@@ -98,7 +101,7 @@ class _ChildNotices:
     protocol's class and the socket's abstract name when it starts and stops.
     """
 
-    def __init__(self, name: str, on_ready: Callable[[], None], reactor: Any) -> None:
+    def __init__(self, name: str, on_ready: Callable[[], None], reactor: Reactor) -> None:
         self._on_ready = on_ready
         self._reactor = reactor
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
@@ -141,7 +144,7 @@ class Supervisor(Service):
         endpoint: Any,
         count: int,
         worker_argv: Callable[[int], Sequence[str]],
-        reactor: Any,
+        reactor: Reactor,
         grace: float,
         notifier: Callable[[str], object] = notify,
         executable: str = sys.executable,
@@ -290,7 +293,7 @@ class Supervisor(Service):
     @staticmethod
     def _signal(worker: _Worker, signum: int) -> None:
         try:
-            worker.transport.signalProcess(signum)  # type: ignore[union-attr, call-arg, misc]
+            worker.transport.signalProcess(signum)
         except Exception:  # already gone
             pass
 

@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 
 from stor.config import Config
 from stor.core import layout
+from stor.core.reactor import Reactor
 from stor.disk.fsio import durable_dirs, fsync_dir
 from stor.s3.put import CorruptLocalFile, Runner, S3WriteError, S3Writer
 from stor.core.metrics import Metrics, NullMetrics
@@ -265,7 +266,7 @@ class LocalFailure(Exception):
 class Outbox(Service):
     """Drains the markers of ``storages`` into S3; see the module docstring."""
 
-    def __init__(self, storages: Sequence[str], writer: Writer, reactor: Any, run: Runner,
+    def __init__(self, storages: Sequence[str], writer: Writer, reactor: Reactor, run: Runner,
                  metrics: Metrics | None = None, concurrency: int = 4,
                  max_backoff: float = 30.0, min_backoff: float = MIN_BACKOFF,
                  rescan_interval: float = RESCAN_INTERVAL, stop_timeout: float = STOP_TIMEOUT,
@@ -288,7 +289,7 @@ class Outbox(Service):
         self._clock = clock
         self._pending: dict[str, float] = {}  # sha -> when recorded
         self._queue: deque[str] = deque()
-        self._active: dict[str, Deferred[None]] = {}
+        self._active: dict[str, Deferred[bool]] = {}
         self._again: set[str] = set()  # queued while in flight: go round once more
         self._later: dict[str, IDelayedCall] = {}  # SHAs waiting after a local failure
         self._failures = 0  # consecutive S3 failures
@@ -328,9 +329,12 @@ class Outbox(Service):
         if not active:
             return succeed(None)
         waiting = DeferredList(active, consumeErrors=True)
-        timer = self._reactor.callLater(self._stop_timeout, lambda: [d.cancel() for d in active])
-        waiting.addBoth(lambda _: timer.cancel() if timer.active() else None)
-        return waiting
+        def cancel_all() -> None:
+            for d in active:
+                d.cancel()
+
+        timer = self._reactor.callLater(self._stop_timeout, cancel_all)
+        return waiting.addBoth(lambda _: timer.cancel() if timer.active() else None)
 
     # -- feeding it ----------------------------------------------------------
 
@@ -503,7 +507,7 @@ class Outbox(Service):
         self._metrics.gauge(DEPTH, len(self._pending))
 
 
-def build_outbox(config: Config, reactor: Any, run: Runner, metrics: Metrics,
+def build_outbox(config: Config, reactor: Reactor, run: Runner, metrics: Metrics,
                  on_corrupt: Callable[[str], object] = lambda path: None) -> Outbox | None:
     """The outbox the config asks for (``s3_write_through``), or None."""
     from stor.s3.read import s3_client  # the read path's client: same pool settings

@@ -15,13 +15,12 @@ reaches the bucket when the host is back).  A peer that timed out is not asked
 again until it answers a probe, as for S3.
 """
 
-from typing import Any
-
 from twisted.web.http_headers import Headers
 
 from stor.config import Config, S3Config
 from stor.core.metrics import Metrics
 from stor.core.peer import PEER_HEADER, PEER_LOCAL
+from stor.core.reactor import Reactor
 from stor.s3.read import S3Reader, s3_client
 
 
@@ -36,7 +35,7 @@ class PeerReader(S3Reader):
     error_key = "error.get.peer_error.count"
     bad_sha_key = "error.get.peer_bad_sha.count"
 
-    def __init__(self, base_url: str, reactor: Any, metrics: Metrics) -> None:
+    def __init__(self, base_url: str, reactor: Reactor, metrics: Metrics) -> None:
         config = S3Config(access_key="-", secret_key="-", endpoint=base_url.rstrip("/"),
                           connect_timeout=CONNECT_TIMEOUT, timeout=ANSWER_TIMEOUT)
         self.what = f"peer {config.endpoint}"
@@ -49,6 +48,6 @@ class PeerReader(S3Reader):
         return Headers({PEER_HEADER: [PEER_LOCAL]})
 
 
-def build_peers(config: Config, reactor: Any, metrics: Metrics) -> list[PeerReader]:
+def build_peers(config: Config, reactor: Reactor, metrics: Metrics) -> list[PeerReader]:
     """A reader for each of ``fleet_peers``."""
     return [PeerReader(url, reactor, metrics) for url in config.fleet_peers]

@@ -50,6 +50,7 @@ from twisted.web.iweb import IResponse
 
 from stor.config import S3Config
 from stor.core import layout
+from stor.core.reactor import Connection
 from stor.core.slices import VerifiedSlice
 from stor.s3.sign import Signer
 
@@ -365,6 +366,8 @@ async def _read_body(response: IResponse, reactor: IReactorTime, timeout: float)
 class _Discard(Protocol):
     """Closes the connection of an answer too long to read."""
 
+    transport: Connection  # set before dataReceived
+
     def connectionMade(self) -> None:
         self.transport.stopProducing()
 
@@ -380,7 +383,7 @@ def _refusal(what: str, url: str, response: IResponse, body: bytes,
                         + (f" ({code})" if code else ""), retryable, status, code)
 
 
-def _describe(error: BaseException, timeout: float) -> str:
+def _describe(error: BaseException | None, timeout: float) -> str:
     """One short human line for a failed request."""
     if isinstance(error, (ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed,
                           RequestGenerationFailed)):

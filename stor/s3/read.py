@@ -52,6 +52,7 @@ from stor.core.ranges import ByteRange
 from stor.config import Config, S3Config
 from stor.core.errors import S3Unavailable, StorageFailure
 from stor.core.metrics import Metrics
+from stor.core.reactor import Connection, Reactor
 from stor.s3.sign import Signer
 
 log = Logger()
@@ -67,7 +68,7 @@ ERROR = "error.get.hcp_error.count"
 BAD_SHA = "error.get.hcp_bad_sha.count"
 
 
-def s3_client(config: S3Config, reactor: Any,
+def s3_client(config: S3Config, reactor: Reactor,
               pool: HTTPConnectionPool | None = None) -> HTTPClient:
     """A treq client for ``config``'s endpoint: persistent pool, connect timeout.
 
@@ -80,7 +81,7 @@ def s3_client(config: S3Config, reactor: Any,
     return HTTPClient(agent)
 
 
-def build_s3(config: Config, reactor: Any, metrics: Metrics) -> "S3Reader | NoS3":
+def build_s3(config: Config, reactor: Reactor, metrics: Metrics) -> "S3Reader | NoS3":
     """The reader the config asks for: a real one, or one that never finds anything."""
     if config.s3 is None or not config.s3.read_through:
         return NoS3()
@@ -134,7 +135,7 @@ class S3Reader:
     bad_sha_key = BAD_SHA
     what = "S3"
 
-    def __init__(self, config: S3Config, client: HTTPClient, reactor: IReactorTime,
+    def __init__(self, config: S3Config, client: HTTPClient, reactor: Reactor,
                  metrics: Metrics) -> None:
         self._config = config
         self._client = client
@@ -206,7 +207,8 @@ class S3Reader:
         headers = self.signed_headers(method, url)
         if byte_range is not None:  # unsigned: SigV4 need not cover every header
             headers.setRawHeaders(b"range", [b"bytes=%d-%d" % (byte_range.first, byte_range.last)])
-        return self._client.request(
+        # treq's _Response provides IResponse, but Deferred is invariant
+        return self._client.request(  # type: ignore[return-value]  # (above)
             method, url, headers=headers,
             allow_redirects=False, unbuffered=True,
             reactor=self._reactor, timeout=self._config.timeout,
@@ -534,6 +536,8 @@ class _Drain(Protocol):
     Keeps the first bytes for the log; a body over ``limit`` bytes, or one
     still coming after ``timeout`` seconds, is cut off by closing the connection.
     """
+
+    transport: Connection | None
 
     def __init__(self, reactor: IReactorTime, timeout: float, limit: int) -> None:
         self.done: Deferred[bytes] = Deferred()

@@ -21,7 +21,7 @@ are additions to this class, not to the routes.
 import hashlib
 import os
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -32,7 +32,7 @@ from stor.core.errors import (
     CorruptReplica, NotFound, RangeNotSatisfiable, S3Unavailable, StorageFailure,
 )
 from stor.core.metrics import Metrics, NullMetrics
-from stor.core.ranges import Part, Selection
+from stor.core.ranges import ByteRange, Part, Selection
 from stor.disk.health import StorageHealth
 from stor.disk.writeready import write_blockers
 from stor.disk.fsio import fsync_dir
@@ -50,6 +50,9 @@ from stor.disk.spool import commit as commit_spool
 from stor.disk.spool import open_spool
 from stor.store.interface import Reading
 from stor.store.upload import Upload
+
+if TYPE_CHECKING:  # a type only: the store sees S3 through S3Source
+    from stor.s3.read import S3Object
 
 log = Logger()
 
@@ -73,7 +76,8 @@ class LookupCache(Protocol):
 class S3Source(Protocol):
     """The S3 read-through (:class:`stor.s3.read.S3Reader`)."""
 
-    def fetch(self, sha: str, head: bool, byte_range: object = None) -> "Deferred[object]": ...
+    def fetch(self, sha: str, head: bool,
+              byte_range: ByteRange | None = None) -> "Deferred[S3Object | None]": ...
 
 
 class Publisher(Protocol):
@@ -228,9 +232,9 @@ class Store:
         if obj is None:
             return None
         try:
-            part = selection.part(obj.size)  # type: ignore[attr-defined]
+            part = selection.part(obj.size)
         except RangeNotSatisfiable:
-            obj.discard()  # type: ignore[attr-defined]
+            obj.discard()
             raise
         wants_body = not selection.head and part.status != 304
         if wants_body and not selection.plain:
@@ -238,19 +242,19 @@ class Store:
             if obj is None:
                 return None
         if not wants_body:
-            obj.discard()  # type: ignore[attr-defined]
+            obj.discard()
 
         def ended(result: "None | Failure") -> None:
             if result is None:
                 self._metrics.incr(f"success.get.ok_{kind}.count")
-                size = obj.size  # type: ignore[attr-defined]
+                size = obj.size
                 self._metrics.incr(f"success.get.ok_{kind}.size", size)
                 self._metrics.timing(f"success.get.ok_{kind}.time", _ms(start))
                 if self._fill_local and source is None:
                     self._fill(sha)
 
-        return Reading(obj.size, obj.last_modified, part,  # type: ignore[attr-defined]
-                       obj if wants_body else None, ended)  # type: ignore[arg-type]
+        return Reading(obj.size, obj.last_modified, part,
+                       obj if wants_body else None, ended)
 
     async def _read_local(self, selection: Selection, start: float) -> Reading | None:
         sha = selection.sha
@@ -321,7 +325,7 @@ class Store:
                 if not head:  # as the old service: a HEAD sends no bytes, so no .size/.time
                     self._metrics.incr(f"success.get.ok_old.{server}.size", hit.size)
                     self._metrics.timing(f"success.get.ok_old.{server}.time", _ms(start))
-            elif result.check(CorruptReplica):
+            elif isinstance(result.value, CorruptReplica):
                 self._corrupt.found(hit, sha, result.value.actual)
 
         return Reading(hit.size, hit.mtime, part, body, ended, self.local.call_from_thread)
@@ -442,11 +446,11 @@ class Store:
         obj = await self._s3.fetch(sha, False)
         if obj is None:
             return
-        upload = self.upload(sha, obj.size, counted=False)  # type: ignore[attr-defined]
+        upload = self.upload(sha, obj.size, counted=False)
         if await upload.screen() is not None:
-            obj.discard()  # type: ignore[attr-defined]
+            obj.discard()
             return  # already stored here
-        await obj.write_to(upload)  # type: ignore[attr-defined]
+        await obj.write_to(upload)
         result = await upload.finish()
         if isinstance(result, Stored):
             self._metrics.incr("s3.fill.count")

@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stor.core.errors import HashMismatch, StorageFailure, StorError, TooLarge, UploadAborted
+from stor.core.reactor import Runner
 from stor.core.results import Duplicate, UploadResult
 from stor.disk.commit import MemberFailed
 from stor.disk.spool import NoRoomAtAll, Spool, as_stor_error
@@ -64,9 +65,6 @@ class State(Enum):
     COMMITTING = "committing"
     DONE = "done"
     ABORTED = "aborted"
-
-
-Runner = Callable[..., "Deferred[object]"]
 
 
 @implementer(IConsumer)
@@ -112,7 +110,10 @@ class Upload:
 
     # -- IConsumer ------------------------------------------------------
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    # IConsumer takes any IProducer; an upload is fed by a push producer only (the
+    # connection), which it pauses while the disks are behind: hence the ignore
+    def registerProducer(self, producer: IPushProducer,  # type: ignore[override]  # (above)
+                         streaming: bool) -> None:
         self._producer = producer
 
     def unregisterProducer(self) -> None:

@@ -1,8 +1,11 @@
-"""What pip installs: every imported package is declared, every dependency is pinned."""
+"""What pip installs: every imported package is declared, every dependency is pinned
+with its hashes."""
 
 import ast
+import re
 import sys
 import tomllib
+from collections.abc import Iterable
 from functools import cache
 from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
@@ -12,8 +15,6 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-from lock import closure, stor_requirements  # noqa: E402  (tools/lock.py, what `make lock` runs)
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
@@ -28,7 +29,7 @@ def declared(*extras: str) -> set[str]:
 
 def imported(*folders: str) -> dict[str, set[str]]:
     """``{module: files}`` of every absolute import below ``folders``, except the stdlib's,
-    stor's own and the helpers beside the tests, tools and bench."""
+    stor's own and the helpers beside the tests and bench."""
     local = {p.stem for folder in ("tests", "tools", "bench") for p in (ROOT / folder).rglob("*.py")}
     local |= {p.name for p in (ROOT / "tests").iterdir() if p.is_dir()}  # the tiers, support
     local.add("stor")
@@ -76,7 +77,7 @@ def owners(module: str) -> frozenset[str]:
 
 @pytest.mark.parametrize("folders, extras", [
     (("stor", "twisted"), ()),
-    (("tests", "tools"), ("test",)),
+    (("tests",), ("test",)),
     (("bench",), ("bench", "test")),
 ])
 def test_every_imported_package_is_declared(folders: tuple[str, ...],
@@ -96,37 +97,84 @@ def test_werkzeug_is_declared() -> None:
     assert "werkzeug" in declared()
 
 
+def closure(requirements: Iterable[tuple[Requirement, frozenset[str]]]) -> set[str]:
+    """Canonical names of every installed distribution the requirements pull in
+    (markers and extras evaluated as pip did)."""
+    found: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = list(requirements)
+    while todo:
+        req, parent_extras = todo.pop()
+        if req.marker is not None and not any(
+                req.marker.evaluate({"extra": extra}) for extra in parent_extras | {""}):
+            continue
+        key = (canonicalize_name(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        found.add(key[0])
+        dist = distribution(req.name)
+        todo += [(Requirement(r), frozenset(req.extras)) for r in dist.requires or ()]
+    return found
+
+
+def needed(*extras: str) -> set[str]:
+    """What installing stor (with these extras) brings, stor left out."""
+    stor = [(Requirement(r), frozenset(extras)) for r in distribution("stor").requires or ()]
+    return closure(stor) - {"stor"}
+
+
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+) \\$")
+HASH = re.compile(r"^    --hash=sha256:[0-9a-f]{64}( \\)?$")
+
+
 def pins(name: str) -> dict[str, str]:
-    """``{canonical name: version}`` of a constraints file (every line must be ``name==version``)."""
+    """``{canonical name: version}`` of a pip-compile output; every pin must carry at
+    least one sha256 hash (what ``pip install --require-hashes`` demands)."""
     found: dict[str, str] = {}
+    hashes: dict[str, int] = {}
+    current = ""
     for line in (ROOT / name).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            package, sep, version = line.partition("==")
-            assert sep and version.strip() and " " not in line, f"{name}: {line!r} is not pinned"
-            key = canonicalize_name(package)
-            assert key not in found, f"{name}: {package} twice"
-            found[key] = version
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.startswith(" "):
+            assert current and HASH.match(line), f"{name}: {line!r} is not a hash of a pin"
+            hashes[current] += 1
+            continue
+        match = PIN.match(line)
+        assert match, f"{name}: {line!r} is not pinned with hashes"
+        current = canonicalize_name(match["name"])
+        assert current not in found, f"{name}: {match['name']} twice"
+        found[current], hashes[current] = match["version"], 0
+    assert all(hashes.values()), f"{name}: pins without a hash: {hashes}"
     return found
 
 
 def test_every_runtime_dependency_is_pinned() -> None:
-    runtime = pins("constraints.txt")
-    needed = set(closure(stor_requirements(frozenset()))) - {"stor"}
-    assert needed - set(runtime) == set(), "run `make lock`"
+    runtime = pins("requirements.txt")
+    assert needed() - set(runtime) == set(), "run `make lock`"
     assert "stor" not in runtime
 
 
-def test_every_test_dependency_is_pinned_once() -> None:
-    runtime, test = pins("constraints.txt"), pins("constraints-test.txt")
-    assert set(runtime) & set(test) == set()  # one resolution, split in two
-    needed = set(closure(stor_requirements(frozenset({"test"})))) - {"stor"}
-    assert needed - set(runtime) - set(test) == set(), "run `make lock`"
+def test_every_test_dependency_is_pinned_within_the_runtime_pins() -> None:
+    runtime, test = pins("requirements.txt"), pins("requirements-test.txt")
+    assert {k: test.get(k) for k in runtime} == runtime  # one resolution, runtime pins kept
+    assert needed("test") - set(test) == set(), "run `make lock`"
+    assert "stor" not in test
+
+
+@pytest.mark.parametrize("name", ["requirements.txt", "requirements-test.txt"])
+def test_this_venv_runs_the_pinned_versions(name: str) -> None:
+    """What the tests ran on is what a host gets (``make install-test`` installs the pins)."""
+    installed = {k: distribution(k).version for k in pins(name)}
+    assert installed == pins(name)
 
 
 def test_installs_use_the_pins() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    assert "CONSTRAINTS      := -c constraints.txt" in makefile
-    assert "TEST_CONSTRAINTS := -c constraints.txt -c constraints-test.txt" in makefile
-    assert "pip install --quiet $(CONSTRAINTS) -e ." in makefile
-    assert "pip install --quiet $(TEST_CONSTRAINTS) -e '.[test]'" in makefile
-    assert "\nlock:" in makefile and "tools/lock.py" in makefile
+    assert "PIP_PINNED := $(BIN)/pip install --quiet --require-hashes --no-deps" in makefile
+    assert "$(PIP_PINNED) -r requirements.txt" in makefile
+    assert "$(PIP_PINNED) -r requirements-test.txt" in makefile
+    assert "pip install --quiet --no-deps -e ." in makefile  # stor itself, nothing else
+    assert "\nlock:" in makefile and "pip-compile $(LOCK_ARGS)" in makefile
+    assert "--generate-hashes" in makefile

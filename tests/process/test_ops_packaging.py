@@ -135,12 +135,13 @@ def test_dockerfile_contract() -> None:
     assert "useradd --system --uid 10001" in run
     assert "/run/stor" in run  # its lock directory, the user's own
 
-    # pinned dependencies, and the plugin cache built after them
-    assert "pip install -c constraints.txt ." in run
-    assert run.index("pip install") < run.index(PLUGIN_CACHE)
+    # hash-pinned dependencies, stor alone after them, and the plugin cache built last
+    deps = "pip install --require-hashes --no-deps -r requirements.txt"
+    assert deps in run and "pip install --no-deps ." in run
+    assert run.index(deps) < run.index("pip install --no-deps .") < run.index(PLUGIN_CACHE)
     copied = [v.split()[:-1] for k, v in instructions if k == "COPY"]
     first_run = kinds.index("RUN")
-    assert any("constraints.txt" in c for c in copied[:kinds[:first_run].count("COPY")])
+    assert any("requirements.txt" in c for c in copied[:kinds[:first_run].count("COPY")])
 
     env = " ".join(v for k, v in instructions if k == "ENV")
     assert "CONFIG_FILE=/etc/stor.conf" in env
