@@ -74,6 +74,12 @@ def _wants_json(request: IRequest) -> bool:
     return b"application/json" in accept.lower()
 
 
+def _finished(request: IRequest) -> bool:
+    """twisted.web's ``Request.finished`` (Klein types a request as ``IRequest``, which
+    does not name it)."""
+    return bool(getattr(request, "finished", False))
+
+
 def _client(request: IRequest) -> str:
     """The client's address, through trusted balancers (:mod:`stor.http.forwarded`)."""
     peer = describe_peer(request.getClientAddress())
@@ -250,7 +256,7 @@ class StorApp:
             request.setHeader(name, value)
         try:
             # twisted.web's Request is an IConsumer; Klein types it as IRequest only
-            await reading.send(request,  # type: ignore[arg-type]  # (above)
+            await reading.send(IConsumer(request),
                                SocketSendfile.of(request) if self._sendfile else None)
         except CancelledError:
             pass  # the client went away
@@ -401,14 +407,14 @@ class FastPaths(Resource):
     @staticmethod
     def _write(body: bytes, request: IRequest) -> None:
         abandoned = isinstance(request, StorRequest) and request.abandoned
-        if request.finished or is_gone(request) or abandoned:  # type: ignore[attr-defined]  # twisted.web's Request has it
+        if _finished(request) or is_gone(request) or abandoned:
             return
         if body:
             request.write(body)
         request.finish()
 
     def _fail(self, failure: Failure, request: IRequest) -> None:
-        if request.finished or is_gone(request):  # type: ignore[attr-defined]  # twisted.web's Request has it
+        if _finished(request) or is_gone(request):
             return
         self._write(self._app.answer(request, failure), request)
 
