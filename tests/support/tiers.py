@@ -43,7 +43,7 @@ NEEDS = {
     "stor-command": "the stor command line as a process (stor put/get/verify, scrub, s3-sync)",
     "process": "any other child process (curl, strace, systemd-analyze, a python child, ...)",
     "memcached": "a memcached peer",
-    "moto": "moto's S3 server",
+    "moto": "an S3 server: moto's, or Ceph's RADOS Gateway (support/rgw.py) beside it",
     "rabbitmq": "the RabbitMQ broker on 127.0.0.1:5672",
     "nginx": "nginx in front of stor",
     "haproxy": "HAProxy in front of stor",
@@ -63,6 +63,10 @@ PEER_FIXTURES = {
     "readonly_dir": "fault",
     "tiny_disk": "fault",
 }
+
+RGW_PROGRAMS = frozenset({"ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph",
+                          "ceph-authtool", "monmaptool", "ceph-conf"})
+"""What starting Ceph's RADOS Gateway runs (support/rgw.py): the S3 need, as moto."""
 
 BROKER_PORT = 5672
 RECORD_ENV = "STOR_TIERS_RECORD"
@@ -89,8 +93,8 @@ def _program_need(argv: Any) -> str:
         return "stor-process"
     if name == "stor":
         return "stor-command"
-    if "moto.server" in words:
-        return "moto"
+    if "moto.server" in words or name in RGW_PROGRAMS:
+        return "moto"  # an S3 server, mocked or real
     if name in ("memcached", "nginx", "haproxy"):
         return name
     if name in ("mount", "umount"):
