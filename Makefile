@@ -45,7 +45,7 @@ $(TESTSTAMP): $(STAMP) requirements-test.txt
 # The peers the tests talk to: memcached, nginx and HAProxy (started per test
 # by the tests themselves; the fleet tests run the balancer configs in conf/),
 # Ceph's RADOS Gateway (a one-OSD cluster the S3 tests start on loopback,
-# tests/rgw_peer.py)
+# tests/support/rgw.py)
 # and a RabbitMQ broker on 127.0.0.1:5672 (the machine's own; installed and
 # started here only when absent).
 install-test: $(TESTSTAMP)

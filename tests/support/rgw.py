@@ -9,7 +9,8 @@ session and starts its three daemons as children, on loopback only:
   the check and the bind, and the monitor's address is written into its map);
 - one OSD (``ceph-osd``) with BlueStore on a sparse file kept *outside* the
   OSD's directory (inside it, ``mkfs`` fails with ELOOP);
-- radosgw, with the ``beast`` frontend on a free loopback port.
+- radosgw, with the ``beast`` frontend on a free loopback port (both ports from
+  :mod:`support.ports`).
 
 No manager, pools of size 1, no cephx (``auth … required = none``): then
 radosgw must be told ``ms mon client mode = crc secure``, as its default
@@ -17,16 +18,14 @@ radosgw must be told ``ms mon client mode = crc secure``, as its default
 ``paxos min wait = 0.01`` make a start take seconds instead of ~14.
 The daemons are stopped by PID (SIGTERM, then SIGKILL after ``STOP_WAIT``).
 
-:class:`RgwS3` has the methods of :class:`s3_peer.MotoS3` the tests use, so a
+:class:`RgwS3` has the methods of :class:`support.s3.MotoS3` the tests use, so a
 test can run against either (:func:`moto_then_rgw`).
 """
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -38,6 +37,7 @@ from typing import IO, Any
 
 import pytest
 
+from support.ports import free_port
 from support.s3 import _client, _die_with_parent
 
 START_TIMEOUT = 90.0
@@ -137,34 +137,12 @@ class RgwS3:
                 p.wait(10)
 
 
-def low_free_port() -> int:
-    """A free loopback port below the ephemeral range (for the monitor)."""
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        low = int(f.read().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_rgw(root: Path) -> RgwS3:
     """Build the cluster under ``root`` and start it; stop it with :meth:`RgwS3.stop`."""
     for d in ("mon", "osd/0", "run", "log"):
         (root / d).mkdir(parents=True, exist_ok=True)
     fsid, osd_uuid = uuid.uuid4(), uuid.uuid4()
-    mon_port, rgw_port = low_free_port(), free_port()
+    mon_port, rgw_port = free_port(), free_port()  # support.ports: below the ephemeral range
     conf = root / "ceph.conf"
     conf.write_text(CONF.format(fsid=fsid, mon_port=mon_port, rgw_port=rgw_port, root=root,
                                 block_size=BLOCK_SIZE))
