@@ -7,15 +7,15 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-STOR = str(Path(sys.executable).parent / "stor")
-REPO = Path(__file__).resolve().parent.parent
+from support.harness import STOR
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def check(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

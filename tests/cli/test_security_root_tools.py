@@ -8,13 +8,11 @@ import stat
 import subprocess
 from pathlib import Path
 
-from ops_peer import AUTH_HEADER, BIN, request
+from support.harness import AUTH_HEADER, STOR, request
 from stor.core import layout
-from unprivileged import SERVICE, open_tmp, reachable, unprivileged_stor, user
+from support.unprivileged import SERVICE, open_tmp, reachable, unprivileged_stor, user
 
 __all__ = ["open_tmp", "unprivileged_stor"]
-
-STOR = str(BIN / "stor")
 
 
 def _run_as_root(argv: list[str], scratch: Path) -> "subprocess.CompletedProcess[str]":

@@ -6,10 +6,11 @@ import os
 import signal
 from pathlib import Path
 
-from client_peer import Answer, FakeStor
-from ops_peer import wait_for
+from support.client import Answer, FakeStor
+from support.harness import stop as stop_stor
+from support.harness import wait_for
 from stor.client.progress import Progress
-from test_client import AUTH, clean_env, make_file, start, start_stor, stop_stor, stor
+from test_client import AUTH, clean_env, make_file, start, start_stor, stor
 
 
 def test_sigterm_while_get_retries_leaves_no_empty_part(tmp_path: Path) -> None:

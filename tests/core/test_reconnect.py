@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 
-from ops_peer import wait_for
+from support.harness import wait_for
 from stor.core.reconnect import Outage, quiet, reconnecting
 from stor.observe import logs
 from stor.observe.stream import StreamSender

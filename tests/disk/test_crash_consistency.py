@@ -3,7 +3,7 @@
 stor runs as a real process with ``strace -f -yy`` attached; the test makes
 uploads (new and shared directories, duplicates, concurrent identical and
 distinct SHAs), a DELETE, and files left unsynced by a process that died;
-:mod:`crashcheck` then replays the trace under the conservative persistence
+:mod:`support.crashcheck` then replays the trace under the conservative persistence
 model and lists every answer that was written before what it promised was
 durable.  Suppressing one fsync from outside (``strace -e inject``) must be
 caught, or the check proves nothing.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from crashcheck import STRACE_CALLS, Ack, Trace
-from ops_peer import AUTH_HEADER
+from support.crashcheck import STRACE_CALLS, Ack, Trace
+from support.helpers import AUTH_HEADER
 from stor.core import layout
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")

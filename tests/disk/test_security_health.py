@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ops_peer import AUTH_HEADER, request, stor_process, wait_for
-from unprivileged import open_tmp, unprivileged_stor
+from support.harness import AUTH_HEADER, request, wait_for
+from support.unprivileged import open_tmp, unprivileged_stor
 
-__all__ = ["open_tmp", "stor_process", "unprivileged_stor"]
+__all__ = ["open_tmp", "unprivileged_stor"]
 
 PERIOD = 0.2
 

@@ -12,10 +12,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ops_peer import AUTH_HEADER, request, stor_process
+from support.harness import AUTH_HEADER, request
 from stor.disk.locks import LOCK_WAIT
 
-__all__ = ["stor_process"]
 
 WAITING_UPLOADS = 12
 """More than the disk pool's threads."""

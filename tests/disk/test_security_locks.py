@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ops_peer import AUTH_HEADER, request, wait_for
+from support.harness import AUTH_HEADER, request, wait_for
 from stor.core.errors import ConfigError
 from stor.disk.locks import ShaLocks, Tombstones
-from unprivileged import INTRUDER, SERVICE, open_tmp, run_as, unprivileged_stor, user
+from support.unprivileged import INTRUDER, SERVICE, open_tmp, run_as, unprivileged_stor, user
 
 __all__ = ["open_tmp", "unprivileged_stor"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ops_peer import AUTH_HEADER, request
+from support.harness import AUTH_HEADER, request
 from test_integrity import flip, post, sha256
 from stor.core import layout
 

@@ -9,7 +9,7 @@ import os
 import pytest_twisted
 import treq
 
-from conftest import AUTH, sha256
+from support.helpers import AUTH, sha256
 from test_health import get
 
 KiB = 1024

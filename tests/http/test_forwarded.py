@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
-from conftest import AUTH, raw_http, sha256
+from support.helpers import AUTH, raw_http, sha256
 from test_fastlane import connect
 from stor.config import ConfigError, parse_config
 from stor.http.forwarded import client_of

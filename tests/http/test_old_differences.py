@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from log_peers import UdpReader
-from ops_peer import AUTH_HEADER, Stor, request
+from support.harness import AUTH_HEADER, Stor, request
+from support.logs import UdpReader
 from stor.http.handshake import route_target
 
 PREFIX = "old"

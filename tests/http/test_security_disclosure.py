@@ -6,12 +6,11 @@ import json
 
 import pytest
 
-from ops_peer import AUTH_HEADER, request, stor_process
+from support.harness import AUTH_HEADER, request
 from stor.config import parse_config
 from stor.core.errors import ConfigError
 from stor.http.answers import reason_header
 
-__all__ = ["stor_process"]
 
 BODY = b"served through the fast lane"
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -6,9 +6,8 @@ import socket
 
 import pytest
 
-from ops_peer import AUTH_HEADER, request, stor_process
+from support.harness import AUTH_HEADER, request
 
-__all__ = ["stor_process"]
 
 BODY = b"range target " * 100
 SHA = hashlib.sha256(BODY).hexdigest()

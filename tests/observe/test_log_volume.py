@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from fleet_peer import s3_keys
-from ops_peer import AUTH_HEADER, request, wait_for
+from support.fleet import s3_keys
+from support.harness import AUTH_HEADER, request, wait_for
 
 NOISE = re.compile(r"Starting factory|Stopping factory|Scheduling retry|/health/")
 

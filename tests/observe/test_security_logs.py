@@ -9,13 +9,12 @@ from pathlib import Path
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ops_peer import TWISTD, request, stor_process, wait_for
+from support.harness import TWISTD, request, wait_for
 from stor.observe.gelf import gelf_message
 from stor.observe.log_outputs import event_text
 from stor.observe.logs import TextLines, event_as_record, format_json_line
 from stor.config.log import GelfOutput
 
-__all__ = ["stor_process"]
 
 SHA = "ab" * 32
 CONTROLS = [b"\n", b"\r", b"\x1b", b"\x07", b"\x00", "\u2028".encode()]

@@ -33,7 +33,9 @@ from support.fleet import (
     Host,
     bucket_keys,
     copies,
+    eventually_async,
     exited,
+    host_config,
     in_bucket,
     peak_rss_kib,
     s3_keys,
@@ -55,21 +57,6 @@ def key_of(sha: str) -> str:
     return f"{lower[0:2]}/{lower[2:4]}/{lower[4:6]}/{lower}"
 
 
-def host_config(tmp_path: Path, name: str, **keys: Any) -> dict[str, Any]:
-    """An in-process host's config: its own two pairs and lock dir under ``tmp_path/name``."""
-    storages = [tmp_path / name / f"data{i + 1}" for i in range(4)]
-    for s in storages:
-        s.mkdir(parents=True)
-    return {
-        "storage_pairs": [[str(storages[0]), str(storages[1])],
-                          [str(storages[2]), str(storages[3])]],
-        "basic_auth": "writer:writer_pass",
-        "check_mounts": False,
-        "lock_dir": str(tmp_path / name / "locks"),
-        **keys,
-    }
-
-
 def storages_of(server: Any) -> list[str]:
     return [s for pair in server.config.storage_pairs for s in pair]
 
@@ -87,15 +74,6 @@ async def get(server_url: str, sha: str) -> tuple[int, bytes]:
 async def outbox_state(url: str) -> dict[str, Any]:
     r = await treq.get(f"{url}/status", headers={"Accept": "application/json"})
     return (await r.json())["s3_outbox"]
-
-
-async def eventually_async(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    """Await ``predicate()`` (a coroutine function) until it holds; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await task.deferLater(reactor, 0.05, lambda: None)
 
 
 # -- write-through ---------------------------------------------------------------------

@@ -26,10 +26,11 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 
-from conftest import sha256
-from fleet_peer import Host, s3_keys, s3_relay
-from ops_peer import AUTH_HEADER, free_port, request, wait_for
-from s3write_peer import stored_sha
+from support.fleet import Host, s3_keys, s3_relay
+from support.harness import AUTH_HEADER, request, wait_for
+from support.helpers import sha256
+from support.ports import free_port
+from support.s3write import stored_sha
 from test_fleet import host_of
 from test_fleet_ops import CHECK_PERIOD, tmpfs_mounts  # noqa: F401 (a fixture)
 

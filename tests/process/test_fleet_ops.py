@@ -26,10 +26,11 @@ from typing import Any
 
 import pytest
 
-from conftest import sha256
-from fleet_peer import Fleet, Host, s3_keys, wait_in_bucket
-from ops_peer import AUTH_HEADER, free_port, request, wait_for
-from s3_peer import black_hole, refused_port
+from support.fleet import Fleet, Host, s3_keys, wait_in_bucket
+from support.harness import AUTH_HEADER, request, wait_for
+from support.helpers import sha256
+from support.ports import free_port, refused_port
+from support.s3 import black_hole
 from test_fleet import host_of
 
 KiB, MiB = 1024, 1024 * 1024

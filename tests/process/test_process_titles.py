@@ -3,14 +3,12 @@
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
-from ops_peer import children, wait_for
+from support.harness import BIN, children, wait_for
 
 from stor import __version__
 
-BIN = Path(sys.executable).parent
 
 
 def _cmdline(pid: int) -> str:
@@ -72,7 +70,7 @@ def test_cannot_listen_exits_1_with_one_line(tmp_path: Path) -> None:
 
 def test_the_scrub_timer_and_its_service_verify_clean(tmp_path: Path) -> None:
     """The shipped weekly scrub: systemd-analyze verify finds nothing to say about either."""
-    units = Path(__file__).resolve().parent.parent / "systemd"
+    units = Path(__file__).resolve().parents[2] / "systemd"
     for name in ("stor-scrub.service", "stor-scrub.timer"):
         text = (units / name).read_text().replace("/opt/stor/venv/bin/", f"{BIN}/")
         (tmp_path / name).write_text(text)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "stor.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "stor.service"
 
 
 def _settings() -> dict[str, list[str]]:

@@ -8,9 +8,8 @@ import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import AUTH, sha256
-from fleet_peer import in_bucket, s3_keys, s3_relay
-from test_fleet import eventually_async, host_config
+from support.fleet import eventually_async, host_config, in_bucket, s3_keys, s3_relay
+from support.helpers import AUTH, sha256
 
 AGE = "stor_s3_outbox_oldest_age_seconds"
 

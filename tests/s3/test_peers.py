@@ -6,9 +6,9 @@ import os
 import pytest_twisted
 import treq
 
-from conftest import AUTH, sha256
-from s3_peer import refused_port
-from test_fleet import host_config
+from support.fleet import host_config
+from support.helpers import AUTH, sha256
+from support.ports import refused_port
 from test_s3_unknown import stor_with_s3_at
 
 

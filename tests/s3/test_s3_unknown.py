@@ -14,8 +14,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, globalLogPublisher
 
-from conftest import AUTH, sha256
-from s3_peer import ScriptedPeer, black_hole, refused_port, response
+from support.helpers import AUTH, sha256
+from support.ports import refused_port
+from support.s3 import ScriptedPeer, black_hole, response
 from test_s3_read import s3_config
 
 BODY = "S3 unavailable: '{}' not found locally\n"

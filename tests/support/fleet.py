@@ -17,6 +17,8 @@ and started again on the same disks, nginx in front of them from
 - :func:`wait_in_bucket` / :func:`in_bucket`: bounded polls until the bucket
   holds an object, then its bytes read back and hashed.
 - :func:`peak_rss_kib`: a process's peak resident memory (``VmHWM``).
+- :func:`eventually_async`: await a coroutine predicate until it holds, on the reactor;
+  :func:`host_config`: an in-process host's config under ``tmp_path/<name>``.
 - :class:`S3Relay` (:func:`s3_relay`): a TCP relay in front of moto that
   the test can cut, hold silent or restore; it counts requests per object.
 """
@@ -84,6 +86,30 @@ async def in_bucket(moto: MotoS3, bucket: str, sha: str, timeout: float = WAIT) 
         if time.monotonic() > deadline:
             raise AssertionError(f"{layout.s3_key(sha)} not in {bucket} after {timeout}s")
         await task.deferLater(reactor, 0.05, lambda: None)
+
+
+async def eventually_async(predicate: Any, what: str, timeout: float = 30.0) -> None:
+    """Await ``predicate()`` (a coroutine function) until it holds; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await task.deferLater(reactor, 0.05, lambda: None)
+
+
+def host_config(tmp_path: Path, name: str, **keys: Any) -> dict[str, Any]:
+    """An in-process host's config: its own two pairs and lock dir under ``tmp_path/name``."""
+    storages = [tmp_path / name / f"data{i + 1}" for i in range(4)]
+    for s in storages:
+        s.mkdir(parents=True)
+    return {
+        "storage_pairs": [[str(storages[0]), str(storages[1])],
+                          [str(storages[2]), str(storages[3])]],
+        "basic_auth": "writer:writer_pass",
+        "check_mounts": False,
+        "lock_dir": str(tmp_path / name / "locks"),
+        **keys,
+    }
 
 
 def bucket_keys(moto: MotoS3, bucket: str) -> list[str]:

@@ -17,7 +17,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from ops_peer import TWISTD, Stor, free_port
+from support.harness import LOOPBACK_ANY_PORT, TWISTD, Stor, clean_env, launch, stop
 
 SERVICE = "stor-svc"
 INTRUDER = "stor-intruder"
@@ -117,10 +116,9 @@ class Unprivileged:
     def start(self, wait: bool = True, **config: Any) -> Stor:
         n = len(self.started)
         storages = config.pop("storages", None) or self.storages()
-        port = free_port()
         raw: dict[str, Any] = {
             "storage_pairs": [storages[0:2], storages[2:4]], "check_mounts": False,
-            "basic_auth": "writer:writer_pass", "listen": f"tcp:{port}:interface=127.0.0.1",
+            "basic_auth": "writer:writer_pass", "listen": LOOPBACK_ANY_PORT,
             "lock_dir": str(self.root / "run" / "locks"),
             "statsite": {"host": "127.0.0.1"},
         }
@@ -130,14 +128,8 @@ class Unprivileged:
         uid, gid = user(SERVICE)
         argv = reachable([TWISTD, "-n", "--pidfile=", f"--uid={uid}", f"--gid={gid}", "stor",
                           "--config", str(config_path)], self.root)
-        out, err = self.root / f"stor{n}.out", self.root / f"stor{n}.err"
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("CONFIG_FILE", "NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR")}
-        with open(out, "wb") as o, open(err, "wb") as e:
-            popen = subprocess.Popen(argv, stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env,
-                                     cwd=self.root, start_new_session=True)
-        proc = Stor(popen, out, err, port=port, config_path=config_path,
-                    extra={"storages": storages})
+        proc = launch(argv, self.root, f"stor{n}", clean_env(), config_path=config_path,
+                      storages=storages)  # on port 0: proc.port is the one it reports
         self.started.append(proc)
         if wait:
             proc.wait_serving()
@@ -145,13 +137,7 @@ class Unprivileged:
 
     def stop_all(self) -> None:
         for proc in self.started:
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-                try:
-                    proc.popen.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
-                    proc.popen.wait(10)
+            stop(proc)
 
 
 @pytest.fixture
