@@ -54,6 +54,7 @@ def lines(done: subprocess.CompletedProcess[str]) -> list[str]:
     return done.stderr.splitlines()
 
 
+@pytest.mark.acceptance('stor-process')
 def test_a_file_log_output_in_a_missing_directory_fails_as_start_up_would(tmp_path: Path) -> None:
     path = config(tmp_path, storages(tmp_path),
                   log=[["File", "min_level", "info", "filename", str(tmp_path / "no" / "stor.log")]])
@@ -64,6 +65,7 @@ def test_a_file_log_output_in_a_missing_directory_fails_as_start_up_would(tmp_pa
     assert not (tmp_path / "no").exists()  # nothing created
 
 
+@pytest.mark.acceptance('stor-process')
 def test_missing_and_relative_storages_are_warnings_and_strict_makes_them_errors(
         tmp_path: Path) -> None:
     dirs = storages(tmp_path)
@@ -83,6 +85,7 @@ def test_missing_and_relative_storages_are_warnings_and_strict_makes_them_errors
     assert not Path(dirs[3]).exists()
 
 
+@pytest.mark.acceptance('stor-process')
 def test_strict_fails_a_misspelt_key_that_leaves_the_host_read_only(tmp_path: Path) -> None:
     path = config(tmp_path, storages(tmp_path), basic_auht="writer:pass")
     assert check("--config", path).returncode == 0
@@ -91,6 +94,7 @@ def test_strict_fails_a_misspelt_key_that_leaves_the_host_read_only(tmp_path: Pa
     assert 'basic_auht: is not a stor key: ignored (did you mean "basic_auth"?)' in done.stderr
 
 
+@pytest.mark.acceptance('stor-process')
 def test_storages_and_log_files_are_checked_as_the_daemon_user(shared: Path) -> None:
     nobody = 65534
     dirs = storages(shared, owner=nobody)
@@ -112,6 +116,7 @@ def test_storages_and_log_files_are_checked_as_the_daemon_user(shared: Path) -> 
     assert not (logs / "stor.log").exists()
 
 
+@pytest.mark.acceptance('stor-process')
 def test_the_units_user_is_the_daemon_user(shared: Path) -> None:
     dirs = storages(shared)  # root's, 0755
     path = config(shared, dirs)
@@ -125,6 +130,7 @@ def test_the_units_user_is_the_daemon_user(shared: Path) -> None:
                                          in line for line in lines(done))
 
 
+@pytest.mark.acceptance('stor-process')
 def test_probe_finds_a_memcached_that_does_not_answer(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -137,6 +143,7 @@ def test_probe_finds_a_memcached_that_does_not_answer(tmp_path: Path) -> None:
         f"stor: config error: memcached_servers (127.0.0.1:{port}): does not answer")
 
 
+@pytest.mark.acceptance('memcached', 'stor-process')
 def test_probe_passes_with_a_real_memcached(tmp_path: Path, memcached) -> None:
     path = config(tmp_path, storages(tmp_path), memcached_servers=[f"127.0.0.1:{memcached.port}"],
                   rabbitmq_uri="amqp://guest:guest@127.0.0.1:5672/%2F")

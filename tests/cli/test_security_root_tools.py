@@ -8,9 +8,13 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from support.harness import AUTH_HEADER, STOR, request
 from stor.core import layout
 from support.unprivileged import SERVICE, open_tmp, reachable, unprivileged_stor, user
+
+pytestmark = pytest.mark.acceptance('process')
 
 __all__ = ["open_tmp", "unprivileged_stor"]
 

@@ -6,6 +6,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from support.client import Answer, FakeStor
 from support.harness import stop as stop_stor
 from support.harness import wait_for
@@ -13,6 +15,7 @@ from stor.client.progress import Progress
 from test_client import AUTH, clean_env, make_file, start, start_stor, stor
 
 
+@pytest.mark.acceptance('stor-command')
 def test_sigterm_while_get_retries_leaves_no_empty_part(tmp_path: Path) -> None:
     fake = FakeStor(lambda seen: Answer(503, b"busy", {"Retry-After": "30"}))
     out = tmp_path / "out"
@@ -75,6 +78,7 @@ def test_progress_of_a_get_counts_bytes_against_the_sizes_learnt() -> None:
     assert "100.0 MiB/300.0 MiB" in text and "50.0 MiB/s" in text and "ETA 0:04" in text
 
 
+@pytest.mark.acceptance('stor-command', 'stor-process')
 def test_put_of_a_directory_uploads_every_file_below_it(tmp_path: Path) -> None:
     server = start_stor(tmp_path / "stor")
     try:
@@ -93,6 +97,7 @@ def test_put_of_a_directory_uploads_every_file_below_it(tmp_path: Path) -> None:
         stop_stor(server)
 
 
+@pytest.mark.acceptance('stor-command', 'stor-process')
 def test_delete_du_and_info_from_the_command_line(tmp_path: Path) -> None:
     server = start_stor(tmp_path / "stor", delete_auth="remover:remover_pass")
     try:

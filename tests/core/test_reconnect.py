@@ -217,6 +217,7 @@ class Hangup:
         self._thread.join(5)
 
 
+@pytest.mark.acceptance('stor-process')
 def test_a_stor_process_logs_a_memcached_outage_once_whatever_the_attempts(stor_process) -> None:
     """Acceptance: what ``twistd -n stor`` writes while memcached hangs up on every attempt."""
     peer = Hangup()

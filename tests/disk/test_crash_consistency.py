@@ -26,7 +26,8 @@ from support.crashcheck import STRACE_CALLS, Ack, Trace
 from support.helpers import AUTH_HEADER
 from stor.core import layout
 
-pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+pytestmark = [pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace"),
+              pytest.mark.acceptance('process', 'stor-process')]
 
 DELETER = "deleter:delete_pass"
 

@@ -18,6 +18,8 @@ import pytest
 from support.harness import AUTH_HEADER, request, wait_for
 from support.unprivileged import open_tmp, unprivileged_stor
 
+pytestmark = pytest.mark.acceptance('fault', 'process', 'stor-process')
+
 __all__ = ["open_tmp", "unprivileged_stor"]
 
 PERIOD = 0.2

@@ -12,8 +12,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from support.harness import AUTH_HEADER, request
 from stor.disk.locks import LOCK_WAIT
+
+pytestmark = pytest.mark.acceptance('stor-process')
 
 
 WAITING_UPLOADS = 12

@@ -85,6 +85,7 @@ def _upload(port: int, body: bytes) -> int:
     return request(port, "POST", f"/{sha}", body, {"Authorization": AUTH_HEADER}).status
 
 
+@pytest.mark.acceptance('process')
 def test_another_local_user_cannot_plant_or_hold_locks_nor_tombstones(unprivileged_stor) -> None:
     stor = unprivileged_stor.start()
     locks = unprivileged_stor.root / "run" / "locks"
@@ -102,6 +103,7 @@ def test_another_local_user_cannot_plant_or_hold_locks_nor_tombstones(unprivileg
     assert locks.stat().st_uid == user(SERVICE)[0]
 
 
+@pytest.mark.acceptance('process')
 def test_delete_works_whoever_made_the_tombstone_directory(unprivileged_stor) -> None:
     """Issue 18 case 9: the tombstone directory made by one process serves every other."""
     first = unprivileged_stor.start(delete_auth="admin:admin_pass")
@@ -116,6 +118,7 @@ def test_delete_works_whoever_made_the_tombstone_directory(unprivileged_stor) ->
     assert request(second.port, "DELETE", f"/{sha}", headers=admin).status == 204
 
 
+@pytest.mark.acceptance('process')
 def test_a_lock_directory_an_intruder_made_first_stops_start_up(unprivileged_stor) -> None:
     """The old fallback (``/tmp/stor-<uid>/locks``) could be created by anyone first."""
     run = unprivileged_stor.root / "run"

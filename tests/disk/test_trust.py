@@ -17,6 +17,8 @@ from support.harness import AUTH_HEADER, request
 from test_integrity import flip, post, sha256
 from stor.core import layout
 
+pytestmark = pytest.mark.acceptance('fault', 'process', 'stor-process')
+
 MiB = 1024 * 1024
 
 

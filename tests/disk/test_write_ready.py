@@ -6,6 +6,7 @@ The disk that fills up is a real 1 MiB tmpfs."""
 
 import os
 
+import pytest
 import pytest_twisted
 import treq
 
@@ -25,6 +26,7 @@ async def stor_on_tiny_pair(start_server, config_dict, tiny_disk, headroom: int)
     return await start_server(config_dict)
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_a_filling_host_leaves_the_write_path_before_it_refuses(
         start_server, config_dict, tiny_disk):
@@ -48,6 +50,7 @@ async def test_a_filling_host_leaves_the_write_path_before_it_refuses(
     assert (await treq.post(server.at(sha256(big)), data=big, auth=AUTH)).code == 507
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_write_ready_again_once_space_is_freed(start_server, config_dict, tiny_disk):
     server = await stor_on_tiny_pair(start_server, config_dict, tiny_disk, headroom=400 * KiB)
@@ -68,6 +71,7 @@ async def test_a_pair_that_takes_no_files_does_not_make_the_host_write_ready(
     assert (await get(server, "/health/ready"))[0] == 503
 
 
+@pytest.mark.acceptance('fault')
 @pytest_twisted.ensureDeferred
 async def test_one_roomy_writable_pair_is_enough(start_server, config_dict, storage_dirs,
                                                  tiny_disk):

@@ -74,6 +74,7 @@ def keys(lines: list[str]) -> list[str]:
     return [re.sub(rf"^{PREFIX}\.|:.*$", "", line) for line in lines]
 
 
+@pytest.mark.acceptance('stor-process')
 def test_1_a_post_counts_its_duplicate_lookup_over_every_storage(old) -> None:
     """Original: ``post`` calls ``_lookup($sha, 1)`` once the SHA and the credentials
     pass; with ``$return_all_paths`` it tries every storage, and its guard sends
@@ -94,6 +95,7 @@ def test_1_a_post_counts_its_duplicate_lookup_over_every_storage(old) -> None:
     assert not any(k.startswith("lookup.") for k in keys(refused))
 
 
+@pytest.mark.acceptance('stor-process')
 def test_2_status_with_a_trailing_slash_is_status(old) -> None:
     """Original: ``GET /status/`` (and HEAD) routes to ``status`` (Mojolicious ignores
     one trailing slash): 200 ``OK`` and ``healthcheck.count``."""
@@ -105,6 +107,7 @@ def test_2_status_with_a_trailing_slash_is_status(old) -> None:
     assert keys(lines).count("healthcheck.count") == 2
 
 
+@pytest.mark.acceptance('stor-process')
 def test_3_a_sha_with_a_trailing_slash_is_the_sha(old) -> None:
     """Original: ``/:sha/`` matches ``/:sha`` (one trailing slash ignored): GET and HEAD
     answer the file, POST runs the usual checks on the SHA (``Given hash 'abc' isn't
@@ -123,6 +126,7 @@ def test_3_a_sha_with_a_trailing_slash_is_the_sha(old) -> None:
     assert post(stor.port, f"/{sha}/", data).status == 200  # the duplicate, found
 
 
+@pytest.mark.acceptance('stor-process')
 def test_4_an_absolute_form_target_is_routed_by_its_path(old) -> None:
     """Original: ``GET http://host/<sha>`` (RFC 9112 §3.2.2) is routed by the URL's path,
     as any Mojolicious request: the file; ``POST http://host/<sha>`` stores it."""
@@ -137,6 +141,7 @@ def test_4_an_absolute_form_target_is_routed_by_its_path(old) -> None:
     assert (status.status, status.body) == (200, b"OK")
 
 
+@pytest.mark.acceptance('stor-process')
 def test_5_a_failing_status_counts_no_healthcheck(old) -> None:
     """Original: ``status`` dies on the first failing storage before
     ``increment('healthcheck.count')``: only a passing check is counted."""
@@ -150,6 +155,7 @@ def test_5_a_failing_status_counts_no_healthcheck(old) -> None:
     assert "healthcheck.count" not in keys(failing)
 
 
+@pytest.mark.acceptance('stor-process')
 def test_6_a_head_of_a_stored_file_counts_no_bytes(old) -> None:
     """Original: ``get_from_old_storages`` increments ``success.get.ok_old.<srv>.count``;
     ``.size`` and ``.time`` are sent by the body's drain callback, which a HEAD (no body
@@ -165,6 +171,7 @@ def test_6_a_head_of_a_stored_file_counts_no_bytes(old) -> None:
     assert sorted(served) == ["count", "size", "time"]
 
 
+@pytest.mark.acceptance('stor-process')
 def test_7_an_upload_answers_json_as_mojolicious_typed_it(old) -> None:
     """Original: ``render(json => …)`` for the 201 and the duplicate 200: Mojolicious
     types it ``application/json;charset=UTF-8``."""

@@ -16,6 +16,7 @@ BODY = b"served through the fast lane"
 SHA = hashlib.sha256(BODY).hexdigest()
 
 
+@pytest.mark.acceptance('stor-process')
 @pytest.mark.parametrize("configured, expected", [(None, "stor"), ("edge-7", "edge-7")])
 def test_no_answer_names_twisted_or_a_version(stor_process, configured, expected) -> None:
     stor = stor_process(**({"server_header": configured} if configured else {}))
@@ -29,6 +30,7 @@ def test_no_answer_names_twisted_or_a_version(stor_process, configured, expected
         assert "twisted" not in json.dumps(answer.headers).lower()
 
 
+@pytest.mark.acceptance('stor-process')
 def test_answers_quoting_the_request_are_not_sniffed(stor_process) -> None:
     stor = stor_process()
     for method, path in [("GET", "/%3Cscript%3Ealert(1)%3C%2Fscript%3E"), ("GET", "/" + "a" * 64),

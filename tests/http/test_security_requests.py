@@ -8,6 +8,8 @@ import pytest
 
 from support.harness import AUTH_HEADER, request
 
+pytestmark = pytest.mark.acceptance('stor-process')
+
 
 BODY = b"range target " * 100
 SHA = hashlib.sha256(BODY).hexdigest()

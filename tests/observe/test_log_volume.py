@@ -11,6 +11,8 @@ import pytest
 from support.fleet import s3_keys
 from support.harness import AUTH_HEADER, request, wait_for
 
+pytestmark = pytest.mark.acceptance('memcached', 'moto', 'stor-process')
+
 NOISE = re.compile(r"Starting factory|Stopping factory|Scheduling retry|/health/")
 
 

@@ -3,6 +3,7 @@ something (issue 21, item 12)."""
 
 import os
 
+import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,6 +44,7 @@ async def test_a_host_without_amqp_or_memcached_has_no_gauges_for_them(server) -
     assert not [name for name in m if name.startswith(("stor_amqp_", "stor_memcached_up"))]
 
 
+@pytest.mark.acceptance('memcached')
 @pytest_twisted.ensureDeferred
 async def test_memcached_up_follows_the_server(start_server, config_dict, memcached) -> None:
     name = f"127.0.0.1:{memcached.port}"

@@ -6,6 +6,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
@@ -36,6 +38,7 @@ def _assert_lines_are_stors(text: bytes, what: str) -> None:
         assert c not in text, f"{what} holds {c!r}"
 
 
+@pytest.mark.acceptance('stor-process')
 def test_hostile_request_lines_and_headers_reach_no_output_raw(stor_process, tmp_path: Path) -> None:
     log_file = tmp_path / "stor-file.log"
     stor = stor_process(log=[["File", "min_level", "debug", "filename", str(log_file)]])
@@ -79,6 +82,7 @@ def test_json_text_gelf_and_syslog_texts_escape_every_control_character() -> Non
     assert record["segment"] == "seg\\x0ament\\x0d\\x1b[2J\\x07\\x00\\u2028end"
 
 
+@pytest.mark.acceptance('stor-process')
 def test_absolute_form_userinfo_is_not_logged(stor_process) -> None:
     stor = stor_process(args=["--log-format", "json"])
     for method in ("GET", "HEAD"):
@@ -93,6 +97,7 @@ def test_absolute_form_userinfo_is_not_logged(stor_process) -> None:
     assert answered() == [f"/{SHA}"] * 2
 
 
+@pytest.mark.acceptance('stor-process')
 def test_no_credential_of_the_config_is_printed(stor_process, tmp_path: Path) -> None:
     log_file = tmp_path / "stor-file.log"
     stor = stor_process(basic_auth="NoColonSecret1", rabbitmq_uri="http://bob:Secret2@mq/",
@@ -107,6 +112,7 @@ def test_no_credential_of_the_config_is_printed(stor_process, tmp_path: Path) ->
         assert secret not in everything
 
 
+@pytest.mark.acceptance('stor-process')
 def test_a_malformed_delete_auth_stops_start_up_without_printing_it(tmp_path: Path) -> None:
     storages = [str(tmp_path / f"d{i}") for i in range(2)]
     config = tmp_path / "bad.json"

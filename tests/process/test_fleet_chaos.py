@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 
@@ -33,6 +34,8 @@ from support.ports import free_port
 from support.s3write import stored_sha
 from test_fleet import host_of
 from test_fleet_ops import CHECK_PERIOD, tmpfs_mounts  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.acceptance('fault', 'haproxy', 'memcached', 'moto', 'stor-process')
 
 KiB, MiB = 1024, 1024 * 1024
 LOAD_SECONDS = 40.0

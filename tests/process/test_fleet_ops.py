@@ -33,6 +33,8 @@ from support.ports import free_port, refused_port
 from support.s3 import black_hole
 from test_fleet import host_of
 
+pytestmark = pytest.mark.acceptance('fault', 'haproxy', 'moto', 'process', 'stor-process')
+
 KiB, MiB = 1024, 1024 * 1024
 CHECK_PERIOD = 1.0 * 2 + 1.0  # inter 1s x fall 2, plus the last check's own timeout
 

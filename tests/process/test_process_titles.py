@@ -5,9 +5,13 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from support.harness import BIN, children, wait_for
 
 from stor import __version__
+
+pytestmark = pytest.mark.acceptance('process', 'stor-command', 'stor-process')
 
 
 

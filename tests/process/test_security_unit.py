@@ -29,6 +29,7 @@ def test_the_unit_makes_the_lock_directory_for_stor_only() -> None:
     assert mode & 0o070 == 0o070, "operators in the group stor share the locks"
 
 
+@pytest.mark.acceptance('process')
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_systemd_analyze_security_rates_the_unit_ok_or_better(tmp_path: Path) -> None:
     unit = tmp_path / "stor.service"

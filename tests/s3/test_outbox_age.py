@@ -4,12 +4,15 @@ relay the test cuts and restores."""
 
 import os
 
+import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.fleet import eventually_async, host_config, in_bucket, s3_keys, s3_relay
 from support.helpers import AUTH, sha256
+
+pytestmark = pytest.mark.acceptance('moto')
 
 AGE = "stor_s3_outbox_oldest_age_seconds"
 

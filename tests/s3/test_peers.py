@@ -3,6 +3,7 @@
 
 import os
 
+import pytest
 import pytest_twisted
 import treq
 
@@ -40,6 +41,7 @@ async def test_a_file_on_a_peer_is_served_and_a_peer_is_asked_for_its_disks_only
     await statsite.wait_for(r"s\.error\.get\.not_found_old\.count:1\|c")
 
 
+@pytest.mark.acceptance('moto')
 @pytest_twisted.ensureDeferred
 async def test_s3_down_and_peers_without_the_file_is_still_503(
         start_server, config_dict, statsite, moto, tmp_path):

@@ -19,6 +19,8 @@ from support.ports import refused_port
 from support.s3 import ScriptedPeer, black_hole, response
 from test_s3_read import s3_config
 
+pytestmark = pytest.mark.acceptance('moto')
+
 BODY = "S3 unavailable: '{}' not found locally\n"
 
 
