@@ -184,13 +184,9 @@ class Store:
         start = time.monotonic()
         unknown: S3Unavailable | None = None
         if self._s3 is not None and self._s3_first:
-            try:
-                reading = await self._read_s3(selection, start)
-            except S3Unavailable as e:
-                unknown = e
-            else:
-                if reading is not None:
-                    return reading
+            reading, unknown = await self._s3_or_unknown(selection, start)
+            if reading is not None:
+                return reading
         unreadable: ReplicasUnreadable | None = None
         try:
             reading = await self._read_local(selection, start)
@@ -199,13 +195,9 @@ class Store:
         if reading is not None:
             return reading
         if self._s3 is not None and not self._s3_first:
-            try:
-                reading = await self._read_s3(selection, start)
-            except S3Unavailable as e:
-                unknown = e
-            else:
-                if reading is not None:
-                    return reading
+            reading, unknown = await self._s3_or_unknown(selection, start)
+            if reading is not None:
+                return reading
         for peer in self._peers:  # stored elsewhere while this host took no uploads?
             try:
                 reading = await self._read_s3(selection, start, peer, "peer")
@@ -219,6 +211,15 @@ class Store:
             raise unknown
         self._metrics.incr("error.get.not_found_old.count")
         raise NotFound(selection.sha)
+
+    async def _s3_or_unknown(self, selection: Selection, start: float
+                             ) -> "tuple[Reading | None, S3Unavailable | None]":
+        """:meth:`_read_s3`, with S3 being unable to say kept as a value: a local miss
+        after it is not a 404 (docs/SPEC.md §9)."""
+        try:
+            return await self._read_s3(selection, start), None
+        except S3Unavailable as e:
+            return None, e
 
     async def _read_s3(self, selection: Selection, start: float,
                        source: "S3Source | None" = None, kind: str = "hcp") -> Reading | None:
