@@ -103,7 +103,8 @@ def test_a_filling_host_leaves_the_upload_pool_and_no_upload_gets_507(
     assert len(late) >= 20
     assert Counter(s for s, _ in late) == {201: len(late)}, "uploads refused while others had room"
     assert "a" not in {where for _, where in late}
-    assert lb.servers("stor")["stor1"] == "UP"  # reads go on
+    # reads go on ("UP", or "UP 1/2" while one slow check on a busy machine is retried)
+    assert lb.servers("stor")["stor1"].startswith("UP")
     for _, status, _, data in outcomes:  # every acknowledged file reads back exactly
         if status in (200, 201):
             answer = request(lb.port, "GET", f"/{sha256(data)}")

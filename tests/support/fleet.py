@@ -324,8 +324,10 @@ class Fleet:
         self._run(host, wait)
         return host
 
-    def stop(self, host: Host, timeout: float = 30.0) -> int:
-        """SIGTERM (a graceful stop), then its exit status."""
+    def stop(self, host: Host, timeout: float = 45.0) -> int:
+        """SIGTERM (a graceful stop), then its exit status.  A request still in flight
+        gets ``shutdown_grace_period`` (30 s) to finish, so the wait is the unit's
+        ``TimeoutStopSec`` (45 s), not less."""
         assert host.proc is not None
         return host.proc.terminate(timeout)
 
