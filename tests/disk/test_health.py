@@ -11,7 +11,6 @@ import errno
 import json
 import time
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from support.helpers import AUTH, raw_request, sha256
+from support.helpers import AUTH, raw_request, remove_storage, sha256
 from support.harness import AUTH_HEADER, request, wait_for
 from stor.core import layout
 
@@ -33,7 +32,7 @@ SHA = sha256(DATA)
 
 def remove(storage: str, how: str) -> None:
     """The disk went away: its directory gone, or something else in its place."""
-    shutil.rmtree(storage)
+    remove_storage(storage)
     if how == "file":
         Path(storage).write_text("not a storage\n")
 

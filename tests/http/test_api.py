@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 from email.utils import parsedate_to_datetime
 from io import BytesIO
 from pathlib import Path
@@ -13,7 +12,8 @@ import treq
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from support.helpers import AUTH, dat_files, raw_http, raw_request, sha256, temp_files
+from support.helpers import (AUTH, dat_files, raw_http, raw_request, remove_storage, sha256,
+                             temp_files)
 from stor import __version__
 from stor.core import layout
 
@@ -257,7 +257,7 @@ async def test_status_503_names_each_failing_storage(start_server, config_dict, 
     a_file.write_text("x")
     config_dict["storage_pairs"] = [[storage_dirs[0][0], missing]]
     server = await start_server(config_dict)
-    shutil.rmtree(storage_dirs[0][0])  # with the .stor-tmp its write probe made
+    remove_storage(storage_dirs[0][0])  # with the .stor-tmp its write probe made
     os.symlink(a_file, storage_dirs[0][0])
     r = await treq.get(server.at("status"))
     assert r.code == 503

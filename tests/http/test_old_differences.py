@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from support.helpers import remove_storage
 from support.harness import AUTH_HEADER, Stor, request
 from support.logs import UdpReader
 from stor.http.handshake import route_target
@@ -147,7 +147,7 @@ def test_5_a_failing_status_counts_no_healthcheck(old) -> None:
     ``increment('healthcheck.count')``: only a passing check is counted."""
     stor, statsite = old
     passing = statsite.lines_of(lambda: request(stor.port, "GET", "/status"))
-    shutil.rmtree(stor.extra["storages"][3])  # with the .stor-tmp its write probe made
+    remove_storage(stor.extra["storages"][3])  # with the .stor-tmp its write probe made
     answers = []
     failing = statsite.lines_of(lambda: answers.append(request(stor.port, "GET", "/status")))
     assert answers[0].status == 503

@@ -91,3 +91,18 @@ async def raw_http(url: str, request: bytes) -> bytes:
     proto = Collect()
     await connectProtocol(TCP4ClientEndpoint(reactor, host, int(port)), proto)
     return await proto.done
+
+
+def remove_storage(storage: str) -> None:
+    """Take a storage away (a disk gone).  stor's write probe may be creating or removing
+    its file in ``.stor-tmp`` at that very moment: try again until the directory is gone."""
+    import shutil
+
+    for _ in range(50):
+        try:
+            shutil.rmtree(storage)
+            return
+        except OSError:
+            if not os.path.exists(storage):
+                return
+    raise AssertionError(f"{storage} could not be removed")
