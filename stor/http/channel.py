@@ -111,8 +111,12 @@ class StorChannel(http.HTTPChannel):
     """Offered each read that starts a request (:mod:`stor.http.fastlane`)."""
 
     _receiving = False
+    _refused = False
+    """Answered and closing (:meth:`_refuse`): whatever else arrives is dropped."""
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
         # Only a read from the network, between requests, can be a whole request on
         # its own; twisted also calls this with pipelined bytes it had held back.
         if (self._awaiting_line and not self._started and not self._receiving
@@ -128,6 +132,8 @@ class StorChannel(http.HTTPChannel):
             self._receiving = receiving
 
     def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
         if self._awaiting_line:
             if not line:  # tolerated blank line before a request
                 return super().lineReceived(line)
@@ -239,8 +245,7 @@ class StorChannel(http.HTTPChannel):
         self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
                              % (status, _REASONS[status], len(body), body))
-        # the instance attributes shadow the methods: whatever else arrives is dropped
-        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign, assignment]  # (above)
+        self._refused = True  # whatever else arrives is dropped
         self.setTimeout(None)
         self.transport.loseConnection()
 
