@@ -52,7 +52,15 @@ class Tracer:
             call(stor.port, "GET", "/")  # attached once its answer is traced
             assert time.monotonic() < deadline, "strace did not attach"
 
-    def stop(self) -> Trace:
+    def stop(self, acks: list[Ack] = ()) -> Trace:  # type: ignore[assignment]
+        """Detach, once every answer in ``acks`` is in the trace: strace writes a call's
+        line when it returns, which may come a moment after the client has read it."""
+        deadline = time.monotonic() + 10
+        while acks and time.monotonic() < deadline:
+            text = self.out.read_text(errors="replace")
+            if all(f":{ack.client_port}]" in text for ack in acks):
+                break
+            time.sleep(0.05)
         self.popen.terminate()
         self.popen.wait(15)
         return Trace(self.out.read_text(errors="replace").splitlines())
@@ -141,7 +149,7 @@ def test_every_acknowledged_upload_was_durable_when_answered(stor_process, tmp_p
             list(pool.map(client.post, distinct))
         client.delete(sha256(distinct[0]))
     finally:
-        trace = tracer.stop()
+        trace = tracer.stop(client.acks)
     assert trace.injected() == 0
     problems = trace.violations(client.acks)
     assert not problems, "\n".join(problems)
@@ -159,7 +167,7 @@ def test_the_check_catches_one_suppressed_fsync(stor_process, tmp_path):
         client.acks.clear()
         client.post(os.urandom(5000))
     finally:
-        trace = tracer.stop()
+        trace = tracer.stop(client.acks)
     assert trace.injected() >= 1
     problems = trace.violations(client.acks)
     assert problems, "a suppressed fsync went unnoticed"
@@ -199,7 +207,7 @@ def test_a_process_killed_between_rename_and_directory_fsync_then_restarted(stor
     try:
         client.post(data)
     finally:
-        trace = tracer.stop()
+        trace = tracer.stop(client.acks)
     assert trace.injected() == 0
     problems = trace.violations(client.acks)
     assert not problems, "\n".join(problems)
