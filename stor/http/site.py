@@ -94,7 +94,9 @@ class StorSite(server.Site):
     """The HTTP site of one stor process; see the module docstring."""
 
     requestFactory = StorRequest
-    protocol = StorChannel  # type: ignore[assignment]  # HTTP/1.1 only: no h2 negotiation wrapper
+    protocol: Callable[[], Any] = StorChannel
+    """HTTP/1.1 only: the channel itself, not twisted's h2-negotiating wrapper (so the
+    factory's typing, which names that wrapper, sees it as any protocol)."""
 
     def __init__(self, routes: Routes, *, access: AccessEvent | None = None,
                  closing: Closing | None = None, observer: RequestObserver | None = None,

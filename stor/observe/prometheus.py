@@ -223,6 +223,30 @@ class AmqpState:
 Runner = Callable[..., "Deferred[Any]"]
 
 
+@dataclass(frozen=True)
+class Registries:
+    """Where one process's metrics live: ``page``, the registry its ``/metrics`` page is
+    built from, and ``own``, the one its metrics register in — None under
+    ``--workers``, where values live in the shared files the page collects."""
+
+    page: CollectorRegistry
+    own: CollectorRegistry | None
+
+    @classmethod
+    def create(cls) -> "Registries":
+        disable_created_metrics()  # the *_created series only add noise to every counter
+        page = CollectorRegistry(auto_describe=True)
+        if multiprocess():
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            MultiProcessCollector(page)
+            return cls(page, None)
+        from prometheus_client import ProcessCollector
+
+        ProcessCollector(registry=page)
+        return cls(page, page)
+
+
 class Exporter:
     """Prometheus metrics of one stor process, from the sources it is given.
 
@@ -234,8 +258,11 @@ class Exporter:
 
     def __init__(self, storages: Callable[[], list[StorageHealth]],
                  writable: Callable[[str], bool], run: Runner, *,
+                 registries: "Registries | None" = None,
+                 events: "StatsdMirror | None" = None,
                  cache_stats: Callable[[], Any] | None = None,
                  amqp_state: Callable[[], AmqpState] | None = None,
+                 outbox_state: Callable[[], dict[str, Any]] | None = None,
                  storage_of: Callable[[str], str | None] = lambda server: server,
                  memcached_servers: Sequence[str] = ()) -> None:
         self._storages_blocking = storages
@@ -244,19 +271,11 @@ class Exporter:
         self._run = run
         self._cache_stats = cache_stats
         self._amqp_state = amqp_state
-        disable_created_metrics()  # the *_created series only add noise to every counter
-        self.registry = CollectorRegistry(auto_describe=True)
-        shared = multiprocess()
-        if shared:
-            from prometheus_client.multiprocess import MultiProcessCollector
-
-            MultiProcessCollector(self.registry)
-            own: CollectorRegistry | None = None  # values live in the shared files
-        else:
-            own = self.registry
-            from prometheus_client import ProcessCollector
-
-            ProcessCollector(registry=self.registry)
+        self._outbox_state = outbox_state
+        """The write-through outbox's :meth:`~stor.s3.outbox.Outbox.state`, when there is one."""
+        registries = registries or Registries.create()
+        self.registry = registries.page
+        own = registries.own
         self.requests = Counter("stor_http_requests", "HTTP requests by method and status.",
                                 ["method", "status"], registry=own)
         self.sent = Counter("stor_http_response_bytes", "Response body bytes sent.",
@@ -285,15 +304,15 @@ class Exporter:
                                   "1 while every serving process reaches the memcached server.",
                                   ["server"], registry=own if memcached_servers else None,
                                   multiprocess_mode="livemin")
-        self.events = StatsdMirror(own, storage_of)
+        self.events = events or StatsdMirror(own, storage_of)
+        """The statsite events mirrored here (given when the daemon's metrics must exist
+        before the exporter's other sources do, as the outbox's)."""
         self.rejected = Counter("stor_http_rejected", "Requests refused before routing (408, "
                                 "414, 431) and upload bodies cut for silence, by reason.",
                                 ["reason"], registry=own)
         self.outbox_age = Gauge("stor_s3_outbox_oldest_age_seconds",
                                 "Seconds the oldest file waiting for S3 has waited (0: none).",
                                 registry=own, multiprocess_mode="livemax")
-        self.outbox_state: Callable[[], dict[str, Any]] | None = None
-        """The write-through outbox's :meth:`~stor.s3.outbox.Outbox.state`, when there is one."""
         self._storages = _Storages()
         self.registry.register(self._storages)
         self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
@@ -359,8 +378,8 @@ class Exporter:
             self.amqp_connected.set(1 if state.connected else 0)
             self.amqp_buffered.set(state.buffered)
             self._advance(self.amqp_dropped, "amqp_dropped", state.dropped)
-        if self.outbox_state is not None:  # current at each scrape, not at the statsd period
-            outbox = self.outbox_state()
+        if self._outbox_state is not None:  # current at each scrape, not at the statsd period
+            outbox = self._outbox_state()
             self.outbox_age.set(outbox["oldest_age"] or 0.0)
             self.events.outbox.set(outbox["depth"])
 

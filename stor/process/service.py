@@ -57,7 +57,8 @@ from stor.observe.access import emit_access
 from stor.observe.log_outputs import build_log_outputs
 from stor.observe.policy import own_log_policy
 from stor.observe.logs import LOG_FORMATS
-from stor.observe.prometheus import MULTIPROC_ENV, AmqpState, Exporter, SyncService, multiprocess
+from stor.observe.prometheus import (MULTIPROC_ENV, AmqpState, Exporter, Registries,
+                                     StatsdMirror, SyncService, multiprocess)
 from stor.process.worker_metrics import SLOT_ENV, register_worker_processes
 from stor.process.shutdown import Frontend, adopt
 from stor.process.title import set_title
@@ -197,17 +198,22 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
     publisher = build_publisher(config.amqp, reactor, statsd)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    exporter = Exporter(local.health_blocking, local.writable, health_pool.run,
-                        cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher),
-                        storage_of={local.server_name(s): s for s in local.storages}.get,
-                        memcached_servers=[s.name for s in config.memcached.servers])
+    registries = Registries.create()
     if multiprocess():  # a --workers child: process_* of every worker, not only its own
-        register_worker_processes(exporter.registry, os.environ[MULTIPROC_ENV])
-    SyncService(exporter, reactor).setServiceParent(services)
-    metrics = Tee(statsd, exporter.events)
+        register_worker_processes(registries.page, os.environ[MULTIPROC_ENV])
+    storage_of = {local.server_name(s): s for s in local.storages}.get
+    events = StatsdMirror(registries.own, storage_of)
+    metrics = Tee(statsd, events)
     repairer = Repairer(local, locks, metrics)
     corrupt = CorruptReplicas(local, locks, metrics, repairer, cache.drop)
     outbox = build_outbox(config, reactor, pool.run, metrics, on_corrupt=corrupt.found_at)
+    exporter = Exporter(local.health_blocking, local.writable, health_pool.run,
+                        registries=registries, events=events,
+                        cache_stats=lambda: cache.stats, amqp_state=_amqp_state(publisher),
+                        outbox_state=None if outbox is None else outbox.state,
+                        storage_of=storage_of,
+                        memcached_servers=[s.name for s in config.memcached.servers])
+    SyncService(exporter, reactor).setServiceParent(services)
     s3 = build_s3(config, reactor, metrics)
     store = Store(local, locks, metrics=metrics, cache=cache,
                   s3=None if isinstance(s3, NoS3) else s3,
@@ -219,7 +225,6 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
                   peers=list(build_peers(config, reactor, metrics)))
     if outbox is not None:
         outbox.setServiceParent(services)
-        exporter.outbox_state = outbox.state
     closing = Closing()
     app = StorApp(store, metrics=metrics, metrics_page=exporter.page,
                   basic_auth=config.basic_auth, delete_auth=config.delete_auth, stopping=closing,

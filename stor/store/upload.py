@@ -35,7 +35,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -110,11 +110,10 @@ class Upload:
 
     # -- IConsumer ------------------------------------------------------
 
-    # IConsumer takes any IProducer; an upload is fed by a push producer only (the
-    # connection), which it pauses while the disks are behind: hence the ignore
-    def registerProducer(self, producer: IPushProducer,  # type: ignore[override]  # (above)
-                         streaming: bool) -> None:
-        self._producer = producer
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """The connection feeding the body: a push producer (it is paused while the
+        disks are behind); anything else is refused at once, by zope's adaptation."""
+        self._producer = IPushProducer(producer)
 
     def unregisterProducer(self) -> None:
         self._unpause()
@@ -358,12 +357,12 @@ def _shielded(work: "Deferred[UploadResult]") -> "Deferred[UploadResult]":
     their fds, locks and reserved space for good (issue 18, case 5)."""
     waiter: "Deferred[UploadResult]" = Deferred()
 
-    def relay(result: object) -> None:
+    def relay(result: "UploadResult | Failure") -> None:
         if not waiter.called:
             if isinstance(result, Failure):
                 waiter.errback(result)
             else:
-                waiter.callback(result)  # type: ignore[arg-type]
+                waiter.callback(result)
         elif isinstance(result, Failure) and not result.check(StorError):
             _log.failure("upload commit failed after its client left", failure=result)
 
