@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from support.logs import gelf_json
+from support.logs import GelfAssembler, gelf_json
 from support.harness import request
 from stor.config.log import GELF_LAN_CHUNK, GelfOutput, STOR_GELF_CHUNK
 from stor.observe.gelf import CHUNK_HEADER, MAX_DATAGRAM, chunk, datagrams
@@ -34,8 +34,7 @@ class GelfPeer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.sizes: list[int] = []
-        self.chunked = 0
-        self._parts: dict[bytes, dict[int, bytes]] = {}
+        self._assembler = GelfAssembler()
 
     def messages(self, until: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Decoded messages until ``until(message)`` is true for one of them."""
@@ -48,24 +47,17 @@ class GelfPeer:
             except TimeoutError:
                 break
             self.sizes.append(len(datagram))
-            message = self._take(datagram)
+            message = self._assembler.take(datagram)
             if message is not None:
                 found.append(message)
                 if until(message):
                     return found
         pytest.fail(f"no such GELF message among {[m.get('short_message') for m in found]}")
 
-    def _take(self, datagram: bytes) -> dict[str, Any] | None:
-        if datagram[:2] == b"\x1e\x0f":
-            message_id, seq, count = datagram[2:10], datagram[10], datagram[11]
-            parts = self._parts.setdefault(message_id, {})
-            parts[seq] = datagram[12:]
-            if len(parts) < count:
-                return None
-            del self._parts[message_id]
-            self.chunked += 1
-            datagram = b"".join(parts[i] for i in range(count))
-        return json.loads(zlib.decompress(datagram))
+    @property
+    def chunked(self) -> int:
+        """How many messages arrived in chunks."""
+        return self._assembler.chunked
 
     def close(self) -> None:
         self.sock.close()
