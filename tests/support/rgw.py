@@ -33,12 +33,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from support.ports import free_port
-from support.s3 import _client, _die_with_parent
+from support.s3 import S3Peer, _die_with_parent
 
 START_TIMEOUT = 90.0
 STOP_WAIT = 15.0  # radosgw can take ~8 s to exit on SIGTERM
@@ -88,31 +88,11 @@ def rgw_installed() -> bool:
 
 
 @dataclass
-class RgwS3:
+class RgwS3(S3Peer):
     """A running Ceph RGW and the credentials of its one user."""
 
-    endpoint: str
-    access_key: str
-    secret_key: str
     root: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
-        """A blocking botocore S3 client (path-style) for setting up fixtures."""
-        return _client(self.endpoint, "s3", access_key or self.access_key,
-                       secret_key or self.secret_key)
-
-    def new_bucket(self, prefix: str = "stor-test") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
-        return name
-
-    def put(self, bucket: str, key: str, body: bytes | IO[bytes]) -> dict[str, Any]:
-        return self.client().put_object(Bucket=bucket, Key=key, Body=body)
-
-    def head(self, bucket: str, key: str) -> dict[str, str]:
-        answer = self.client().head_object(Bucket=bucket, Key=key)
-        return answer["ResponseMetadata"]["HTTPHeaders"]
 
     def rss_kib(self) -> dict[str, int]:
         """Each daemon's resident memory now."""

@@ -42,14 +42,13 @@ PR_SET_PDEATHSIG = 1
 
 
 @dataclass
-class MotoS3:
-    """A running moto server and the credentials it accepts."""
+class S3Peer:
+    """A running S3 server (moto or Ceph RGW) and the credentials of its one user:
+    what the tests use to set up and inspect buckets, the same on either."""
 
     endpoint: str
     access_key: str
     secret_key: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
 
     def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
         """A blocking botocore S3 client (path-style) for setting up fixtures."""
@@ -67,9 +66,17 @@ class MotoS3:
         return self.client().put_object(Bucket=bucket, Key=key, Body=body)
 
     def head(self, bucket: str, key: str) -> dict[str, str]:
-        """The object's response headers, as moto sends them."""
+        """The object's response headers, as the server sends them."""
         answer = self.client().head_object(Bucket=bucket, Key=key)
         return answer["ResponseMetadata"]["HTTPHeaders"]
+
+
+@dataclass
+class MotoS3(S3Peer):
+    """A running moto server and the credentials it accepts."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
 
     def stop(self) -> None:
         self.process.terminate()
