@@ -212,9 +212,11 @@ def s3_sync_dry_run(host: Host) -> subprocess.CompletedProcess[str]:
 
 def test_draining_then_retiring_a_host_loses_nothing(fleet: Fleet, haproxy: Any,
                                                      rgw: Any) -> None:
-    """docs/fleet-operations.rst, "Draining a host" and "Retiring a host": out of the
-    upload pool (write_headroom above its disks), outbox empty, s3-sync --dry-run
-    clean; then stopped, and every file it took is still read through the balancer."""
+    """A drain that lasts across HAProxy reloads (docs/fleet-operations.rst, "Write
+    readiness": write_headroom above its disks takes a host out of the upload pool;
+    test_fleet_procedures runs the page's drain through HAProxy's runtime API): outbox
+    empty, s3-sync --dry-run clean; then stopped, and every file it took is still read
+    through the balancer."""
     bucket = rgw.new_bucket()
     ports = {name: free_port() for name in "ab"}
     keys = s3_keys(rgw, bucket, s3_write_through=True, s3_enabled=True, s3_read="fallback")

@@ -9,9 +9,10 @@ and started again on the same disks, nginx in front of them from
 - fixture ``nginx``: starts nginx as a child process (``daemon off``, its
   prefix, pid, logs and temp dirs in the test's tmp) from the shipped config,
   with only the lines marked ``# @<name>`` changed (:func:`render_nginx`).
-- fixture ``haproxy``: HAProxy in the foreground from the shipped
+- fixture ``haproxy``: HAProxy in the foreground (master-worker) from the shipped
   ``conf/haproxy-fleet.cfg`` (:func:`render_haproxy`), with its stats page
-  read as CSV (:meth:`HAProxy.servers`).
+  read as CSV (:meth:`HAProxy.servers`), its runtime API (:meth:`HAProxy.runtime`) and
+  a reload (:meth:`HAProxy.reload`).
 - :func:`s3_keys`: the config keys of a bucket on moto, optionally reached
   through another endpoint (a relay the test can cut).
 - :func:`wait_in_bucket` / :func:`in_bucket`: bounded polls until the bucket
@@ -30,6 +31,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -293,9 +295,10 @@ class Fleet:
         self._tmp = tmp_path
         self.hosts: list[Host] = []
 
-    def start(self, name: str, wait: bool = True, port: int | None = None,
+    def start(self, name: str, wait: bool = True, port: int | None = None, run: bool = True,
               **config: Any) -> Host:
-        """A new host ``name`` running with ``config`` on top of its own storages.
+        """A new host ``name`` running with ``config`` on top of its own storages
+        (with ``run=False`` only created: its storages and config; :meth:`run` starts it).
 
         It listens on ``port`` when the test must know it before (e.g. for
         ``fleet_peers``: take one from :func:`support.ports.free_port`), else on
@@ -308,9 +311,16 @@ class Fleet:
         raw = stor_config(storages, lock_dir=str(root / "locks"), **config)
         config_path = root / "stor.json"
         config_path.write_text(json.dumps(raw))
-        host = Host(name, storages, config_path, 0)
+        host = Host(name, storages, config_path, port or 0)
         self.hosts.append(host)
-        self._run(host, wait)
+        if run:
+            self._run(host, wait)
+        return host
+
+    def run(self, host: Host) -> Host:
+        """Start a host created with ``run=False``."""
+        assert host.proc is None, f"{host.name} has run before: restart it"
+        self._run(host, True)
         return host
 
     def restart(self, host: Host, wait: bool = True) -> Host:
@@ -508,10 +518,13 @@ _HAPROXY_MARKED = re.compile(r"^(?P<indent>\s*)(?P<directive>\w+)\s+(?P<args>\S.
                              r"#\s*@(?P<name>\w+)\s*$")
 
 
-def render_haproxy(template: str, listen: int, stats: int, upstreams: list[int]) -> str:
+def render_haproxy(template: str, listen: int, stats: int, upstreams: list[int],
+                   runtime: Path, names: list[str] | None = None) -> str:
     """``template`` with its ``# @<name>`` lines pointed at this test: the frontend's
     and the stats page's ``bind``, one ``@stor`` server per upstream port (named
-    stor1, stor2, … with the first such line's parameters), logs to stderr."""
+    ``names``, default stor1, stor2, …, with the first such line's parameters), the
+    runtime API's ``stats socket`` at ``runtime``, logs to stderr."""
+    names = names or [f"stor{i + 1}" for i in range(len(upstreams))]
     out: list[str] = []
     seen: set[str] = set()
     previous = ""
@@ -526,29 +539,64 @@ def render_haproxy(template: str, listen: int, stats: int, upstreams: list[int])
         first_of_group, previous = previous != name, name
         if name == "stor":  # each backend's group of servers: the test's hosts
             if first_of_group:
-                out += [f"{indent}server stor{i + 1} 127.0.0.1:{port} {' '.join(args[2:])}".rstrip()
-                        for i, port in enumerate(upstreams)]
+                out += [f"{indent}server {n} 127.0.0.1:{port} {' '.join(args[2:])}".rstrip()
+                        for n, port in zip(names, upstreams)]
         elif name in ("bind", "stats"):
             port = listen if name == "bind" else stats
             out.append(f"{indent}{directive} 127.0.0.1:{port} {' '.join(args[1:])}".rstrip())
         elif name == "log":
             out.append(f"{indent}{directive} stderr format raw {' '.join(args[1:])}")
+        elif name == "socket":
+            out.append(f"{indent}{directive} {args[0]} {runtime} {' '.join(args[2:])}")
         else:
             raise AssertionError(f"unknown marker @{name} in {line!r}")
         seen.add(name)
-    missing = {"stor", "bind", "stats", "log"} - seen
+    missing = {"stor", "bind", "stats", "log", "socket"} - seen
     assert not missing, f"markers missing from the config: {sorted(missing)}"
     return "\n".join(out) + "\n"
 
 
 @dataclass
 class HAProxy:
-    """HAProxy running in the foreground as a child process of the test."""
+    """HAProxy running in the foreground as a child process of the test, in
+    master-worker mode (as Debian's unit runs it: ``reload`` is SIGUSR2 to the master)."""
 
     popen: subprocess.Popen[bytes]
     port: int
     stats_port: int
     log_path: Path
+    config_path: Path
+    socket_path: Path
+    binary: str
+
+    def render(self, upstreams: list[int], names: list[str] | None = None) -> str:
+        """The shipped config with ``upstreams`` as its servers (``names``, default
+        stor1, stor2, …)."""
+        return render_haproxy(HAPROXY_CONF.read_text(), self.port, self.stats_port, upstreams,
+                              self.socket_path, names)
+
+    def reload(self) -> None:
+        """``systemctl reload haproxy`` as Debian's unit does it: check the config
+        (``haproxy -c``), then SIGUSR2 to the master; returns once the new worker
+        answers on the stats page with the config's servers."""
+        check = subprocess.run([self.binary, "-c", "-q", "-f", str(self.config_path)],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        names = set(re.findall(r"^\s*server (stor\d+) ", self.config_path.read_text(), re.M))
+        self.popen.send_signal(signal.SIGUSR2)
+        wait_for(lambda: set(self.servers("stor")) == names and set(
+            self.servers("stor_write")) == names, "HAProxy reloaded with the new servers")
+
+    def runtime(self, command: str) -> str:
+        """One command on the runtime API's socket; its answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.socket_path))
+            s.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
 
     @property
     def log(self) -> str:
@@ -588,12 +636,14 @@ def haproxy(tmp_path: Path) -> Iterator[Any]:
 
     def start_on(port: int, stats: int, upstreams: list[int]) -> HAProxy:
         conf = tmp_path / f"haproxy{len(started)}.cfg"
-        conf.write_text(render_haproxy(HAPROXY_CONF.read_text(), port, stats, upstreams))
+        runtime = tmp_path / f"haproxy{len(started)}.sock"
+        conf.write_text(render_haproxy(HAPROXY_CONF.read_text(), port, stats, upstreams, runtime))
         log_path = tmp_path / f"haproxy{len(started)}.log"
         with open(log_path, "wb") as log:
-            popen = subprocess.Popen([binary, "-db", "-f", str(conf)], stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        server = HAProxy(popen, port, stats, log_path)
+            popen = subprocess.Popen([binary, "-W", "-db", "-f", str(conf)],
+                                     stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        server = HAProxy(popen, port, stats, log_path, conf, runtime, binary)
         started.append(server)
 
         wait_answering("haproxy", server, "/haproxy-health")
