@@ -200,9 +200,32 @@ class ShaLocks:
             except FileNotFoundError:
                 pass
             try:
-                return os.open(name, flags | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=self.fd)
+                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=self.fd)
             except FileExistsError:
                 continue  # another process made it meanwhile
+            self._give_away(fd)
+            return fd
+
+    def _give_away(self, fd: int) -> None:
+        """A file root made in the service's directory is the service's (else its
+        0640 would lock the daemon out of it)."""
+        if self.owner is not None and os.geteuid() == 0:
+            os.fchown(fd, *self.owner)
+
+
+def service_owner(directory: str) -> Owner | None:
+    """For a root tool that stays root: the (uid, gid) owning an existing lock directory
+    when that is another user's (the service's), so its lock files are made the
+    service's and the directory is checked against it; None otherwise."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    if st.st_uid == 0 or not stat.S_ISDIR(st.st_mode):
+        return None
+    return st.st_uid, st.st_gid
 
 
 def default_lock_dir() -> str:
@@ -255,6 +278,7 @@ class Tombstones:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      FILE_MODE, dir_fd=self.fd)
         try:
+            self._locks._give_away(fd)
             now = time.time_ns()  # the fine clock: a file's own mtime ticks only every few ms
             os.utime(fd, ns=(now, now))
         finally:
