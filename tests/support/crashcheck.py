@@ -129,6 +129,13 @@ def _path_args(call: Call, cwd: str) -> list[str]:
     return paths
 
 
+def resolved_paths(line: str, cwd: str = "/") -> list[str]:
+    """The paths one whole trace line's call names, ``*at`` calls resolved against
+    their directory descriptors (``-y``): what ``renameat(5</d/.stor-tmp>, "t", …)`` means."""
+    calls = parse([line])
+    return _path_args(calls[0], cwd) if calls else []
+
+
 @dataclass
 class _State:
     entry_changed: dict[str, int] = field(default_factory=dict)
