@@ -34,7 +34,7 @@ from stor.cli.usage import (
 from stor.cli.owner import OwnerError, act_as_storage_owner
 from stor.config import Config, StatsiteConfig
 from stor.core.errors import ConfigError
-from stor.disk.locks import ShaLocks, default_lock_dir
+from stor.disk.locks import ShaLocks, default_lock_dir, service_owner
 from stor.observe.statsd import StatsdMetrics
 from stor.disk.scrub import KINDS, Problem, Report, Scrubber, Throttle, count, twins
 from stor.cli.scrub_progress import Progress
@@ -75,7 +75,8 @@ def run_command(args: argparse.Namespace, stdout: TextIO | None = None,
         storages = selected_storages(config, args.storages)
         act_as_storage_owner(config.storages)  # before anything below them is touched
         check_listable(storages)
-        locks = ShaLocks(config.lock_dir or default_lock_dir())
+        lock_dir = config.lock_dir or default_lock_dir()
+        locks = ShaLocks(lock_dir, owner=service_owner(lock_dir))  # root on root's storages
         locks.prepare()  # the daemon's directory, checked as the daemon checks it
     except ConfigError as e:
         err.write(f"stor scrub: {e}\n")

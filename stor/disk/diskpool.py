@@ -22,6 +22,9 @@ T = TypeVar("T")
 
 _STOP = object()
 
+DEFAULT_SIZE = 8
+"""Threads of the daemon's disk pool."""
+
 
 class DiskPool(Service):
     """Runs blocking callables on ``size`` daemon threads; results fire on the reactor.
@@ -29,7 +32,7 @@ class DiskPool(Service):
     Threads start with the service (or on first use) and are joined when it stops.
     """
 
-    def __init__(self, reactor: Reactor, size: int = 8, name: str = "stor-disk") -> None:
+    def __init__(self, reactor: Reactor, size: int = DEFAULT_SIZE, name: str = "stor-disk") -> None:
         self._reactor = reactor
         self._size = size
         self._name = name

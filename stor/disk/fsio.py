@@ -6,10 +6,11 @@ Everything here blocks: call it from the disk pool, never the reactor.
 import ctypes
 import errno
 import os
-import stat
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+from stor.disk.anchored import DirChain, open_chain
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 
@@ -57,35 +58,36 @@ def unlink_quietly(path: str) -> None:
 def make_dirs(storage: str, path: str, owner: tuple[int, int] | None = None) -> list[str]:
     """Create the missing directories from ``storage`` down to ``path``, durably.
 
-    ``storage`` itself is never created (an unmounted disk must not fill the
-    root filesystem).  The parent of every directory created is fsynced, up to
-    the storage root, so that after a power cut the new entries are there: a
-    file renamed into a new directory would otherwise be lost with its
-    directory.  The caller fsyncs ``path`` itself after putting something in
-    it.  Run as root, new directories get ``owner`` (the storage's), so the
-    daemon running as another user can still write next to them.  Returns the
-    directories created, top first.
+    See :func:`made_chain`; returns the directories created, top first.
     """
-    if os.path.isdir(path):
-        return []
+    with made_chain(storage, path, owner) as chain:
+        return chain.created
+
+
+def made_chain(storage: str, path: str, owner: tuple[int, int] | None = None) -> DirChain:
+    """Descriptors down to ``path``, the missing directories created durably.
+
+    ``storage`` itself is never created (an unmounted disk must not fill the
+    root filesystem) and no symlink on the way is followed
+    (:mod:`stor.disk.anchored`).  The parent of every directory created is
+    fsynced, up to the storage root, so that after a power cut the new
+    entries are there: a file renamed into a new directory would otherwise be
+    lost with its directory.  The caller fsyncs ``path`` itself (``chain.leaf``)
+    after putting something in it.  Run as root, new directories get
+    ``owner`` (the storage's), so the daemon running as another user can still
+    write next to them.  The caller closes the chain.
+    """
     if not os.path.isdir(storage):
         raise FileNotFoundError(errno.ENOENT, "storage is not a directory", storage)
-    created: list[str] = []
-    current = storage
-    for part in os.path.relpath(path, storage).split(os.sep):
-        current = os.path.join(current, part)
-        try:
-            os.mkdir(current)
-        except FileExistsError:
-            if not os.path.isdir(current):
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", current) from None
-            continue
-        if owner is not None:
-            os.chown(current, *owner)
-        created.append(current)
-    for parent in dict.fromkeys(os.path.dirname(d) for d in created):
-        fsync_dir(parent)  # the new entry; the leaf is fsynced by whoever fills it
-    return created
+    chain = open_chain(storage, path, create=True, owner=owner)
+    try:
+        fds = dict(zip(chain.paths, chain.fds))
+        for parent in dict.fromkeys(os.path.dirname(d) for d in chain.created):
+            os.fsync(fds[parent])  # the new entry; the leaf is fsynced by whoever fills it
+    except BaseException:
+        chain.close()
+        raise
+    return chain
 
 
 class _KnownDurable:
@@ -126,32 +128,39 @@ def _ident(st: os.stat_result) -> tuple[int, int]:
 def durable_dirs(storage: str, path: str, owner: tuple[int, int] | None = None) -> list[str]:
     """Make every directory from ``storage`` down to ``path`` exist *and be durable*.
 
-    Unlike :func:`make_dirs`, a directory found already there still has its
+    See :func:`durable_chain`; returns the directories created.
+    """
+    with durable_chain(storage, path, owner) as chain:
+        return chain.created
+
+
+def durable_chain(storage: str, path: str, owner: tuple[int, int] | None = None) -> DirChain:
+    """Descriptors down to ``path``, every directory on the way there and durable.
+
+    Unlike :func:`made_chain`, a directory found already there still has its
     parent fsynced (once per process and inode, see :class:`_KnownDurable`):
     its creator may not have fsynced it yet, and no answer may count on an
     entry that a power cut can take away.  ``storage`` itself is never created
-    and its own entry is the operator's.  Returns the directories created.
+    and its own entry is the operator's; no symlink is followed.  The caller
+    closes the chain.
     """
     if not os.path.isdir(storage):
         raise FileNotFoundError(errno.ENOENT, "storage is not a directory", storage)
-    created: list[str] = []
-    chain: list[tuple[str, tuple[int, int]]] = []
-    current = storage
-    for part in os.path.relpath(path, storage).split(os.sep):
-        current = os.path.join(current, part)
-        try:
-            os.mkdir(current)
-            if owner is not None:
-                os.chown(current, *owner)
-            created.append(current)
-        except FileExistsError:
-            pass
-        st = os.lstat(current)
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", current)
-        chain.append((current, _ident(st)))
-    _make_entries_durable(chain)
-    return created
+    chain = open_chain(storage, path, create=True, owner=owner)
+    try:
+        synced: set[int] = set()
+        for i in range(1, len(chain.fds)):
+            entry, ident = chain.paths[i], _ident(os.fstat(chain.fds[i]))
+            if KNOWN_DURABLE.has(entry, ident):
+                continue
+            if i - 1 not in synced:
+                os.fsync(chain.fds[i - 1])
+                synced.add(i - 1)
+            KNOWN_DURABLE.add(entry, ident)
+    except BaseException:
+        chain.close()
+        raise
+    return chain
 
 
 def _make_entries_durable(chain: list[tuple[str, tuple[int, int]]]) -> None:

@@ -31,11 +31,15 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from stor.core.errors import Busy, ConfigError
+
+T = TypeVar("T")
 
 DIR_MODE = 0o770
 """The lock directory's mode when stor creates it: its user and group only."""
@@ -111,7 +115,11 @@ def _distrust(st: os.stat_result, owner: Owner | None) -> str | None:
 LOCK_WAIT = 10.0
 """Seconds a writer waits for a SHA's lock before answering 503 (a commit holds it for a
 rename and a few fsyncs; a holder past this is stuck or hostile)."""
-_FIRST_PAUSE, _LONGEST_PAUSE = 0.001, 0.05
+FIRST_PAUSE, LONGEST_PAUSE = 0.001, 0.05
+
+
+def _prefix(sha: str) -> str:
+    return sha[:3].lower()
 
 
 class LockBusy(Busy):
@@ -131,6 +139,7 @@ class ShaLocks:
         self.wait = wait
         self._fd: int | None = None
         self._deleted_fd: int | None = None
+        self._thread = threading.local()  # the prefixes a job of this thread holds
 
     def prepare(self) -> None:
         """Create or check the directory and open it (blocking; at start, or on first use).
@@ -164,21 +173,65 @@ class ShaLocks:
     def hold(self, sha: str) -> Iterator[None]:
         """Hold ``sha``'s lock for the ``with`` block.
 
-        Waits for the current holder at most :attr:`wait` seconds, then raises
-        :class:`LockBusy` (503): a process holding a lock file forever ties up
-        a disk-pool thread for that long, never for good.
+        Reentrant on one thread: inside another ``hold`` of the same prefix, or
+        a job started already holding it (:meth:`run_held_blocking`, from
+        :mod:`stor.disk.lockwait`), this is that lock.  Otherwise it waits for the current holder at most
+        :attr:`wait` seconds, then raises :class:`LockBusy` (503): the waiting
+        thread is the caller's (a command's, a background repair's).
         """
-        fd = self._open(sha[:3].lower() + ".lock")
+        prefix = _prefix(sha)
+        held = self._held_here()
+        if prefix in held:
+            yield  # this thread holds it already (reentrant)
+            return
+        fd = self._open(prefix + ".lock")
         try:
             self._acquire(fd, sha)
+            held.add(prefix)
             yield
         finally:
+            held.discard(prefix)
             os.close(fd)  # releases the lock
+
+    def _held_here(self) -> set[str]:
+        held: set[str] | None = getattr(self._thread, "held", None)
+        if held is None:
+            held = self._thread.held = set()
+        return held
+
+    def try_lock_blocking(self, sha: str, fd: int | None = None) -> tuple[int, bool]:
+        """One try (``LOCK_NB``) at ``sha``'s lock: (the lock file's fd, whether it is held).
+
+        Opens the lock file when ``fd`` is None; the caller keeps the fd for
+        the next try and closes it (which releases the lock)."""
+        if fd is None:
+            fd = self._open(_prefix(sha) + ".lock")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fd, False
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, True
+
+    def run_held_blocking(self, sha: str, fd: int, f: Callable[..., T], *args: object) -> T:
+        """``f(*args)`` with ``sha``'s lock, already taken on ``fd``; released (closed) after.
+
+        :meth:`hold` of the same prefix inside ``f`` is this lock."""
+        held = self._held_here()
+        prefix = _prefix(sha)
+        held.add(prefix)
+        try:
+            return f(*args)
+        finally:
+            held.discard(prefix)
+            os.close(fd)
 
     def _acquire(self, fd: int, sha: str) -> None:
         """``flock`` without blocking, retried with a growing pause until :attr:`wait`."""
         deadline = time.monotonic() + self.wait
-        pause = _FIRST_PAUSE
+        pause = FIRST_PAUSE
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -189,7 +242,7 @@ class ShaLocks:
             if left <= 0:
                 raise LockBusy(sha, self.wait)
             time.sleep(min(pause, left))
-            pause = min(pause * 2, _LONGEST_PAUSE)
+            pause = min(pause * 2, LONGEST_PAUSE)
 
     def _open(self, name: str) -> int:
         """The lock file ``name``, created when missing, never through a symlink."""
@@ -200,9 +253,32 @@ class ShaLocks:
             except FileNotFoundError:
                 pass
             try:
-                return os.open(name, flags | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=self.fd)
+                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=self.fd)
             except FileExistsError:
                 continue  # another process made it meanwhile
+            self._give_away(fd)
+            return fd
+
+    def _give_away(self, fd: int) -> None:
+        """A file root made in the service's directory is the service's (else its
+        0640 would lock the daemon out of it)."""
+        if self.owner is not None and os.geteuid() == 0:
+            os.fchown(fd, *self.owner)
+
+
+def service_owner(directory: str) -> Owner | None:
+    """For a root tool that stays root: the (uid, gid) owning an existing lock directory
+    when that is another user's (the service's), so its lock files are made the
+    service's and the directory is checked against it; None otherwise."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    if st.st_uid == 0 or not stat.S_ISDIR(st.st_mode):
+        return None
+    return st.st_uid, st.st_gid
 
 
 def default_lock_dir() -> str:
@@ -255,6 +331,7 @@ class Tombstones:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      FILE_MODE, dir_fd=self.fd)
         try:
+            self._locks._give_away(fd)
             now = time.time_ns()  # the fine clock: a file's own mtime ticks only every few ms
             os.utime(fd, ns=(now, now))
         finally:

@@ -13,7 +13,8 @@ import os
 import time
 
 from stor.core import layout
-from stor.disk.fsio import fsync_dir, make_dirs, owner_of
+from stor.disk.anchored import open_chain
+from stor.disk.fsio import made_chain, owner_of
 from stor.disk.locks import ShaLocks
 
 
@@ -23,19 +24,29 @@ def quarantine_dir(storage: str) -> str:
 
 def quarantine(storage: str, sha: str, ident: tuple[int, int], locks: ShaLocks) -> str | None:
     """Move ``sha``'s replica on ``storage`` aside if it is still the file ``ident``
-    (``(st_dev, st_ino)``) names; return where it went, None when it had changed."""
+    (``(st_dev, st_ino)``) names; return where it went, None when it had changed.
+
+    Both directories are reached through descriptors that follow no symlink
+    (:mod:`stor.disk.anchored`): a ``.stor-quarantine`` or an ``AA/BB/CC``
+    replaced by a link raises :class:`~stor.disk.anchored.SymlinkRefused`
+    and nothing moves."""
     path = layout.file_path(storage, sha)
-    target_dir = quarantine_dir(storage)
+    name = os.path.basename(path)
     with locks.hold(sha):
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
+            source = open_chain(storage, os.path.dirname(path))
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        if (st.st_dev, st.st_ino) != ident:
-            return None
-        make_dirs(storage, target_dir, owner_of(storage))
-        target = os.path.join(target_dir, f"{sha.upper()}.{int(time.time())}.dat")
-        os.rename(path, target)
-        fsync_dir(os.path.dirname(path))
-        fsync_dir(target_dir)
-    return target
+        with source:
+            try:
+                st = os.stat(name, dir_fd=source.leaf, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if (st.st_dev, st.st_ino) != ident:
+                return None
+            with made_chain(storage, quarantine_dir(storage), owner_of(storage)) as target_dir:
+                target = f"{sha.upper()}.{int(time.time())}.dat"
+                os.rename(name, target, src_dir_fd=source.leaf, dst_dir_fd=target_dir.leaf)
+                os.fsync(source.leaf)
+                os.fsync(target_dir.leaf)
+                return os.path.join(target_dir.path, target)

@@ -14,8 +14,10 @@ import hashlib
 import os
 from collections.abc import Callable
 
+from stor.core import layout
 from stor.core.errors import HashMismatch
 from stor.core.sha import parse_sha
+from stor.disk import anchored
 from stor.disk.commit import install
 from stor.disk.fsio import advise_sequential, owner_of, write_all
 from stor.disk.locks import ShaLocks
@@ -47,10 +49,15 @@ def sha256_file(path: str, on_chunk: OnChunk | None = None, chunk_size: int = CH
     Streams, so memory stays flat for any file size; raises ``OSError`` when the
     file cannot be read (an I/O error is as bad as a corrupt byte to a caller).
     """
-    hasher = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        advise_sequential(f.fileno())
-        _pump(f.fileno(), hasher, None, on_chunk, chunk_size)
+        return sha256_fd(f.fileno(), on_chunk, chunk_size)
+
+
+def sha256_fd(fd: int, on_chunk: OnChunk | None = None, chunk_size: int = CHUNK) -> str:
+    """The sha256 of the open file ``fd`` from its current position (see :func:`sha256_file`)."""
+    hasher = hashlib.sha256()
+    advise_sequential(fd)
+    _pump(fd, hasher, None, on_chunk, chunk_size)
     return hasher.hexdigest()
 
 
@@ -99,14 +106,16 @@ def copy_to_twin(
     sha = parse_sha(sha)
     if not os.path.isdir(twin_storage):
         raise FileNotFoundError(errno.ENOENT, "twin storage is not a directory", twin_storage)
-    with open(source_path, "rb", buffering=0) as source:
-        advise_sequential(source.fileno())
-        copied = os.fstat(source.fileno())
-        temp = copy_verified(source.fileno(), source_path, twin_storage, sha, on_chunk,
-                             chunk_size)
+    source_fd = open_source(source_path, sha)
+    try:
+        advise_sequential(source_fd)
+        copied = os.fstat(source_fd)
+        temp = copy_verified(source_fd, source_path, twin_storage, sha, on_chunk, chunk_size)
+    finally:
+        os.close(source_fd)
     try:
         with locks.hold(sha):
-            if not same_file(source_path, copied):
+            if not same_file(source_path, copied, sha):
                 raise SourceGone(f"{source_path} changed while it was copied")
             final = install(sha, [temp])[0]
     except BaseException:
@@ -116,10 +125,21 @@ def copy_to_twin(
     return final
 
 
-def same_file(path: str, st: os.stat_result) -> bool:
-    """Whether ``path`` still names the file ``st`` was taken of."""
+def open_source(path: str, sha: str) -> int:
+    """Open a replica to read, never through a symlink: below its storage, through
+    directory descriptors (:mod:`stor.disk.anchored`); elsewhere, the last name."""
+    storage = layout.storage_of(path, sha)
+    if storage is None:
+        return anchored.open_file_at(None, path, os.O_RDONLY, path)
+    with anchored.open_chain(storage, os.path.dirname(path)) as chain:
+        return anchored.open_file_at(chain.leaf, os.path.basename(path), os.O_RDONLY, path)
+
+
+def same_file(path: str, st: os.stat_result, sha: str | None = None) -> bool:
+    """Whether ``path`` still names the file ``st`` was taken of (no symlink followed)."""
+    storage = layout.storage_of(path, sha) if sha is not None else None
     try:
-        now = os.stat(path)
+        now = anchored.lstat(storage, path) if storage is not None else os.lstat(path)
     except OSError:
         return False
     return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)

@@ -20,6 +20,13 @@ Problem kinds:
 ``stale-temp``     an abandoned upload in ``.stor-tmp`` (no process holds it: see
                    :mod:`stor.disk.temps`); removed by ``--repair``
 ``unreadable``     a directory below a storage that cannot be listed
+``symlink``        a symbolic link below a storage (stor never makes one):
+                   never followed, read or written through; left alone
+
+Every walk, read, write, rename and unlink below a storage goes through
+directory descriptors opened with ``O_NOFOLLOW | O_DIRECTORY`` from the
+storage down (:mod:`stor.disk.anchored`): what the daemon's user planted
+cannot make a root scrub touch anything outside the storage.
 
 This module is the engine: it knows storages and replicas, not terminals.
 :func:`count` is the quick first pass (``stat`` only) that gives a long scrub
@@ -29,6 +36,7 @@ metrics are :mod:`stor.cli.scrub`.
 """
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,12 +46,15 @@ from stor.core import layout
 from stor.core.sha import parse_sha
 from stor.config import Config
 from stor.core.errors import HashMismatch, MalformedSha
+from stor.disk import anchored
+from stor.disk.anchored import SymlinkRefused
 from stor.disk.locks import ShaLocks
 from stor.disk.temps import is_stale_temp, temp_dir
 from stor.disk.quarantine import quarantine
-from stor.disk.replica import CHUNK, copy_to_twin, sha256_file
+from stor.disk.replica import CHUNK, copy_to_twin, sha256_fd
 
-KINDS = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", "unreadable")
+KINDS = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", "unreadable",
+         "symlink")
 """Every problem kind, in report order."""
 
 SKIPPED_TOP_DIRS = layout.OWN_DIRS | {"lost+found"}
@@ -177,11 +188,11 @@ def count(storages: Sequence[str], on_file: Callable[[int], None] = lambda size:
     """
     files = size_total = 0
     for storage in storages:
-        for path, sha in walk(storage, on_error=lambda e: None):
-            if sha is None:
+        for found in walk(storage, on_error=lambda e: None):
+            if found.sha is None:
                 continue
             try:
-                size = os.stat(path).st_size
+                size = os.stat(found.name, dir_fd=found.dir_fd, follow_symlinks=False).st_size
             except OSError:
                 continue
             files += 1
@@ -190,16 +201,73 @@ def count(storages: Sequence[str], on_file: Callable[[int], None] = lambda size:
     return Totals(files, size_total)
 
 
-def walk(storage: str, on_error: Callable[[OSError], None]) -> Iterator[tuple[str, str | None]]:
-    """Every ``.dat`` below ``storage`` in a stable order: (path, its SHA or None if misplaced)."""
-    for directory, dirs, files in os.walk(storage, onerror=on_error):
-        if directory == storage:
-            dirs[:] = [d for d in dirs if d not in SKIPPED_TOP_DIRS]
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(".dat"):  # anything else is none of scrub's business
-                path = os.path.join(directory, name)
-                yield path, _placed_sha(storage, path)
+@dataclass(frozen=True)
+class Found:
+    """A ``.dat`` the walk found: its path, its SHA (None if misplaced), and its
+    directory's descriptor and its name there (valid until the walk moves on)."""
+
+    path: str
+    sha: str | None
+    dir_fd: int
+    name: str
+
+
+def walk(storage: str, on_error: Callable[[OSError], None],
+         on_symlink: Callable[[str], None] = lambda path: None) -> Iterator[Found]:
+    """Every ``.dat`` below ``storage`` in a stable order, through descriptors.
+
+    Directories are opened with ``O_NOFOLLOW | O_DIRECTORY`` relative to their
+    parent's descriptor: a symlink anywhere is told to ``on_symlink`` and
+    neither followed nor yielded."""
+    try:
+        root = anchored.open_storage(storage)
+    except OSError as e:
+        on_error(e)
+        return
+    try:
+        yield from _walk_dir(storage, root, storage, True, on_error, on_symlink)
+    finally:
+        os.close(root)
+
+
+def _walk_dir(storage: str, fd: int, path: str, top: bool, on_error: Callable[[OSError], None],
+              on_symlink: Callable[[str], None]) -> Iterator[Found]:
+    try:
+        with os.scandir(fd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        e.filename = path
+        on_error(e)
+        return
+    dirs: list[str] = []
+    for entry in entries:
+        full = os.path.join(path, entry.name)
+        try:
+            if entry.is_symlink():
+                on_symlink(full)
+            elif entry.is_dir(follow_symlinks=False):
+                if not (top and entry.name in SKIPPED_TOP_DIRS):
+                    dirs.append(entry.name)
+            elif entry.name.lower().endswith(".dat"):  # anything else is none of scrub's business
+                yield Found(full, _placed_sha(storage, full), fd, entry.name)
+        except FileNotFoundError:
+            continue  # removed while we walked
+    for name in dirs:
+        full = os.path.join(path, name)
+        try:
+            sub = anchored.open_dir_at(fd, name, full)
+        except SymlinkRefused:
+            on_symlink(full)  # replaced by a link while we walked
+            continue
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            on_error(e)
+            continue
+        try:
+            yield from _walk_dir(storage, sub, full, False, on_error, on_symlink)
+        finally:
+            os.close(sub)
 
 
 class Scrubber:
@@ -229,6 +297,7 @@ class Scrubber:
         self.progress: ProgressSink = progress or _NoProgress()
         self.on_problem = on_problem
         self._clock = clock
+        self._links: set[str] = set()
 
     def run(self, storages: Sequence[str]) -> Report:
         """Scrub every one of ``storages`` in turn; the report, with the time it took."""
@@ -241,55 +310,82 @@ class Scrubber:
     def scrub(self, storage: str) -> None:
         """Check ``storage``'s temp directory, then every file below it."""
         self.check_temps(storage)
-        for path, sha in self._walk(storage):
-            self.check_file(storage, path, sha)
+        for found in self._walk(storage):
+            self.check_file(storage, found)
 
     # -- temp files -----------------------------------------------------
 
     def check_temps(self, storage: str) -> None:
-        """Report (and with repair remove) stale files in ``storage``'s temp directory."""
+        """Report (and with repair remove) stale files in ``storage``'s temp directory.
+
+        Listed and removed through its descriptor: a ``.stor-tmp`` that is a
+        symlink is reported (by the walk) and its target never swept."""
         now = time.time()
         try:
-            entries = sorted(os.scandir(temp_dir(storage)), key=lambda e: e.name)
-        except FileNotFoundError:
-            return
+            chain = anchored.open_chain(storage, temp_dir(storage))
+        except (FileNotFoundError, SymlinkRefused):
+            return  # nothing to sweep; a link is the walk's to report
         except OSError as e:
             self._found(Problem(temp_dir(storage), "unreadable", detail=_reason(e)))
             return
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False) and self._is_stale(entry, now):
-                problem = Problem(entry.path, "stale-temp")
-                self._mend(problem, lambda: os.unlink(entry.path))
-                self._found(problem)
+        with chain:
+            try:
+                with os.scandir(chain.leaf) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                self._found(Problem(chain.path, "unreadable", detail=_reason(e)))
+                return
+            for entry in entries:
+                path = os.path.join(chain.path, entry.name)
+                if entry.is_symlink():
+                    self._symlink(path)
+                elif entry.is_file(follow_symlinks=False) and self._is_stale(
+                        chain.leaf, entry.name, now):
+                    problem = Problem(path, "stale-temp")
+                    self._mend(problem, lambda: os.unlink(entry.name, dir_fd=chain.leaf))
+                    self._found(problem)
 
-    def _is_stale(self, entry: os.DirEntry[str], now: float) -> bool:
+    def _is_stale(self, dir_fd: int, name: str, now: float) -> bool:
         """The daemon's sweeper rule, so both agree on what is abandoned."""
-        return is_stale_temp(entry.path, now)
+        return is_stale_temp(name, now, dir_fd)
 
     # -- data files -----------------------------------------------------
 
-    def _walk(self, storage: str) -> Iterator[tuple[str, str]]:
-        """Yield (path, sha) for every well-placed ``.dat``; report misplaced ones."""
+    def _walk(self, storage: str) -> Iterator[Found]:
+        """Yield every well-placed ``.dat``; report misplaced ones and symlinks."""
         def unreadable(e: OSError) -> None:
             self._found(Problem(e.filename or storage, "unreadable", detail=_reason(e)))
 
-        for path, sha in walk(storage, on_error=unreadable):
-            if sha is None:
-                self._found(Problem(path, "misplaced", detail=_misplaced_reason(storage, path)))
+        for found in walk(storage, on_error=unreadable, on_symlink=self._symlink):
+            if found.sha is None:
+                self._found(Problem(found.path, "misplaced",
+                                    detail=_misplaced_reason(storage, found.path)))
             else:
-                yield path, sha
+                yield found
 
-    def check_file(self, storage: str, path: str, sha: str) -> None:
+    def check_file(self, storage: str, found: Found) -> None:
         """Hash one replica; then mend it from its twin, or mend its twin from it."""
+        path, sha = found.path, found.sha
+        assert sha is not None
         try:
-            actual = sha256_file(path, self._hashed)
+            fd = anchored.open_file_at(found.dir_fd, found.name, os.O_RDONLY, path)
         except FileNotFoundError:
             return  # removed while we walked: nothing to check
+        except SymlinkRefused:
+            self._symlink(path)  # replaced by a link while we walked
+            return
         except OSError as e:
             actual = None
             detail = f"cannot be read: {_reason(e)}"
         else:
-            detail = f"hashes to {actual}"
+            try:
+                actual = sha256_fd(fd, self._hashed)
+                detail = f"hashes to {actual}"
+            except OSError as e:
+                actual = None
+                detail = f"cannot be read: {_reason(e)}"
+            finally:
+                os.close(fd)
         self.report.files += 1
         self.progress.add_file()
         if actual == sha:
@@ -305,7 +401,17 @@ class Scrubber:
     def _check_twin(self, path: str, twin: str, sha: str) -> None:
         """A good replica: make sure the other member of the pair has one too."""
         twin_path = layout.file_path(twin, sha)
-        if os.path.isfile(twin_path):
+        try:
+            st = anchored.lstat(twin, twin_path)
+        except SymlinkRefused as e:
+            self._symlink(str(e.filename))  # a directory on the way is a link: not written
+            return
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            self._symlink(twin_path)
+            return
+        if st is not None and stat.S_ISREG(st.st_mode):
             return  # its content is checked when (if) the twin storage is walked
         problem = Problem(twin_path, "missing-twin", detail=f"present at {path}")
         self._mend(problem, lambda: self._copy(path, twin, sha))
@@ -313,8 +419,9 @@ class Scrubber:
 
     def _corrupt(self, storage: str, path: str, sha: str, detail: str) -> None:
         """A bad replica: replace it from the twin, but only from a verified one."""
-        twin_path = layout.file_path(self.twins[storage], sha)
-        twin_state = self._twin_state(twin_path, sha)
+        twin = self.twins[storage]
+        twin_path = layout.file_path(twin, sha)
+        twin_state = self._twin_state(twin, twin_path)
         if twin_state != "good":
             self._found(Problem(path, "unrecoverable", detail=f"{detail}; twin {twin_state}"))
             return
@@ -324,22 +431,38 @@ class Scrubber:
 
     def _replace(self, storage: str, path: str, twin_path: str, sha: str) -> None:
         """Move the corrupt replica to quarantine, then copy the verified twin back."""
-        st = os.stat(path)
+        st = anchored.lstat(storage, path)
         quarantine(storage, sha, (st.st_dev, st.st_ino), self.locks)
         self._copy(twin_path, storage, sha)
 
-    def _twin_state(self, twin_path: str, sha: str) -> str:
+    def _twin_state(self, twin: str, twin_path: str) -> str:
         """'good', or why the twin cannot be the source of a repair."""
+        sha = os.path.basename(twin_path)[:-4].lower()
         try:
-            actual = sha256_file(twin_path, self.throttle.consume)
-        except FileNotFoundError:
+            with anchored.opened_file(twin, twin_path) as fd:
+                actual = sha256_fd(fd, self.throttle.consume)
+        except (FileNotFoundError, NotADirectoryError):
             return f"{twin_path} is missing"
+        except SymlinkRefused as e:
+            return f"{e.filename} is a symbolic link (not followed)"
         except OSError as e:
             return f"{twin_path} is unreadable ({_reason(e)})"
         return "good" if actual == sha else f"{twin_path} is corrupt too"
 
     def _copy(self, source: str, storage: str, sha: str) -> None:
         copy_to_twin(source, storage, sha, self.locks, on_chunk=self.throttle.consume)
+
+    def _symlink(self, path: str) -> None:
+        """A link below a storage: reported once, never followed."""
+        if path in self._links:
+            return
+        self._links.add(path)
+        try:
+            target = os.readlink(path)  # the link itself, not what it points at
+        except OSError:
+            target = "?"
+        self._found(Problem(path, "symlink", detail=f"a symbolic link to {target}; "
+                                                      "not followed, left alone"))
 
     # -- bookkeeping ----------------------------------------------------
 

@@ -13,10 +13,12 @@ import fcntl
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stor.core import layout
-from stor.disk.fsio import make_dirs, unlink_quietly
+from stor.disk.anchored import open_chain, open_file_at
+from stor.disk.fsio import made_chain
 
 ORPHAN_AGE = 10.0
 """Seconds an unowned temp file must have been idle before it is removed
@@ -35,24 +37,40 @@ def temp_name(sha: str) -> str:
 
 @dataclass
 class OwnedTemp:
-    """An open, locked temp file; ``close`` releases it (rename or remove it first)."""
+    """An open, locked temp file; ``close`` releases it (rename or remove it first).
+
+    ``dir_fd`` is its temp directory, reached without following links
+    (:mod:`stor.disk.anchored`): it is renamed and removed through it.
+    """
 
     storage: str
     path: str
     fd: int
+    dir_fd: int = -1
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = -1
+        for fd in (self.fd, self.dir_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.fd = self.dir_fd = -1
 
     def discard(self) -> None:
         """Remove the file and release it; safe to call more than once."""
         if self.fd >= 0:
-            unlink_quietly(self.path)
+            try:
+                if self.dir_fd >= 0:
+                    os.unlink(self.name, dir_fd=self.dir_fd)
+                else:
+                    os.unlink(self.path)
+            except OSError:
+                pass  # cleanup must not hide the error being handled
         self.close()
 
 
@@ -62,24 +80,32 @@ def create_temp(storage: str, sha: str, owner: tuple[int, int] | None = None) ->
     The temp directory is created when missing, never the storage itself.
     """
     directory = temp_dir(storage)
-    make_dirs(storage, directory, owner)
-    path = os.path.join(directory, temp_name(sha))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    with made_chain(storage, directory, owner) as chain:
+        dir_fd = os.dup(chain.leaf)
+    name = temp_name(sha)
+    path = os.path.join(directory, name)
+    try:
+        fd = open_file_at(dir_fd, name, os.O_RDWR | os.O_CREAT | os.O_EXCL, path)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    temp = OwnedTemp(storage, path, fd, dir_fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if owner is not None:
             os.fchown(fd, *owner)
     except BaseException:
-        os.close(fd)
-        unlink_quietly(path)
+        temp.discard()
         raise
-    return OwnedTemp(storage, path, fd)
+    return temp
 
 
-def is_stale_temp(path: str, now: float | None = None) -> bool:
-    """Whether nobody owns the temp file at ``path`` and it has been idle a while."""
+def is_stale_temp(path: str, now: float | None = None, dir_fd: int | None = None) -> bool:
+    """Whether nobody owns the temp file at ``path`` and it has been idle a while.
+
+    With ``dir_fd``, ``path`` is a name in that directory."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError:
         return False  # gone meanwhile (its upload finished), or not ours to judge
     try:
@@ -94,18 +120,37 @@ def is_stale_temp(path: str, now: float | None = None) -> bool:
 
 
 def sweep_temp_dir(storage: str) -> int:
-    """Remove the stale temp files of ``storage``; return how many went."""
-    removed = 0
+    """Remove the stale temp files of ``storage``; return how many went.
+
+    The directory is reached and listed through a descriptor: a ``.stor-tmp``
+    replaced by a symlink is not swept (its target's files are not ours)."""
     try:
-        entries = list(os.scandir(temp_dir(storage)))
+        chain = open_chain(storage, temp_dir(storage))
     except OSError:
         return 0
-    now = time.time()
+    with chain:
+        return len(sweep_stale(chain.leaf, lambda name: None))
+
+
+def sweep_stale(dir_fd: int, on_stale: Callable[[str], None], remove: bool = True,
+                now: float | None = None) -> list[str]:
+    """The stale temp files in the temp directory ``dir_fd`` (removed with ``remove``).
+
+    ``on_stale(name)`` is told of each before it is removed."""
+    try:
+        with os.scandir(dir_fd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return []
+    now = time.time() if now is None else now
+    stale: list[str] = []
     for entry in entries:
-        if entry.is_file(follow_symlinks=False) and is_stale_temp(entry.path, now):
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except OSError:
-                continue
-    return removed
+        if entry.is_file(follow_symlinks=False) and is_stale_temp(entry.name, now, dir_fd):
+            on_stale(entry.name)
+            if remove:
+                try:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+                except OSError:
+                    continue
+            stale.append(entry.name)
+    return stale

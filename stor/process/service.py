@@ -222,7 +222,7 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
                   max_upload_size=config.max_upload_size, outbox=outbox,
                   s3_objects=_s3_objects(config, reactor, pool.run),
                   fill_local=config.s3 is not None and config.s3.fill_local,
-                  peers=list(build_peers(config, reactor, metrics)))
+                  peers=list(build_peers(config, reactor, metrics)), clock=reactor)
     if outbox is not None:
         outbox.setServiceParent(services)
     closing = Closing()

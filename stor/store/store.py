@@ -21,9 +21,11 @@ are additions to this class, not to the routes.
 import hashlib
 import os
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -37,6 +39,7 @@ from stor.disk.health import StorageHealth
 from stor.disk.writeready import write_blockers
 from stor.disk.fsio import fsync_dir
 from stor.disk.locks import ShaLocks, Tombstones
+from stor.disk.lockwait import LockWaiter
 from stor.disk.body import Body, BytesBody, FileBody
 from stor.disk.duplicate import Damaged
 from stor.disk.verified import VERIFIED
@@ -144,9 +147,12 @@ class Store:
         s3_objects: S3Objects | None = None,
         fill_local: bool = False,
         peers: "list[S3Source] | None" = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.local = local
         self.locks = locks
+        # a SHA's lock is waited for on the reactor (``clock``), never in a pool thread
+        self._waiter = LockWaiter(locks, local.run, clock)
         self.tombstones = Tombstones(locks)
         self._metrics: Metrics = metrics or NullMetrics()
         self._cache: LookupCache = cache or _NoCache()
@@ -391,7 +397,8 @@ class Store:
             return self._prepare(sha, length, counted)
 
         return Upload(sha, length, self.local.run, prepare, commit,
-                      max_size=self._max_upload_size, committed=self._committed)
+                      max_size=self._max_upload_size, committed=self._committed,
+                      run_locked=partial(self._waiter.run_locked, sha))
 
     def _prepare(self, sha: str, length: int | None, counted: bool) -> Duplicate | Spool:
         """Blocking: the duplicate check (exact bytes, durably: :mod:`stor.disk.duplicate`),
@@ -468,7 +475,7 @@ class Store:
         the file was nowhere.  A storage that cannot remove its copy fails the
         request (after the others were removed), naming it; so does S3.
         """
-        removed, failures = await self.local.run(self._delete_blocking, sha)
+        removed, failures = await self._waiter.run_locked(sha, self._delete_blocking, sha)
         self._cache.drop(sha)
         in_s3 = False
         if self._s3_objects is not None:

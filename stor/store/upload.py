@@ -74,19 +74,23 @@ class Upload:
     ``prepare(length)`` (blocking, in the pool) returns a :class:`Duplicate` or
     an open :class:`Spool`; ``commit(spool)`` (blocking) returns the result,
     which ``committed(sha, result)`` is then told on the reactor.  ``run``
-    runs a blocking call in the disk pool.
+    runs a blocking call in the disk pool; ``run_locked`` (prepare and commit)
+    one that holds the SHA's lock, waited for without a pool thread
+    (:mod:`stor.disk.lockwait`).
     """
 
     def __init__(self, sha: str, length: int | None, run: Runner,
                  prepare: Callable[[str, int | None], "Duplicate | Spool"],
                  commit: Callable[[Spool], UploadResult],
                  max_size: int | None = None,
-                 committed: Callable[[str, UploadResult], None] | None = None) -> None:
+                 committed: Callable[[str, UploadResult], None] | None = None,
+                 run_locked: Runner | None = None) -> None:
         self.sha = sha
         self.length = length
         self.received = 0
         self.state = State.PREPARING
         self._run = run
+        self._run_locked = run_locked or run  # prepare and commit: under the SHA's lock
         self._commit = commit
         self._committed = committed
         self._max_size = max_size
@@ -106,7 +110,7 @@ class Upload:
             self._working = False
             self._skip(TooLarge(max_size))
         else:
-            run(prepare, sha, length).addBoth(self._prepared)
+            self._run_locked(prepare, sha, length).addBoth(self._prepared)
 
     # -- IConsumer ------------------------------------------------------
 
@@ -200,7 +204,7 @@ class Upload:
         except BaseException:
             await self._run(spool.discard)
             raise
-        result = await self._run(self._commit, spool)  # it removes the temps on every path
+        result = await self._run_locked(self._commit, spool)  # it removes the temps on every path
         self.state = State.DONE
         if self._committed is not None:
             self._committed(self.sha, result)

@@ -211,7 +211,7 @@ def test_json_summary(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["storages"] == [str(s) for s in host.storages]
     assert isinstance(report["seconds"], float)
     assert report["counts"] == {"corrupt": 1, "unrecoverable": 0, "missing-twin": 0,
-                                "misplaced": 0, "stale-temp": 0, "unreadable": 0}
+                                "misplaced": 0, "stale-temp": 0, "unreadable": 0, "symlink": 0}
     assert report["remaining"] == 1
     assert report["problems"][0]["path"] == str(bad)
     assert report["problems"][0]["kind"] == "corrupt"
@@ -495,7 +495,8 @@ def received_lines(sock: socket.socket, want: int) -> list[str]:
 
 def expected_lines(files: int, nbytes: int, found: dict[str, int], repaired: dict[str, int]
                    ) -> set[str]:
-    kinds = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", "unreadable")
+    kinds = ("corrupt", "unrecoverable", "missing-twin", "misplaced", "stale-temp", "unreadable",
+             "symlink")
     return {f"stor.scrub.files:{files}|c", f"stor.scrub.bytes:{nbytes}|c"} | \
         {f"stor.scrub.{k}.count:{found.get(k, 0)}|c" for k in kinds} | \
         {f"stor.scrub.repaired.{k}.count:{repaired.get(k, 0)}|c" for k in kinds}
@@ -510,11 +511,11 @@ def test_run_metrics_go_to_statsite_over_udp(host: Host, capsys: pytest.CaptureF
         a, _ = host.store(b"twelve bytes")
         flip(a)
         assert host.scrub("--repair") == 0
-        lines = received_lines(statsite, 15)
+        lines = received_lines(statsite, 17)
     timing = [line for line in lines if line.startswith("stor.scrub.seconds:")]
     assert len(timing) == 1 and re.fullmatch(r"stor\.scrub\.seconds:\d+\.\d{3}\|ms", timing[0])
     assert set(lines) - set(timing) == expected_lines(2, 24, {"corrupt": 1}, {"corrupt": 1})
-    assert len(lines) == 15  # one each, never sampled (no |@rate) whatever sample_rate says
+    assert len(lines) == 17  # one each, never sampled (no |@rate) whatever sample_rate says
     assert "cannot send" not in capsys.readouterr().err
 
 

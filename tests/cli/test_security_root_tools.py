@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from support.harness import AUTH_HEADER, STOR, request
+from support.harness import AUTH_HEADER, STOR, request, stop
 from stor.core import layout
-from support.unprivileged import SERVICE, open_tmp, reachable, unprivileged_stor, user
+from support.unprivileged import (SERVICE, open_tmp, reachable, run_as, unprivileged_stor,
+                                  user)
 
 pytestmark = pytest.mark.acceptance('process')
 
@@ -101,3 +102,36 @@ def test_a_root_scrub_refuses_a_lock_directory_anyone_can_write(unprivileged_sto
     assert done.returncode == 2, done.stdout + done.stderr
     assert "stor scrub: lock_dir: " in done.stderr and "writable by every user" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_root_scrub_of_root_owned_storages_follows_no_link_the_daemon_planted(
+        unprivileged_stor) -> None:
+    """Storages ``root:stor 0770`` (the daemon writes through its group) leave a root
+    ``stor scrub`` root: nobody to drop to.  The daemon's user replaces the twin's
+    ``AA/BB/CC`` and ``.stor-tmp`` by links into a root-only directory; the repair
+    must neither write a ``.dat`` there nor sweep its old files as stale temps."""
+    _, gid = user(SERVICE)
+    storages = unprivileged_stor.storages()
+    for storage in storages:
+        os.chown(storage, 0, gid)
+        os.chmod(storage, 0o770)
+    stor = unprivileged_stor.start(storages=storages)
+    body = os.urandom(5000)
+    first, second = _upload(stor.port, body)
+    stop(stor)  # the daemon's user plants with nothing racing it (the probe makes .stor-tmp)
+    root_only = unprivileged_stor.root / "root-only"
+    root_only.mkdir(mode=0o700)
+    victim = root_only / "passwd"
+    victim.write_text("root:x:0:0::/root:/bin/sh\n")
+    os.utime(victim, (1, 1))
+    cc, tmp = Path(second).parent, Path(first).parents[3] / layout.TEMP_DIR
+    planted = run_as(SERVICE, ["sh", "-c", f"set -e; rm {second}; rmdir {cc}; "
+                               f"ln -s {root_only} {cc}; rm -rf {tmp}; ln -s {root_only} {tmp}"],
+                     unprivileged_stor.root)
+    assert planted.returncode == 0, planted.stderr
+    done = _run_as_root([STOR, "scrub", "--repair", "--config", str(stor.config_path)],
+                        unprivileged_stor.root)
+    assert sorted(p.name for p in root_only.iterdir()) == ["passwd"], done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.count("symlink   ") == 2, done.stdout
+    assert Path(first).read_bytes() == body

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from support.crashcheck import STRACE_CALLS, Ack, Trace
+from support.harness import descendants, pid_alive
 from support.helpers import AUTH_HEADER
 from stor.core import layout
 
@@ -36,18 +37,33 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def serving_pids(stor) -> list[int]:  # type: ignore[no-untyped-def]
+    """The processes that answer: stor itself, or with ``--workers`` its workers."""
+    workers = [pid for pid, _ in descendants(stor.popen.pid)]
+    return workers or [stor.popen.pid]
+
+
 class Tracer:
-    """``strace`` attached to a running stor, recording :data:`STRACE_CALLS`."""
+    """``strace`` attached to every serving process of a running stor, recording
+    :data:`STRACE_CALLS` (with ``--workers``, each worker: a sibling's answer counts)."""
 
     def __init__(self, stor, out: Path, inject: str | None = None) -> None:  # type: ignore[no-untyped-def]
         self.out = out
         self.stor = stor
-        cmd = ["strace", "-f", "-yy", "-qq", "-s", "1024", "-o", str(out),
+        self.pids = serving_pids(stor)
+        cmd = ["strace", "-f", "-yy", "-s", "1024", "-o", str(out),
                "-e", f"trace={STRACE_CALLS}"]
         if inject:
             cmd += ["-e", f"inject={inject}"]
-        self.popen = subprocess.Popen(cmd + ["-p", str(stor.popen.pid)])
+        self.log = out.with_suffix(".strace-log")
+        with open(self.log, "w") as log:
+            self.popen = subprocess.Popen(
+                cmd + [arg for pid in self.pids for arg in ("-p", str(pid))], stderr=log)
         deadline = time.monotonic() + 15
+        while not all(f"Process {pid} attached" in self.log.read_text() for pid in self.pids):
+            assert self.popen.poll() is None and time.monotonic() < deadline, \
+                "strace did not attach: " + self.log.read_text()
+            time.sleep(0.02)
         while not out.exists() or "HTTP/1.1 200" not in out.read_text(errors="replace"):
             call(stor.port, "GET", "/")  # attached once its answer is traced
             assert time.monotonic() < deadline, "strace did not attach"
@@ -57,8 +73,8 @@ class Tracer:
         line when it returns, which may come a moment after the client has read it."""
         deadline = time.monotonic() + 10
         while acks and time.monotonic() < deadline:
-            text = self.out.read_text(errors="replace")
-            if all(f":{ack.client_port}]" in text for ack in acks):
+            trace = Trace(self.out.read_text(errors="replace").splitlines())
+            if all(trace.answered(ack) for ack in acks):
                 break
             time.sleep(0.05)
         self.popen.terminate()
@@ -69,13 +85,20 @@ class Tracer:
 def call(port: int, method: str, path: str, body: bytes | None = None,
          auth: str | None = None) -> tuple[int, bytes, int]:
     """(status, body, the client's port) of one request on its own connection."""
+    return call_worker(port, method, path, body, auth)[:3]  # type: ignore[return-value]
+
+
+def call_worker(port: int, method: str, path: str, body: bytes | None = None,
+                auth: str | None = None) -> tuple[int, bytes, int, str | None]:
+    """:func:`call`, and the ``Stor-Worker`` (pid) that answered, with ``--workers``."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.connect()
         client_port = conn.sock.getsockname()[1]
         conn.request(method, path, body=body, headers={"Authorization": auth} if auth else {})
         response = conn.getresponse()
-        return response.status, response.read(), client_port
+        return (response.status, response.read(), client_port,
+                response.getheader("Stor-Worker"))
     finally:
         conn.close()
 
@@ -87,11 +110,14 @@ class Client:
         self.port = stor.port
         self.storages = tuple(stor.extra["storages"])
         self.acks: list[Ack] = []
+        self.workers: list[str | None] = []
 
     def post(self, data: bytes) -> int:
-        status, body, client_port = call(self.port, "POST", f"/{sha256(data)}", data, AUTH_HEADER)
+        status, body, client_port, worker = call_worker(self.port, "POST", f"/{sha256(data)}",
+                                                        data, AUTH_HEADER)
         assert status in (200, 201), (status, body)
         self.acks.append(Ack(client_port, tuple(json.loads(body)), self.storages))
+        self.workers.append(worker)
         return status
 
     def delete(self, sha: str) -> None:
@@ -122,8 +148,12 @@ def left_unsynced(storages: tuple[str, str], data: bytes) -> None:
         path.write_bytes(data)
 
 
-def test_every_acknowledged_upload_was_durable_when_answered(stor_process, tmp_path):
-    stor = stor_process(delete_auth=DELETER)
+WORKERS = pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one", "workers"])
+
+
+@WORKERS
+def test_every_acknowledged_upload_was_durable_when_answered(stor_process, tmp_path, workers):
+    stor = stor_process(workers, delete_auth=DELETER)
     storages = tuple(stor.extra["storages"])
     dead = os.urandom(4000)
     left_unsynced(storages[:2], dead)  # before stor ever traced: created "by someone else"
@@ -156,12 +186,14 @@ def test_every_acknowledged_upload_was_durable_when_answered(stor_process, tmp_p
     assert len(client.acks) == 29  # the check looked at every answer
 
 
-def test_the_check_catches_one_suppressed_fsync(stor_process, tmp_path):
+@WORKERS
+def test_the_check_catches_one_suppressed_fsync(stor_process, tmp_path, workers):
     """Without this the check could pass by seeing nothing: the first fsync of each
     thread of stor is made to do nothing (and say 0), from outside the process."""
-    stor = stor_process()
+    stor = stor_process(workers)
     client = Client(stor)
-    client.post(os.urandom(1000))  # the disk pool's threads exist (and fsynced once)
+    for _ in range(8):  # the disk pools' threads exist (and fsynced once), in every worker
+        client.post(os.urandom(1000))
     tracer = Tracer(stor, tmp_path / "trace", inject="fsync:retval=0:when=1")
     try:
         client.acks.clear()
@@ -183,12 +215,18 @@ def test_a_process_killed_between_rename_and_directory_fsync_then_restarted(stor
     storages = first.extra["storages"]
     data = os.urandom(6000)
     leaves = sorted({os.path.dirname(layout.file_path(s, sha256(data))) for s in storages})
-    killer = subprocess.Popen(["strace", "-f", "-qq", "-o", str(tmp_path / "kill.trace"),
-                               *[arg for leaf in leaves for arg in ("-P", leaf)],
-                               "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL",
-                               "-p", str(first.popen.pid)])
+    log = tmp_path / "kill.log"
+    with open(log, "w") as err:
+        killer = subprocess.Popen(["strace", "-f", "-o", str(tmp_path / "kill.trace"),
+                                   *[arg for leaf in leaves for arg in ("-P", leaf)],
+                                   "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL",
+                                   "-p", str(first.popen.pid)], stderr=err)
     try:
         deadline = time.monotonic() + 15
+        while f"Process {first.popen.pid} attached" not in log.read_text():
+            # else the upload may be done before it: a duplicate fsyncs nothing it knows
+            assert killer.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
         while killer.poll() is None and first.popen.poll() is None:
             try:
                 call(first.port, "POST", f"/{sha256(data)}", data, AUTH_HEADER)
@@ -206,6 +244,68 @@ def test_a_process_killed_between_rename_and_directory_fsync_then_restarted(stor
     client = Client(second)
     try:
         client.post(data)
+    finally:
+        trace = tracer.stop(client.acks)
+    assert trace.injected() == 0
+    problems = trace.violations(client.acks)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_worker_killed_between_rename_and_directory_fsync_its_sibling_answers(stor_process,
+                                                                                tmp_path):
+    """Case 2 with ``--workers 2``: one worker dies at the fsync of the directories its
+    renames went into (SIGKILL injected from outside at that very call); its sibling,
+    which never saw that upload, answers the same upload at once (200, a duplicate),
+    and so does the worker started in the dead one's place.  Neither may count on
+    entries the dead worker never made durable."""
+    stor = stor_process(["--workers", "2"], delete_auth=DELETER)
+    storages = stor.extra["storages"]
+    data = os.urandom(6000)
+    workers = serving_pids(stor)
+    assert len(workers) == 2, workers
+    leaves = sorted({os.path.dirname(layout.file_path(s, sha256(data))) for s in storages})
+    log = tmp_path / "kill.log"
+    with open(log, "w") as err:
+        killer = subprocess.Popen(
+            ["strace", "-f", "-o", str(tmp_path / "kill.trace"),
+             *[arg for leaf in leaves for arg in ("-P", leaf)],
+             "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL",
+             *[arg for pid in workers for arg in ("-p", str(pid))]], stderr=err)
+    try:
+        deadline = time.monotonic() + 15
+        while not all(f"Process {pid} attached" in log.read_text() for pid in workers):
+            assert killer.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        while all(pid_alive(pid) for pid in workers):
+            try:
+                call(stor.port, "POST", f"/{sha256(data)}", data, AUTH_HEADER)
+            except (OSError, http.client.HTTPException):
+                while all(pid_alive(pid) for pid in workers):  # dying: post no duplicate
+                    assert time.monotonic() < deadline, "the killed worker did not die"
+                    time.sleep(0.01)  # (its sibling's duplicate check would be killed too)
+            assert time.monotonic() < deadline, "no worker was killed at the directory fsync"
+    finally:
+        killer.terminate()
+        try:
+            killer.wait(5)
+        except subprocess.TimeoutExpired:
+            killer.kill()  # the kernel detaches its tracees
+            killer.wait(5)
+    alive = [pid for pid in workers if pid_alive(pid)]
+    assert alive, ((tmp_path / "kill.trace").read_text()[-3000:], workers)
+    sibling = str(alive[0])
+    placed = [s for s in storages if os.path.exists(layout.file_path(s, sha256(data)))]
+    assert len(placed) >= 1, "killed before its rename: nothing to check"
+    deadline = time.monotonic() + 30
+    while len([p for p in serving_pids(stor) if pid_alive(p)]) < 2:  # the dead one restarted
+        assert time.monotonic() < deadline, "the dead worker was not restarted"
+        time.sleep(0.05)
+    tracer = Tracer(stor, tmp_path / "trace")
+    client = Client(stor)
+    try:
+        while sibling not in client.workers or len(client.acks) < 4:
+            assert client.post(data) == 200  # whichever worker the kernel hands it to
+            assert len(client.acks) < 40, (sibling, client.workers)
     finally:
         trace = tracer.stop(client.acks)
     assert trace.injected() == 0

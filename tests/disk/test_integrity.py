@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from support.crashcheck import resolved_paths
 from support.helpers import dat_files
 from support.fleet import s3_keys
 from support.harness import AUTH_HEADER, request
@@ -372,8 +373,8 @@ def test_every_directory_a_commit_creates_is_fsynced_up_to_the_storage(stor_proc
     lines, body = traced_upload(stor, data, tmp_path / "strace.out",
                                 "mkdir,mkdirat,rename,renameat,renameat2,fsync")
     sha = sha256(data).upper()
-    made = [line.split('"')[1] for line in lines if "mkdir" in line and sha[:2] in line
-            and "= 0" in line and f"/{sha[:2]}" in line]
+    made = [d for line in lines if "mkdir" in line and line.endswith("= 0")
+            for d in resolved_paths(line)[:1] if f"/{sha[:2]}" in d]
     fsynced = [line.split("<")[1].split(">")[0] for line in lines if line.split()[1:2]
                and "fsync(" in line and "<" in line]
     for path in json.loads(body):
@@ -398,12 +399,12 @@ def test_a_write_through_marker_is_durable_before_its_file_is_in_place(stor_proc
     for path in json.loads(body):
         storage = layout.storage_of(path, sha)
         outbox = os.path.join(storage, ".stor-outbox")
-        created = first_line(lines, lambda line: f'"{os.path.join(outbox, sha)}"' in line
-                             and "O_CREAT" in line and "= -1" not in line)
+        created = first_line(lines, lambda line: "O_CREAT" in line and "= -1" not in line
+                             and os.path.join(outbox, sha) in resolved_paths(line))
         synced = first_line(lines, lambda line: "fsync(" in line and f"<{outbox}>" in line
                             and line.endswith("= 0"), after=created)
-        renamed = first_line(lines, lambda line: "rename" in line and f'"{path}"' in line
-                             and line.endswith("= 0"))
+        renamed = first_line(lines, lambda line: "rename" in line and line.endswith("= 0")
+                             and path in resolved_paths(line))
         assert created < synced < renamed, (path, created, synced, renamed)
 
 

@@ -28,6 +28,10 @@ in the storage, ``BB`` in ``AA``, ``CC`` in ``BB``, the ``.dat`` in ``CC``, and
 its bytes.  For a DELETE's 204, each removal the trace shows of the SHA's
 paths before the answer must be durable.
 
+With ``--workers``, strace follows every worker (``-p`` each, ``-f`` their
+threads): an entry made by one process and made durable, or answered, by a
+sibling is judged on the one trace, since durability is the filesystem's.
+
 Line order in one ``strace -o`` file is the order the tracer saw the events,
 so the check works on line numbers: a call split by another thread
 (``<unfinished ...>`` / ``<... resumed>``) spans from its first line to its last.
@@ -125,6 +129,13 @@ def _path_args(call: Call, cwd: str) -> list[str]:
     return paths
 
 
+def resolved_paths(line: str, cwd: str = "/") -> list[str]:
+    """The paths one whole trace line's call names, ``*at`` calls resolved against
+    their directory descriptors (``-y``): what ``renameat(5</d/.stor-tmp>, "t", …)`` means."""
+    calls = parse([line])
+    return _path_args(calls[0], cwd) if calls else []
+
+
 @dataclass
 class _State:
     entry_changed: dict[str, int] = field(default_factory=dict)
@@ -155,6 +166,11 @@ class Trace:
             for path in ack.paths:
                 found += [f"{path}: {v}" for v in self._check(state, path, ack, answer)]
         return found
+
+    def answered(self, ack: Ack) -> bool:
+        """Whether the trace holds the whole call that wrote ``ack``'s answer (strace
+        writes a split call's end only when it returns: detach before, and it is lost)."""
+        return self._answer_line(ack) is not None
 
     def injected(self) -> int:
         """How many calls the tracer suppressed (``inject``)."""
