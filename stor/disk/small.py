@@ -5,9 +5,10 @@ memory by the reactor (as much as a large upload's pipeline may hold at
 once) and handed here whole.  One disk-pool job then does what the streaming
 path (:mod:`stor.store.upload`, :mod:`stor.disk.spool`) does in six:
 
-1. hash the body (no lock, nothing written for a body that does not match);
-2. under the SHA's lock, the duplicate check (:mod:`stor.disk.duplicate`):
-   a 200 names replicas holding the exact bytes, durably;
+1. under the SHA's lock, the duplicate check (:mod:`stor.disk.duplicate`):
+   a 200 names replicas holding the exact bytes, durably (answered before
+   the body is checked, as the streaming path does);
+2. hash the body (nothing is written for a body that does not match);
 3. a pair (placement from a health answer at most :data:`~stor.disk.local.
    PLACEMENT_TTL` old) and an owned temp on each member, the body written;
 4. **group commit, first round** (:mod:`stor.disk.groupsync`): one
@@ -69,16 +70,16 @@ def store_small(sha: str, body: bytes, store: LocalStore, locks: ShaLocks, group
     of a pair that could not take it.  ``looked_up`` is told the milliseconds of
     the duplicate check (the lookup a POST is counted for).
     """
-    actual = hashlib.sha256(body).hexdigest()
-    if actual != sha:
-        raise HashMismatch(sha, actual)
     with locks.hold(sha):
         start = time.monotonic()
         found = _already_stored(sha, store, still_wanted, on_damaged)
         if looked_up is not None:
             looked_up((time.monotonic() - start) * 1000)
     if found is not None:
-        return found
+        return found  # the duplicate is answered before the body is checked (SPEC)
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != sha:
+        raise HashMismatch(sha, actual)
     spool = _open(store, sha, len(body))
     try:
         spool.write([body])
