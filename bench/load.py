@@ -360,6 +360,10 @@ class CpuMeter:
         self.pid = pid
         self._start = {p: cpu_seconds(p) for p in process_tree(pid)}
 
+    def seconds(self) -> float:
+        """CPU seconds used since the start (every thread of the process tree)."""
+        return sum(cpu_seconds(p) - self._start.get(p, 0.0) for p in process_tree(self.pid))
+
     def percent(self, wall_seconds: float) -> float:
         """CPU used since the start, as a percentage of ``wall_seconds``."""
         used = sum(cpu_seconds(p) - self._start.get(p, 0.0) for p in process_tree(self.pid))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -382,15 +383,28 @@ def random_uploads(size: int, count: int) -> list[tuple[str, bytes]]:
     return uploads
 
 
+def latency_note(latencies: Sequence[float]) -> str:
+    """p50 and p99 of request seconds, in ms."""
+    ordered = sorted(latencies)
+    if not ordered:
+        return ""
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (f"p50 {ordered[len(ordered) // 2] * 1000:.1f} ms "
+            f"p99 {p99 * 1000:.1f} ms")
+
+
 def small_posts_measure(server: Server, size: int, count: int, clients: int
                         ) -> Callable[[], Measure]:
-    """files/s of ``count`` new small files uploaded by ``clients`` concurrent clients."""
+    """files/s of ``count`` new small files uploaded by ``clients`` concurrent clients.
+
+    The detail: p50, p99 and stor's CPU-seconds per upload (all its threads)."""
     def measure() -> Measure:
         server.check_alive()
         uploads = random_uploads(size, count)
         os.sync()
         cpu = CpuMeter(server.pid)
         seconds, results = post_concurrently(server.port, uploads, clients)
+        used = cpu.seconds()
         stored = [path for result in results for path in result.stored_paths()]
         remove_quietly(stored)
         bad = [r for r in results if r.status != 201]
@@ -400,10 +414,65 @@ def small_posts_measure(server: Server, size: int, count: int, clients: int
                 f"{server.name}: {len(bad)} of {count} small uploads were not answered 201"
                 + (f" (e.g. {sample.status}: {sample.body[:200]!r})" if sample else "")
                 + f"\n{server.log_tail()}")
-        latencies = sorted(r.seconds for r in results)
         return Measure(count / seconds,
-                       f"{server.name} p50 {latencies[len(latencies) // 2] * 1000:.1f} ms "
-                       f"cpu {cpu.percent(seconds):.0f}%")
+                       f"{server.name} {latency_note([r.seconds for r in results])} "
+                       f"cpu {used / count * 1000:.2f} ms/upload")
+
+    return measure
+
+
+def threads_ceiling_measure(size: int, count: int, threads: int, storages: tuple[Path, Path]
+                            ) -> Callable[[], Measure]:
+    """files/s of :func:`~ceilings.durable_two_replicas` (unchanged) run by ``threads``
+    threads of this process on ``count`` fresh files; p50, p99 and CPU-s per file.
+
+    The same preparation as the stor side: fresh random bodies, one ``os.sync()``,
+    then every thread takes the next file until none is left.
+    """
+    def measure() -> Measure:
+        uploads = random_uploads(size, count)
+        os.sync()
+        work = iter(uploads)
+        lock = threading.Lock()
+        stored: list[Path] = []
+        latencies: list[float] = []
+        errors: list[BaseException] = []
+        gate = threading.Barrier(threads + 1)
+
+        def worker() -> None:
+            gate.wait()
+            while True:
+                with lock:
+                    item = next(work, None)
+                if item is None:
+                    return
+                began = time.perf_counter()
+                try:
+                    finals = durable_two_replicas(item[0], (item[1],), storages)
+                except BaseException as exc:  # reported below, not lost in a thread
+                    with lock:
+                        errors.append(exc)
+                    return
+                took = time.perf_counter() - began
+                with lock:
+                    stored.extend(finals)
+                    latencies.append(took)
+
+        pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        cpu_before = time.process_time()
+        gate.wait()
+        started = time.perf_counter()
+        for thread in pool:
+            thread.join()
+        seconds = time.perf_counter() - started
+        used = time.process_time() - cpu_before
+        remove_quietly(stored)
+        if errors:
+            raise BenchError(f"the {threads}-thread ceiling failed: {errors[0]!r}")
+        return Measure(count / seconds, f"{threads} threads {latency_note(latencies)} "
+                                        f"cpu {used / count * 1000:.2f} ms/upload")
 
     return measure
 
@@ -415,14 +484,20 @@ def small_ceiling_measure(size: int, count: int, storages: tuple[Path, Path]
         uploads = random_uploads(size, count)
         os.sync()
         stored: list[Path] = []
+        latencies: list[float] = []
+        cpu_before = time.process_time()
         started = time.perf_counter()
         try:
             for sha, body in uploads:
+                began = time.perf_counter()
                 stored += durable_two_replicas(sha, (body,), storages)
+                latencies.append(time.perf_counter() - began)
             seconds = time.perf_counter() - started
+            used = time.process_time() - cpu_before
         finally:
             remove_quietly(stored)
-        return Measure(count / seconds)
+        return Measure(count / seconds, f"loop {latency_note(latencies)} "
+                                        f"cpu {used / count * 1000:.2f} ms/upload")
 
     return measure
 

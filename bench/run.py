@@ -56,11 +56,16 @@ from rounds import Row, failed_row, raise_failures, run_rounds, summary, warn
 from rows import (CeilingStores, InterleavedUploads, PostSource, PostStats, StorUploads,
                   WrkSettings, big_get_ceiling, big_get_measure, check_get, fmt_mb,
                   make_big_file, make_small_files, outbox_drain_waiter, rss_upload,
-                  small_ceiling_measure, small_posts_measure, wrk_measure)
+                  small_ceiling_measure, small_posts_measure, threads_ceiling_measure,
+                  wrk_measure)
+from trust_rows import bench_rows
 
-ALL_ROWS = ("get4k", "get256m", "post4m", "post256m", "post4k", "post64k", "wt")
-GOALS = {"get4k": 1.2, "get256m": 0.9, "post4m": 0.9, "post256m": 0.9,
-         "post4k": None, "post64k": None, "wt": 0.9}
+ALL_ROWS = ("get4k", "get256m", "post4m", "post256m", "post4k", "post64k", "post4k1", "head4k",
+            "head256m", "dup4k", "dup256m", "dup256me", "wt")
+GOALS: dict[str, float | None] = {
+    "get4k": 1.5, "get256m": 0.9, "post4m": 0.9, "post256m": 0.9, "post4k": 0.7,
+    "post64k": 0.7, "post4k1": 0.8, "wt": 0.9,
+    "head4k": None, "head256m": None, "dup4k": None, "dup256m": None, "dup256me": None}
 RSS_GOAL_MB = 100
 BUCKET = "stor-bench"
 MIN_ROUNDS = 5
@@ -136,12 +141,18 @@ def post_row(run: Run, key: str, size: int, count: int) -> Row:
     return row
 
 
-def post_small_row(run: Run, key: str, size: int) -> Row:
-    """Small uploads, files/s: stor with N concurrent clients vs one Python loop."""
-    count, clients = run.args.small_count, run.args.clients
-    return Row(f"POST {human_size(size)}, {clients} clients", "files/s", "stor", "loop",
-               GOALS[key], small_posts_measure(run.stor, size, count, clients),
-               small_ceiling_measure(size, count, run.pairs[0]))
+def post_small_row(run: Run, key: str, size: int, clients: int) -> Row:
+    """Small uploads, files/s: stor with N concurrent clients vs the durable protocol
+    run by N threads of this process on the same storages (one client: one loop)."""
+    count = run.args.small_count
+    if clients == 1:
+        return Row(f"POST {human_size(size)}, 1 client", "files/s", "stor", "loop",
+                   GOALS[key], small_posts_measure(run.stor, size, count, 1),
+                   small_ceiling_measure(size, count, run.pairs[0]))
+    return Row(f"POST {human_size(size)}, {clients} clients", "files/s", "stor",
+               f"{clients} threads", GOALS[key],
+               small_posts_measure(run.stor, size, count, clients),
+               threads_ceiling_measure(size, count, clients, run.pairs[0]))
 
 
 def write_through_row(run: Run) -> Row:
@@ -172,6 +183,20 @@ def write_through_row(run: Run) -> Row:
     return row
 
 
+def trust_builders(run: Run) -> dict[str, tuple[str, Callable[[], Row | list[Row]]]]:
+    """HEAD and duplicate-POST rows (trust_rows.py), each against its ceiling."""
+    web_root = run.workdir / "trust-web"
+    web_root.mkdir(exist_ok=True)
+    built: dict[str, Server] = {}
+
+    def web() -> Server:
+        if "web" not in built:
+            built["web"] = start_twistd_web(run.servers, run.build, web_root)
+        return built["web"]
+
+    return bench_rows(run.stor, run.pairs, run.args.big_size, web_root, web, run.workdir, GOALS)
+
+
 def build_rows(run: Run, selected: Sequence[str]) -> list[Row]:
     """Set up the servers and files of the selected rows, in report order.
 
@@ -185,8 +210,11 @@ def build_rows(run: Run, selected: Sequence[str]) -> list[Row]:
                    lambda: post_row(run, "post4m", args.post_size, args.post_count)),
         "post256m": (f"POST {human_size(args.big_size)}",
                      lambda: post_row(run, "post256m", args.big_size, 1)),
-        "post4k": ("POST 4 KiB", lambda: post_small_row(run, "post4k", 4 << 10)),
-        "post64k": ("POST 64 KiB", lambda: post_small_row(run, "post64k", 64 << 10)),
+        "post4k": ("POST 4 KiB", lambda: post_small_row(run, "post4k", 4 << 10, args.clients)),
+        "post64k": ("POST 64 KiB",
+                    lambda: post_small_row(run, "post64k", 64 << 10, args.clients)),
+        "post4k1": ("POST 4 KiB, 1 client", lambda: post_small_row(run, "post4k1", 4 << 10, 1)),
+        **trust_builders(run),
         "wt": ("POST +S3", lambda: write_through_row(run)),
     }
     rows: list[Row] = []

@@ -150,3 +150,91 @@ def trust_rows(selected: Sequence[str], servers: tuple[Server, Server], pairs,  
             "dup4k": ("POST duplicate 4 KiB", dup4k),
             "dup256m": ("POST duplicate big", dup_big(False)),
             "dup256me": ("POST duplicate big, Expect", dup_big(True))}
+
+
+# --------------------------------------------------------------------------
+# the same rows in ``make bench`` (run.py): stor against a ceiling, not an old build
+
+
+def web_heads_measure(web: Server, names: Sequence[str], size: int, repeat: int = 1
+                      ) -> Callable[[], Measure]:
+    """HEADs of files under ``twistd web`` (``names``: URL paths without the slash)."""
+    return heads_measure(web, list(names), size, repeat)
+
+
+def hash_passes_measure(path: Path, unit_mb: bool) -> Callable[[], Measure]:
+    """One core's sha256 over the cached file: MB/s, or passes per second."""
+    from ceilings import sha256_pass
+
+    def measure() -> Measure:
+        seconds = sha256_pass(path)[0]
+        size = path.stat().st_size
+        return Measure(size / seconds / 1e6 if unit_mb else 1 / seconds, "sha256 one pass")
+
+    return measure
+
+
+def bench_rows(stor: Server, pairs, big_size: int, web_root: Path,  # type: ignore[no-untyped-def]
+               web: Callable[[], Server], workdir: Path, goals: dict[str, float | None]
+               ) -> dict[str, tuple[str, Callable]]:  # type: ignore[type-arg]
+    """``make bench``'s HEAD and duplicate-POST rows, each against what it must cost:
+
+    ``head4k``/``head256m``: twistd web's HEAD of the same files (a stat, no hash);
+    ``dup4k``: a *new* 4 KiB durable store by one loop (a duplicate must not cost more);
+    ``dup256m``/``dup256me``: one core's sha256 of the file (a duplicate 200 names only
+    replicas it hashed: the two copies are read and hashed, side by side).
+    """
+    import hashlib
+
+    from rounds import Row
+    from rows import small_ceiling_measure
+
+    def head4k() -> Row:
+        shas, _ = make_small_files(pairs, web_root, 1000)
+        names = [f"{sha}.dat" for sha in shas]
+        return Row("HEAD 4 KiB", "req/s", "stor", "twistd web", goals["head4k"],
+                   heads_measure(stor, shas, 4096), web_heads_measure(web(), names, 4096))
+
+    def head_big() -> Row:
+        sha, finals = make_big_file(pairs[0], big_size)
+        link = web_root / "big.dat"
+        if not link.exists():
+            os.link(finals[0], link)
+        heads_measure(stor, [sha], big_size)()  # the first: verified (hashed) once
+        return Row("HEAD big, after the first", "req/s", "stor", "twistd web",
+                   goals["head256m"], heads_measure(stor, [sha], big_size, 200),
+                   web_heads_measure(web(), ["big.dat"], big_size, 200))
+
+    def dup4k() -> Row:
+        data = os.urandom(4096)
+        sha = hashlib.sha256(data).hexdigest()
+        for storage in pairs[0]:
+            target = storage / sha[:2].upper() / sha[2:4].upper() / sha[4:6].upper()
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f"{sha.upper()}.dat").write_bytes(data)
+        return Row("POST duplicate 4 KiB", "files/s", "stor", "new, loop", goals["dup4k"],
+                   dup_posts_measure(stor, sha, data, 200),
+                   small_ceiling_measure(4096, 200, pairs[0]))
+
+    big: dict[str, tuple[str, list[Path]]] = {}
+
+    def big_file() -> tuple[str, list[Path]]:
+        if "file" not in big:
+            big["file"] = make_big_file(pairs[1], big_size)
+        return big["file"]
+
+    def dup_big(expect: bool) -> Callable[[], Row]:
+        def build() -> Row:
+            sha, finals = big_file()
+            name = "POST duplicate big" + (", Expect" if expect else "")
+            unit = "req/s" if expect else "MB/s"
+            count = 3 if expect else 1
+            return Row(name, unit, "stor", "sha256", goals["dup256me" if expect else "dup256m"],
+                       dup_posts_measure(stor, sha, finals[0], count, expect),
+                       hash_passes_measure(finals[0], not expect))
+        return build
+
+    return {"head4k": ("HEAD 4 KiB", head4k), "head256m": ("HEAD big", head_big),
+            "dup4k": ("POST duplicate 4 KiB", dup4k),
+            "dup256m": ("POST duplicate big", dup_big(False)),
+            "dup256me": ("POST duplicate big, Expect", dup_big(True))}

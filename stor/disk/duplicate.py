@@ -32,6 +32,9 @@ from stor.disk.fsio import KNOWN_SYNCED, advise_sequential, durable_dirs, durabl
 from stor.disk.verified import VERIFIED, stamp_of
 
 CHUNK = 1024 * 1024
+SIDE_BY_SIDE = 1024 * 1024
+"""Replicas larger than this in all are hashed by one thread each, side by side;
+smaller ones one after the other (starting threads would cost more)."""
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,17 @@ def verified_existing(order: list[str], pairs: tuple[Pair, ...], sha: str) -> Ex
     ``order`` is the lookup order (the paths keep it); ``pairs`` the
     configured pairs.
     """
-    present = [s for s in order if os.path.isfile(layout.file_path(s, sha))]
+    sizes = {s: size for s in order if (size := _file_size(layout.file_path(s, sha))) is not None}
+    present = list(sizes)
     if not any(a in present and b in present for a, b in pairs):
         return Existing()
     found = Existing()
     good: set[str] = set()
-    with ThreadPoolExecutor(len(present)) as hashers:  # both members read side by side
-        verdicts = list(hashers.map(lambda s: _verdict(s, sha), present))
+    if sum(sizes.values()) <= SIDE_BY_SIDE:
+        verdicts = [_verdict(s, sha) for s in present]  # two threads cost more than the hash
+    else:
+        with ThreadPoolExecutor(len(present)) as hashers:  # both members read side by side
+            verdicts = list(hashers.map(lambda s: _verdict(s, sha), present))
     for storage, damage in zip(present, verdicts):
         path = layout.file_path(storage, sha)
         if damage is _UNREADABLE:
@@ -87,6 +94,15 @@ def verified_existing(order: list[str], pairs: tuple[Pair, ...], sha: str) -> Ex
 
 
 _UNREADABLE = object()
+
+
+def _file_size(path: str) -> int | None:
+    """The size of the regular file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _verdict(storage: str, sha: str) -> "Damaged | None | object":

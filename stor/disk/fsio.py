@@ -260,6 +260,24 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+_syncfs = _libc("syncfs", [ctypes.c_int])
+
+
+def syncfs(fd: int) -> None:
+    """Make everything changed on ``fd``'s filesystem durable (``syncfs(2)``).
+
+    Raises ``OSError`` on a failure the kernel reports (a writeback error of the
+    filesystem since ``fd`` was opened, Linux >= 5.8).  Where the call does not
+    exist, ``sync()`` does the same for every filesystem, reporting nothing.
+    """
+    if _syncfs is None:
+        os.sync()
+        return
+    if _syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def is_no_space(error: OSError) -> bool:
     """Whether ``error`` means the filesystem is full (or over quota)."""
     return error.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -17,6 +17,7 @@ import os
 import random
 import re
 import stat
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, TypeVar
@@ -32,6 +33,9 @@ from stor.disk.verified import VERIFIED, Stamp, stamp_of
 from stor.disk.health import StorageHealth, check_storages
 
 T = TypeVar("T")
+
+PLACEMENT_TTL = 1.0
+"""Seconds a health answer places small uploads (:meth:`LocalStore.choose_pair_cached_blocking`)."""
 
 SMALL_FILE = 64 * 1024
 """Files up to this size are read whole by the lookup (one hop per GET) and
@@ -211,6 +215,7 @@ class LocalStore:
         self._rng = rng or random.Random()
         self._health = health
         self._health_pool = health_pool or pool  # its own threads: never behind uploads
+        self._placement: tuple[float, list[StorageHealth]] | None = None
 
     def run(self, f: Callable[..., T], *args: object) -> "Deferred[T]":
         """Run blocking ``f(*args)`` in the disk pool."""
@@ -329,14 +334,36 @@ class LocalStore:
                  if {a, b} <= placeable and self.writable(a) and self.writable(b)]
         return max(sizes, default=0)
 
+    def choose_pair_cached_blocking(self, size: int) -> Pair:
+        """:meth:`choose_pair_blocking` from a health answer at most
+        :data:`PLACEMENT_TTL` seconds old (the small-upload path: no ``statvfs`` and
+        ``stat`` of every storage per upload).  A stale answer costs nothing worse
+        than a pair that refuses its temps, after which the caller calls
+        :meth:`forget_placement` and chooses afresh."""
+        now = time.monotonic()
+        cached = self._placement
+        if cached is None or now - cached[0] > PLACEMENT_TTL:
+            cached = self._placement = (now, self.health_blocking())
+        return self._choose(cached[1], size, ())
+
+    def forget_placement(self) -> None:
+        """The cached health placed a file where it could not go: ask afresh next time."""
+        self._placement = None
+
     def choose_pair_blocking(self, size: int, exclude: Collection[Pair] = ()) -> Pair:
         """Blocking: the pair a new file of ``size`` bytes goes to; NoSpace if none.
 
         A member that is unhealthy (missing, not a directory, unmounted: see
         :mod:`stor.disk.health`) or not writable counts as having no room.
         """
+        health = self.health_blocking()
+        self._placement = (time.monotonic(), health)
+        return self._choose(health, size, exclude)
+
+    def _choose(self, health: list[StorageHealth], size: int, exclude: Collection[Pair]
+                ) -> Pair:
         room = {h.path: (h.free_bytes or 0) if h.placeable and self.writable(h.path) else 0
-                for h in self.health_blocking()}
+                for h in health}
         candidates = [(pair, (room[pair[0]], room[pair[1]]))
                       for pair in self.pairs if pair not in exclude]
         return placement.choose_pair(candidates, size, self._rng, self._threshold)

@@ -51,7 +51,10 @@ from stor.core.results import Duplicate, Stored, UploadResult
 from stor.disk.spool import BeforeInstall, Spool
 from stor.disk.spool import commit as commit_spool
 from stor.disk.spool import open_spool
+from stor.disk.groupsync import GROUP_SYNC
+from stor.disk.small import SMALL_MAX, store_small
 from stor.store.interface import Reading
+from stor.store.small import SmallUpload
 from stor.store.upload import Upload
 
 if TYPE_CHECKING:  # a type only: the store sees S3 through S3Source
@@ -380,11 +383,37 @@ class Store:
 
     # -- uploads ----------------------------------------------------------
 
-    def upload(self, sha: str, length: int | None, *, counted: bool = True) -> Upload:
+    def upload(self, sha: str, length: int | None, *, counted: bool = True
+               ) -> "Upload | SmallUpload":
         """Start receiving the body of ``sha`` (``length``: its declared size, if any).
 
+        A declared length up to :data:`~stor.disk.small.SMALL_MAX` is stored in one
+        job with a group commit (:mod:`stor.store.small`); others stream.
         ``counted``: its duplicate lookup is a client's (a POST), counted as such."""
+        if length is not None and length <= SMALL_MAX:
+            return self._small_upload(sha, length, counted)
+        return self._streaming_upload(sha, length, counted, time.time())
+
+    def _small_upload(self, sha: str, length: int, counted: bool) -> SmallUpload:
         started = time.time()
+
+        def still_wanted(sha: str) -> bool:  # a DELETE since the upload began wins
+            return not self.tombstones.deleted_since(sha, started)
+
+        def looked_up(ms: float) -> None:
+            self.local.call_from_thread(self._looked_up, ms)
+
+        def store(sha: str, body: bytes) -> UploadResult:
+            return store_small(sha, body, self.local, self.locks, GROUP_SYNC,
+                               self._before_install, still_wanted, self._damaged_from_thread,
+                               looked_up if counted else None)
+
+        return SmallUpload(sha, length, self.local.run, store,
+                           lambda: self._streaming_upload(sha, length, counted, started),
+                           max_size=self._max_upload_size, committed=self._committed)
+
+    def _streaming_upload(self, sha: str, length: int | None, counted: bool,
+                          started: float) -> Upload:
 
         def still_wanted(sha: str) -> bool:  # a DELETE since the upload began wins
             return not self.tombstones.deleted_since(sha, started)

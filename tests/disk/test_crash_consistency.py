@@ -187,39 +187,50 @@ def test_every_acknowledged_upload_was_durable_when_answered(stor_process, tmp_p
 
 
 @WORKERS
-def test_the_check_catches_one_suppressed_fsync(stor_process, tmp_path, workers):
-    """Without this the check could pass by seeing nothing: the first fsync of each
-    thread of stor is made to do nothing (and say 0), from outside the process."""
+@pytest.mark.parametrize("size, inject", [
+    (5000, "syncfs:retval=0:when=2+"),  # small: one job, group commit (stor.disk.small)
+    (2 * 1024 * 1024, "fsync:retval=0:when=1"),  # streaming: fsync file by file
+])
+def test_the_check_catches_one_suppressed_fsync(stor_process, tmp_path, workers, size, inject):
+    """Without this the check could pass by seeing nothing: a flush stor counts on is
+    made to do nothing (and say 0), from outside the process.  For a small upload
+    that is the group commit's second ``syncfs`` (each thread's 2nd on, which is the
+    round after the renames: a ``syncfs`` covers every earlier change, so
+    suppressing the first alone would rightly go unnoticed); for a streaming one
+    the first fsync of each thread."""
     stor = stor_process(workers)
     client = Client(stor)
-    for _ in range(8):  # the disk pools' threads exist (and fsynced once), in every worker
+    for _ in range(8):  # the disk pools' threads exist, in every worker
         client.post(os.urandom(1000))
-    tracer = Tracer(stor, tmp_path / "trace", inject="fsync:retval=0:when=1")
+    tracer = Tracer(stor, tmp_path / "trace", inject=inject)
     try:
         client.acks.clear()
-        client.post(os.urandom(5000))
+        client.post(os.urandom(size))
     finally:
         trace = tracer.stop(client.acks)
     assert trace.injected() >= 1
     problems = trace.violations(client.acks)
-    assert problems, "a suppressed fsync went unnoticed"
+    assert problems, "a suppressed flush went unnoticed"
 
 
 def test_a_process_killed_between_rename_and_directory_fsync_then_restarted(stor_process,
                                                                             tmp_path):
-    """The renames of an upload are done, the fsync of their directory is where stor
-    dies (SIGKILL injected from outside at that very call).  Restarted on the same
+    """The renames of an upload are done, the fsync of their directory (or, for a
+    small upload, the group commit's ``syncfs`` after them, on the renamed file) is
+    where stor dies (SIGKILL injected from outside at that very call).  Restarted on the same
     storages, its answer to the same upload (200, a duplicate) must not count on
     the entries the dead process never made durable."""
     first = stor_process()
     storages = first.extra["storages"]
     data = os.urandom(6000)
-    leaves = sorted({os.path.dirname(layout.file_path(s, sha256(data))) for s in storages})
+    finals = sorted(layout.file_path(s, sha256(data)) for s in storages)
+    leaves = sorted({os.path.dirname(final) for final in finals})
     log = tmp_path / "kill.log"
     with open(log, "w") as err:
         killer = subprocess.Popen(["strace", "-f", "-o", str(tmp_path / "kill.trace"),
-                                   *[arg for leaf in leaves for arg in ("-P", leaf)],
-                                   "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL",
+                                   *[arg for path in leaves + finals for arg in ("-P", path)],
+                                   "-e", "trace=fsync,syncfs",
+                                   "-e", "inject=fsync,syncfs:signal=KILL",
                                    "-p", str(first.popen.pid)], stderr=err)
     try:
         deadline = time.monotonic() + 15
@@ -263,13 +274,14 @@ def test_a_worker_killed_between_rename_and_directory_fsync_its_sibling_answers(
     data = os.urandom(6000)
     workers = serving_pids(stor)
     assert len(workers) == 2, workers
-    leaves = sorted({os.path.dirname(layout.file_path(s, sha256(data))) for s in storages})
+    finals = sorted(layout.file_path(s, sha256(data)) for s in storages)
+    leaves = sorted({os.path.dirname(final) for final in finals})
     log = tmp_path / "kill.log"
     with open(log, "w") as err:
         killer = subprocess.Popen(
             ["strace", "-f", "-o", str(tmp_path / "kill.trace"),
-             *[arg for leaf in leaves for arg in ("-P", leaf)],
-             "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL",
+             *[arg for path in leaves + finals for arg in ("-P", path)],
+             "-e", "trace=fsync,syncfs", "-e", "inject=fsync,syncfs:signal=KILL",
              *[arg for pid in workers for arg in ("-p", str(pid))]], stderr=err)
     try:
         deadline = time.monotonic() + 15

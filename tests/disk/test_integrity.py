@@ -359,6 +359,8 @@ def traced_upload(stor, data: bytes, trace: Path, calls: str):  # type: ignore[n
             code, _ = post(stor.port, b"warm-up %f" % time.monotonic())
             assert code == 201
             assert time.monotonic() < deadline
+        code, _ = post(stor.port, b"warm-up %f" % time.monotonic())  # strace attaches thread by
+        assert code == 201  # thread: its first line may come before the pool's are traced
         code, body = post(stor.port, data)
         assert code == 201
     finally:
@@ -368,8 +370,10 @@ def traced_upload(stor, data: bytes, trace: Path, calls: str):  # type: ignore[n
 
 
 def test_every_directory_a_commit_creates_is_fsynced_up_to_the_storage(stor_process, tmp_path):
+    """A streaming upload fsyncs the parent of each new directory and the directory
+    the rename changed."""
     stor = stor_process()
-    data = os.urandom(5000)
+    data = os.urandom(2 * 1024 * 1024)  # above stor.disk.small.SMALL_MAX: file by file
     lines, body = traced_upload(stor, data, tmp_path / "strace.out",
                                 "mkdir,mkdirat,rename,renameat,renameat2,fsync")
     sha = sha256(data).upper()
@@ -384,6 +388,30 @@ def test_every_directory_a_commit_creates_is_fsynced_up_to_the_storage(stor_proc
         for directory in created:  # the parent of each new directory, up to the storage
             assert os.path.dirname(directory) in fsynced, (directory, fsynced)
         assert os.path.dirname(path) in fsynced  # and the directory the rename changed
+
+
+def test_a_small_upload_is_flushed_by_a_syncfs_after_its_directories_and_rename(
+        stor_process, tmp_path):
+    """A small upload's group commit: its data flushed (a ``syncfs`` after the write,
+    before the rename), then a ``syncfs`` that began after every directory it created
+    and its rename covers those entries."""
+    stor = stor_process()
+    data = os.urandom(5000)
+    lines, body = traced_upload(stor, data, tmp_path / "strace.out",
+                                "mkdir,mkdirat,rename,renameat,renameat2,fsync,syncfs,write")
+    sha = sha256(data).upper()
+    syncs = [i for i, line in enumerate(lines) if "syncfs(" in line and line.endswith("= 0")]
+    for path in json.loads(body):
+        storage = layout.storage_of(path, sha256(data))
+        changes = [i for i, line in enumerate(lines) if "= 0" in line and (
+            ("mkdir" in line and f'"{storage}/{sha[:2]}' in line)
+            or ("rename" in line and f'"{path}"' in line))]
+        renamed = first_line(lines, lambda line: "rename" in line and f'"{path}"' in line)
+        written = first_line(lines, lambda line: line.split()[1].startswith("write(")
+                             and f"/{sha.lower()}." in line and layout.TEMP_DIR in line)
+        assert changes, f"nothing was created on {storage}?"
+        assert any(written < i < renamed for i in syncs), "the data was not flushed first"
+        assert any(i > max(changes) for i in syncs), "no syncfs after the entries changed"
 
 
 def test_a_write_through_marker_is_durable_before_its_file_is_in_place(stor_process, moto,
