@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import IO, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
 from stor.core import layout, placement
 from stor.core.placement import Pair
@@ -32,6 +33,8 @@ from stor.disk.verified import VERIFIED, Stamp, stamp_of
 from stor.disk.health import StorageHealth, check_storages
 
 T = TypeVar("T")
+
+_log = Logger()
 
 SMALL_FILE = 64 * 1024
 """Files up to this size are read whole by the lookup (one hop per GET) and
@@ -199,6 +202,7 @@ class LocalStore:
         rng: random.Random | None = None,
         health: Callable[[Sequence[str], bool | None, bool], list[StorageHealth]] = check_storages,
         health_pool: DiskPool | None = None,
+        set_aside: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.pairs = tuple(pairs)
         self.storages = tuple(s for pair in self.pairs for s in pair)
@@ -211,6 +215,7 @@ class LocalStore:
         self._rng = rng or random.Random()
         self._health = health
         self._health_pool = health_pool or pool  # its own threads: never behind uploads
+        self._set_aside = set_aside  # the prober's (stor.disk.health.Prober.set_aside)
 
     def run(self, f: Callable[..., T], *args: object) -> "Deferred[T]":
         """Run blocking ``f(*args)`` in the disk pool."""
@@ -305,10 +310,18 @@ class LocalStore:
         """
         return verified_existing(self.lookup_order(), self.pairs, sha)
 
+    def set_aside(self, storage: str, why: str) -> None:
+        """An upload failed on ``storage`` (``why``): no new files go there until its probe
+        passes (checked every second: :data:`stor.disk.health.RECHECK_PERIOD`); logged
+        once when it was up.  Without a prober (tests), nothing happens.  Never waits
+        (a lock): from the reactor or a pool thread."""
+        if self._set_aside is not None and self._set_aside(storage, why):
+            self.call_from_thread(_set_aside_logged, storage, why)
+
     def unhealthy_writable_blocking(self) -> list[str] | None:
         """Blocking: when no pair ``writable_pairs_regex`` lets take files is healthy on
         both members, why (``<storage>: <problem>`` each); None when one is."""
-        health = {h.path: h for h in self.health_blocking(with_free=False)}
+        health = {h.path: h for h in self.health_blocking()}  # with statfs: it can fail
         reasons: list[str] = []
         for pair in self.pairs:
             if not (self.writable(pair[0]) and self.writable(pair[1])):
@@ -340,6 +353,11 @@ class LocalStore:
         candidates = [(pair, (room[pair[0]], room[pair[1]]))
                       for pair in self.pairs if pair not in exclude]
         return placement.choose_pair(candidates, size, self._rng, self._threshold)
+
+
+def _set_aside_logged(storage: str, why: str) -> None:
+    _log.warn("storage {storage} is down: {problem} (an upload failed on it); it gets no new "
+              "files until its probe passes", storage=storage, problem=why)
 
 
 def _size_of(storage: str) -> int:

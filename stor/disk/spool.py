@@ -19,14 +19,14 @@ blocks: the reactor side is :mod:`stor.store.upload`.
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from stor.core import layout
-from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
+from stor.core.errors import Conflict, NoSpace, PairLost, StorageFailure, StorError
 from stor.core.placement import Pair
-from stor.core.results import Duplicate, Stored, UploadResult
+from stor.core.results import Duplicate, FailedMember, Stored, UploadResult
 from stor.disk.commit import MemberFailed, install
 from stor.disk.duplicate import Damaged
 from stor.disk.fsio import (durable_dirs, is_no_space, owner_of, release_beyond, reserve,
@@ -229,14 +229,15 @@ def _no_room(store: LocalStore, failures: list[MemberFailed], length: int | None
     return as_stor_error(failures, length or 0)
 
 
-def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
-    """Choose a pair with room and open (and reserve) temp files on it.
+def open_spool(store: LocalStore, sha: str, length: int | None,
+               exclude: Collection[Pair] = ()) -> Spool:
+    """Choose a pair with room (not in ``exclude``) and open (and reserve) temp files on it.
 
     A pair where that fails is skipped in favour of the next choice, so one
     bad or full disk does not stop uploads; when no pair is left the answer
     says why (:func:`as_stor_error`).
     """
-    excluded: set[Pair] = set()
+    excluded: set[Pair] = set(exclude)
     failures: list[MemberFailed] = []
     while True:
         try:
@@ -330,3 +331,56 @@ def _another_pair(spool: Spool, store: LocalStore, tried: set[Pair]) -> Pair:
             continue
         spool.temps.extend(copies)
         return pair
+
+
+def hand_on(store: LocalStore, lost: Spool, size: int, body: Sequence[bytes] | None) -> Spool:
+    """Blocking: both members of ``lost``'s pair failed before the file was in place (a
+    write, an fsync: EIO, ENOSPC, …), its temps are gone.  Each failed storage is set
+    aside (out of placement until its probe passes: :meth:`LocalStore.set_aside`).
+
+    With the whole body kept (``body``, ``size`` bytes, already verified against the SHA),
+    it is written to another pair and fsynced there; that spool is returned for
+    :func:`commit`, with ``lost``'s failures (counted and logged with the result).  A
+    pair failing whole again is set aside too and the next one tried.  Without the
+    body: :class:`~stor.core.errors.PairLost` (503, the client retries) when another
+    pair could take the file.  When no pair can: the 507 or 500 of
+    :func:`as_stor_error`.  See docs/durability.rst, "A pair that fails mid-upload".
+    """
+    failures = list(lost.failures)
+    set_aside_failed(store, failures)
+    tried: set[Pair] = {lost.pair}
+    while True:
+        try:
+            pair = store.choose_pair_blocking(size, tried)
+        except NoSpace:
+            raise as_stor_error(failures, size) from None
+        if body is None:
+            raise PairLost(f"{' and '.join(lost.pair)} failed during the upload "
+                           f"({'; '.join(str(f) for f in failures)}); another pair can take it")
+        try:
+            spool = Spool(lost.sha, pair, size)
+        except MemberFailed as e:
+            failures.append(e)
+            set_aside_failed(store, [e])
+            tried.add(pair)
+            continue
+        try:
+            spool.write(body)
+            for storage in spool.live():
+                spool.sync_member(storage)
+        except BaseException:
+            spool.discard()
+            raise
+        if spool.live():
+            spool.failures[:0] = failures
+            return spool
+        failures += spool.failures
+        set_aside_failed(store, spool.failures)
+        tried.add(pair)
+
+
+def set_aside_failed(store: LocalStore, failures: Sequence[FailedMember]) -> None:
+    """Each storage that failed an upload leaves placement until its probe passes."""
+    for failure in failures:
+        why = str(failure).removeprefix(f"{failure.storage}: ")
+        store.set_aside(failure.storage, f"an upload failed on it: {why}")

@@ -47,7 +47,8 @@ from stor.disk.repair import Repairer
 from stor.core.results import Duplicate, Stored, UploadResult
 from stor.disk.spool import BeforeInstall, Spool
 from stor.disk.spool import commit as commit_spool
-from stor.disk.spool import open_spool
+from stor.disk.spool import hand_on as hand_on_spool
+from stor.disk.spool import open_spool, set_aside_failed
 from stor.store.interface import Reading
 from stor.store.upload import Upload
 
@@ -390,8 +391,12 @@ class Store:
         def prepare(sha: str, length: int | None) -> Duplicate | Spool:
             return self._prepare(sha, length, counted)
 
+        def hand_on(lost: Spool, size: int, body: list[bytes] | None) -> Spool:
+            return hand_on_spool(self.local, lost, size, body)
+
         return Upload(sha, length, self.local.run, prepare, commit,
-                      max_size=self._max_upload_size, committed=self._committed)
+                      max_size=self._max_upload_size, committed=self._committed,
+                      hand_on=hand_on)
 
     def _prepare(self, sha: str, length: int | None, counted: bool) -> Duplicate | Spool:
         """Blocking: the duplicate check (exact bytes, durably: :mod:`stor.disk.duplicate`),
@@ -424,6 +429,7 @@ class Store:
         if isinstance(result, Stored):
             for failure in result.failures:
                 self._member_failed(failure.storage, str(failure))
+            set_aside_failed(self.local, result.failures)  # until their probe passes
             if self._outbox is not None:
                 self._outbox.queue(sha)
 
