@@ -60,6 +60,8 @@ class StorageHealth:
     """``statvfs`` total bytes of its filesystem (for "% full"); None when not read."""
     probe: "Verdict | None" = None
     """The latest probe's verdict (None: not probed yet)."""
+    statfs_failed: bool = False
+    """``statvfs`` failed now (``problem`` says how): the storage is set aside."""
 
     @property
     def ok(self) -> bool:
@@ -78,11 +80,14 @@ class Verdict:
     """One probe of one storage."""
 
     kind: str
-    """``write`` or ``read`` (a probe), or ``upload``: an upload failed on it
-    (:meth:`Prober.set_aside`) and no probe has passed since."""
+    """``write`` or ``read`` (a probe); or ``upload`` or ``statfs``: an upload failed on
+    it, or a health check's ``statvfs`` did (:meth:`Prober.set_aside`), and no probe has
+    passed since."""
     problem: str | None
     at: float
     """``time.time()`` when it was made."""
+    aside: bool = False
+    """Made by :meth:`Prober.set_aside`, not by a probe."""
 
 
 def free_bytes(storage: str) -> int | None:
@@ -139,11 +144,13 @@ def check_storages(storages: Sequence[str], check_mounts: bool | None,
         unmounted = on_root and (check_mounts is True or (check_mounts is None and some_mounted))
         free: int | None = None
         size: int | None = None
+        failed: str | None = None
         if with_free and dev is not None and not unmounted:
             free, size, failed = statfs(storage)
             if failed is not None:  # no free space known: no new files, and /status says why
                 problem, placeable = problem or failed, False
-        found.append(StorageHealth(storage, problem, placeable, free, size))
+        found.append(StorageHealth(storage, problem, placeable, free, size,
+                                   statfs_failed=failed is not None))
     return found
 
 
@@ -245,25 +252,28 @@ class Prober:
             with self._lock:
                 self._started.pop(storage, None)
                 before = self._verdicts.get(storage)
-                if before is not None and before.kind == "upload" and before.at >= began:
-                    continue  # an upload failed on it while this probe ran: the next one decides
+                if before is not None and before.aside and before.at >= began:
+                    continue  # set aside while this probe ran: the next one decides
                 self._verdicts[storage] = verdict
                 if problem is None:
                     self._aside.discard(storage)
             if (before.problem if before else None) != problem and not (
-                    before is not None and before.kind == "upload" and problem is not None):
-                changed.append((storage, verdict))  # (down after an upload said so: logged)
+                    before is not None and before.aside and problem is not None):
+                changed.append((storage, verdict))  # (still down since set aside: logged)
         return changed
 
-    def set_aside(self, storage: str, problem: str) -> bool:
-        """An upload failed on ``storage`` (a write, an fsync, a rename): it fails health and
-        placement now, and is probed every :data:`RECHECK_PERIOD` until a probe passes.
-        Thread-safe; True when it was healthy until now (a change to log)."""
+    def set_aside(self, storage: str, problem: str, kind: str = "upload") -> bool:
+        """An upload failed on ``storage`` (a write, an fsync, a rename), or its ``statvfs``
+        did (``kind``): it fails health and placement now, and is probed every
+        :data:`RECHECK_PERIOD` until a probe passes.  Thread-safe; True when it was
+        healthy until now (a change to log; a failing verdict is kept as it is)."""
         with self._lock:
-            before = self._verdicts.get(storage)
-            self._verdicts[storage] = Verdict("upload", problem, time.time())
             self._aside.add(storage)
-        return before is None or before.problem is None
+            before = self._verdicts.get(storage)
+            if before is not None and before.problem is not None:
+                return False
+            self._verdicts[storage] = Verdict(kind, problem, time.time(), aside=True)
+        return True
 
     def aside(self) -> list[str]:
         """The storages an upload set aside that no probe has passed since."""

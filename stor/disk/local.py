@@ -202,7 +202,7 @@ class LocalStore:
         rng: random.Random | None = None,
         health: Callable[[Sequence[str], bool | None, bool], list[StorageHealth]] = check_storages,
         health_pool: DiskPool | None = None,
-        set_aside: Callable[[str, str], bool] | None = None,
+        set_aside: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self.pairs = tuple(pairs)
         self.storages = tuple(s for pair in self.pairs for s in pair)
@@ -298,8 +298,13 @@ class LocalStore:
     # -- blocking (pool threads) -----------------------------------------
 
     def health_blocking(self, with_free: bool = True) -> list[StorageHealth]:
-        """Blocking :meth:`health`."""
-        return self._health(self.storages, self._check_mounts, with_free)
+        """Blocking :meth:`health`.  A storage that takes files and whose ``statvfs`` fails
+        is set aside: logged once, and probed every second until it passes."""
+        found = self._health(self.storages, self._check_mounts, with_free)
+        for h in found:
+            if h.statfs_failed and h.problem is not None and self.writable(h.path):
+                self.set_aside(h.path, h.problem, "statfs")
+        return found
 
     def existing_blocking(self, sha: str) -> Existing:
         """Blocking: the replicas of ``sha`` a 200 duplicate may name, and the pairs
@@ -310,13 +315,14 @@ class LocalStore:
         """
         return verified_existing(self.lookup_order(), self.pairs, sha)
 
-    def set_aside(self, storage: str, why: str) -> None:
-        """An upload failed on ``storage`` (``why``): no new files go there until its probe
-        passes (checked every second: :data:`stor.disk.health.RECHECK_PERIOD`); logged
-        once when it was up.  Without a prober (tests), nothing happens.  Never waits
-        (a lock): from the reactor or a pool thread."""
-        if self._set_aside is not None and self._set_aside(storage, why):
-            self.call_from_thread(_set_aside_logged, storage, why)
+    def set_aside(self, storage: str, why: str, kind: str = "upload") -> None:
+        """An upload failed on ``storage`` (``why``), or its ``statvfs`` did (``kind``
+        ``statfs``): no new files go there until its probe passes (checked every second:
+        :data:`stor.disk.health.RECHECK_PERIOD`); logged once when it was up.  Without a
+        prober (tests), nothing happens.  Never waits (a lock): from the reactor or a
+        pool thread."""
+        if self._set_aside is not None and self._set_aside(storage, why, kind):
+            self.call_from_thread(_set_aside_logged, storage, why, kind)
 
     def unhealthy_writable_blocking(self) -> list[str] | None:
         """Blocking: when no pair ``writable_pairs_regex`` lets take files is healthy on
@@ -355,9 +361,9 @@ class LocalStore:
         return placement.choose_pair(candidates, size, self._rng, self._threshold)
 
 
-def _set_aside_logged(storage: str, why: str) -> None:
-    _log.warn("storage {storage} is down: {problem} (an upload failed on it); it gets no new "
-              "files until its probe passes", storage=storage, problem=why)
+def _set_aside_logged(storage: str, why: str, kind: str) -> None:
+    _log.warn("storage {storage} is down: {problem} ({kind}); it gets no new files until its "
+              "probe passes", storage=storage, problem=why, kind=kind)
 
 
 def _size_of(storage: str) -> int:
