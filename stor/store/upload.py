@@ -28,6 +28,11 @@ that cannot be prepared (no room, failing disks) does not stop the
 body from being hashed: the answer keeps the contract's order (a body that
 does not match its SHA is 412 even when there is no room) unless the client
 asked ``Expect: 100-continue`` and was answered before sending it.
+
+When both members of the pair fail under the upload (a write, the fsync), a
+body of at most :data:`HAND_ON_MAX` bytes, kept meanwhile, is handed on to
+another pair once verified, and a larger one is answered 503: see
+:func:`~stor.disk.spool.hand_on`.
 """
 
 import hashlib
