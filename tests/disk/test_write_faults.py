@@ -14,11 +14,12 @@ and an upload is a storage fault (500), not "Not enough space" (507).  On one
 pair: uploads go to the other.  Cleared: back.
 
 Placement is made deterministic: pair A (the faulty one, two faultfs mounts) sits
-on a 512 MiB tmpfs and pair B on a 64 MiB one, and ``balance_threshold`` is above
+on a 512 MiB tmpfs and pair B on a 256 MiB one, and ``balance_threshold`` is above
 both, so the roomiest placeable pair, A, takes every file it can.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import subprocess
@@ -60,7 +61,7 @@ def tmpfs(tmp_path: Path):
 @pytest.fixture
 def pairs(tmpfs, faultfs):
     """(the two faultfs mounts of pair A, the two plain storages of pair B)."""
-    big, small = tmpfs("big", "512m"), tmpfs("small", "64m")
+    big, small = tmpfs("big", "512m"), tmpfs("small", "256m")
     a = []
     for name in ("a1", "a2"):
         (big / name).mkdir()
@@ -73,8 +74,13 @@ def pairs(tmpfs, faultfs):
 
 
 def _start(stor_process, a, b, **config):
-    return stor_process(storage_pairs=[[str(fs.mountpoint) for fs in a], b],
-                        balance_threshold=10**15, write_headroom=16 * 1024 * 1024, **config)
+    """stor on pairs A and B, once its first probe of every storage has passed (a fault
+    set before it would be met by the probe instead of an upload)."""
+    a_paths = [str(fs.mountpoint) for fs in a]
+    stor = stor_process(storage_pairs=[a_paths, b], balance_threshold=10**15,
+                        write_headroom=16 * 1024 * 1024, **config)
+    wait_for(lambda: _probed_up(stor.port, a_paths + b), "the first probes", stor)
+    return stor
 
 
 def _post(port: int, body: bytes) -> Answer:
@@ -82,9 +88,10 @@ def _post(port: int, body: bytes) -> Answer:
     return request(port, "POST", f"/{sha}", body, {"Authorization": AUTH_HEADER}, timeout=60)
 
 
-def _stored_on(answer: Answer, storages: list[str], body: bytes) -> list[str]:
+def _stored_on(answer: Answer, storages: list[str], body: bytes, stor=None) -> list[str]:
     """The paths of a 201, after checking they are on ``storages`` and hold ``body``."""
-    assert answer.status == 201, answer
+    assert answer.status == 201, (answer.status, answer.headers.get("stor-reason"), answer.body,
+                                  stor.describe() if stor is not None else "")
     paths = json.loads(answer.body)
     assert sorted(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(p))))
                   for p in paths) == sorted(storages), paths
@@ -176,10 +183,46 @@ def test_a_pair_failing_whole_mid_upload_hands_on_or_answers_503(stor_process, p
                  f"{s} logged up twice", stor)
 
 
+def _post_chunked(port: int, body: bytes) -> Answer:
+    """An upload without ``Content-Length``: chunked, 64 KiB a chunk."""
+    sha = hashlib.sha256(body).hexdigest()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
+        conn.request("POST", f"/{sha}", body=chunks, encode_chunked=True,
+                     headers={"Authorization": AUTH_HEADER, "Transfer-Encoding": "chunked"})
+        response = conn.getresponse()
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()},
+                      response.read())
+    finally:
+        conn.close()
+
+
+def test_a_chunked_upload_is_kept_while_it_fits(stor_process, pairs):
+    """Without a length, the body is kept until it outgrows 4 MiB."""
+    a, b = pairs
+    a_paths = [str(fs.mountpoint) for fs in a]
+    stor = _start(stor_process, a, b, probe_period=SLOW_PROBE)
+    _fault(a, "write", "EIO")
+    small = os.urandom(SMALL)
+    _stored_on(_post_chunked(stor.port, small), b, small, stor)
+    _cleared(stor, a, a_paths)
+
+    _fault(a, "fsync", "EIO")
+    large = os.urandom(LARGE)
+    refused = _post_chunked(stor.port, large)
+    assert refused.status == 503, refused
+    assert refused.headers["retry-after"] == "1"
+    _nothing_of(large, a_paths + b)
+    _stored_on(_post_chunked(stor.port, large), b, large, stor)
+    _cleared(stor, a, a_paths)
+
+
 def test_statfs_failing_on_every_pair_fails_health_at_once(stor_process, faultfs):
     fss = [faultfs() for _ in range(4)]
     paths = [str(fs.mountpoint) for fs in fss]
     stor = stor_process(storage_pairs=[paths[:2], paths[2:]], probe_period=SLOW_PROBE)
+    wait_for(lambda: _probed_up(stor.port, paths), "the first probes", stor)
     kept = os.urandom(5000)
     stored = _post(stor.port, kept)
     assert stored.status == 201, stored
