@@ -13,13 +13,15 @@ holding the SHA's host-wide lock, checks whether the file is already stored
 :mod:`stor.disk.duplicate`) and otherwise installs the temps, over a damaged
 replica if one is in the way.  When a
 member fails, the verified copy moves on to the next pair before anything is
-answered, so a 201 always names two files in place.  Every function here
+answered, so a 201 always names two files in place.  When both members fail
+before the commit, :func:`hand_on` writes a kept body to another pair (or says
+why not: 503, or no pair at all).  Every function here
 blocks: the reactor side is :mod:`stor.store.upload`.
 """
 
 import os
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -229,15 +231,14 @@ def _no_room(store: LocalStore, failures: list[MemberFailed], length: int | None
     return as_stor_error(failures, length or 0)
 
 
-def open_spool(store: LocalStore, sha: str, length: int | None,
-               exclude: Collection[Pair] = ()) -> Spool:
-    """Choose a pair with room (not in ``exclude``) and open (and reserve) temp files on it.
+def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
+    """Choose a pair with room and open (and reserve) temp files on it.
 
     A pair where that fails is skipped in favour of the next choice, so one
     bad or full disk does not stop uploads; when no pair is left the answer
     says why (:func:`as_stor_error`).
     """
-    excluded: set[Pair] = set(exclude)
+    excluded: set[Pair] = set()
     failures: list[MemberFailed] = []
     while True:
         try:
