@@ -44,6 +44,8 @@ $(TESTSTAMP): $(STAMP) requirements-test.txt
 
 # The peers the tests talk to: memcached, nginx and HAProxy (started per test
 # by the tests themselves; the fleet tests run the balancer configs in conf/),
+# the FUSE fault layer's build and mount (fuse3, libfuse3-dev, pkg-config, gcc:
+# tests/support/faultfs.py),
 # Ceph's RADOS Gateway (a one-OSD cluster the S3 tests start on loopback,
 # tests/support/rgw.py)
 # and a RabbitMQ broker on 127.0.0.1:5672 (the machine's own; installed and
@@ -59,6 +61,10 @@ install-test: $(TESTSTAMP)
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq systemd; }
 	@command -v strace >/dev/null 2>&1 || \
 	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq strace; }
+	@{ command -v gcc && command -v pkg-config && command -v fusermount3 && \
+	   pkg-config --exists fuse3; } >/dev/null 2>&1 || \
+	  { $(APT_GET) update -qq && \
+	    $(APT_GET) install -y -qq --no-install-recommends fuse3 libfuse3-dev pkg-config gcc; }
 	@command -v radosgw >/dev/null 2>&1 || [ -x /usr/bin/radosgw ] || \
 	  { $(APT_GET) update -qq && \
 	    $(APT_GET) install -y -qq --no-install-recommends ceph-mon ceph-osd radosgw ceph-common; }

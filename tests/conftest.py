@@ -6,7 +6,8 @@
 - ``support.harness``: stor as real ``twistd`` processes (``stor_process``);
 - peers: ``support.memcached``, ``support.s3`` (moto), ``support.s3write``,
   ``support.logs`` (statsite, GELF and log readers), ``support.fleet`` (hosts, nginx, HAProxy);
-- ``support.faults``: real faults (read-only and tiny tmpfs mounts).
+- ``support.faults``: real faults (read-only and tiny tmpfs mounts);
+- ``support.faultfs``: disk faults through a FUSE passthrough (``faultfs``).
 """
 
 pytest_plugins = [
@@ -14,6 +15,7 @@ pytest_plugins = [
     "support.profiles",
     "support.site",
     "support.faults",
+    "support.faultfs",
     "support.harness",
     "support.memcached",
     "support.s3",

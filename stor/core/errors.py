@@ -87,6 +87,13 @@ class CorruptReplica(StorageFailure):
         self.actual = actual
 
 
+class PairLost(StorError):
+    """Both members of the pair an upload was being written to failed before it was in
+    place (EIO, ENOSPC, …), and its body was too large to have been kept and handed on
+    to another pair (docs/durability.rst): those storages take no new files until their
+    probe passes, so the client's retry lands on another pair (503, ``Retry-After``)."""
+
+
 class Busy(StorError):
     """A resource stayed held past a bounded wait (a SHA's lock): retry later (503)."""
 

@@ -263,16 +263,20 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 _syncfs = _libc("syncfs", [ctypes.c_int])
 
 
+def syncfs_available() -> bool:
+    """Whether the C library offers ``syncfs(2)``."""
+    return _syncfs is not None
+
+
 def syncfs(fd: int) -> None:
     """Make everything changed on ``fd``'s filesystem durable (``syncfs(2)``).
 
     Raises ``OSError`` on a failure the kernel reports (a writeback error of the
-    filesystem since ``fd`` was opened, Linux >= 5.8).  Where the call does not
-    exist, ``sync()`` does the same for every filesystem, reporting nothing.
+    filesystem since ``fd`` was opened, Linux >= 5.8), or ENOSYS where the C
+    library has no such call.
     """
     if _syncfs is None:
-        os.sync()
-        return
+        raise OSError(errno.ENOSYS, "syncfs is not available")
     if _syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

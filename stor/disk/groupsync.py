@@ -21,6 +21,12 @@ failed ``syncfs`` (the kernel reports a writeback error of the filesystem,
 Linux >= 5.8) fails every caller of that round, which then makes its own
 files durable file by file or gives up (:mod:`stor.disk.small`).
 
+Only where ``syncfs`` is known to keep that promise (:meth:`GroupSync.covers`):
+a filesystem of :data:`SYNCFS_FILESYSTEMS` on Linux >= 5.8, where it flushes
+data, entries and the device's cache and reports writeback errors.  Elsewhere
+(FUSE, NFS and other network filesystems, an older kernel that drops the
+error) the upload takes the file-by-file ``fsync`` path.
+
 On a host with one disk per storage a pair's two files are on two filesystems
 and need two rounds (run side by side by :meth:`GroupSync.sync_all`); in the
 bench and tests every storage is on one filesystem, so one round covers both.
@@ -28,12 +34,37 @@ Blocking: call it from the disk pool.
 """
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from stor.disk.fsio import syncfs
+from stor.disk.fsio import syncfs, syncfs_available
+
+SYNCFS_FILESYSTEMS = frozenset({"ext4", "ext3", "xfs", "btrfs", "f2fs", "tmpfs"})
+"""Local filesystems whose ``syncfs`` writes back every inode, commits the journal and
+flushes the device cache (tmpfs: nothing to flush, as for ``fsync``)."""
+
+
+def _kernel_reports_errors(release: str) -> bool:
+    """Whether a kernel ``release`` makes ``syncfs`` report writeback errors (>= 5.8)."""
+    found = re.match(r"(\d+)\.(\d+)", release)
+    return found is not None and (int(found[1]), int(found[2])) >= (5, 8)
+
+
+def filesystem_type(dev: int, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem mounted as device ``dev`` (None if not found)."""
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and "-" in fields:
+                    return fields[fields.index("-") + 1]
+    except OSError:
+        pass
+    return None
 
 
 @dataclass
@@ -57,6 +88,18 @@ class GroupSync:
         """``syncfs`` calls made (for the bench and the tests)."""
         self.requests = 0
         """:meth:`sync` calls served."""
+        self._covered: dict[int, bool] = {}
+
+    def covers(self, fd: int) -> bool:
+        """Whether a ``syncfs`` of ``fd``'s filesystem makes its changes durable and says
+        when it could not (see the module docstring); cached per filesystem."""
+        dev = os.fstat(fd).st_dev
+        known = self._covered.get(dev)
+        if known is None:
+            known = (syncfs_available() and _kernel_reports_errors(os.uname().release)
+                     and filesystem_type(dev) in SYNCFS_FILESYSTEMS)
+            self._covered[dev] = known
+        return known
 
     def sync(self, fd: int, dev: int) -> None:
         """Return once a ``syncfs`` of filesystem ``dev`` begun after this call has

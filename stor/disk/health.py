@@ -31,7 +31,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 from dataclasses import dataclass, replace
 
@@ -60,6 +60,8 @@ class StorageHealth:
     """``statvfs`` total bytes of its filesystem (for "% full"); None when not read."""
     probe: "Verdict | None" = None
     """The latest probe's verdict (None: not probed yet)."""
+    statfs_failed: bool = False
+    """``statvfs`` failed now (``problem`` says how): the storage is set aside."""
 
     @property
     def ok(self) -> bool:
@@ -78,10 +80,14 @@ class Verdict:
     """One probe of one storage."""
 
     kind: str
-    """``write`` or ``read``."""
+    """``write`` or ``read`` (a probe); or ``upload`` or ``statfs``: an upload failed on
+    it, or a health check's ``statvfs`` did (:meth:`Prober.set_aside`), and no probe has
+    passed since."""
     problem: str | None
     at: float
     """``time.time()`` when it was made."""
+    aside: bool = False
+    """Made by :meth:`Prober.set_aside`, not by a probe."""
 
 
 def free_bytes(storage: str) -> int | None:
@@ -92,11 +98,22 @@ def free_bytes(storage: str) -> int | None:
 def space(storage: str) -> tuple[int | None, int | None]:
     """(bytes available to stor, total bytes) of ``storage``'s filesystem, from one
     ``statvfs``; (None, None) when unreadable."""
+    return statfs(storage)[:2]
+
+
+def statfs(storage: str) -> tuple[int | None, int | None, str | None]:
+    """:func:`space`, and why ``statvfs`` failed (None when it did not)."""
     try:
         st = os.statvfs(storage)
-    except OSError:
-        return None, None
-    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    except OSError as e:
+        return None, None, statfs_problem(e)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, None
+
+
+def statfs_problem(error: OSError) -> str:
+    """A failing ``statvfs``, as a storage's problem: stor cannot tell its free space, so
+    it cannot place files there (issue 18, case 13)."""
+    return f"statfs failed: {error.strerror or error}"
 
 
 def _basic_problem(storage: str) -> tuple[str | None, int | None]:
@@ -125,9 +142,15 @@ def check_storages(storages: Sequence[str], check_mounts: bool | None,
             problem = ON_ROOT
         placeable = _placeable(dev, on_root, check_mounts, some_mounted)
         unmounted = on_root and (check_mounts is True or (check_mounts is None and some_mounted))
-        free, size = space(storage) if with_free and dev is not None and not unmounted \
-            else (None, None)
-        found.append(StorageHealth(storage, problem, placeable, free, size))
+        free: int | None = None
+        size: int | None = None
+        failed: str | None = None
+        if with_free and dev is not None and not unmounted:
+            free, size, failed = statfs(storage)
+            if failed is not None:  # no free space known: no new files, and /status says why
+                problem, placeable = problem or failed, False
+        found.append(StorageHealth(storage, problem, placeable, free, size,
+                                   statfs_failed=failed is not None))
     return found
 
 
@@ -145,6 +168,10 @@ def _placeable(dev: int | None, on_root: bool, check_mounts: bool | None,
 STALLED_AFTER = 30.0
 """Seconds a probe may take before its storage counts as failing (a hung disk)."""
 
+RECHECK_PERIOD = 1.0
+"""Seconds between two probes of a storage an upload set aside (:meth:`Prober.set_aside`),
+until one passes: it comes back soon after its fault clears, whatever ``probe_period``."""
+
 
 def write_probe(storage: str) -> str | None:
     """Why stor cannot write ``storage`` now (None: it can): a read-only mount, no free
@@ -152,7 +179,7 @@ def write_probe(storage: str) -> str | None:
     try:
         st = os.statvfs(storage)
     except OSError as e:
-        return f"cannot be read: {e.strerror}"
+        return statfs_problem(e)
     if st.f_flag & os.ST_RDONLY:
         return "is mounted read-only"
     if st.f_files and not st.f_favail:
@@ -204,26 +231,54 @@ class Prober:
         self._write, self._read = probes
         self._verdicts: dict[str, Verdict] = {}
         self._started: dict[str, float] = {}
+        self._aside: set[str] = set()
         self._lock = threading.Lock()
 
-    def run(self) -> list[tuple[str, Verdict]]:
-        """Probe every storage now; the (storage, verdict) of each whose state changed."""
+    def run(self, only: Collection[str] | None = None) -> list[tuple[str, Verdict]]:
+        """Probe every storage (or those in ``only``) now; the (storage, verdict) of each
+        whose state changed."""
         changed = []
         for storage in self._storages:
+            if only is not None and storage not in only:
+                continue
             if not os.path.isdir(storage):
                 continue  # missing: the basic check fails it, and the start-up check says so
             writable = self._writable(storage)
+            began = time.time()
             with self._lock:
                 self._started[storage] = time.monotonic()
             problem = (self._write if writable else self._read)(storage)
             verdict = Verdict("write" if writable else "read", problem, time.time())
             with self._lock:
-                before = self._verdicts.get(storage)
-                self._verdicts[storage] = verdict
                 self._started.pop(storage, None)
-            if (before.problem if before else None) != problem:
-                changed.append((storage, verdict))
+                before = self._verdicts.get(storage)
+                if before is not None and before.aside and before.at >= began:
+                    continue  # set aside while this probe ran: the next one decides
+                self._verdicts[storage] = verdict
+                if problem is None:
+                    self._aside.discard(storage)
+            if (before.problem if before else None) != problem and not (
+                    before is not None and before.aside and problem is not None):
+                changed.append((storage, verdict))  # (still down since set aside: logged)
         return changed
+
+    def set_aside(self, storage: str, problem: str, kind: str = "upload") -> bool:
+        """An upload failed on ``storage`` (a write, an fsync, a rename), or its ``statvfs``
+        did (``kind``): it fails health and placement now, and is probed every
+        :data:`RECHECK_PERIOD` until a probe passes.  Thread-safe; True when it was
+        healthy until now (a change to log; a failing verdict is kept as it is)."""
+        with self._lock:
+            self._aside.add(storage)
+            before = self._verdicts.get(storage)
+            if before is not None and before.problem is not None:
+                return False
+            self._verdicts[storage] = Verdict(kind, problem, time.time(), aside=True)
+        return True
+
+    def aside(self) -> list[str]:
+        """The storages an upload set aside that no probe has passed since."""
+        with self._lock:
+            return sorted(self._aside)
 
     def verdict(self, storage: str) -> Verdict | None:
         """The latest verdict, or a failing one when a probe has been running too long."""
@@ -249,19 +304,31 @@ class Prober:
 
 class ProbeService(TimerService):
     """Runs the :class:`Prober` every ``period`` seconds (from start) in ``run`` (the health
-    pool), one run at a time, and logs each change of a storage's state once."""
+    pool), one run at a time, and logs each change of a storage's state once.  Between
+    two runs, the storages an upload set aside are probed every :data:`RECHECK_PERIOD`."""
 
     def __init__(self, prober: Prober, run: Callable[..., Any], period: float) -> None:
-        super().__init__(period, self._probe)  # type: ignore[no-untyped-call]  # TimerService: unannotated
+        tick = min(period, RECHECK_PERIOD)
+        super().__init__(tick, self._probe)  # type: ignore[no-untyped-call]  # TimerService: unannotated
         self._prober = prober
         self._run = run
+        self._period = period - tick / 2  # the tick that comes at ``period`` runs them all
+        self._last_full: float | None = None
         self._busy = False
 
     def _probe(self) -> Any:
         if self._busy:
             return None  # the last run is still waiting on a disk: the verdict says stalled
+        now = time.monotonic()
+        only: list[str] | None = None
+        if self._last_full is not None and now - self._last_full < self._period:
+            only = self._prober.aside()
+            if not only:
+                return None
+        else:
+            self._last_full = now
         self._busy = True
-        d = self._run(self._prober.run)
+        d = self._run(self._prober.run, only)
         d.addCallback(self._report)
         d.addErrback(lambda f: _log.failure("storage probe failed", failure=f))
         d.addBoth(self._idle)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import IO, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
 from stor.core import layout, placement
 from stor.core.placement import Pair
@@ -36,6 +37,7 @@ T = TypeVar("T")
 
 PLACEMENT_TTL = 1.0
 """Seconds a health answer places small uploads (:meth:`LocalStore.choose_pair_cached_blocking`)."""
+_log = Logger()
 
 SMALL_FILE = 64 * 1024
 """Files up to this size are read whole by the lookup (one hop per GET) and
@@ -203,6 +205,7 @@ class LocalStore:
         rng: random.Random | None = None,
         health: Callable[[Sequence[str], bool | None, bool], list[StorageHealth]] = check_storages,
         health_pool: DiskPool | None = None,
+        set_aside: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self.pairs = tuple(pairs)
         self.storages = tuple(s for pair in self.pairs for s in pair)
@@ -216,6 +219,7 @@ class LocalStore:
         self._health = health
         self._health_pool = health_pool or pool  # its own threads: never behind uploads
         self._placement: tuple[float, list[StorageHealth]] | None = None
+        self._set_aside = set_aside  # the prober's (stor.disk.health.Prober.set_aside)
 
     def run(self, f: Callable[..., T], *args: object) -> "Deferred[T]":
         """Run blocking ``f(*args)`` in the disk pool."""
@@ -298,8 +302,13 @@ class LocalStore:
     # -- blocking (pool threads) -----------------------------------------
 
     def health_blocking(self, with_free: bool = True) -> list[StorageHealth]:
-        """Blocking :meth:`health`."""
-        return self._health(self.storages, self._check_mounts, with_free)
+        """Blocking :meth:`health`.  A storage that takes files and whose ``statvfs`` fails
+        is set aside: logged once, and probed every second until it passes."""
+        found = self._health(self.storages, self._check_mounts, with_free)
+        for h in found:
+            if h.statfs_failed and h.problem is not None and self.writable(h.path):
+                self.set_aside(h.path, h.problem, "statfs")
+        return found
 
     def existing_blocking(self, sha: str) -> Existing:
         """Blocking: the replicas of ``sha`` a 200 duplicate may name, and the pairs
@@ -310,10 +319,19 @@ class LocalStore:
         """
         return verified_existing(self.lookup_order(), self.pairs, sha)
 
+    def set_aside(self, storage: str, why: str, kind: str = "upload") -> None:
+        """An upload failed on ``storage`` (``why``), or its ``statvfs`` did (``kind``
+        ``statfs``): no new files go there until its probe passes (checked every second:
+        :data:`stor.disk.health.RECHECK_PERIOD`); logged once when it was up.  Without a
+        prober (tests), nothing happens.  Never waits (a lock): from the reactor or a
+        pool thread."""
+        if self._set_aside is not None and self._set_aside(storage, why, kind):
+            self.call_from_thread(_set_aside_logged, storage, why, kind)
+
     def unhealthy_writable_blocking(self) -> list[str] | None:
         """Blocking: when no pair ``writable_pairs_regex`` lets take files is healthy on
         both members, why (``<storage>: <problem>`` each); None when one is."""
-        health = {h.path: h for h in self.health_blocking(with_free=False)}
+        health = {h.path: h for h in self.health_blocking()}  # with statfs: it can fail
         reasons: list[str] = []
         for pair in self.pairs:
             if not (self.writable(pair[0]) and self.writable(pair[1])):
@@ -367,6 +385,11 @@ class LocalStore:
         candidates = [(pair, (room[pair[0]], room[pair[1]]))
                       for pair in self.pairs if pair not in exclude]
         return placement.choose_pair(candidates, size, self._rng, self._threshold)
+
+
+def _set_aside_logged(storage: str, why: str, kind: str) -> None:
+    _log.warn("storage {storage} is down: {problem} ({kind}); it gets no new files until its "
+              "probe passes", storage=storage, problem=why, kind=kind)
 
 
 def _size_of(storage: str) -> int:

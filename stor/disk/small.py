@@ -124,6 +124,8 @@ def _group_commit(spool: Spool, store: LocalStore, locks: ShaLocks, group: Group
     """Steps 4 to 6; None when the careful way must take over (temps as they were)."""
     temps = list(spool.temps)
     fds = [t.fd for t in temps]
+    if not all(group.covers(fd) for fd in fds):
+        return None  # a syncfs would not be a promise there: fsync file by file
     if any(group.sync_all(fds)):
         return None  # the data is not known durable: fsync file by file
     with locks.hold(spool.sha):

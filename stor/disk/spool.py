@@ -13,7 +13,9 @@ holding the SHA's host-wide lock, checks whether the file is already stored
 :mod:`stor.disk.duplicate`) and otherwise installs the temps, over a damaged
 replica if one is in the way.  When a
 member fails, the verified copy moves on to the next pair before anything is
-answered, so a 201 always names two files in place.  Every function here
+answered, so a 201 always names two files in place.  When both members fail
+before the commit, :func:`hand_on` writes a kept body to another pair (or says
+why not: 503, or no pair at all).  Every function here
 blocks: the reactor side is :mod:`stor.store.upload`.
 """
 
@@ -24,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from stor.core import layout
-from stor.core.errors import Conflict, NoSpace, StorageFailure, StorError
+from stor.core.errors import Conflict, NoSpace, PairLost, StorageFailure, StorError
 from stor.core.placement import Pair
-from stor.core.results import Duplicate, Stored, UploadResult
+from stor.core.results import Duplicate, FailedMember, Stored, UploadResult
 from stor.disk.commit import MemberFailed, install
 from stor.disk.duplicate import Damaged
 from stor.disk.fsio import (durable_dirs, is_no_space, owner_of, release_beyond, reserve,
@@ -330,3 +332,56 @@ def _another_pair(spool: Spool, store: LocalStore, tried: set[Pair]) -> Pair:
             continue
         spool.temps.extend(copies)
         return pair
+
+
+def hand_on(store: LocalStore, lost: Spool, size: int, body: Sequence[bytes] | None) -> Spool:
+    """Blocking: both members of ``lost``'s pair failed before the file was in place (a
+    write, an fsync: EIO, ENOSPC, …), its temps are gone.  Each failed storage is set
+    aside (out of placement until its probe passes: :meth:`LocalStore.set_aside`).
+
+    With the whole body kept (``body``, ``size`` bytes, already verified against the SHA),
+    it is written to another pair and fsynced there; that spool is returned for
+    :func:`commit`, with ``lost``'s failures (counted and logged with the result).  A
+    pair failing whole again is set aside too and the next one tried.  Without the
+    body: :class:`~stor.core.errors.PairLost` (503, the client retries) when another
+    pair could take the file.  When no pair can: the 507 or 500 of
+    :func:`as_stor_error`.  See docs/durability.rst, "A pair that fails mid-upload".
+    """
+    failures = list(lost.failures)
+    set_aside_failed(store, failures)
+    tried: set[Pair] = {lost.pair}
+    while True:
+        try:
+            pair = store.choose_pair_blocking(size, tried)
+        except NoSpace:
+            raise as_stor_error(failures, size) from None
+        if body is None:
+            raise PairLost(f"{' and '.join(lost.pair)} failed during the upload "
+                           f"({'; '.join(str(f) for f in failures)}); another pair can take it")
+        try:
+            spool = Spool(lost.sha, pair, size)
+        except MemberFailed as e:
+            failures.append(e)
+            set_aside_failed(store, [e])
+            tried.add(pair)
+            continue
+        try:
+            spool.write(body)
+            for storage in spool.live():
+                spool.sync_member(storage)
+        except BaseException:
+            spool.discard()
+            raise
+        if spool.live():
+            spool.failures[:0] = failures
+            return spool
+        failures += spool.failures
+        set_aside_failed(store, spool.failures)
+        tried.add(pair)
+
+
+def set_aside_failed(store: LocalStore, failures: Sequence[FailedMember]) -> None:
+    """Each storage that failed an upload leaves placement until its probe passes."""
+    for failure in failures:
+        why = str(failure).removeprefix(f"{failure.storage}: ")
+        store.set_aside(failure.storage, f"an upload failed on it: {why}")

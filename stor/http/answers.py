@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from twisted.logger import LogLevel
 
 from stor.core.errors import (
-    Busy, Conflict, HashMismatch, MalformedSha, NoSpace, NotAllowed, NotFound, RangeNotSatisfiable,
-    S3Unavailable, StorError, TooLarge, Unauthorized, UploadAborted,
+    Busy, Conflict, HashMismatch, MalformedSha, NoSpace, NotAllowed, NotFound, PairLost,
+    RangeNotSatisfiable, S3Unavailable, StorError, TooLarge, Unauthorized, UploadAborted,
 )
 
 TEXT = b"text/plain; charset=utf-8"
@@ -22,6 +22,9 @@ S3_UNKNOWN_RETRY_AFTER = b"1"
 """Seconds a client waits before asking again after a 503 for an S3 outage;
 a balancer does not wait but asks another host (``retry-on 503``)."""
 S3_UNKNOWN_HEADER = (b"stor-s3", b"unavailable")
+PAIR_LOST_RETRY_AFTER = b"1"
+"""Seconds a client waits before sending an upload again whose pair failed under it:
+the failed storages are out of placement at once, so the retry goes elsewhere."""
 """Marks the 503 of a local miss while S3 is unknown: ``stor put`` uploads on it."""
 
 
@@ -85,6 +88,10 @@ def error_answer(error: BaseException, method: bytes, segment: str) -> Answer:
     if isinstance(error, RangeNotSatisfiable):
         return Answer(416, f"Range not satisfiable: the file has {error.size} bytes\n".encode(),
                       headers=((b"content-range", b"bytes */%d" % error.size),))
+    if isinstance(error, PairLost):
+        return Answer(503, b"Storage failed during the upload: try again\n",
+                      "error.post.pair_failed.count", ((b"retry-after", PAIR_LOST_RETRY_AFTER),),
+                      level=LogLevel.warn, log=f"503 {error}")
     if isinstance(error, Busy):
         return Answer(503, b"Busy: try again later\n", f"error.{kind}.busy.count",
                       ((b"retry-after", b"1"),), level=LogLevel.warn, log=f"503 {error}")

@@ -196,7 +196,7 @@ class StorApp:
         """200 while this host can serve and store (docs/SPEC.md §9): for a load balancer."""
         reasons = ["stopping"] if self._stopping() else []
         if not reasons:
-            reasons = self._store.not_ready(await self._store.health(with_free=False))
+            reasons = self._store.not_ready(await self._store.health())  # statfs counts
         if reasons:
             request.setResponseCode(503)
             return _body(request, "".join(f"{r}\n" for r in reasons).encode())

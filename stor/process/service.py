@@ -189,7 +189,7 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
     local = LocalStore(config.storage_pairs, pool, writable_regex=regex,
                        balance_threshold=config.balance_threshold,
                        check_mounts=config.check_mounts, health=prober.check,
-                       health_pool=health_pool)
+                       health_pool=health_pool, set_aside=prober.set_aside)
     ProbeService(prober, health_pool.run, config.probe_period).setServiceParent(services)
     locks = ShaLocks(config.lock_dir or default_lock_dir(), owner=run_as)
     locks.prepare()  # a lock directory that cannot be trusted stops start-up (ConfigError)

@@ -50,7 +50,8 @@ from stor.disk.repair import Repairer
 from stor.core.results import Duplicate, Stored, UploadResult
 from stor.disk.spool import BeforeInstall, Spool
 from stor.disk.spool import commit as commit_spool
-from stor.disk.spool import open_spool
+from stor.disk.spool import hand_on as hand_on_spool
+from stor.disk.spool import open_spool, set_aside_failed
 from stor.disk.groupsync import GROUP_SYNC
 from stor.disk.small import SMALL_MAX, store_small
 from stor.store.interface import Reading
@@ -425,9 +426,12 @@ class Store:
         def prepare(sha: str, length: int | None) -> Duplicate | Spool:
             return self._prepare(sha, length, counted)
 
+        def hand_on(lost: Spool, size: int, body: list[bytes] | None) -> Spool:
+            return hand_on_spool(self.local, lost, size, body)
+
         return Upload(sha, length, self.local.run, prepare, commit,
                       max_size=self._max_upload_size, committed=self._committed,
-                      run_locked=partial(self._waiter.run_locked, sha))
+                      run_locked=partial(self._waiter.run_locked, sha), hand_on=hand_on)
 
     def _prepare(self, sha: str, length: int | None, counted: bool) -> Duplicate | Spool:
         """Blocking: the duplicate check (exact bytes, durably: :mod:`stor.disk.duplicate`),
@@ -460,6 +464,7 @@ class Store:
         if isinstance(result, Stored):
             for failure in result.failures:
                 self._member_failed(failure.storage, str(failure))
+            set_aside_failed(self.local, result.failures)  # until their probe passes
             if self._outbox is not None:
                 self._outbox.queue(sha)
 

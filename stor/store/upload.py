@@ -28,6 +28,11 @@ that cannot be prepared (no room, failing disks) does not stop the
 body from being hashed: the answer keeps the contract's order (a body that
 does not match its SHA is 412 even when there is no room) unless the client
 asked ``Expect: 100-continue`` and was answered before sending it.
+
+When both members of the pair fail under the upload (a write, the fsync), a
+body of at most :data:`HAND_ON_MAX` bytes, kept meanwhile, is handed on to
+another pair once verified, and a larger one is answered 503: see
+:func:`~stor.disk.spool.hand_on`.
 """
 
 import hashlib
@@ -52,6 +57,13 @@ _log = Logger()
 HIGH_WATER = 4 * 1024 * 1024
 """Queued bytes at which the connection is paused."""
 
+HAND_ON_MAX = HIGH_WATER
+"""Bodies up to this size are kept in memory until their commit, so that an upload
+whose pair fails whole (both members: EIO, ENOSPC) is handed on to another pair
+instead of failing (:func:`~stor.disk.spool.hand_on`); a larger one answers a
+retryable 503.  Equal to :data:`HIGH_WATER`: the chunks kept are those already
+held, so an upload's memory stays bounded as before (docs/durability.rst)."""
+
 BATCH = 512 * 1024
 """Most bytes handed to the lanes at once: small batches keep the hash and the
 writes moving while the body arrives, on data still in the CPU's caches (one
@@ -65,6 +77,12 @@ class State(Enum):
     COMMITTING = "committing"
     DONE = "done"
     ABORTED = "aborted"
+
+
+HandOn = Callable[[Spool, int, "list[bytes] | None"], Spool]
+"""Blocking: a spool whose pair failed whole, the body's size and the body if kept →
+a spool on another pair, written and fsynced; raises the answer when there is none
+(:func:`stor.disk.spool.hand_on`)."""
 
 
 @implementer(IConsumer)
@@ -84,7 +102,8 @@ class Upload:
                  commit: Callable[[Spool], UploadResult],
                  max_size: int | None = None,
                  committed: Callable[[str, UploadResult], None] | None = None,
-                 run_locked: Runner | None = None) -> None:
+                 run_locked: Runner | None = None,
+                 hand_on: "HandOn | None" = None) -> None:
         self.sha = sha
         self.length = length
         self.received = 0
@@ -106,6 +125,10 @@ class Upload:
         self._producer: IPushProducer | None = None
         self._paused = False
         self._cleanup: Deferred[None] = succeed(None)
+        self._hand_on = hand_on
+        self._kept: list[bytes] | None = (
+            [] if hand_on is not None and (length is None or length <= HAND_ON_MAX) else None)
+        """The whole body so far while it fits :data:`HAND_ON_MAX` (None: not kept)."""
         if max_size is not None and length is not None and length > max_size:
             self._working = False
             self._skip(TooLarge(max_size))
@@ -133,6 +156,8 @@ class Upload:
             return
         self._queue.append(data)
         self._queued += len(data)
+        if self._kept is not None:
+            self._keep(data)
         if self._holding() >= HIGH_WATER and not self._paused and self._producer is not None:
             self._paused = True
             self._producer.pauseProducing()
@@ -186,7 +211,7 @@ class Upload:
         if actual != self.sha:
             await self._discard()
             raise HashMismatch(self.sha, actual)
-        if self._failure is not None:
+        if self._failure is not None and self._lost() is None:
             await self._discard()
             raise self._failure
         spool, self._spool = self._spool, None
@@ -204,6 +229,10 @@ class Upload:
         except BaseException:
             await self._run(spool.discard)
             raise
+        if not spool.live() and self._hand_on is not None:  # the pair failed whole
+            body, self._kept = self._kept, None
+            spool = await self._run(self._hand_on, spool, self.received, body)
+        self._kept = None
         result = await self._run_locked(self._commit, spool)  # it removes the temps on every path
         self.state = State.DONE
         if self._committed is not None:
@@ -215,6 +244,7 @@ class Upload:
         if self.state in (State.ABORTED, State.DONE, State.COMMITTING):
             return
         self.state = State.ABORTED
+        self._kept = None
         self._drop_queue()
         if not self._busy():
             self._discard()
@@ -258,8 +288,26 @@ class Upload:
         for chunk in chunks:
             self._hasher.update(chunk)
 
+    def _keep(self, data: bytes) -> None:
+        assert self._kept is not None
+        if self.received > HAND_ON_MAX:
+            self._kept = None  # a chunked body outgrew the bound: a failing pair means 503
+        else:
+            self._kept.append(data)
+
+    def _lost(self) -> Spool | None:
+        """The spool, when every member of its pair failed mid-upload and the upload can
+        be handed on (or answered 503) instead of failing: :func:`~stor.disk.spool.hand_on`."""
+        spool = self._spool
+        if self._hand_on is None or spool is None or spool.live() or not spool.failures:
+            return None
+        if self._pipeline is not None and self._pipeline.error is not None:
+            return None  # not a storage's failure: stor's own, logged
+        return spool
+
     def _skip(self, outcome: UploadResult | StorError) -> None:
         self._outcome = outcome
+        self._kept = None
         self.state = State.SKIPPING
         self._drop_queue()
         if not self._busy():

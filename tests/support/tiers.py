@@ -48,6 +48,7 @@ NEEDS = {
     "nginx": "nginx in front of stor",
     "haproxy": "HAProxy in front of stor",
     "fault": "a real fault injected into the machine (a tmpfs or a read-only mount)",
+    "fault-fs": "disk faults through the FUSE layer the suite builds and mounts (support/faultfs.py)",
 }
 
 # Fixtures that are, or start, a peer.
@@ -62,11 +63,15 @@ PEER_FIXTURES = {
     "haproxy": "haproxy",
     "readonly_dir": "fault",
     "tiny_disk": "fault",
+    "faultfs": "fault-fs",
 }
 
 RGW_PROGRAMS = frozenset({"ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph",
                           "ceph-authtool", "monmaptool", "ceph-conf"})
 """What starting Ceph's RADOS Gateway runs (support/rgw.py): the S3 need, as moto."""
+
+FAULTFS_PROGRAMS = frozenset({"faultfs", "fusermount3", "gcc", "pkg-config"})
+"""What the FUSE fault layer runs: its build, its daemon, its unmount (support/faultfs.py)."""
 
 BROKER_PORT = 5672
 RECORD_ENV = "STOR_TIERS_RECORD"
@@ -99,6 +104,8 @@ def _program_need(argv: Any) -> str:
         return name
     if name in ("mount", "umount"):
         return "fault"
+    if name in FAULTFS_PROGRAMS:
+        return "fault-fs"
     return "process"
 
 
