@@ -409,7 +409,9 @@ class Store:
                                self._before_install, still_wanted, self._damaged_from_thread,
                                looked_up if counted else None)
 
-        return SmallUpload(sha, length, self.local.run, store,
+        # the whole job holds the SHA's lock, waited for on the reactor (stor.disk.lockwait);
+        # store_small's own holds are that lock (ShaLocks.hold is reentrant in a thread)
+        return SmallUpload(sha, length, partial(self._waiter.run_locked, sha), store,
                            lambda: self._streaming_upload(sha, length, counted, started),
                            max_size=self._max_upload_size, committed=self._committed)
 
