@@ -325,6 +325,7 @@ class LocalStore:
         :data:`stor.disk.health.RECHECK_PERIOD`); logged once when it was up.  Without a
         prober (tests), nothing happens.  Never waits (a lock): from the reactor or a
         pool thread."""
+        self._placement = None  # no small upload placed from before this
         if self._set_aside is not None and self._set_aside(storage, why, kind):
             self.call_from_thread(_set_aside_logged, storage, why, kind)
 
@@ -357,10 +358,13 @@ class LocalStore:
         :data:`PLACEMENT_TTL` seconds old (the small-upload path: no ``statvfs`` and
         ``stat`` of every storage per upload).  A stale answer costs nothing worse
         than a pair that refuses its temps, after which the caller calls
-        :meth:`forget_placement` and chooses afresh."""
+        :meth:`forget_placement` and chooses afresh; a storage set aside forgets it
+        too, and while one is out the answer is not reused."""
         now = time.monotonic()
         cached = self._placement
-        if cached is None or now - cached[0] > PLACEMENT_TTL:
+        # while a storage is out, every upload asks afresh: its return counts at once
+        if cached is None or now - cached[0] > PLACEMENT_TTL or not all(
+                h.placeable for h in cached[1]):
             cached = self._placement = (now, self.health_blocking())
         return self._choose(cached[1], size, ())
 

@@ -47,7 +47,7 @@ from stor.disk.fsio import KNOWN_SYNCED, known_durable, owner_of, unlink_quietly
 from stor.disk.groupsync import GroupSync
 from stor.disk.local import LocalStore
 from stor.disk.locks import ShaLocks
-from stor.disk.spool import (BeforeInstall, OnDamaged, Spool, StillWanted, commit,
+from stor.disk.spool import (BeforeInstall, OnDamaged, Spool, StillWanted, commit, hand_on,
                              open_spool)
 from stor.disk.verified import VERIFIED, stamp_of
 
@@ -88,6 +88,10 @@ def store_small(sha: str, body: bytes, store: LocalStore, locks: ShaLocks, group
                                  on_damaged)
             if fast is not None:
                 return fast
+        for storage in spool.live():
+            spool.sync_member(storage)
+        if not spool.live():  # the pair failed whole: the body is here, another pair takes it
+            spool = hand_on(store, spool, len(body), [body])
     except BaseException:
         spool.discard()
         raise

@@ -348,7 +348,7 @@ def hand_on(store: LocalStore, lost: Spool, size: int, body: Sequence[bytes] | N
     :func:`as_stor_error`.  See docs/durability.rst, "A pair that fails mid-upload".
     """
     failures = list(lost.failures)
-    set_aside_failed(store, failures)
+    set_aside_failed(store, failures, size)
     tried: set[Pair] = {lost.pair}
     while True:
         try:
@@ -362,7 +362,7 @@ def hand_on(store: LocalStore, lost: Spool, size: int, body: Sequence[bytes] | N
             spool = Spool(lost.sha, pair, size)
         except MemberFailed as e:
             failures.append(e)
-            set_aside_failed(store, [e])
+            set_aside_failed(store, [e], size)
             tried.add(pair)
             continue
         try:
@@ -376,12 +376,34 @@ def hand_on(store: LocalStore, lost: Spool, size: int, body: Sequence[bytes] | N
             spool.failures[:0] = failures
             return spool
         failures += spool.failures
-        set_aside_failed(store, spool.failures)
+        set_aside_failed(store, spool.failures, size)
         tried.add(pair)
 
 
-def set_aside_failed(store: LocalStore, failures: Sequence[FailedMember]) -> None:
-    """Each storage that failed an upload leaves placement until its probe passes."""
+def set_aside_failed(store: LocalStore, failures: Sequence[FailedMember],
+                     size: int | None = None) -> None:
+    """Each storage that failed an upload leaves placement until its probe passes —
+    but not one that merely lacked room for this file: a full disk is no fault, and
+    placement already weighs free space (a 45 MiB upload refused by a 40 MiB disk
+    must not keep the next 10 MiB one off it).  A no-space failure sets a storage
+    aside only when, asked now (blocking: ``size`` given), it still claims room for
+    the file and a reservation step, or has no inode left.  Without ``size`` (on the
+    reactor) no-space failures are left to placement."""
     for failure in failures:
+        if _lacked_room(failure, size):
+            continue
         why = str(failure).removeprefix(f"{failure.storage}: ")
         store.set_aside(failure.storage, f"an upload failed on it: {why}")
+
+
+def _lacked_room(failure: FailedMember, size: int | None) -> bool:
+    error = getattr(failure, "error", None)
+    if not isinstance(error, OSError) or not is_no_space(error):
+        return False
+    if size is None:
+        return True
+    try:
+        st = os.statvfs(failure.storage)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < size + RESERVE_STEP and st.f_favail != 0

@@ -23,11 +23,13 @@ import http.client
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from support.harness import AUTH_HEADER, Answer, request, wait_for
+from stor.disk.local import PLACEMENT_TTL
 
 pytestmark = pytest.mark.acceptance("stor-process", "fault", "fault-fs")
 
@@ -145,7 +147,7 @@ def test_a_pair_failing_whole_mid_upload_hands_on_or_answers_503(stor_process, p
     # a small body: kept, handed on to pair B before any answer
     _fault(a, op, errno)
     small = os.urandom(SMALL)
-    _stored_on(_post(stor.port, small), b, small)
+    _stored_on(_post(stor.port, small), b, small, stor)
     for fs in a:
         fs.wait_event("fail", op)  # the upload met the fault on both members
     _nothing_of(small, a_paths)
@@ -282,6 +284,18 @@ def test_statfs_failing_on_one_pair_sends_uploads_to_the_other(stor_process, pai
     _stored_on(_post(stor.port, body), a_paths, body)
 
     a[0].fail("statfs")  # one member is enough: the pair cannot take a file
+    # a small upload is placed from a health answer up to PLACEMENT_TTL old: until that
+    # one is replaced, a file may still go (whole, durably) to pair A; after, none does
+    deadline = time.monotonic() + PLACEMENT_TTL + 10
+    while True:
+        body = os.urandom(2000)
+        answer = _post(stor.port, body)
+        assert answer.status == 201, answer
+        paths = json.loads(answer.body)
+        assert all(Path(p).read_bytes() == body for p in paths)
+        if all(any(p.startswith(s + "/") for s in b) for p in paths):
+            break
+        assert time.monotonic() < deadline, "pair A kept taking files"
     for i in range(3):
         body = os.urandom(2000 + i)
         _stored_on(_post(stor.port, body), b, body)
