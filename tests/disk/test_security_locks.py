@@ -14,7 +14,8 @@ import pytest
 from support.harness import AUTH_HEADER, request, wait_for
 from stor.core.errors import ConfigError
 from stor.disk.locks import ShaLocks, Tombstones
-from support.unprivileged import INTRUDER, SERVICE, open_tmp, run_as, unprivileged_stor, user
+from support.unprivileged import (INTRUDER, SERVICE, open_tmp, run_as, stranger, unprivileged_stor,
+                                  user)
 
 __all__ = ["open_tmp", "unprivileged_stor"]
 
@@ -42,7 +43,7 @@ def test_a_world_writable_lock_directory_is_refused(tmp_path: Path, mode: int) -
 
 
 def test_a_lock_directory_of_another_user_is_refused(tmp_path: Path) -> None:
-    uid, gid = user(INTRUDER)
+    uid, gid = stranger()
     (tmp_path / "locks").mkdir(mode=0o700)
     os.chown(tmp_path / "locks", uid, gid)
     with pytest.raises(ConfigError, match=f"belongs to uid {uid}"):
@@ -133,7 +134,7 @@ def test_a_lock_directory_an_intruder_made_first_stops_start_up(unprivileged_sto
 
 def test_a_tombstone_directory_of_another_user_stops_start_up_not_a_delete(tmp_path: Path) -> None:
     """An older build's root DELETE left ``deleted/`` 0755 root: refused at start, by name."""
-    uid, gid = user(INTRUDER)
+    uid, gid = stranger()
     (tmp_path / "locks").mkdir(mode=0o770)
     (tmp_path / "locks" / "deleted").mkdir(mode=0o755)
     os.chown(tmp_path / "locks" / "deleted", uid, gid)
