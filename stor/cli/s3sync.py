@@ -19,6 +19,7 @@ missing), 1 when some are not, 2 for a usage or config error.
 import argparse
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ from stor.cli.owner import OwnerError, act_as_storage_owner
 from stor.config import Config
 from stor.core import layout
 from stor.core.reactor import Reactor
+from stor.disk import anchored
 from stor.disk.diskpool import DiskPool
 from stor.s3.read import s3_client
 from stor.s3.put import CorruptLocalFile, S3WriteError, S3Writer
@@ -250,7 +252,7 @@ class _Pusher:
             except (CorruptLocalFile, OSError) as e:
                 if isinstance(e, CorruptLocalFile):
                     self._line(f"corrupt  {source}  (run stor scrub --repair)")
-                if i == len(sources) - 1 or not await self._run(os.path.isfile, sources[i + 1]):
+                if i == len(sources) - 1 or not await self._run(_is_stored, twin, sources[i + 1]):
                     raise
         raise AssertionError("not reached")
 
@@ -303,6 +305,14 @@ def _walk(storage: str) -> Iterator[Item]:
             path = os.path.join(directory, name)
             if os.path.relpath(path, storage) == layout.relative_path(sha):
                 yield sha, path
+
+
+def _is_stored(storage: str | None, path: str) -> bool:
+    """Whether ``path`` below ``storage`` is a regular file, reached through no link."""
+    try:
+        return storage is not None and stat.S_ISREG(anchored.lstat(storage, path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _storage_of(path: str, sha: str) -> str | None:

@@ -181,3 +181,17 @@ def lstat(storage: str, path: str) -> os.stat_result:
         except OSError as e:
             e.filename = path
             raise
+
+
+def unlink_durably(storage: str, path: str) -> None:
+    """Remove the file ``path`` below ``storage`` and fsync its directory, both through
+    descriptors reached without links (a link on the way: :class:`SymlinkRefused`;
+    a ``.dat`` that is itself a link is removed, never its target)."""
+    directory, name = split(storage, path)
+    with open_chain(storage, directory) as chain:
+        try:
+            os.unlink(name, dir_fd=chain.leaf)
+        except OSError as e:
+            e.filename = path
+            raise
+        os.fsync(chain.leaf)

@@ -28,7 +28,7 @@ from typing import cast
 
 from stor.core import layout
 from stor.core.placement import Pair
-from stor.disk.fsio import KNOWN_SYNCED, advise_sequential, durable_dirs, durable_entry
+from stor.disk.fsio import KNOWN_SYNCED, advise_sequential, durable_chain, durable_entry
 from stor.disk.verified import VERIFIED, stamp_of
 
 CHUNK = 1024 * 1024
@@ -131,8 +131,8 @@ def _verify_durably(storage: str, path: str, sha: str) -> Damaged | None:
         VERIFIED.record(path, stamp)
     finally:
         os.close(fd)
-    durable_dirs(storage, os.path.dirname(path))
-    durable_entry(path, ident)
+    with durable_chain(storage, os.path.dirname(path)) as chain:
+        durable_entry(chain.leaf, path, ident)
     return None
 
 

@@ -163,18 +163,12 @@ def durable_chain(storage: str, path: str, owner: tuple[int, int] | None = None)
     return chain
 
 
-def _make_entries_durable(chain: list[tuple[str, tuple[int, int]]]) -> None:
-    """fsync the parent of every entry in ``chain`` not yet known durable, then know it."""
-    todo = [(p, i) for p, i in chain if not KNOWN_DURABLE.has(p, i)]
-    for parent in dict.fromkeys(os.path.dirname(p) for p, _ in todo):
-        fsync_dir(parent)
-    for p, i in todo:
-        KNOWN_DURABLE.add(p, i)
-
-
-def durable_entry(path: str, ident: tuple[int, int]) -> None:
-    """Make the entry ``path`` (the file ``ident``) durable in its directory."""
-    _make_entries_durable([(path, ident)])
+def durable_entry(dir_fd: int, path: str, ident: tuple[int, int]) -> None:
+    """Make the entry ``path`` (the file ``ident``) durable in its directory, open as
+    ``dir_fd`` (from :func:`durable_chain`: reached without following a link)."""
+    if not KNOWN_DURABLE.has(path, ident):
+        os.fsync(dir_fd)
+        KNOWN_DURABLE.add(path, ident)
 
 
 def known_durable(path: str, ident: tuple[int, int]) -> None:

@@ -29,6 +29,7 @@ look), and ``OSError`` for a local file that cannot be read.
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -52,6 +53,7 @@ from stor.config import S3Config
 from stor.core import layout
 from stor.core.reactor import Connection
 from stor.core.slices import VerifiedSlice
+from stor.disk.anchored import SymlinkRefused, open_file_at
 from stor.s3.sign import Signer
 
 log = Logger()
@@ -106,6 +108,24 @@ def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
 # -- reading the local file ----------------------------------------------------
 
 
+def open_local(path: str) -> int:
+    """Blocking: a read-only descriptor of the stored file ``path``, never through a link.
+
+    A root ``stor s3-sync`` on storages owned by root reads what the daemon's
+    user may have replaced by a link (to a root-only file named by its SHA-256,
+    so the put would verify): :class:`~stor.disk.anchored.SymlinkRefused`.
+    """
+    return open_file_at(None, path, os.O_RDONLY, path)
+
+
+def local_size(path: str) -> int:
+    """Blocking: the size of the stored file ``path`` (a link is refused, not followed)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise SymlinkRefused(path)
+    return st.st_size
+
+
 def hash_range(path: str, offset: int, length: int, whole: "Any | None" = None,
                pace: Pace | None = None, chunk: int = CHUNK) -> str:
     """Blocking: the hex SHA-256 of ``length`` bytes of ``path`` at ``offset``.
@@ -114,7 +134,7 @@ def hash_range(path: str, offset: int, length: int, whole: "Any | None" = None,
     given.  A file shorter than that is :class:`CorruptLocalFile`.
     """
     part = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
+    with open(open_local(path), "rb", buffering=0) as f:
         done = 0
         while done < length:
             data = os.pread(f.fileno(), min(chunk, length - done), offset + done)
@@ -164,7 +184,7 @@ class _LocalRange:
     def _read(self, offset: int, size: int) -> bytes:
         """In a thread: one chunk (the file is opened on the first)."""
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = open_local(self._path)
         data = os.pread(self._fd, size, offset)
         if self._pace is not None:
             self._pace(len(data))
@@ -239,7 +259,7 @@ class S3Writer:
         raise _refusal("HEAD", url, response, body)
 
     async def _put_file(self, sha: str, path: str, pace: Pace | None) -> int:
-        size = (await self._run(os.stat, path)).st_size
+        size = await self._run(local_size, path)
         if size >= self.multipart_threshold:
             await self._put_multipart(sha, path, size, pace)
         else:

@@ -19,7 +19,6 @@ are additions to this class, not to the routes.
 """
 
 import hashlib
-import os
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
@@ -37,7 +36,7 @@ from stor.core.metrics import Metrics, NullMetrics
 from stor.core.ranges import ByteRange, Part, Selection
 from stor.disk.health import StorageHealth
 from stor.disk.writeready import write_blockers
-from stor.disk.fsio import fsync_dir
+from stor.disk import anchored
 from stor.disk.locks import ShaLocks, Tombstones
 from stor.disk.lockwait import LockWaiter
 from stor.disk.body import Body, BytesBody, FileBody
@@ -538,8 +537,7 @@ class Store:
             for storage in self.local.storages:
                 path = layout.file_path(storage, sha)
                 try:
-                    os.unlink(path)
-                    fsync_dir(os.path.dirname(path))
+                    anchored.unlink_durably(storage, path)
                 except (FileNotFoundError, NotADirectoryError):
                     continue
                 except OSError as e:

@@ -135,3 +135,91 @@ def test_a_root_scrub_of_root_owned_storages_follows_no_link_the_daemon_planted(
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.count("symlink   ") == 2, done.stdout
     assert Path(first).read_bytes() == body
+
+
+def test_a_root_repair_neither_follows_nor_opens_up_a_planted_lock_symlink(
+        unprivileged_stor) -> None:
+    """The first half of finding 1: the daemon's user (who owns the lock directory) replaces
+    the lock file of a prefix a repair needs by a link to a root-only file; the root repair
+    (storages ``root:stor 0770``: it stays root) must not follow it (the old build
+    ``fchmod``-ed the target to 0666) and fails that repair, leaving the rest whole."""
+    _, gid = user(SERVICE)
+    storages = unprivileged_stor.storages()
+    for storage in storages:
+        os.chown(storage, 0, gid)
+        os.chmod(storage, 0o770)
+    stor = unprivileged_stor.start(storages=storages)
+    body = os.urandom(5000)
+    first, second = _upload(stor.port, body)
+    stop(stor)
+    locks = unprivileged_stor.root / "run" / "locks"
+    lock_file = locks / f"{hashlib.sha256(body).hexdigest()[:3]}.lock"
+    assert lock_file.exists()
+    root_only = unprivileged_stor.root / "root-only"
+    root_only.mkdir(mode=0o700)
+    victim = root_only / "shadow"
+    victim.write_text("root:$6$secret:19000::::::\n")
+    victim.chmod(0o600)
+    planted = run_as(SERVICE, ["sh", "-c", f"set -e; rm {second}; rm {lock_file}; "
+                               f"ln -s {victim} {lock_file}"], unprivileged_stor.root)
+    assert planted.returncode == 0, planted.stderr
+    done = _run_as_root([STOR, "scrub", "--repair", "--config", str(stor.config_path)],
+                        unprivileged_stor.root)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600, done.stdout + done.stderr
+    assert victim.stat().st_uid == 0
+    assert victim.read_text() == "root:$6$secret:19000::::::\n"
+    assert lock_file.is_symlink()
+    assert not Path(second).exists(), "repaired under a lock it could not take"
+    assert f"repair failed: {lock_file.name}: Too many levels of symbolic links" in done.stdout
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert Path(first).read_bytes() == body
+
+
+@pytest.mark.acceptance('moto')
+@pytest.mark.parametrize("owner", ["root", "service"])
+def test_a_root_s3_sync_pushes_no_file_a_planted_link_points_at(unprivileged_stor, moto, bucket,
+                                                                owner) -> None:
+    """The daemon's user plants ``<sha>.dat`` as a link to a root-only file (named by that
+    file's SHA-256, so the push would verify): a root ``stor s3-sync`` must not read it into
+    the bucket, whence the daemon reads it back.  Storages of the service's user: the tool
+    becomes that user first; storages ``root:stor 0770``: it stays root and opens no file
+    through a link (before, it read the file as root and put it)."""
+    _, gid = user(SERVICE)
+    storages = unprivileged_stor.storages()
+    if owner == "root":
+        for storage in storages:
+            os.chown(storage, 0, gid)
+            os.chmod(storage, 0o770)
+    root_only = unprivileged_stor.root / "root-only"
+    root_only.mkdir(mode=0o700)
+    secret = b"root:$6$secret:19000::::::\n"
+    victim = root_only / "shadow"
+    victim.write_bytes(secret)
+    victim.chmod(0o600)
+    planted = Path(layout.file_path(storages[0], hashlib.sha256(secret).hexdigest()))
+    honest = os.urandom(3000)
+    made = run_as(SERVICE, ["sh", "-c", f"set -e; mkdir -p {planted.parent}; "
+                            f"ln -s {victim} {planted}"], unprivileged_stor.root)
+    assert made.returncode == 0, made.stderr
+    for storage in storages[2:4]:  # one honest file, on the other pair, as the daemon stored it
+        path = Path(layout.file_path(storage, hashlib.sha256(honest).hexdigest()))
+        path.parent.mkdir(parents=True)
+        path.write_bytes(honest)
+        for p in [path, *path.parents][:4]:
+            os.chown(p, *user(SERVICE))
+    config = unprivileged_stor.root / "sync.json"
+    config.write_text(json.dumps({
+        "storage_pairs": [storages[0:2], storages[2:4]], "check_mounts": False,
+        "lock_dir": str(unprivileged_stor.root / "run" / "locks"),
+        "s3_write_through": True, "s3_bucket": bucket,
+        "s3_credentials": {"access_key": moto.access_key, "secret_key": moto.secret_key,
+                           "host": moto.endpoint}}))
+    done = _run_as_root([STOR, "s3-sync", "--config", str(config)], unprivileged_stor.root)
+    listed = moto.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    keys = [o["Key"] for o in listed]
+    assert not any(hashlib.sha256(secret).hexdigest() in k.lower() for k in keys), \
+        done.stdout + done.stderr
+    assert any(hashlib.sha256(honest).hexdigest() in k.lower() for k in keys), \
+        done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert victim.read_bytes() == secret and stat.S_IMODE(victim.stat().st_mode) == 0o600

@@ -212,6 +212,27 @@ async def test_a_lone_replica_waiting_for_repair_is_removed_too(deleter, storage
 
 
 @pytest_twisted.ensureDeferred
+async def test_delete_removes_nothing_through_a_linked_directory(deleter, storage_dirs, tmp_path):
+    """A replica's ``AA/BB/CC`` replaced by a link (to another disk, a directory holding a
+    file of that name): DELETE unlinks through directory descriptors, so the file the link
+    leads to stays, and the answer names the storage it could not clear (issue 19)."""
+    paths = await upload(deleter)
+    linked = Path(paths[1])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / linked.name).write_bytes(b"not stor's to remove")
+    os.unlink(linked)
+    linked.parent.rmdir()
+    linked.parent.symlink_to(elsewhere)
+    r, body = await delete(deleter, SHA)
+    assert r.code == 500
+    assert body.decode() == (f"cannot delete: {storage_of(paths[1])}: "
+                             "is a symbolic link (not followed)\n")
+    assert (elsewhere / linked.name).read_bytes() == b"not stor's to remove"
+    assert not os.path.exists(paths[0])  # the other member was cleared
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_same_body_uploaded_after_a_delete_is_stored_and_served_again(
         deleter, storage_dirs):
     await upload(deleter)

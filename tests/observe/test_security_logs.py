@@ -12,6 +12,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from support.harness import TWISTD, request, wait_for
+from support.logs import GelfAssembler
 from stor.observe.gelf import gelf_message
 from stor.observe.log_outputs import event_text
 from stor.observe.logs import TextLines, event_as_record, format_json_line
@@ -33,7 +34,7 @@ def _raw(port: int, data: bytes) -> bytes:
 
 def _assert_lines_are_stors(text: bytes, what: str) -> None:
     for line in text.splitlines():
-        assert b"FORGED" not in line or line.startswith(b"20"), f"{what}: forged line {line!r}"
+        assert not line.startswith(b"2026-01-01T00:00:00"), f"{what}: forged line {line!r}"
     for c in [b"\r", b"\x1b", b"\x07", b"\x00"]:
         assert c not in text, f"{what} holds {c!r}"
 
@@ -124,3 +125,97 @@ def test_a_malformed_delete_auth_stops_start_up_without_printing_it(tmp_path: Pa
     assert "delete_auth" in done.stderr
     for secret in ("OnlySecret3", "Secret4"):
         assert secret not in done.stdout + done.stderr
+
+
+class _UnixDatagrams:
+    """A syslog socket of the test's own (``/dev/log`` stands in), its datagrams kept."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.received: list[bytes] = []
+
+    def drain(self) -> list[bytes]:
+        while True:
+            try:
+                self.received.append(self.sock.recv(65536))
+            except BlockingIOError:
+                return self.received
+
+
+HOSTILE = [  # (request bytes, what its escaped form leaves in a line)
+    (b"HEAD /%0a2026-01-01T00:00:00+0000%20[stor.http.app#warn]%20FORGED%20DELETE%20204"
+     b"%0d%1b[2J%07%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "FORGED"),
+    (b"GET /%1b]0;owned%07bell HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+     b"User-Agent: evil\x1b[2J\x07agent\r\n\r\n", "bell"),
+    (b"GET http://alice:s3cr3t-pw@example.com/" + SHA.encode() + b" HTTP/1.1\r\n"
+     b"Host: example.com\r\nConnection: close\r\n\r\n", SHA),
+]
+SECRETS = ("NoColonSecret1", "Secret2", "s3cr3t-pw")
+RAW = ["\n", "\r", "\x1b", "\x07", "\x00"]
+
+
+@pytest.mark.acceptance('stor-process')
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_every_output_carries_hostile_input_as_text_and_no_secret(stor_process, tmp_path: Path,
+                                                                  log_format: str) -> None:
+    """Findings 3 and 4 through every output at once: the File, Screen (stderr), Syslog and
+    GELF outputs and the text or JSON log on stdout, of one stor started with a ``basic_auth``
+    without ``:`` and a ``rabbitmq_uri`` of the wrong scheme holding a password, asked the
+    hostile request lines above.  Each request shows up in each output, escaped: no forged
+    line, no raw control character, no credential."""
+    log_file = tmp_path / "stor-file.log"
+    syslog = _UnixDatagrams(tmp_path / "dev-log")
+    gelf = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gelf.bind(("127.0.0.1", 0))
+    gelf.setblocking(False)
+    stor = stor_process(
+        args=["--log-format", log_format],
+        basic_auth="NoColonSecret1", rabbitmq_uri="http://bob:Secret2@mq/",
+        log=[["File", "min_level", "debug", "filename", str(log_file)],
+             ["Screen", "min_level", "debug"],
+             ["Syslog", "min_level", "debug", "ident", "stor-test",
+              "socket", {"type": "unix", "path": str(tmp_path / "dev-log")}],
+             ["Gelf", "min_level", "debug",
+              "socket", {"host": "127.0.0.1", "port": gelf.getsockname()[1], "protocol": "udp"}]])
+    for data, _ in HOSTILE:
+        _raw(stor.port, data)
+    assembler, gelf_messages = GelfAssembler(), []
+
+    def outputs() -> dict[str, list[str]]:
+        while True:
+            try:
+                message = assembler.take(gelf.recv(65536))
+            except BlockingIOError:
+                break
+            if message is not None:
+                gelf_messages.append(message)
+        return {
+            "File": log_file.read_text(errors="replace").splitlines(keepends=True)
+            if log_file.exists() else [],
+            "Screen": stor.err.splitlines(keepends=True),
+            "Syslog": [d.decode(errors="replace") for d in syslog.drain()],
+            "GELF": [v for m in gelf_messages for k, v in m.items()
+                     if isinstance(v, str) and k != "host"],
+            log_format: stor.out.splitlines(keepends=True),
+        }
+
+    def every_request_everywhere() -> bool:
+        seen = outputs()
+        return all(any(mark in line for line in lines) for lines in seen.values()
+                   for _, mark in HOSTILE)
+
+    wait_for(every_request_everywhere, "every hostile request in every output", stor)
+    stor.terminate()
+    for name, lines in outputs().items():
+        text = "".join(lines)
+        for secret in SECRETS:
+            assert secret not in text, (name, secret)
+        assert "basic_auth: must be user:password" in text, name
+        for line in lines:
+            assert not any(c in line.rstrip("\n") for c in RAW), (name, line)
+            assert not line.startswith("2026-01-01T00:00:00+0000"), (name, line)  # forged
+    assert "\\x0a2026-01-01T00:00:00+0000 [stor.http.app#warn] FORGED" in log_file.read_text()
+    syslog.sock.close()
+    gelf.close()

@@ -34,13 +34,29 @@ INTRUDER = "stor-intruder"
 
 
 def user(name: str) -> tuple[int, int]:
-    """(uid, gid) of system user ``name``, created when missing."""
+    """(uid, gid) of system user ``name``, created when missing (``useradd``: a process,
+    so only in acceptance tests; fast tests take :func:`stranger`)."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
                         "/usr/sbin/nologin", name], check=True)
         entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+def stranger() -> tuple[int, int]:
+    """(uid, gid) of a user other than the tests', without creating one (no process).
+
+    For fast tests that only need a directory to belong to somebody else: the
+    account ``nobody`` (present on every Debian and in every image), else its
+    usual ids.  :func:`user` may run ``useradd``: a process, so acceptance only
+    (the tiers plugin fails a fast test that starts one).
+    """
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        return 65534, 65534
     return entry.pw_uid, entry.pw_gid
 
 
