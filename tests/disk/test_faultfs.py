@@ -121,3 +121,14 @@ def test_flip_corrupts_what_is_read_not_the_file(faultfs):
     assert (fs.backing / "f.dat").read_bytes() == DATA
     fs.clear()
     assert _read(fs.mountpoint / "f.dat") == DATA
+
+
+def test_a_read_rule_can_hold_one_offset_only(faultfs):
+    fs = faultfs()
+    (fs.mountpoint / "f.dat").write_bytes(DATA)
+    fs.fail("read", path="*.dat", offset=250_000)
+    with open(fs.mountpoint / "f.dat", "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), 4096, 0) == DATA[:4096]
+        with pytest.raises(OSError) as raised:
+            os.pread(f.fileno(), 4096, 249_000)
+        assert raised.value.errno == errno.EIO

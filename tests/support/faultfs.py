@@ -13,6 +13,7 @@ Usage::
         storage = str(fs.mountpoint)        # give this to stor as a storage
         fs.fail("read", path="*.dat")       # every read of a .dat: EIO
         fs.fail("fsync", errno="ENOSPC", count=1)   # the next fsync only
+        fs.fail("read", path="*.dat", offset=2**20) # reads covering byte 1 MiB only
         fs.fail("statfs")                   # statvfs(2) on the mount fails
         fs.delay("read", 5.0, path="*/<sha>*")      # reads wait 5 s first
         fs.delay("read", None)              # reads wait until the rule is cleared
@@ -131,17 +132,19 @@ class FaultFS:
     # -- rules ---------------------------------------------------------------------
 
     def fail(self, op: str, errno: str | int = "EIO", path: str = "*",
-             count: int | None = None) -> None:
-        """``op`` on a path matching ``path`` answers ``errno`` (``count`` times)."""
+             count: int | None = None, offset: int | None = None) -> None:
+        """``op`` on a path matching ``path`` answers ``errno`` (``count`` times; a
+        read or write only when its byte range holds file ``offset``, if given)."""
         self._add(f"fail {next(self._ids)} {self._op(op)} {_errno(errno)} "
-                  f"{self._count(count)} {self._glob(path)}")
+                  f"{self._count(count)} {self._offset(offset)} {self._glob(path)}")
 
     def delay(self, op: str, seconds: float | None, path: str = "*",
-              count: int | None = None) -> None:
-        """``op`` on a matching path waits ``seconds`` (None: until the rule is cleared)."""
+              count: int | None = None, offset: int | None = None) -> None:
+        """``op`` on a matching path waits ``seconds`` (None: until the rule is cleared;
+        ``offset`` as for :meth:`fail`)."""
         millis = 10**12 if seconds is None else max(0, round(seconds * 1000))
         self._add(f"delay {next(self._ids)} {self._op(op)} {millis} "
-                  f"{self._count(count)} {self._glob(path)}")
+                  f"{self._count(count)} {self._offset(offset)} {self._glob(path)}")
 
     def flip(self, path: str = "*", offset: int | None = 0, mask: int = 0x01,
              count: int | None = None) -> None:
@@ -241,6 +244,10 @@ class FaultFS:
     @staticmethod
     def _count(count: int | None) -> int:
         return -1 if count is None else count
+
+    @staticmethod
+    def _offset(offset: int | None) -> int:
+        return -1 if offset is None else offset
 
     def _glob(self, path: str) -> str:
         mount = str(self.mountpoint)
