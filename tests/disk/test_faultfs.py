@@ -62,6 +62,9 @@ def test_read_fails_by_rule_even_when_cached_and_clear_restores(faultfs):
     assert fs.wait_event("fail", "read") == ("fail", "read", "/x.dat")
     assert _read(fs.mountpoint / "y.dat") == DATA  # another path: untouched
 
+    rule = fs.fail("read", path="*/y.dat")
+    fs.drop(rule)
+    assert _read(fs.mountpoint / "y.dat") == DATA
     fs.clear()
     assert _read(fs.mountpoint / "x.dat") == DATA
 
