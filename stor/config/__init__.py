@@ -75,6 +75,8 @@ class Config:
     server_header: str = server.DEFAULT_SERVER_HEADER
     write_headroom: int = storage.DEFAULT_WRITE_HEADROOM
     """Bytes both members of a writable pair must have free for ``/health/write``."""
+    read_hedge_after: float = storage.DEFAULT_READ_HEDGE_AFTER
+    """Seconds a replica's read may stall before its twin is asked too."""
     trusted_proxies: tuple[Any, ...] = ()
     """Networks of the balancers whose ``X-Forwarded-For`` is believed."""
     fleet_peers: tuple[str, ...] = ()

@@ -2,9 +2,10 @@
 
 ``storage_pairs``, ``writable_pairs_regex`` and ``cleanup_tempdir_period``
 are the old service's keys with its meanings (docs/SPEC.md §2, §7);
-``check_mounts``, ``balance_threshold``, ``lock_dir`` and ``write_headroom``
+``check_mounts``, ``balance_threshold``, ``lock_dir``, ``write_headroom``
 (bytes a writable pair must have free on both members for the host to be
-write-ready, docs/fleet-operations.rst) are stor's.
+write-ready, docs/fleet-operations.rst) and ``read_hedge_after`` (seconds a
+replica's read may stall before the twin is asked, docs/durability.rst) are stor's.
 Storage directories need not exist when the file is read (``/status`` names a
 missing one); one that exists and is not a directory, or one listed twice,
 cannot be meant.
@@ -23,11 +24,14 @@ from stor.core.placement import BALANCE_THRESHOLD, Pair
 
 KEYS = frozenset({"storage_pairs", "writable_pairs_regex", "cleanup_tempdir_period",
                   "check_mounts", "balance_threshold", "lock_dir", "probe_period",
-                  "write_headroom"})
+                  "write_headroom", "read_hedge_after"})
 DEFAULT_CLEANUP_PERIOD = 1800.0
 DEFAULT_PROBE_PERIOD = 10.0
 """Seconds between two probes of every storage (docs/security.rst: a create, a small write,
 an fsync and an unlink per writable storage)."""
+DEFAULT_READ_HEDGE_AFTER = 1.0
+"""Seconds a replica's read may take before its twin is asked too (docs/durability.rst):
+well above a healthy disk's worst seek under load, well below a client's patience."""
 DEFAULT_WRITE_HEADROOM = 1024 ** 3
 """1 GiB: twice the old service's largest upload (500 MiB), so a write-ready host
 can take any file it accepts, even with one more upload of that size in flight."""
@@ -47,6 +51,7 @@ class StorageConfig:
     lock_dir: str | None = None
     probe_period: float = DEFAULT_PROBE_PERIOD
     write_headroom: int = DEFAULT_WRITE_HEADROOM
+    read_hedge_after: float = DEFAULT_READ_HEDGE_AFTER
 
 
 def parse_storage(raw: Mapping[str, object], problems: Problems) -> StorageConfig:
@@ -69,6 +74,8 @@ def parse_storage(raw: Mapping[str, object], problems: Problems) -> StorageConfi
         probe_period=values.number(raw, "probe_period", DEFAULT_PROBE_PERIOD, problems),
         write_headroom=values.whole(raw, "write_headroom", DEFAULT_WRITE_HEADROOM, problems,
                                     low=0),
+        read_hedge_after=values.number(raw, "read_hedge_after", DEFAULT_READ_HEDGE_AFTER,
+                                       problems),
     )
 
 

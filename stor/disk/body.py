@@ -27,6 +27,18 @@ from stor.disk import nowait
 CHUNK = 256 * 1024
 
 Runner = Callable[..., "Deferred[Any]"]
+OnFault = Callable[[str, BaseException], None]
+"""Told (on the reactor) of a replica that failed to read and was left for its twin:
+its path and the error."""
+
+
+class ReplicaReadFailed(StorageFailure):
+    """A replica failed to read and its twin could not take over: ``fault`` is the
+    replica's path and error (a read fault to report)."""
+
+    def __init__(self, message: str, fault: tuple[str, OSError]) -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 class Body(Protocol):
@@ -75,16 +87,26 @@ class FileBody:
     they go and the last chunk is written only if the digest matches: on a
     mismatch the delivery fails with :class:`~stor.core.errors.CorruptReplica`
     and the client never receives a complete wrong file.
+
+    With ``twin`` (the path of the other replica) a read that fails goes on from
+    the twin, at the same offset, for the rest of the body (a twin of another
+    size is not used); ``on_fault`` is told.  The digest covers every byte
+    sent, whichever replica it came from.  Without a usable twin the delivery
+    fails (the connection is cut).
     """
 
     def __init__(self, f: IO[bytes], path: str, offset: int, length: int, run: Runner,
-                 verify: str | None = None) -> None:
+                 verify: str | None = None, *, size: int | None = None,
+                 twin: str | None = None, on_fault: OnFault | None = None) -> None:
         self._file = f
         self._path = path
         self._offset = offset
         self._length = length
         self._run = run
         self._verify = verify
+        self._size = offset + length if size is None else size
+        self._twin = twin
+        self._on_fault = on_fault
 
     def write_to(self, consumer: IConsumer, sendfile: SendTarget | None = None,
                  call_from_thread: Callable[..., object] | None = None) -> "Deferred[None]":
@@ -93,8 +115,10 @@ class FileBody:
         if (sendfile is not None and call_from_thread is not None and self._verify
                 and self._offset == 0 and self._length >= SENDFILE_MIN):
             return SendfileBody(self._file, self._path, self._length, self._run,
-                                self._verify, call_from_thread).write_to(sendfile)
-        source = LocalFileSource(self._file, self._path, self._run)
+                                self._verify, call_from_thread, twin=self._twin,
+                                on_fault=self._on_fault).write_to(sendfile)
+        source = LocalFileSource(self._file, self._path, self._run, size=self._size,
+                                 twin=self._twin, on_fault=self._on_fault)
         return VerifiedSlice(source, self._offset, self._length, chunk=CHUNK,
                              expected=self._verify).write_to(consumer)
 
@@ -104,25 +128,56 @@ class LocalFileSource:
     cache on the reactor, the disk in the pool; failures are :class:`StorageFailure`,
     a wrong digest :class:`CorruptReplica`."""
 
-    def __init__(self, f: IO[bytes], path: str, run: Runner) -> None:
+    def __init__(self, f: IO[bytes], path: str, run: Runner, *, size: int | None = None,
+                 twin: str | None = None, on_fault: OnFault | None = None) -> None:
         self._file = f
         self._fd = f.fileno()
         self._path = path
         self._run = run
+        self._size = size
+        self._twin = twin
+        self._on_fault = on_fault
+        self._left: list[IO[bytes]] = []  # replicas left for the twin, closed at the end
 
     def read_nowait(self, offset: int, size: int) -> bytes | None:
         try:
             return nowait.read_at(self._fd, size, offset)
-        except OSError as e:
-            raise StorageFailure(f"cannot read {self._path}: {e.strerror}") from None
+        except OSError:
+            return None  # the read in the pool decides (and tries the twin)
 
     def read(self, offset: int, size: int) -> "Deferred[bytes]":
-        d: Deferred[bytes] = self._run(os.pread, self._fd, size, offset)
-        return d.addErrback(self._read_failed)
+        d: Deferred[tuple[bytes, tuple[str, OSError] | None]] = self._run(
+            self._read_blocking, offset, size)
+        return d.addCallbacks(self._got, self._read_failed)
+
+    def _read_blocking(self, offset: int, size: int) -> "tuple[bytes, tuple[str, OSError] | None]":
+        """Blocking: ``size`` bytes at ``offset``, from the twin (for good) when the replica
+        fails; also the failure left behind, for :meth:`_got` to report."""
+        try:
+            return os.pread(self._fd, size, offset), None
+        except OSError as e:
+            if self._twin is None or self._size is None:
+                raise
+            failed = (self._path, e)
+        twin = open_twin(self._twin, self._size, *failed)
+        try:
+            data = os.pread(twin.fileno(), size, offset)
+        except OSError as e2:
+            twin.close()
+            raise ReplicaReadFailed(f"cannot read {self._path}: {failed[1].strerror}; nor its "
+                                    f"twin {self._twin}: {e2.strerror}", failed) from None
+        self._left.append(self._file)
+        self._file, self._fd, self._path, self._twin = twin, twin.fileno(), self._twin, None
+        return data, failed
+
+    def _got(self, result: "tuple[bytes, tuple[str, OSError] | None]") -> bytes:
+        data, failed = result
+        if failed is not None and self._on_fault is not None:
+            self._on_fault(*failed)
+        return data
 
     def _read_failed(self, failure: Failure) -> NoReturn:
-        error = failure.value
-        raise StorageFailure(f"cannot read {self._path}: {getattr(error, 'strerror', error)}")
+        raise _reported(failure, self._path, self._on_fault)
 
     def ended_early(self, offset: int) -> BaseException:
         # the file shrank under us: end the body short, never pad it
@@ -132,7 +187,47 @@ class LocalFileSource:
         return CorruptReplica(self._path, actual)
 
     def close(self) -> None:
-        self._file.close()  # a read-only file: closing it does not wait for the disk
+        for f in [*self._left, self._file]:
+            f.close()  # a read-only file: closing it does not wait for the disk
+
+
+def _reported(error: "BaseException | Failure", path: str, on_fault: OnFault | None) -> BaseException:
+    """A failed read of a body as the delivery's error, its read fault told to ``on_fault``."""
+    if isinstance(error, Failure):
+        error = error.value if error.value is not None else StorageFailure(str(error))
+    if isinstance(error, ReplicaReadFailed):
+        if on_fault is not None:
+            on_fault(*error.fault)
+        return error
+    if isinstance(error, StorageFailure):
+        return error
+    if isinstance(error, OSError):
+        if on_fault is not None:
+            on_fault(path, error)
+        return StorageFailure(f"cannot read {path}: {error.strerror}")
+    return StorageFailure(f"cannot read {path}: {error}")
+
+
+def open_twin(twin: str, size: int, path: str, error: OSError) -> IO[bytes]:
+    """Blocking: the twin replica to go on from after ``path`` failed with ``error``;
+    :class:`ReplicaReadFailed` naming both when it cannot be opened or is not ``size`` bytes."""
+    why = f"cannot read {path}: {error.strerror}"
+    try:
+        f = open(twin, "rb", buffering=0)
+    except OSError as e:
+        raise ReplicaReadFailed(f"{why}; nor its twin {twin}: {e.strerror}",
+                                (path, error)) from None
+    try:
+        twin_size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        f.close()
+        raise ReplicaReadFailed(f"{why}; nor its twin {twin}: {e.strerror}",
+                                (path, error)) from None
+    if twin_size != size:
+        f.close()
+        raise ReplicaReadFailed(f"{why}; its twin {twin} is {twin_size} bytes, not {size}",
+                                (path, error))
+    return f
 
 
 SENDFILE_MIN = 1024 * 1024
@@ -169,9 +264,13 @@ class SendfileBody:
     """
 
     def __init__(self, f: IO[bytes], path: str, size: int, run: Runner, sha: str,
-                 call_from_thread: Callable[..., object]) -> None:
+                 call_from_thread: Callable[..., object], *, twin: str | None = None,
+                 on_fault: OnFault | None = None) -> None:
         self._file = f
         self._fd = f.fileno()
+        self._left: list[IO[bytes]] = []  # replicas left for the twin, closed at the end
+        self._twin = twin
+        self._on_fault = on_fault
         self._path = path
         self._size = size
         self._run = run
@@ -201,10 +300,21 @@ class SendfileBody:
         buf = bytearray(HASH_READ)
         view = memoryview(buf)
         offset = reported = 0
+        fd, path, twin = self._fd, self._path, self._twin
         while offset < self._size:
             if self._stopped:
                 return None  # the client went away: no digest wanted
-            n = os.preadv(self._fd, [view[:min(len(buf), self._size - offset)]], offset)
+            try:
+                n = os.preadv(fd, [view[:min(len(buf), self._size - offset)]], offset)
+            except OSError as e:
+                if twin is None:
+                    raise
+                # the rest comes from the twin: the sender, which never passes what
+                # is hashed, switches before it hears of any offset beyond this one
+                f = open_twin(twin, self._size, path, e)
+                self._call_from_thread(self._switch, f, twin, path, e)
+                fd, path, twin = f.fileno(), twin, None
+                continue
             if n == 0:
                 raise StorageFailure(f"{self._path} is shorter than its size")
             hasher.update(view[:n])
@@ -214,10 +324,22 @@ class SendfileBody:
                 self._call_from_thread(self._hashed_to, offset)
         return hasher.hexdigest()
 
+    def _switch(self, f: IO[bytes], twin: str, failed: str, error: OSError) -> None:
+        """On the reactor: the rest of the file comes from ``twin`` (``failed`` could
+        not be read)."""
+        self._left.append(self._file)
+        self._file, self._fd, self._path = f, f.fileno(), twin
+        if self._on_fault is not None:
+            self._on_fault(failed, error)
+
+    def _close_files(self) -> None:
+        for f in [*self._left, self._file]:
+            f.close()
+
     def _hash_ended(self, result: object) -> object:
         self._hashing = False
         if self._stopped:
-            self._file.close()
+            self._close_files()
         return result
 
     def _hashed_to(self, offset: int) -> None:
@@ -234,11 +356,9 @@ class SendfileBody:
         self._pump()
 
     def _hash_failed(self, failure: Any) -> None:
-        if self._stopped:
-            return
-        error = failure.value
-        self._stop(error if isinstance(error, StorageFailure)
-                   else StorageFailure(f"cannot read {self._path}: {error}"))
+        error = _reported(failure, self._path, self._on_fault)
+        if not self._stopped:
+            self._stop(error)
 
     # -- the sender (reactor) --------------------------------------------------
 
@@ -288,7 +408,7 @@ class SendfileBody:
         if self._target is not None:
             self._target.end()
         if not self._hashing:
-            self._file.close()
+            self._close_files()
         if self._done.called:
             return
         if error is None:

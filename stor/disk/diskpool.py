@@ -70,6 +70,10 @@ class DiskPool(Service):
         """From a pool thread: call ``f(*args)`` on the reactor thread, soon."""
         self._reactor.callFromThread(f, *args)
 
+    def call_later(self, seconds: float, f: Callable[..., object], *args: Any) -> Any:
+        """On the reactor: call ``f(*args)`` in ``seconds`` (an ``IDelayedCall``)."""
+        return self._reactor.callLater(seconds, f, *args)
+
     def run(self, f: Callable[..., T], *args: Any) -> "Deferred[T]":
         """Call ``f(*args)`` in a worker; the Deferred fires on the reactor thread."""
         if not self._threads:

@@ -39,6 +39,7 @@ from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 from stor.core import layout
+from stor.disk.readfaults import StorageReadFaults
 
 _log = Logger()
 
@@ -62,10 +63,16 @@ class StorageHealth:
     """The latest probe's verdict (None: not probed yet)."""
     statfs_failed: bool = False
     """``statvfs`` failed now (``problem`` says how): the storage is set aside."""
+    read_faults: StorageReadFaults | None = None
+    """Replicas that failed to read here since the start (:mod:`stor.disk.readfaults`)."""
 
     @property
     def ok(self) -> bool:
         return self.problem is None
+
+    def read_faults_json(self) -> dict[str, object] | None:
+        """The read faults as ``/status`` JSON shows them (None: none)."""
+        return self.read_faults.as_json() if self.read_faults is not None else None
 
     def probe_json(self) -> dict[str, object] | None:
         """The probe's verdict as ``/status`` JSON shows it (``writable`` stays the regex rule)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import IO, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from stor.core import layout, placement
@@ -32,6 +33,7 @@ from stor.disk.diskpool import DiskPool
 from stor.disk.duplicate import Existing, hash_fd, verified_existing
 from stor.disk.verified import VERIFIED, Stamp, stamp_of
 from stor.disk.health import StorageHealth, check_storages
+from stor.disk.readfaults import ReadFault, ReadFaults, fault_of
 
 T = TypeVar("T")
 
@@ -42,6 +44,12 @@ _log = Logger()
 SMALL_FILE = 64 * 1024
 """Files up to this size are read whole by the lookup (one hop per GET) and
 verified before the answer; larger ones are streamed and verified on the way."""
+FIRST_BLOCK = 64 * 1024
+"""What the lookup reads of a larger file before a GET or HEAD is answered: a
+replica that cannot be read (or stalls) is passed over for its twin before
+the headers go out, rather than cut after them (docs/durability.rst)."""
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ class Hit:
     """What the file was when opened (:mod:`stor.disk.verified`)."""
     digest: str | None = None
     """A large HEAD's replica hashed now (not known verified): its sha256."""
+    faults: tuple[ReadFault, ...] = ()
+    """Replicas passed over on the way to this one because they failed to read."""
 
     def close(self) -> None:
         """Release the open file, when the body will not be sent after all."""
@@ -81,20 +91,38 @@ class Unreadable:
     a storage fault, never a 404."""
 
     errors: tuple[tuple[str, OSError], ...]
+    faults: tuple[ReadFault, ...] = ()
 
     def __str__(self) -> str:
         return "; ".join(f"{path}: {e.strerror or e}" for path, e in self.errors)
 
 
-def open_first_blocking(order: Sequence[str], sha: str, head: bool = False) -> "Hit | Unreadable | None":
+class Progress:
+    """Where a blocking lookup is (set by its thread, read by the reactor's hedge)."""
+
+    def __init__(self) -> None:
+        self.storage: str | None = None
+        self.abandoned = False
+        """Another attempt answered: try no further storage."""
+
+
+def open_first_blocking(order: Sequence[str], sha: str, head: bool = False,
+                        progress: Progress | None = None) -> "Hit | Unreadable | None":
     """Blocking: ``sha``'s file on the first storage in ``order`` that has it.
 
-    A storage that fails to read it is passed over for the next; when none
-    delivers, the failures are the answer (:class:`Unreadable`), not a miss.
+    A storage that fails to read it (open, the first block, a small file
+    whole) is passed over for the next, the failure kept as a fault of the
+    answer; when none delivers, the failures are the answer
+    (:class:`Unreadable`), not a miss.
     """
     rel = layout.relative_path(sha)
     errors: list[tuple[str, OSError]] = []
+    faults: list[ReadFault] = []
     for attempt, storage in enumerate(order, start=1):
+        if progress is not None:
+            if progress.abandoned:
+                break
+            progress.storage = storage
         path = os.path.join(storage, rel)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -103,10 +131,11 @@ def open_first_blocking(order: Sequence[str], sha: str, head: bool = False) -> "
             continue
         except OSError as e:
             errors.append((path, e))
+            faults.append(fault_of(storage, path, e))
             continue
         if isinstance(hit, Hit):
-            return hit
-    return Unreadable(tuple(errors)) if errors else None
+            return replace(hit, faults=tuple(faults)) if faults else hit
+    return Unreadable(tuple(errors), tuple(faults)) if errors else None
 
 
 class _Blocked:
@@ -152,6 +181,8 @@ def _hit(fd: int, storage: str, path: str, attempt: int, head: bool,
         if head and st.st_size > SMALL_FILE:
             return _large_head(fd, storage, path, st, attempt, cached_only)
         if st.st_size > SMALL_FILE:
+            if not _first_block(fd, cached_only):
+                return BLOCKED
             keep = True
             return Hit(storage, path, st.st_size, st.st_mtime, attempt, ident,
                        file=os.fdopen(fd, "rb", buffering=0), stamp=stamp)
@@ -180,10 +211,21 @@ def _large_head(fd: int, storage: str, path: str, st: os.stat_result, attempt: i
     hit = Hit(storage, path, st.st_size, st.st_mtime, attempt, (st.st_dev, st.st_ino),
               stamp=stamp)
     if VERIFIED.knows(path, stamp):
-        return hit
+        # what a GET reads before its headers, a HEAD reads too: they answer alike
+        return hit if _first_block(fd, cached_only) else BLOCKED
     if cached_only:
         return BLOCKED
     return replace(hit, digest=hash_fd(fd))
+
+
+def _first_block(fd: int, cached_only: bool) -> bool:
+    """Read :data:`FIRST_BLOCK` of a large file: True when done, False when it is not
+    cached (``cached_only``); a read error is raised (the caller passes the replica over)."""
+    if cached_only:
+        data = nowait.read_at(fd, FIRST_BLOCK, 0)
+        return data is not None and len(data) == FIRST_BLOCK
+    os.pread(fd, FIRST_BLOCK, 0)
+    return True
 
 
 def present(storage: str, sha: str) -> bool:
@@ -206,6 +248,8 @@ class LocalStore:
         health: Callable[[Sequence[str], bool | None, bool], list[StorageHealth]] = check_storages,
         health_pool: DiskPool | None = None,
         set_aside: Callable[[str, str, str], bool] | None = None,
+        read_faults: ReadFaults | None = None,
+        hedge_after: float | None = None,
     ) -> None:
         self.pairs = tuple(pairs)
         self.storages = tuple(s for pair in self.pairs for s in pair)
@@ -220,6 +264,10 @@ class LocalStore:
         self._health_pool = health_pool or pool  # its own threads: never behind uploads
         self._placement: tuple[float, list[StorageHealth]] | None = None
         self._set_aside = set_aside  # the prober's (stor.disk.health.Prober.set_aside)
+        self.read_faults = read_faults or ReadFaults()
+        """Where a failed read of a replica is told (:mod:`stor.disk.readfaults`)."""
+        self.hedge_after = hedge_after
+        """``read_hedge_after``: seconds before a stalled read's twin is asked too."""
 
     def run(self, f: Callable[..., T], *args: object) -> "Deferred[T]":
         """Run blocking ``f(*args)`` in the disk pool."""
@@ -266,7 +314,7 @@ class LocalStore:
         storage = layout.storage_of(path, sha)
         if storage is None or storage not in self._twins:
             return succeed(None)
-        return self._open([storage], sha, head)
+        return self._open([storage], sha, head, hedge_order=self.lookup_order())
 
     def find_at_nowait(self, path: str, sha: str, head: bool) -> "Hit | None | _Blocked":
         """:meth:`find_at` without waiting: the answer, or :data:`BLOCKED`."""
@@ -275,12 +323,33 @@ class LocalStore:
             return None
         return open_nowait([storage], sha, head)
 
-    def _open(self, order: list[str], sha: str, head: bool
-              ) -> "Deferred[Hit | Unreadable | None]":
+    def _open(self, order: list[str], sha: str, head: bool,
+              hedge_order: Sequence[str] | None = None) -> "Deferred[Hit | Unreadable | None]":
         hit = open_nowait(order, sha, head)
         if isinstance(hit, _Blocked):
-            return self.run(open_first_blocking, order, sha, head)
+            return self.open_hedged(order, sha, head, hedge_order)
         return succeed(hit)
+
+    def open_hedged(self, order: Sequence[str], sha: str, head: bool,
+                    hedge_order: Sequence[str] | None = None
+                    ) -> "Deferred[Hit | Unreadable | None]":
+        """:func:`open_first_blocking` in the pool; when it has not answered after
+        :attr:`hedge_after` seconds, a lookup in ``hedge_order`` (default ``order``)
+        without the storage it is stuck on runs beside it, and the first to find the
+        file answers (the other's file is closed when it comes).  The stall is a
+        read fault of the answer."""
+        call_later = getattr(self._pool, "call_later", None)
+        others = list(hedge_order if hedge_order is not None else order)
+        if self.hedge_after is None or call_later is None or len(set(others) | set(order)) < 2:
+            return self.run(open_first_blocking, order, sha, head)
+        return _Race(self, list(order), others, sha, head, self.hedge_after, call_later).result
+
+    def twin_path(self, path: str, sha: str) -> str | None:
+        """The path of ``sha`` on the twin of the storage ``path`` is on."""
+        storage = layout.storage_of(path, sha)
+        if storage is None or storage not in self._twins:
+            return None
+        return layout.file_path(self._twins[storage], sha)
 
     def health(self, with_free: bool = True) -> "Deferred[list[StorageHealth]]":
         """Every storage's health, measured now in the pool (``/status``, metrics)."""
@@ -302,9 +371,11 @@ class LocalStore:
     # -- blocking (pool threads) -----------------------------------------
 
     def health_blocking(self, with_free: bool = True) -> list[StorageHealth]:
-        """Blocking :meth:`health`.  A storage that takes files and whose ``statvfs`` fails
-        is set aside: logged once, and probed every second until it passes."""
-        found = self._health(self.storages, self._check_mounts, with_free)
+        """Blocking :meth:`health`, with each storage's read faults.  A storage that takes
+        files and whose ``statvfs`` fails is set aside: logged once, and probed every second
+        until it passes."""
+        found = [replace(h, read_faults=self.read_faults.of(h.path))
+                 for h in self._health(self.storages, self._check_mounts, with_free)]
         for h in found:
             if h.statfs_failed and h.problem is not None and self.writable(h.path):
                 self.set_aside(h.path, h.problem, "statfs")
@@ -402,3 +473,80 @@ def _size_of(storage: str) -> int:
     except OSError:
         return 0
     return st.f_blocks * st.f_frsize
+
+
+class _Race:
+    """A lookup and, once it has stalled past ``hedge_after``, a second one without the
+    storage it is stuck on: the first hit answers (see :meth:`LocalStore.open_hedged`)."""
+
+    def __init__(self, local: LocalStore, order: list[str], others: list[str], sha: str,
+                 head: bool, hedge_after: float, call_later: Callable[..., object]) -> None:
+        self.result: Deferred[Hit | Unreadable | None] = Deferred()
+        self._local = local
+        self._others = others
+        self._sha = sha
+        self._head = head
+        self._hedge_after = hedge_after
+        self._pending = 0
+        self._errors: list[tuple[str, OSError]] = []
+        self._faults: list[ReadFault] = []
+        self._progress: list[Progress] = []
+        self._hedged = False
+        self._start(order)
+        self._timer = call_later(hedge_after, self._hedge)
+
+    def _start(self, order: list[str]) -> None:
+        progress = Progress()
+        self._progress.append(progress)
+        self._pending += 1
+        d = self._local.run(open_first_blocking, order, self._sha, self._head, progress)
+        d.addCallbacks(self._finished, self._failed)
+
+    def _hedge(self) -> None:
+        if self.result.called or self._hedged:
+            return
+        self._hedged = True
+        stuck = self._progress[0].storage
+        if stuck is None:
+            return  # not even started: the pool is busy, not the disk
+        path = layout.file_path(stuck, self._sha)
+        self._faults.append(ReadFault(stuck, path, "stall",
+                                      f"no answer after {self._hedge_after:g} s"))
+        rest = [s for s in self._others if s != stuck]
+        if rest:
+            log.info("reading {sha} from {storage} stalls past {seconds:g} s: trying {rest}",
+                     sha=self._sha, storage=stuck, seconds=self._hedge_after, rest=rest)
+            self._start(rest)
+
+    def _finished(self, outcome: "Hit | Unreadable | None") -> None:
+        self._pending -= 1
+        if self.result.called:
+            if isinstance(outcome, Hit):
+                outcome.close()  # the other attempt answered first
+            return
+        if isinstance(outcome, Hit):
+            for progress in self._progress:
+                progress.abandoned = True
+            self._cancel_timer()
+            faults = tuple(self._faults) + outcome.faults
+            self.result.callback(replace(outcome, faults=faults) if faults else outcome)
+            return
+        if isinstance(outcome, Unreadable):
+            self._errors += outcome.errors
+            self._faults += outcome.faults
+        if self._pending == 0:
+            self._cancel_timer()
+            self.result.callback(Unreadable(tuple(self._errors), tuple(self._faults))
+                                 if self._errors else None)
+
+    def _failed(self, failure: Failure) -> None:
+        self._pending -= 1
+        if not self.result.called:
+            self._cancel_timer()
+            self.result.errback(failure)
+
+    def _cancel_timer(self) -> None:
+        cancel = getattr(self._timer, "cancel", None)
+        active = getattr(self._timer, "active", None)
+        if cancel is not None and (active is None or active()):
+            cancel()

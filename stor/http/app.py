@@ -179,7 +179,8 @@ class StorApp:
             doc = {"ok": not problems, "storages": [
                 {"path": h.path, "ok": h.ok, "reason": h.problem, "free_bytes": h.free_bytes,
                  "size_bytes": h.size_bytes, "writable": self._store.writable(h.path),
-                 "probe": h.probe_json()} for h in health],
+                 "probe": h.probe_json(), "read_faults": h.read_faults_json()}
+                for h in health],
                    **self._status_extra()}
             return _body(request, json.dumps(doc, indent=1).encode() + b"\n", JSON)
         if problems:

@@ -23,6 +23,9 @@ What an operator graphs and alerts on:
                                              moved on to another pair); ``storage`` is the
                                              path, as in every other ``storage`` label
 ``stor_corrupt_replicas_total``              replicas found not to hash to their name
+``stor_read_errors_total{storage}``          replicas that failed to read (an error, a stall
+                                             past ``read_hedge_after``, wrong bytes once):
+                                             the twin was tried (docs/durability.rst)
 ``stor_repairs_total{outcome}``              replica repairs: queued, done, failed,
                                              dropped, quarantined
 ``stor_s3_errors_total``                     S3 reads that failed (served locally instead)
@@ -163,6 +166,9 @@ class StatsdMirror:
                                       ["storage"], registry=registry)
         self.corrupt = Counter("stor_corrupt_replicas", "Replicas found corrupt.",
                                registry=registry)
+        self.read_errors = Counter("stor_read_errors",
+                                   "Replicas that failed to read (error, stall, misread), "
+                                   "by storage.", ["storage"], registry=registry)
         self.repairs = Counter("stor_repairs", "Replica repairs, by outcome.", ["outcome"],
                                registry=registry)
         self.s3_errors = Counter("stor_s3_errors", "S3 reads that failed.", registry=registry)
@@ -191,6 +197,9 @@ class StatsdMirror:
             return self.storage_errors.labels(self._storage_of(server))
         if key == "error.get.corrupt_replica.count":
             return self.corrupt
+        if key.startswith("error.read.") and key.endswith(".count"):
+            server = key[len("error.read."):-len(".count")]
+            return self.read_errors.labels(self._storage_of(server))
         if key.startswith("repair.") and key.endswith(".count"):
             return self.repairs.labels(key[len("repair."):-len(".count")])
         if key == "error.get.hcp_error.count":

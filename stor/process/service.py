@@ -189,7 +189,8 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
     local = LocalStore(config.storage_pairs, pool, writable_regex=regex,
                        balance_threshold=config.balance_threshold,
                        check_mounts=config.check_mounts, health=prober.check,
-                       health_pool=health_pool, set_aside=prober.set_aside)
+                       health_pool=health_pool, set_aside=prober.set_aside,
+                       hedge_after=config.read_hedge_after)
     ProbeService(prober, health_pool.run, config.probe_period).setServiceParent(services)
     locks = ShaLocks(config.lock_dir or default_lock_dir(), owner=run_as)
     locks.prepare()  # a lock directory that cannot be trusted stops start-up (ConfigError)
@@ -204,6 +205,7 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
     storage_of = {local.server_name(s): s for s in local.storages}.get
     events = StatsdMirror(registries.own, storage_of)
     metrics = Tee(statsd, events)
+    local.read_faults.metrics = metrics  # its storage names come from the store: made first
     repairer = Repairer(local, locks, metrics)
     corrupt = CorruptReplicas(local, locks, metrics, repairer, cache.drop)
     outbox = build_outbox(config, reactor, pool.run, metrics, on_corrupt=corrupt.found_at)

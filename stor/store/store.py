@@ -20,6 +20,7 @@ are additions to this class, not to the routes.
 
 import hashlib
 import time
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,7 +45,8 @@ from stor.disk.duplicate import Damaged
 from stor.disk.verified import VERIFIED
 from stor.s3 import outbox as outbox_markers
 from stor.disk.local import Hit, LocalStore, Unreadable
-from stor.disk.corrupt import CorruptReplicas
+from stor.disk.corrupt import CorruptReplicas, misread, reread_blocking
+from stor.disk.readfaults import fault_of
 from stor.disk.repair import Repairer
 from stor.core.results import Duplicate, Stored, UploadResult
 from stor.disk.spool import BeforeInstall, Spool
@@ -271,7 +273,12 @@ class Store:
         hit = await self._find(sha, selection.head)
         tried: set[str] = set()
         while isinstance(hit, Hit) and (actual := _wrong_digest(hit, sha)) is not None:
-            self._corrupt.found(hit, sha, actual)  # never answered from: a GET would not serve it
+            again = await self._read_again(hit, sha, actual)
+            if again is not None and again.digest == sha:
+                hit = again  # wrong once, right from the disk: a read fault, not a corruption
+                break
+            if again is not None:  # still wrong from the disk: never served again
+                self._corrupt.found(hit, sha, again.digest or actual, confirmed=True)
             tried.add(hit.storage)
             hit = await self._find(sha, selection.head, exclude=tried)
         if isinstance(hit, Unreadable):
@@ -288,6 +295,25 @@ class Store:
             hit.close()
             raise
         return self._local_reading(hit, sha, part, selection.head, start)
+
+    async def _read_again(self, hit: Hit, sha: str, actual: str) -> Hit | None:
+        """``hit``, which hashed to ``actual``, read again from the disk (not the page
+        cache), with the bytes (small) and digest now read; None when it cannot be read
+        (a read fault) or is no longer that file.  Right this time: a read fault."""
+        try:
+            again = await self.local.run(reread_blocking, hit.path, hit.ident,
+                                         hit.data is not None)
+        except OSError as e:
+            self.local.read_faults.record(fault_of(hit.storage, hit.path, e))
+            return None
+        if again is None:
+            return None
+        digest, data = again
+        if digest == sha:
+            self.local.read_faults.record(misread(hit, actual))
+        if data is not None:
+            return replace(hit, data=data, size=len(data), digest=digest)
+        return replace(hit, digest=digest)
 
     def read_nowait(self, selection: Selection, requested: str) -> Reading | None:
         """:meth:`read` when it needs no waiting at all: the path remembered in this
@@ -349,7 +375,14 @@ class Store:
             return BytesBody(hit.data[first:first + length])
         assert hit.file is not None
         return FileBody(hit.file, hit.path, first, length, self.local.run,
-                        verify=sha if part.whole else None)
+                        verify=sha if part.whole else None, size=hit.size,
+                        twin=self.local.twin_path(hit.path, sha),
+                        on_fault=lambda path, error: self._read_fault(sha, path, error))
+
+    def _read_fault(self, sha: str, path: str, error: BaseException) -> None:
+        """A body's replica failed to read (the body went on from its twin, or was cut)."""
+        storage = layout.storage_of(path, sha) or os.path.dirname(path)
+        self.local.read_faults.record(fault_of(storage, path, error))
 
     async def _find(self, sha: str, head: bool, exclude: frozenset[str] | set[str] = frozenset()
                     ) -> Hit | Unreadable | None:
@@ -363,6 +396,7 @@ class Store:
         self._metrics.timing("cache.time", _ms(start))
         if path is not None and layout.storage_of(path, sha) not in exclude:
             hit = await self.local.find_at(path, sha, head)
+            self._faults_of(hit)
             if isinstance(hit, Hit):
                 self._metrics.incr("cache.hit")
                 self._repairer.found(sha, hit.storage, hit.size)
@@ -371,6 +405,7 @@ class Store:
         self._metrics.incr("cache.miss")
         start = time.monotonic()
         hit = await self.local.find(sha, head, exclude)
+        self._faults_of(hit)
         self._metrics.timing("lookup.time", _ms(start))
         if not isinstance(hit, Hit):
             tried = len(self.local.storages) - len(exclude)
@@ -380,6 +415,12 @@ class Store:
         self._cache.put(sha, hit.path)
         self._repairer.found(sha, hit.storage, hit.size)
         return hit
+
+    def _faults_of(self, hit: Hit | Unreadable | None) -> None:
+        """Tell the read faults a lookup met on its way (replicas passed over)."""
+        if hit is not None:
+            for fault in hit.faults:
+                self.local.read_faults.record(fault)
 
     # -- uploads ----------------------------------------------------------
 

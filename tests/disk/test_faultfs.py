@@ -3,11 +3,14 @@ fails, delays or corrupts the operations its rules name, changed while mounted."
 
 import errno
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from support.unprivileged import open_tmp  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.acceptance("fault-fs")
 
@@ -62,6 +65,9 @@ def test_read_fails_by_rule_even_when_cached_and_clear_restores(faultfs):
     assert fs.wait_event("fail", "read") == ("fail", "read", "/x.dat")
     assert _read(fs.mountpoint / "y.dat") == DATA  # another path: untouched
 
+    rule = fs.fail("read", path="*/y.dat")
+    fs.drop(rule)
+    assert _read(fs.mountpoint / "y.dat") == DATA
     fs.clear()
     assert _read(fs.mountpoint / "x.dat") == DATA
 
@@ -121,3 +127,34 @@ def test_flip_corrupts_what_is_read_not_the_file(faultfs):
     assert (fs.backing / "f.dat").read_bytes() == DATA
     fs.clear()
     assert _read(fs.mountpoint / "f.dat") == DATA
+
+
+def test_a_read_rule_can_hold_one_offset_only(faultfs):
+    fs = faultfs()
+    (fs.mountpoint / "f.dat").write_bytes(DATA)
+    fs.fail("read", path="*.dat", offset=250_000)
+    with open(fs.mountpoint / "f.dat", "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), 4096, 0) == DATA[:4096]
+        with pytest.raises(OSError) as raised:
+            os.pread(f.fileno(), 4096, 249_000)
+        assert raised.value.errno == errno.EIO
+
+
+@pytest.mark.acceptance("fault-fs", "process")
+def test_another_user_gets_its_own_owner_and_permissions(open_tmp, faultfs):
+    (open_tmp / "mnt").mkdir()  # pytest's tmp dirs are 0700: another user cannot reach them
+    fs = faultfs(mountpoint=open_tmp / "mnt")
+    (fs.mountpoint / "open").mkdir(mode=0o777)
+    os.chmod(fs.mountpoint / "open", 0o777)
+    (fs.mountpoint / "closed").mkdir(mode=0o755)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    made = subprocess.run([*nobody, "touch", str(fs.mountpoint / "open" / "f")],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    st = os.stat(fs.backing / "open" / "f")
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    refused = subprocess.run([*nobody, "touch", str(fs.mountpoint / "closed" / "f")],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    assert not (fs.backing / "closed" / "f").exists()
+    fs.unmount()  # before open_tmp removes the directory

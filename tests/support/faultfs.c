@@ -17,12 +17,13 @@
  * operation while its mtime is under 2 s old (the check is made at the start of
  * every operation).  Write it whole and rename it into place.  One rule a line, fields separated by one space:
  *
- *   fail  ID OP ERRNO COUNT GLOB      answer -ERRNO instead of doing OP
- *   delay ID OP MILLIS COUNT GLOB     wait MILLIS ms, then do OP
+ *   fail  ID OP ERRNO COUNT AT GLOB   answer -ERRNO instead of doing OP
+ *   delay ID OP MILLIS COUNT AT GLOB  wait MILLIS ms, then do OP
  *   flip  ID OFFSET MASK COUNT GLOB   XOR MASK into the byte at file offset OFFSET
  *                                     (-1: every byte) of what a read returns
  *
- * COUNT is how many times the rule fires (-1: unlimited); a rule keeps its count
+ * AT (-1: any) limits a read or write rule to the requests whose byte range holds
+ * file offset AT.  COUNT is how many times the rule fires (-1: unlimited); a rule keeps its count
  * across re-reads as long as its ID stays.  GLOB is matched with fnmatch(3)
  * without FNM_PATHNAME against the path below the mount ("/aa/bb/file"), so "*"
  * also matches "/".  A rename matches on either of its paths.  OP is one of
@@ -98,6 +99,7 @@ struct rule {
 	long value;     /* errno, milliseconds, or offset */
 	long mask;      /* flip only */
 	long count;     /* remaining firings, -1 unlimited */
+	long at;        /* fail/delay: only requests covering this offset (-1: any) */
 	char glob[PATH_MAX];
 };
 
@@ -169,8 +171,8 @@ static void reload_locked(void)
 				r.kind = DELAY;
 			else
 				continue;
-			if (sscanf(line, "%*s %ld %15s %ld %ld %n", &r.id, r.op, &r.value, &r.count,
-				   &used) < 4 || !used)
+			if (sscanf(line, "%*s %ld %15s %ld %ld %ld %n", &r.id, r.op, &r.value, &r.count,
+				   &r.at, &used) < 5 || !used)
 				continue;
 		}
 		snprintf(r.glob, sizeof r.glob, "%s", line + used);
@@ -215,7 +217,7 @@ static int still_there(long id)
  * The fault for `op` on `path` (and `path2`, a rename's target): 0 to go on, or
  * -errno to answer.  Delays are served here (outside the lock).
  */
-static int fault(const char *op, const char *path, const char *path2)
+static int fault_at(const char *op, const char *path, const char *path2, off_t off, size_t size)
 {
 	long delay_ms = 0, delay_id = -1;
 	int err = 0;
@@ -224,6 +226,8 @@ static int fault(const char *op, const char *path, const char *path2)
 	for (int i = 0; i < nrules; i++) {
 		struct rule *r = &rules[i];
 		if (r->kind == FLIP || !matches(r, op, path, path2))
+			continue;
+		if (r->at >= 0 && (off < 0 || r->at < off || r->at >= off + (off_t)size))
 			continue;
 		if (r->kind == DELAY && delay_id < 0) {
 			delay_ms = r->value;
@@ -251,6 +255,11 @@ static int fault(const char *op, const char *path, const char *path2)
 		return -err;
 	}
 	return 0;
+}
+
+static int fault(const char *op, const char *path, const char *path2)
+{
+	return fault_at(op, path, path2, -1, 0);
 }
 
 /* Would a read of `path` be failed, delayed or flipped now? */
@@ -558,7 +567,9 @@ static int ffs_open(const char *path, struct fuse_file_info *fi)
 static int ffs_read(const char *path, char *buf, size_t size, off_t offset,
 		    struct fuse_file_info *fi)
 {
-	CHECK("read", path);
+	int f = fault_at("read", path, NULL, offset, size);
+	if (f)
+		return f;
 	ssize_t n = pread((int)fi->fh, buf, size, offset);
 	if (n < 0)
 		return -errno;
@@ -569,7 +580,9 @@ static int ffs_read(const char *path, char *buf, size_t size, off_t offset,
 static int ffs_write(const char *path, const char *buf, size_t size, off_t offset,
 		     struct fuse_file_info *fi)
 {
-	CHECK("write", path);
+	int f = fault_at("write", path, NULL, offset, size);
+	if (f)
+		return f;
 	ssize_t n = pwrite((int)fi->fh, buf, size, offset);
 	return n < 0 ? -errno : (int)n;
 }

@@ -13,11 +13,14 @@ Usage::
         storage = str(fs.mountpoint)        # give this to stor as a storage
         fs.fail("read", path="*.dat")       # every read of a .dat: EIO
         fs.fail("fsync", errno="ENOSPC", count=1)   # the next fsync only
+        fs.fail("read", path="*.dat", offset=2**20) # reads covering byte 1 MiB only
         fs.fail("statfs")                   # statvfs(2) on the mount fails
         fs.delay("read", 5.0, path="*/<sha>*")      # reads wait 5 s first
         fs.delay("read", None)              # reads wait until the rule is cleared
         fs.flip(path="*.dat", offset=0)     # bit 0 of byte 0 of every read is flipped
         fs.wait_event("fail", "read")       # until a rule has fired (returns the event)
+        rule = fs.fail("open", path="*.dat")  # each rule has a number...
+        fs.drop(rule)                       # ...to remove it alone
         fs.clear()                          # every rule gone; stalled reads go on
 
 - ``faultfs(backing=None, mountpoint=None, direct_io=False)``: mounts a
@@ -131,25 +134,32 @@ class FaultFS:
     # -- rules ---------------------------------------------------------------------
 
     def fail(self, op: str, errno: str | int = "EIO", path: str = "*",
-             count: int | None = None) -> None:
-        """``op`` on a path matching ``path`` answers ``errno`` (``count`` times)."""
-        self._add(f"fail {next(self._ids)} {self._op(op)} {_errno(errno)} "
-                  f"{self._count(count)} {self._glob(path)}")
+             count: int | None = None, offset: int | None = None) -> int:
+        """``op`` on a path matching ``path`` answers ``errno`` (``count`` times; a
+        read or write only when its byte range holds file ``offset``, if given)."""
+        return self._add(f"fail {next(self._ids)} {self._op(op)} {_errno(errno)} "
+                  f"{self._count(count)} {self._offset(offset)} {self._glob(path)}")
 
     def delay(self, op: str, seconds: float | None, path: str = "*",
-              count: int | None = None) -> None:
-        """``op`` on a matching path waits ``seconds`` (None: until the rule is cleared)."""
+              count: int | None = None, offset: int | None = None) -> int:
+        """``op`` on a matching path waits ``seconds`` (None: until the rule is cleared;
+        ``offset`` as for :meth:`fail`)."""
         millis = 10**12 if seconds is None else max(0, round(seconds * 1000))
-        self._add(f"delay {next(self._ids)} {self._op(op)} {millis} "
-                  f"{self._count(count)} {self._glob(path)}")
+        return self._add(f"delay {next(self._ids)} {self._op(op)} {millis} "
+                  f"{self._count(count)} {self._offset(offset)} {self._glob(path)}")
 
     def flip(self, path: str = "*", offset: int | None = 0, mask: int = 0x01,
-             count: int | None = None) -> None:
+             count: int | None = None) -> int:
         """Reads of a matching path return the byte at file ``offset`` XOR ``mask``
         (``offset=None``: every byte); the file itself is untouched."""
         where = -1 if offset is None else offset
-        self._add(f"flip {next(self._ids)} {where} {mask} {self._count(count)} "
+        return self._add(f"flip {next(self._ids)} {where} {mask} {self._count(count)} "
                   f"{self._glob(path)}")
+
+    def drop(self, rule: int) -> None:
+        """Remove one rule (the number :meth:`fail`, :meth:`delay` or :meth:`flip` returned)."""
+        self._rules = [r for r in self._rules if r.split(" ", 2)[1] != str(rule)]
+        self._write_rules()
 
     def clear(self) -> None:
         """No rule any more (a delayed operation in progress goes on within 10 ms)."""
@@ -223,9 +233,10 @@ class FaultFS:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _add(self, rule: str) -> None:
+    def _add(self, rule: str) -> int:
         self._rules.append(rule)
         self._write_rules()
+        return int(rule.split(" ", 2)[1])
 
     def _write_rules(self) -> None:
         temp = self.rules_path.with_name("rules.tmp")
@@ -241,6 +252,10 @@ class FaultFS:
     @staticmethod
     def _count(count: int | None) -> int:
         return -1 if count is None else count
+
+    @staticmethod
+    def _offset(offset: int | None) -> int:
+        return -1 if offset is None else offset
 
     def _glob(self, path: str) -> str:
         mount = str(self.mountpoint)
