@@ -19,6 +19,7 @@ are additions to this class, not to the routes.
 """
 
 import hashlib
+import os
 import time
 from dataclasses import replace
 from functools import partial
