@@ -4,8 +4,9 @@ Routes know HTTP and nothing else: they parse the path and headers, decide
 the headers and status of an answer, and hand bodies to the store, which
 holds the whole read and write policy.  This module is the HTTP layer's one
 door into the store (seen as :class:`~stor.store.interface.StoreApi`): a
-GET/HEAD enters it from :meth:`StorApp.read` (or :meth:`StorApp.read_nowait`,
-for the fast lane), a POST from :meth:`StorApp.intake` (called by the request
+GET/HEAD enters it once, from :meth:`StorApp.read_nowait` when the fast lane saw
+the request first (:meth:`StorApp.read` then goes on with that same read) or
+from :meth:`StorApp.read`; a POST from :meth:`StorApp.intake` (called by the request
 when its headers are in; the request then streams the body into the intake
 and :meth:`StorApp.post` waits for its result).  Every error a client can see
 becomes its answer in one place (:func:`stor.http.answers.error_answer`,
@@ -147,6 +148,8 @@ class StorApp:
         self._status_extra = status_extra
         self._sendfile = sendfile
         self._openapi: bytes | None = None
+        self._begun: _Begun | None = None
+        """A read the fast lane began and handed on (:meth:`read_nowait`)."""
 
     def resource(self) -> Resource:
         """The twisted.web resource serving this app."""
@@ -246,12 +249,15 @@ class StorApp:
         """Answer a GET or HEAD: what to send is the store's decision, how is ours."""
         self.metrics.incr("request.get.count")
         sha = parse_sha(segment)
-        header = request.getHeader
-        selection = Selection(sha, head=request.method == b"HEAD",
-                              if_none_match=header(b"if-none-match"), range=header(b"range"),
-                              if_range=header(b"if-range"))
-        local_only = request.getHeader(PEER_HEADER) == PEER_LOCAL
-        reading = await self._store.read(selection, segment, local_only)
+        begun = self._take_begun(getattr(request, "channel", None), request.method, segment)
+        if begun is None:
+            header = request.getHeader
+            selection = Selection(sha, head=request.method == b"HEAD",
+                                  if_none_match=header(b"if-none-match"), range=header(b"range"),
+                                  if_range=header(b"if-range"))
+            local_only = request.getHeader(PEER_HEADER) == PEER_LOCAL
+            begun = Deferred.fromCoroutine(self._store.read(selection, segment, local_only))
+        reading = await begun
         request.setResponseCode(reading.part.status)
         for name, value in file_headers(sha, reading):
             request.setHeader(name, value)
@@ -265,19 +271,43 @@ class StorApp:
             self._cut(request, e)
         return b""
 
-    def read_nowait(self, method: bytes, segment: str) -> FileAnswer | None:
-        """A plain GET/HEAD of ``/<segment>`` (a well-formed SHA) answered whole, if the
-        store can answer it without waiting; None when it cannot (nothing was done,
-        :meth:`read` does it all).  The fast lane's way in (:mod:`stor.http.fastlane`)."""
+    def read_nowait(self, channel: object, method: bytes, segment: str) -> FileAnswer | None:
+        """A plain GET/HEAD of ``/<segment>`` (a well-formed SHA, no header that changes
+        the answer) on ``channel``: the store's read of it begins here — its one entry
+        for this request.  The whole answer when the store decided it at once and it is
+        in memory; else None, and the request takes the ordinary path, where
+        :meth:`read` goes on with this very read (never a second one).  The fast
+        lane's way in (:mod:`stor.http.fastlane`)."""
+        self.drop_begun()
         sha = parse_sha(segment)
-        reading = self._store.read_nowait(Selection(sha, head=method == b"HEAD"), segment)
-        if reading is None:
+        d = Deferred.fromCoroutine(
+            self._store.read(Selection(sha, head=method == b"HEAD"), segment, False))
+        reading = _result_now(d)
+        if reading is None or not reading.in_memory:
+            self._begun = _Begun(channel, method, segment, d)
             return None
         self.metrics.incr("request.get.count")
         collected = _Collect()
         reading.send(collected)
         return FileAnswer(reading.part.status, file_headers(sha, reading),
                           b"".join(collected.chunks))
+
+    def _take_begun(self, channel: object, method: bytes,
+                    segment: str) -> "Deferred[Reading] | None":
+        begun, self._begun = self._begun, None
+        if begun is None:
+            return None
+        if (begun.channel, begun.method, begun.segment) == (channel, method, segment):
+            return begun.reading
+        _forget(begun.reading)
+        return None
+
+    def drop_begun(self) -> None:
+        """A read handed on and not taken (its request did not reach :meth:`read`):
+        let it go.  The channel calls this after the ordinary path had its turn."""
+        begun, self._begun = self._begun, None
+        if begun is not None:
+            _forget(begun.reading)
 
     def _cut(self, request: IRequest, error: BaseException) -> None:
         """The body cannot be completed: close the connection so the client sees a
@@ -418,6 +448,52 @@ class FastPaths(Resource):
         if _finished(request) or is_gone(request):
             return
         self._write(self._app.answer(request, failure), request)
+
+
+class _Begun(NamedTuple):
+    """A read begun by the fast lane for a request it handed on."""
+
+    channel: object
+    method: bytes
+    segment: str
+    reading: "Deferred[Reading]"
+
+
+def _result_now(d: "Deferred[Reading]") -> Reading | None:
+    """``d``'s reading if it has one already (a failure stays in ``d`` for :meth:`read`)."""
+    found: list[Reading] = []
+
+    def seen(reading: Reading) -> Reading:
+        found.append(reading)
+        return reading
+
+    if d.called:
+        d.addCallback(seen)
+    return found[0] if found else None
+
+
+def _forget(d: "Deferred[Reading]") -> None:
+    """Let a read go that nobody will answer with: cancelled, or its body refused
+    (its producer stopped at once, which closes what it holds)."""
+    def refuse(reading: Reading) -> None:
+        reading.send(_Refuse()).addErrback(lambda failure: None)
+
+    d.addCallbacks(refuse, lambda failure: None)
+    d.cancel()
+
+
+@implementer(IConsumer)
+class _Refuse:
+    """A consumer that wants nothing: it stops whatever producer offers it a body."""
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        producer.stopProducing()
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
 
 
 @implementer(IConsumer)

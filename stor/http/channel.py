@@ -119,17 +119,21 @@ class StorChannel(http.HTTPChannel):
             return
         # Only a read from the network, between requests, can be a whole request on
         # its own; twisted also calls this with pipelined bytes it had held back.
-        if (self._awaiting_line and not self._started and not self._receiving
-                and self.fast_lane is not None and self.fast_lane(self, data)):
+        lane = self.fast_lane
+        if not (self._awaiting_line and not self._started and not self._receiving):
+            lane = None
+        if lane is not None and lane(self, data):
             self.resetTimeout()
             self._arm_deadline()  # the next request's headers are due from now
             return
         self._started = True
         receiving, self._receiving = self._receiving, True
         try:
-            super().dataReceived(data)
+            super().dataReceived(data)  # a read the lane began is taken on by the routes
         finally:
             self._receiving = receiving
+            if lane is not None:
+                lane.handed_on()
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:

@@ -4,10 +4,13 @@ A storage host mostly answers ``GET /<sha>`` (and ``HEAD``) for small files that
 are read again and again.  When such a request arrives whole in one read —
 request line and headers, nothing after them — with nothing that changes its
 answer (no range, no validators, no body, no ``Connection`` other than
-keep-alive), and the store can answer it without waiting (the routes'
-:meth:`~stor.http.app.StorApp.read_nowait`: the path remembered in this
-process, the file in the page cache), the answer is written here, in one
-piece, without building a twisted.web request.  Everything an operator sees
+keep-alive, no fleet peer's ``Stor-Peer``), the store's read of it begins here
+(the routes' :meth:`~stor.http.app.StorApp.read_nowait`); when the store
+decided at once and the body is in memory (the path remembered in this
+process, a small file in the page cache), the answer is written here, in one
+piece, without building a twisted.web request.  Otherwise the request takes
+the ordinary path, whose route goes on with the read begun here: the store is
+entered once per request either way.  Everything an operator sees
 is the same as on the ordinary path — the headers (built by the same
 :func:`~stor.http.app.file_headers`), byte for byte and in the same order,
 the access event, the statsite keys, the Prometheus figures — and
@@ -24,6 +27,7 @@ from typing import Protocol
 from twisted.web.http import RESPONSES, datetimeToString
 
 from stor.http.app import FileAnswer, HeaderList
+from stor.core.peer import PEER_HEADER
 
 REQUEST = re.compile(rb"(GET|HEAD) /([0-9a-fA-F]{64}) HTTP/1\.1\r\n"
                      rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*)\r\n")
@@ -34,12 +38,14 @@ MAX_SIZE = 8 * 1024
 
 _ORDINARY = frozenset({b"range", b"if-range", b"if-none-match", b"if-match",
                        b"if-modified-since", b"if-unmodified-since", b"content-length",
-                       b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer"})
-"""Headers that change an answer (or announce a body): their requests take the ordinary path."""
+                       b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer",
+                       PEER_HEADER})
+"""Headers that change an answer (or announce a body; or a fleet peer asking for local
+files only): their requests take the ordinary path."""
 
-ReadNow = Callable[[bytes, str], "FileAnswer | None"]
-"""(method, SHA as requested) → the whole answer, or None: the routes'
-:meth:`~stor.http.app.StorApp.read_nowait`."""
+ReadNow = Callable[[object, bytes, str], "FileAnswer | None"]
+"""(connection, method, SHA as requested) → the whole answer, or None (the read
+goes on along the ordinary path): the routes' :meth:`~stor.http.app.StorApp.read_nowait`."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,8 +101,12 @@ class FastLane:
     accounting.
     """
 
-    def __init__(self, read_nowait: ReadNow, site: Accounting) -> None:
+    def __init__(self, read_nowait: ReadNow, handed_on: Callable[[], None],
+                 site: Accounting) -> None:
         self._read_nowait = read_nowait
+        self.handed_on = handed_on
+        """Called by the connection once the ordinary path had a request this lane began
+        (the routes' :meth:`~stor.http.app.StorApp.drop_begun`: a read not taken is let go)."""
         self._site = site
         self._worker = b"Stor-Worker: " + site.worker + b"\r\n"
         self._server = b"Server: " + site.server_header + b"\r\n"
@@ -126,7 +136,7 @@ class FastLane:
     def _answer(self, channel: Peer, method: bytes, segment: bytes, agent: bytes,
                 forwarded: list[bytes]) -> bool:
         start = time.monotonic()
-        answer = self._read_nowait(method, segment.decode("ascii"))
+        answer = self._read_nowait(channel, method, segment.decode("ascii"))
         if answer is None:
             return False
         self._site.started()

@@ -55,7 +55,9 @@ class Routes(Protocol):
     def intake(self, method: bytes, target: bytes, headers: Headers,
                length: int | None) -> Intake | None: ...
 
-    def read_nowait(self, method: bytes, segment: str) -> FileAnswer | None: ...
+    def read_nowait(self, channel: object, method: bytes, segment: str) -> FileAnswer | None: ...
+
+    def drop_begun(self) -> None: ...
 
 
 class Closing:
@@ -122,7 +124,7 @@ class StorSite(server.Site):
         self.worker = b"%d" % os.getpid()
         """This process's pid, as every answer's ``Stor-Worker`` header says."""
         self._worker = [self.worker]
-        self.fast_lane = FastLane(routes.read_nowait, self)
+        self.fast_lane = FastLane(routes.read_nowait, routes.drop_begun, self)
         """Called with each connection's reads first (:mod:`stor.http.fastlane`)."""
 
     @property

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from stor.core.ranges import Part, Selection
 from stor.core.results import Duplicate, Stored, UploadResult
-from stor.disk.body import Body, FileBody, SendTarget
+from stor.disk.body import Body, BytesBody, FileBody, SendTarget
 from stor.disk.health import StorageHealth
 
 __all__ = ["Duplicate", "Reading", "SendTarget", "StorageHealth", "Stored", "StoreApi",
@@ -41,6 +41,12 @@ class Reading:
     body: Body | None
     _ended: Callable[["None | Failure"], None] = field(repr=False)
     _call_from_thread: Callable[..., object] | None = field(default=None, repr=False)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether :meth:`send` writes the whole body at once (nothing, or bytes
+        already read and verified): what the fast lane can answer with."""
+        return self.body is None or isinstance(self.body, BytesBody)
 
     def send(self, consumer: IConsumer, sendfile: SendTarget | None = None) -> "Deferred[None]":
         """Write the body to ``consumer`` (``sendfile``: the kernel may send a large
@@ -96,9 +102,6 @@ class StoreApi(Protocol):
                    local_only: bool = False) -> Reading:
         """The answer to a GET/HEAD of ``selection``; raises NotFound (or S3Unavailable);
         ``local_only``: from this host's disks alone (a fleet peer asking)."""
-
-    def read_nowait(self, selection: Selection, requested: str) -> Reading | None:
-        """:meth:`read` if it needs no waiting at all, else None (nothing was done)."""
 
     def upload(self, sha: str, length: int | None) -> UploadHandle:
         """Start receiving the body of ``sha`` (``length``: its declared size, if any)."""

@@ -316,39 +316,6 @@ class Store:
             return replace(hit, data=data, size=len(data), digest=digest)
         return replace(hit, digest=digest)
 
-    def read_nowait(self, selection: Selection, requested: str) -> Reading | None:
-        """:meth:`read` when it needs no waiting at all: the path remembered in this
-        process, a small file (or a HEAD) in the page cache, no S3 to ask first.
-
-        None when it would wait (or has anything to report, such as a corrupt
-        replica): then nothing was done, and :meth:`read` does it all.  The
-        answer itself is decided by the same steps as :meth:`read`'s.
-        """
-        if self._s3 is not None and self._s3_first:
-            return None
-        sha = selection.sha
-        start = time.monotonic()
-        path = self._cache.peek(sha)
-        if path is None:
-            return None
-        hit = self.local.find_at_nowait(path, sha, selection.head)
-        if not isinstance(hit, Hit):
-            return None
-        if hit.file is not None:
-            hit.close()  # a large file is streamed: not for here
-            return None
-        if _wrong_digest(hit, sha) is not None:
-            return None
-        try:
-            part = selection.part(hit.size)
-        except RangeNotSatisfiable:
-            return None
-        self._publisher.publish(requested)
-        self._metrics.timing("cache.time", _ms(start))
-        self._metrics.incr("cache.hit")
-        self._repairer.found(sha, hit.storage, hit.size)
-        return self._local_reading(hit, sha, part, selection.head, start)
-
     def _local_reading(self, hit: Hit, sha: str, part: Part, head: bool,
                        start: float) -> Reading:
         body = self._body(hit, sha, part, head)

@@ -3,19 +3,25 @@ path would: the same headers in the same order, the same body, the same access e
 statsite lines.  A request that arrives in two pieces takes the ordinary path, which
 gives the comparison."""
 
+import json
 import os
 import re
 
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred
+from twisted.internet import endpoints, reactor, task
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogPublisher
 
+from stor.config import parse_config
+from stor.http.app import StorApp
+from stor.http.site import StorSite
+from stor.process.service import build_daemon
 from support.helpers import AUTH, sha256
+from support.site import Server
 
 
 class Client(Protocol):
@@ -188,3 +194,73 @@ async def test_an_unusual_request_is_left_to_the_ordinary_path(counted, odd):
         await client.closed
         everything.append(without_date(client.data))
     assert everything[0] == everything[1]
+
+
+class CountingStore:
+    """The daemon's store, seen by the routes through its interface, counting the reads
+    the routes begin: the one door, measured from the HTTP side."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.reads = 0
+
+    def read(self, *args, **kwargs):
+        self.reads += 1
+        return self._store.read(*args, **kwargs)
+
+    def read_nowait(self, *args, **kwargs):  # a second way in, had the routes one
+        self.reads += 1
+        return self._store.read_nowait(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+@pytest_twisted.async_yield_fixture
+async def door(config_dict):
+    """A site whose routes see the store through :class:`CountingStore`."""
+    config = parse_config(json.loads(json.dumps(config_dict)))
+    daemon = build_daemon(config, reactor)
+    daemon.services.startService()
+    store = CountingStore(daemon.store)
+    site = StorSite(StorApp(store, basic_auth=config.basic_auth))
+    port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    yield Server(f"http://127.0.0.1:{port.getHost().port}", config, port), store
+    await port.stopListening()
+    await maybeDeferred(daemon.services.stopService)
+
+
+@pytest.mark.parametrize("size, extra, status", [
+    (100, (), 200),  # small, remembered: the fast lane answers
+    (300_000, (), 200),  # streamed: the fast lane begins, the ordinary path goes on
+    (100, ("Range: bytes=0-9",), 206),  # the ordinary path from the start
+    (None, (), 404),  # nowhere: begun by the fast lane, answered by the ordinary path
+])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest_twisted.ensureDeferred
+async def test_a_read_enters_the_store_once(door, method, size, extra, status):
+    server, store = door
+    data = os.urandom(size or 10)
+    sha = await stored(server, data) if size else sha256(data)
+    client = await connect(server)
+    for _ in range(2):  # the second time the path is remembered
+        store.reads = 0
+        await client.send(request(method, sha, *extra))
+        head, body = await _whole(client, method)
+        assert head.startswith(b"HTTP/1.1 %d " % status), head
+        assert store.reads == 1
+        if status == 200 and method == "GET":
+            assert body == data
+    client.transport.loseConnection()
+    await client.closed
+
+
+async def _whole(client: Client, method: str) -> tuple[bytes, bytes]:
+    """The next answer, its body as long as its Content-Length says (none for a HEAD)."""
+    for _ in range(400):
+        if b"\r\n\r\n" in client.data:
+            break
+        await task.deferLater(reactor, 0.005, lambda: None)
+    found = re.search(rb"\r\ncontent-length: *(\d+)", client.data.partition(b"\r\n\r\n")[0], re.I)
+    length = int(found[1]) if found and method != "HEAD" else 0
+    return await client.answer(length)
