@@ -77,7 +77,7 @@ class ReadFaults:
     """
 
     def __init__(self, metrics: Metrics | None = None) -> None:
-        self.metrics: Metrics = metrics or NullMetrics()
+        self._metrics: Metrics = metrics or NullMetrics()
         self._faults: dict[str, StorageReadFaults] = {}
         self._lock = threading.Lock()
 
@@ -85,7 +85,7 @@ class ReadFaults:
         """One fault: logged, counted, kept."""
         log.warn("read fault on {storage}: {path} ({kind}): {error}", path=fault.path,
                  storage=fault.storage, kind=fault.kind, error=fault.error)
-        self.metrics.incr(f"error.read.{layout.server_name(fault.storage)}.count")
+        self._metrics.incr(f"error.read.{layout.server_name(fault.storage)}.count")
         with self._lock:
             before = self._faults.get(fault.storage)
             count = (before.count if before else 0) + 1

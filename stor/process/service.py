@@ -31,6 +31,7 @@ from twisted.python import usage
 from stor import __version__
 from stor.core.reactor import Reactor, the_reactor
 from stor.observe import logs
+from stor.core import layout
 from stor.core.metrics import Tee
 from stor.disk.locks import ShaLocks, Tombstones, default_lock_dir
 from stor.disk.temps import sweep_temp_dir
@@ -49,6 +50,7 @@ from stor.disk.corrupt import CorruptReplicas
 from stor.disk.diskpool import DiskPool
 from stor.disk.health import Prober, ProbeService
 from stor.disk.local import LocalStore
+from stor.disk.readfaults import ReadFaults
 from stor.disk.repair import Repairer
 from stor.s3.outbox import Outbox, build_outbox
 from stor.s3.peers import build_peers
@@ -184,13 +186,20 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
     # SHA's lock or a slow disk never hold them up (docs/security.rst)
     health_pool = DiskPool(reactor, size=2, name="stor-health")
     health_pool.setServiceParent(services)
+    registries = Registries.create()
+    if multiprocess():  # a --workers child: process_* of every worker, not only its own
+        register_worker_processes(registries.page, os.environ[MULTIPROC_ENV])
+    storage_of = {layout.server_name(s): s for s in config.storages}.get
+    events = StatsdMirror(registries.own, storage_of)
+    metrics = Tee(statsd, events)
     regex = config.writable_pairs_regex
     prober = Prober(config.storages, lambda storage: bool(regex.search(storage)))
     local = LocalStore(config.storage_pairs, pool, writable_regex=regex,
                        balance_threshold=config.balance_threshold,
                        check_mounts=config.check_mounts, health=prober.check,
                        health_pool=health_pool, set_aside=prober.set_aside,
-                       hedge_after=config.read_hedge_after)
+                       hedge_after=config.read_hedge_after,
+                       read_faults=ReadFaults(metrics))
     ProbeService(prober, health_pool.run, config.probe_period).setServiceParent(services)
     locks = ShaLocks(config.lock_dir or default_lock_dir(), owner=run_as)
     locks.prepare()  # a lock directory that cannot be trusted stops start-up (ConfigError)
@@ -199,13 +208,6 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
     publisher = build_publisher(config.amqp, reactor, statsd)
     if isinstance(publisher, service.Service):
         publisher.setServiceParent(services)
-    registries = Registries.create()
-    if multiprocess():  # a --workers child: process_* of every worker, not only its own
-        register_worker_processes(registries.page, os.environ[MULTIPROC_ENV])
-    storage_of = {local.server_name(s): s for s in local.storages}.get
-    events = StatsdMirror(registries.own, storage_of)
-    metrics = Tee(statsd, events)
-    local.read_faults.metrics = metrics  # its storage names come from the store: made first
     repairer = Repairer(local, locks, metrics)
     corrupt = CorruptReplicas(local, locks, metrics, repairer, cache.drop)
     outbox = build_outbox(config, reactor, pool.run, metrics, on_corrupt=corrupt.found_at)
