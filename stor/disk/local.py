@@ -316,6 +316,13 @@ class LocalStore:
             return succeed(None)
         return self._open([storage], sha, head, hedge_order=self.lookup_order())
 
+    def find_at_nowait(self, path: str, sha: str, head: bool) -> "Hit | None | _Blocked":
+        """:meth:`find_at` without waiting: the answer, or :data:`BLOCKED`."""
+        storage = layout.storage_of(path, sha)
+        if storage is None or storage not in self._twins:
+            return None
+        return open_nowait([storage], sha, head)
+
     def _open(self, order: list[str], sha: str, head: bool,
               hedge_order: Sequence[str] | None = None) -> "Deferred[Hit | Unreadable | None]":
         hit = open_nowait(order, sha, head)

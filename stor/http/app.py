@@ -256,7 +256,7 @@ class StorApp:
                                   if_none_match=header(b"if-none-match"), range=header(b"range"),
                                   if_range=header(b"if-range"))
             local_only = request.getHeader(PEER_HEADER) == PEER_LOCAL
-            begun = Deferred.fromCoroutine(self._store.read(selection, segment, local_only))
+            begun = self._store.read(selection, segment, local_only)
         reading = await begun
         request.setResponseCode(reading.part.status)
         for name, value in file_headers(sha, reading):
@@ -280,8 +280,7 @@ class StorApp:
         lane's way in (:mod:`stor.http.fastlane`)."""
         self.drop_begun()
         sha = parse_sha(segment)
-        d = Deferred.fromCoroutine(
-            self._store.read(Selection(sha, head=method == b"HEAD"), segment, False))
+        d = self._store.read(Selection(sha, head=method == b"HEAD"), segment, False)
         reading = _result_now(d)
         if reading is None or not reading.in_memory:
             self._begun = _Begun(channel, method, segment, d)

@@ -98,10 +98,11 @@ class UploadHandle(Protocol):
 class StoreApi(Protocol):
     """Everything the HTTP layer asks of the store (:class:`stor.store.store.Store`)."""
 
-    async def read(self, selection: Selection, requested: str,
-                   local_only: bool = False) -> Reading:
-        """The answer to a GET/HEAD of ``selection``; raises NotFound (or S3Unavailable);
-        ``local_only``: from this host's disks alone (a fleet peer asking)."""
+    def read(self, selection: Selection, requested: str,
+             local_only: bool = False) -> "Deferred[Reading]":
+        """The answer to a GET/HEAD of ``selection``; fails with NotFound (or
+        S3Unavailable); ``local_only``: from this host's disks alone (a fleet peer
+        asking).  Fired on return when the store decided without waiting."""
 
     def upload(self, sha: str, length: int | None) -> UploadHandle:
         """Start receiving the body of ``sha`` (``length``: its declared size, if any)."""

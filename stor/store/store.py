@@ -179,14 +179,24 @@ class Store:
 
     # -- reads ------------------------------------------------------------
 
-    async def read(self, selection: Selection, requested: str,
-                   local_only: bool = False) -> Reading:
+    def read(self, selection: Selection, requested: str,
+             local_only: bool = False) -> "Deferred[Reading]":
         """Find ``selection.sha`` and decide the answer; :class:`NotFound` if nowhere,
         :class:`S3Unavailable` if not here and S3 could not say.
 
         ``requested`` is the SHA as the client spelled it (what is published).
         ``local_only``: a fleet peer asks (:mod:`stor.s3.peers`): the local disks only.
+        The commonest read — a small file at the path remembered in this process, in
+        the page cache — is decided before this returns (the Deferred has fired: the
+        fast lane answers it at once); any other goes on in a coroutine.
         """
+        if not local_only:
+            reading = self._read_now(selection, requested)
+            if reading is not None:
+                return succeed(reading)
+        return Deferred.fromCoroutine(self._read(selection, requested, local_only))
+
+    async def _read(self, selection: Selection, requested: str, local_only: bool) -> Reading:
         if local_only:
             reading = await self._read_local(selection, time.monotonic())
             if reading is None:
@@ -315,6 +325,39 @@ class Store:
         if data is not None:
             return replace(hit, data=data, size=len(data), digest=digest)
         return replace(hit, digest=digest)
+
+    def _read_now(self, selection: Selection, requested: str) -> Reading | None:
+        """:meth:`read` when it needs no waiting at all: the path remembered in this
+        process, a small file (or a HEAD) in the page cache, no S3 to ask first.
+
+        None when it would wait (or has anything to report, such as a corrupt
+        replica): then nothing was done, and the coroutine does it all.  The
+        answer itself is decided by the same steps.
+        """
+        if self._s3 is not None and self._s3_first:
+            return None
+        sha = selection.sha
+        start = time.monotonic()
+        path = self._cache.peek(sha)
+        if path is None:
+            return None
+        hit = self.local.find_at_nowait(path, sha, selection.head)
+        if not isinstance(hit, Hit):
+            return None
+        if hit.file is not None:
+            hit.close()  # a large file: its first block is read and checked off the loop
+            return None
+        if _wrong_digest(hit, sha) is not None:
+            return None
+        try:
+            part = selection.part(hit.size)
+        except RangeNotSatisfiable:
+            return None
+        self._publisher.publish(requested)
+        self._metrics.timing("cache.time", _ms(start))
+        self._metrics.incr("cache.hit")
+        self._repairer.found(sha, hit.storage, hit.size)
+        return self._local_reading(hit, sha, part, selection.head, start)
 
     def _local_reading(self, hit: Hit, sha: str, part: Part, head: bool,
                        start: float) -> Reading:

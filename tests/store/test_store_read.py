@@ -39,7 +39,7 @@ def place(storage: str, data: bytes, sha: str | None = None) -> Path:
 
 def read(store, selection: Selection) -> tuple[object, bytes]:
     """(the reading, the bytes a client would receive) for ``selection``."""
-    reading = result(Deferred.fromCoroutine(store.read(selection, selection.sha)))
+    reading = result(store.read(selection, selection.sha))
     consumer = Collect()
     result(reading.send(consumer))
     return reading, consumer.data
@@ -53,6 +53,9 @@ class FakeCache:
 
     def get(self, sha: str) -> "Deferred[str | None]":
         return succeed(self.paths.get(sha))
+
+    def peek(self, sha: str) -> str | None:
+        return self.paths.get(sha)
 
     def put(self, sha: str, path: str) -> None:
         self.paths[sha] = path
