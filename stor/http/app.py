@@ -460,15 +460,9 @@ class _Begun(NamedTuple):
 
 def _result_now(d: "Deferred[Reading]") -> Reading | None:
     """``d``'s reading if it has one already (a failure stays in ``d`` for :meth:`read`)."""
-    found: list[Reading] = []
-
-    def seen(reading: Reading) -> Reading:
-        found.append(reading)
-        return reading
-
-    if d.called:
-        d.addCallback(seen)
-    return found[0] if found else None
+    if d.called and isinstance(d.result, Reading):
+        return d.result
+    return None
 
 
 def _forget(d: "Deferred[Reading]") -> None:
