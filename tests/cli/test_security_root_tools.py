@@ -104,12 +104,10 @@ def test_a_root_scrub_refuses_a_lock_directory_anyone_can_write(unprivileged_sto
     assert "Traceback" not in done.stderr
 
 
-def test_a_root_scrub_of_root_owned_storages_follows_no_link_the_daemon_planted(
-        unprivileged_stor) -> None:
-    """Storages ``root:stor 0770`` (the daemon writes through its group) leave a root
-    ``stor scrub`` root: nobody to drop to.  The daemon's user replaces the twin's
-    ``AA/BB/CC`` and ``.stor-tmp`` by links into a root-only directory; the repair
-    must neither write a ``.dat`` there nor sweep its old files as stale temps."""
+def _root_owned_with_one_file(unprivileged_stor):
+    """Storages ``root:stor 0770`` (a root tool stays root on them: nobody to drop to),
+    one 5,000-byte file uploaded, the daemon stopped so that its user plants with
+    nothing racing it (the probe makes ``.stor-tmp``): (stor, body, its two paths)."""
     _, gid = user(SERVICE)
     storages = unprivileged_stor.storages()
     for storage in storages:
@@ -118,7 +116,17 @@ def test_a_root_scrub_of_root_owned_storages_follows_no_link_the_daemon_planted(
     stor = unprivileged_stor.start(storages=storages)
     body = os.urandom(5000)
     first, second = _upload(stor.port, body)
-    stop(stor)  # the daemon's user plants with nothing racing it (the probe makes .stor-tmp)
+    stop(stor)
+    return stor, body, first, second
+
+
+def test_a_root_scrub_of_root_owned_storages_follows_no_link_the_daemon_planted(
+        unprivileged_stor) -> None:
+    """Storages ``root:stor 0770`` (the daemon writes through its group) leave a root
+    ``stor scrub`` root: nobody to drop to.  The daemon's user replaces the twin's
+    ``AA/BB/CC`` and ``.stor-tmp`` by links into a root-only directory; the repair
+    must neither write a ``.dat`` there nor sweep its old files as stale temps."""
+    stor, body, first, second = _root_owned_with_one_file(unprivileged_stor)
     root_only = unprivileged_stor.root / "root-only"
     root_only.mkdir(mode=0o700)
     victim = root_only / "passwd"
@@ -143,15 +151,7 @@ def test_a_root_repair_neither_follows_nor_opens_up_a_planted_lock_symlink(
     the lock file of a prefix a repair needs by a link to a root-only file; the root repair
     (storages ``root:stor 0770``: it stays root) must not follow it (the old build
     ``fchmod``-ed the target to 0666) and fails that repair, leaving the rest whole."""
-    _, gid = user(SERVICE)
-    storages = unprivileged_stor.storages()
-    for storage in storages:
-        os.chown(storage, 0, gid)
-        os.chmod(storage, 0o770)
-    stor = unprivileged_stor.start(storages=storages)
-    body = os.urandom(5000)
-    first, second = _upload(stor.port, body)
-    stop(stor)
+    stor, body, first, second = _root_owned_with_one_file(unprivileged_stor)
     locks = unprivileged_stor.root / "run" / "locks"
     lock_file = locks / f"{hashlib.sha256(body).hexdigest()[:3]}.lock"
     assert lock_file.exists()
