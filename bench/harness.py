@@ -449,6 +449,13 @@ def guarded(body: Callable[[argparse.Namespace], None], args: argparse.Namespace
     return 0
 
 
+def _runtime_parent(workdir: Path) -> Path:
+    """Where the run's lock directory goes: ``/dev/shm`` (tmpfs, as ``/run`` is on a
+    systemd host) when it is there and writable, else the work directory."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else workdir
+
+
 @contextlib.contextmanager
 def temp_workdir(parent: Path | None, prefix: str = "stor-bench-") -> Iterator[Path]:
     """A throw-away directory for storages, logs and configs; always removed."""
@@ -458,8 +465,8 @@ def temp_workdir(parent: Path | None, prefix: str = "stor-bench-") -> Iterator[P
     # every stor of the bench keeps its SHA locks here (RUNTIME_DIRECTORY, as systemd's
     # RuntimeDirectory= gives one), never in the host's /run/stor, whatever its state
     before = os.environ.get("RUNTIME_DIRECTORY")
-    runtime = workdir / "run"
-    runtime.mkdir(mode=0o700)
+    # on tmpfs when there is one, as systemd's RuntimeDirectory= (under /run) is
+    runtime = Path(tempfile.mkdtemp(prefix=prefix + "run-", dir=_runtime_parent(workdir)))
     os.environ["RUNTIME_DIRECTORY"] = str(runtime)
     try:
         yield workdir
@@ -469,3 +476,4 @@ def temp_workdir(parent: Path | None, prefix: str = "stor-bench-") -> Iterator[P
         else:
             os.environ["RUNTIME_DIRECTORY"] = before
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -58,14 +58,18 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return found
 
 
-def jobs_count(log: Path) -> int:
-    """The pool's job count, as ``countjobs.py`` writes it on SIGUSR2."""
+def jobs_count(log: Path) -> tuple[int, int]:
+    """The pool's jobs and the batches of small uploads, as ``countjobs.py`` writes
+    them on SIGUSR2."""
     text = log.read_text(errors="replace")
     lines = [line for line in text.splitlines() if "stor-bench-jobs" in line]
-    return int(lines[-1].rsplit(" ", 1)[1]) if lines else -1
+    if not lines:
+        return -1, -1
+    fields = lines[-1].split("stor-bench-jobs", 1)[1].split()
+    return int(fields[0]), int(fields[2])
 
 
-def ask_jobs(pid: int, log: Path) -> int:
+def ask_jobs(pid: int, log: Path) -> tuple[int, int]:
     before = log.read_text(errors="replace").count("stor-bench-jobs")
     os.kill(pid, signal.SIGUSR2)
     deadline = time.monotonic() + 5
@@ -114,7 +118,10 @@ def run(args: argparse.Namespace) -> None:
             ["per upload", "value"],
             ["reactor thread CPU", f"{reactor / n * 1000:.2f} ms"],
             ["other threads CPU", f"{others / n * 1000:.2f} ms"],
-            ["disk-pool jobs (round trips)", f"{(after_jobs - before_jobs) / n:.2f}"],
+            ["disk-pool jobs (round trips)", f"{(after_jobs[0] - before_jobs[0]) / n:.2f}"],
+            ["batches (one round trip each)", f"{(after_jobs[1] - before_jobs[1]) / n:.2f}"
+                                              f" ({n / max(1, after_jobs[1] - before_jobs[1]):.1f}"
+                                              " uploads a batch)"],
         ])
         if args.strace:
             strace_load(stor.pid, stor.port, args, workdir)

@@ -177,10 +177,13 @@ def known_durable(path: str, ident: tuple[int, int]) -> None:
 
 
 def owner_of(storage: str) -> tuple[int, int] | None:
-    """(uid, gid) new entries on ``storage`` should get: the storage's, when we are root."""
+    """(uid, gid) new entries on ``storage`` should get: the storage's, when we are root
+    and it is another user's (a root-owned storage needs no ``chown``)."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return None
     st = os.stat(storage)
+    if (st.st_uid, st.st_gid) == (0, os.getegid()):
+        return None
     return st.st_uid, st.st_gid
 
 

@@ -13,7 +13,10 @@ completed: the caller's own changes, all made before it asked, are then
 durable (the conservative model of ``tests/support/crashcheck.py``).  When no
 ``syncfs`` is running the caller issues one itself; while one runs, every
 caller that arrives waits for the next, which the first of them issues for
-all: N uploads arriving during one flush share the next one.
+all: N callers arriving during one flush share the next one.  A caller is
+usually a whole batch of small uploads (:mod:`stor.disk.batch`), so one round
+covers every upload of the batch, and the batch threads (and a lone upload
+stored by the pool) share rounds with each other.
 
 Durability is not traded for speed: each caller waits for its own flush,
 which is a flush of everything it wrote.  What is shared is the cost.  A
@@ -141,10 +144,10 @@ class GroupSync:
     def sync_all(self, fds: Sequence[int]) -> list[OSError | None]:
         """:meth:`sync` for each filesystem of ``fds`` (one round per filesystem, run side
         by side when there are several); per fd, None or the error of its round."""
+        of_fd = [os.fstat(fd).st_dev for fd in fds]
         devs: dict[int, int] = {}
-        outcome: dict[int, OSError | None] = {}
-        for fd in fds:
-            devs.setdefault(os.fstat(fd).st_dev, fd)
+        for fd, dev in zip(fds, of_fd):
+            devs.setdefault(dev, fd)
         if len(devs) == 1:
             results = [self._try(fd, dev) for dev, fd in devs.items()]
         else:
@@ -152,7 +155,7 @@ class GroupSync:
                 results = list(pool.map(lambda item: self._try(item[1], item[0]),
                                         devs.items()))
         outcome = dict(zip(devs, results))
-        return [outcome[os.fstat(fd).st_dev] for fd in fds]
+        return [outcome[dev] for dev in of_fd]
 
     def _try(self, fd: int, dev: int) -> OSError | None:
         try:

@@ -33,7 +33,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -192,6 +192,39 @@ class ShaLocks:
         finally:
             held.discard(prefix)
             os.close(fd)  # releases the lock
+
+    @contextmanager
+    def hold_free(self, shas: Sequence[str]) -> Iterator[set[str]]:
+        """Hold, for the ``with`` block, the lock of every one of ``shas`` that is free
+        now (one ``LOCK_NB`` try each, never a wait); yields the SHAs held.
+
+        For a batch run by one thread (:mod:`stor.disk.batch`): SHAs sharing a
+        prefix share its lock, which this thread then holds once; a SHA whose
+        lock another holder has is left out, for the caller to wait for elsewhere.
+        """
+        held = self._held_here()
+        taken: dict[str, int] = {}
+        refused: set[str] = set()
+        free: set[str] = set()
+        try:
+            for sha in shas:
+                prefix = _prefix(sha)
+                if prefix in refused:
+                    continue
+                if prefix not in held:
+                    fd, got = self.try_lock_blocking(sha)
+                    if not got:
+                        os.close(fd)
+                        refused.add(prefix)
+                        continue
+                    taken[prefix] = fd
+                    held.add(prefix)
+                free.add(sha)
+            yield free
+        finally:
+            for prefix, fd in taken.items():
+                held.discard(prefix)
+                os.close(fd)  # releases the lock
 
     def _held_here(self) -> set[str]:
         held: set[str] | None = getattr(self._thread, "held", None)

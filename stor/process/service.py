@@ -47,7 +47,9 @@ from stor.amqp.publish import AmqpPublisher, build_publisher
 from stor.s3.read import NoS3, build_s3, s3_client
 from stor.s3.put import S3Writer
 from stor.disk.corrupt import CorruptReplicas
+from stor.disk.batch import SmallBatcher
 from stor.disk.diskpool import DiskPool
+from stor.disk.groupsync import GROUP_SYNC
 from stor.disk.health import Prober, ProbeService
 from stor.disk.local import LocalStore
 from stor.disk.readfaults import ReadFaults
@@ -219,6 +221,8 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
                         memcached_servers=[s.name for s in config.memcached.servers])
     SyncService(exporter, reactor).setServiceParent(services)
     s3 = build_s3(config, reactor, metrics)
+    batcher = SmallBatcher(reactor, local, locks, GROUP_SYNC)
+    batcher.setServiceParent(services)
     store = Store(local, locks, metrics=metrics, cache=cache,
                   s3=None if isinstance(s3, NoS3) else s3,
                   s3_first=config.s3 is None or config.s3.read != "fallback",
@@ -226,7 +230,8 @@ def build_daemon(config: Config, reactor: Reactor, run_as: "tuple[int, int] | No
                   max_upload_size=config.max_upload_size, outbox=outbox,
                   s3_objects=_s3_objects(config, reactor, pool.run),
                   fill_local=config.s3 is not None and config.s3.fill_local,
-                  peers=list(build_peers(config, reactor, metrics)), clock=reactor)
+                  peers=list(build_peers(config, reactor, metrics)), clock=reactor,
+                  batcher=batcher)
     if outbox is not None:
         outbox.setServiceParent(services)
     closing = Closing()

@@ -1,13 +1,14 @@
-"""The reactor half of a small upload: the body kept in memory, then one disk-pool job.
+"""The reactor half of a small upload: the body kept in memory, then stored with a batch.
 
 A POST with a declared length of at most :data:`~stor.disk.small.SMALL_MAX`
 bytes gets a :class:`SmallUpload` instead of the streaming
 :class:`~stor.store.upload.Upload`: nothing is asked of the disks while the
 body arrives (no duplicate check before it, no temps, no pipeline), and when
-it is in, one job (:func:`~stor.disk.small.store_small`) hashes, checks,
-writes, makes durable and commits it.  One round trip to a thread per upload
-instead of six, and the flushes shared with the uploads running at the same
-time (:mod:`stor.disk.groupsync`).
+it is in, it joins the next batch of small uploads (:mod:`stor.disk.batch`),
+whose thread hashes, checks, writes, makes durable and commits them together,
+sharing two flushes (:mod:`stor.disk.groupsync`).  When the batch finds its
+SHA's lock taken, one pool job stores it alone once the lock is free
+(:func:`~stor.disk.small.store_small`, waited for by :mod:`stor.disk.lockwait`).
 
 The answers are the streaming path's: 413 for a length over
 ``max_upload_size`` at once, 412 for a body not matching its SHA, 200 for a
@@ -20,6 +21,8 @@ streaming :class:`~stor.store.upload.Upload`, made by ``streaming()``.
 
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
+
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
@@ -27,6 +30,10 @@ from stor.core.errors import TooLarge, UploadAborted
 from stor.core.reactor import Runner
 from stor.core.results import UploadResult
 from stor.store.upload import Upload, _shielded
+
+Batched = Callable[[str, bytes], "Deferred[UploadResult | None]"]
+"""Stores a body with the next batch of small uploads (:mod:`stor.disk.batch`): its
+result, or None when the batch could not take it (its SHA's lock was taken)."""
 
 
 @implementer(IConsumer)
@@ -41,7 +48,8 @@ class SmallUpload:
                  store: Callable[[str, bytes], UploadResult],
                  streaming: Callable[[], Upload],
                  max_size: int | None = None,
-                 committed: Callable[[str, UploadResult], None] | None = None) -> None:
+                 committed: Callable[[str, UploadResult], None] | None = None,
+                 batched: Batched | None = None) -> None:
         self.sha = sha
         self.length = length
         self.received = 0
@@ -49,6 +57,7 @@ class SmallUpload:
         self._store = store
         self._streaming = streaming
         self._committed = committed
+        self._batched = batched
         self._chunks: list[bytes] = []
         self._refused = (TooLarge(max_size) if max_size is not None and length > max_size
                          else None)
@@ -109,8 +118,18 @@ class SmallUpload:
             raise UploadAborted("upload aborted")
         body = b"".join(self._chunks)
         self._chunks = []
-        return await _shielded(self._run(self._store, self.sha, body).addCallback(
-            self._done))
+        return await _shielded(self._stored(body).addCallback(self._done))
+
+    def _stored(self, body: bytes) -> "Deferred[UploadResult]":
+        """With the next batch when there is one; alone, in the pool, when the batch
+        found the SHA's lock taken (that wait is the lock waiter's)."""
+        if self._batched is None:
+            return self._run(self._store, self.sha, body)
+
+        def alone_if_needed(result: UploadResult | None) -> "UploadResult | Deferred[UploadResult]":
+            return self._run(self._store, self.sha, body) if result is None else result
+
+        return self._batched(self.sha, body).addCallback(alone_if_needed)
 
     def abort(self) -> None:
         """The client went away: nothing was written yet (or the job runs to its end)."""

@@ -55,7 +55,8 @@ from stor.disk.spool import commit as commit_spool
 from stor.disk.spool import hand_on as hand_on_spool
 from stor.disk.spool import open_spool, set_aside_failed
 from stor.disk.groupsync import GROUP_SYNC
-from stor.disk.small import SMALL_MAX, store_small
+from stor.disk.batch import SmallBatcher
+from stor.disk.small import SMALL_MAX, LockTaken, Outcome, SmallJob, store_small
 from stor.store.interface import Reading
 from stor.store.small import SmallUpload
 from stor.store.upload import Upload
@@ -154,8 +155,10 @@ class Store:
         fill_local: bool = False,
         peers: "list[S3Source] | None" = None,
         clock: IReactorTime | None = None,
+        batcher: SmallBatcher | None = None,
     ) -> None:
         self.local = local
+        self._batcher = batcher
         self.locks = locks
         # a SHA's lock is waited for on the reactor (``clock``), never in a pool thread
         self._waiter = LockWaiter(locks, local.run, clock)
@@ -460,11 +463,26 @@ class Store:
                                self._before_install, still_wanted, self._damaged_from_thread,
                                looked_up if counted else None)
 
-        # the whole job holds the SHA's lock, waited for on the reactor (stor.disk.lockwait);
-        # store_small's own holds are that lock (ShaLocks.hold is reentrant in a thread)
+        def batched(sha: str, body: bytes) -> "Deferred[UploadResult | None]":
+            assert self._batcher is not None
+            job = SmallJob(sha, body, self._before_install, still_wanted,
+                           self._damaged_from_thread)
+
+            def landed(outcome: "Outcome | Failure") -> "UploadResult | Failure | None":
+                if counted and job.lookup_ms is not None:
+                    self._looked_up(job.lookup_ms)
+                if isinstance(outcome, Exception):  # delivered as failures: never here
+                    return Failure(outcome)
+                return None if isinstance(outcome, LockTaken) else outcome
+
+            return self._batcher.submit(job).addBoth(landed)
+
+        # alone, the whole job holds the SHA's lock, waited for on the reactor
+        # (stor.disk.lockwait); store_small's own holds are that lock (reentrant in a thread)
         return SmallUpload(sha, length, partial(self._waiter.run_locked, sha), store,
                            lambda: self._streaming_upload(sha, length, counted, started),
-                           max_size=self._max_upload_size, committed=self._committed)
+                           max_size=self._max_upload_size, committed=self._committed,
+                           batched=None if self._batcher is None else batched)
 
     def _streaming_upload(self, sha: str, length: int | None, counted: bool,
                           started: float) -> Upload:

@@ -1,0 +1,149 @@
+"""Small uploads stored in batches by one thread: the group commit without a thread per upload.
+
+With a small upload per disk-pool thread, eight uploads at once were eight
+threads taking turns at the GIL around every system call (600 ``futex`` calls
+per upload, a fifth of the CPU in waking and switching threads) and, the flushes
+being short here, hardly ever sharing one.  A batch is the other way round:
+:class:`SmallBatcher`'s one thread takes every small upload waiting when it is
+free (up to :data:`MOST`) and stores them together
+(:func:`~stor.disk.small.store_batch`): each body hashed and written, **one**
+group round for all their data, every duplicate check, marker and rename, **one**
+round for all their entries, every answer handed to the reactor in one wake-up.
+The uploads that arrive meanwhile form the next batch, so a batch grows with the
+load and a lone upload waits for nobody.
+
+Each answer still waits for its own bytes and entries to be durable: a round
+covers everything changed on its filesystem before it began
+(:mod:`stor.disk.groupsync`).  A job whose SHA's lock is held elsewhere comes
+back as :data:`~stor.disk.small.LOCK_TAKEN` for the caller to wait for the lock
+its usual way (:mod:`stor.disk.lockwait`); no job ever waits for a lock here, so
+one held lock cannot stop the batches.
+"""
+
+import queue
+import time
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from stor.core.reactor import Reactor
+from stor.disk.groupsync import GroupSync
+from stor.disk.local import LocalStore
+from stor.disk.locks import ShaLocks
+from stor.disk.small import Outcome, SmallJob, store_batch
+
+MOST = 32
+"""Jobs in one batch at most (32 MiB of bodies at most: each is at most 1 MiB)."""
+
+THREADS = 2
+"""Threads storing batches: two let one batch's flush overlap the next one's writing."""
+
+GATHER = 0.002
+"""Seconds a batch may wait for as many jobs as the last batch had (a lone upload never
+waits: after a batch of one, nothing is awaited)."""
+
+_STOP = object()
+_log = Logger()
+
+
+class SmallBatcher(Service):
+    """One thread storing the small uploads handed to :meth:`submit`, in batches."""
+
+    def __init__(self, reactor: Reactor, store: LocalStore, locks: ShaLocks, group: GroupSync,
+                 most: int = MOST, threads: int = THREADS, name: str = "stor-small") -> None:
+        self._reactor = reactor
+        self._store = store
+        self._locks = locks
+        self._group = group
+        self._most = most
+        self._name = name
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._size = threads
+        self._threads: list[threading.Thread] = []
+        self._last = 1
+        self.batches = 0
+        """Batches stored so far (for the bench)."""
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
+        self._start()
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
+        for _ in self._threads:
+            self._jobs.put(_STOP)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    def submit(self, job: SmallJob) -> "Deferred[Outcome]":
+        """Store ``job`` with the next batch; its outcome fires on the reactor thread
+        (an error as the Deferred's failure)."""
+        self._start()
+        d: Deferred[Outcome] = Deferred()
+        self._jobs.put((d, job))
+        return d
+
+    def _start(self) -> None:
+        while len(self._threads) < self._size:
+            thread = threading.Thread(target=self._work, daemon=True,
+                                      name=f"{self._name}-{len(self._threads)}")
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self) -> None:
+        while True:
+            batch, stop = self._next_batch()
+            if batch:
+                self._store_all(batch)
+            if stop:
+                return
+
+    def _next_batch(self) -> tuple[list[tuple["Deferred[Outcome]", SmallJob]], bool]:
+        """What is waiting (at least one job, or the stop), up to :attr:`_most` jobs;
+        after a batch of n, up to :data:`GATHER` seconds more for n to be there."""
+        first = self._jobs.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        expected = min(self._last, self._most)
+        deadline = time.monotonic() + GATHER
+        while len(batch) < self._most:
+            try:
+                if len(batch) < expected:
+                    item = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                else:
+                    item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                self._jobs.put(_STOP)  # another thread's; this one stops after its batch
+                return batch, True
+            batch.append(item)
+        self._last = len(batch)
+        return batch, False
+
+    def _store_all(self, batch: Sequence[tuple["Deferred[Outcome]", SmallJob]]) -> None:
+        try:
+            outcomes: Sequence[Outcome | Failure] = store_batch(
+                [job for _, job in batch], self._store, self._locks, self._group)
+        except BaseException:  # a bug: every job of the batch is answered with it
+            failure = Failure()
+            _log.failure("a batch of small uploads failed", failure=failure)
+            outcomes = [failure] * len(batch)
+        self.batches += 1
+        self._reactor.callFromThread(self._deliver, [d for d, _ in batch], outcomes)
+
+    @staticmethod
+    def _deliver(waiting: Sequence["Deferred[Outcome]"],
+                 outcomes: Sequence[Outcome | Failure]) -> None:
+        for d, outcome in zip(waiting, outcomes):
+            if isinstance(outcome, (Exception, Failure)):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
