@@ -6,7 +6,10 @@ A read is never delayed: the twin's presence is checked on the reactor only
 when the kernel can answer from its caches (:mod:`stor.disk.nowait`), otherwise
 in the disk pool, and the copy itself (verified, installed under the SHA's
 lock: :func:`stor.disk.replica.copy_to_twin`) runs in the disk pool.  The
-check is made on every read, cache hit or not: no answer is remembered.  At
+check is made by reads, cache hit or not; a twin found whole is not looked at
+again by reads of the same replica for :data:`TWIN_RECHECK` seconds (a hot
+file read thousands of times a second costs one twin check a second, not one
+per read: the check was a tenth of a small GET's CPU).  At
 most ``concurrency`` copies run at once and at most ``backlog`` wait; beyond
 that repairs are dropped and counted (the next read, or ``stor scrub
 --repair``, finds the file again).  Storages that take no new files
@@ -14,7 +17,9 @@ that repairs are dropped and counted (the next read, or ``stor scrub
 """
 
 import os
+import time
 from collections import deque
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -28,12 +33,18 @@ from stor.disk.replica import CorruptSource, SourceGone, copy_to_twin
 
 log = Logger()
 
+TWIN_RECHECK = 1.0
+"""Seconds a twin found whole (at the size read) is trusted by reads of its replica."""
+TWINS_REMEMBERED = 65536
+"""Twins found whole remembered at most (the oldest forgotten first)."""
+
 
 class Repairer:
     """Queues and runs verified copies from one member of a pair to the other."""
 
     def __init__(self, store: LocalStore, locks: ShaLocks, metrics: Metrics,
-                 concurrency: int = 2, backlog: int = 1000) -> None:
+                 concurrency: int = 2, backlog: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._locks = locks
         self._metrics = metrics
@@ -44,12 +55,18 @@ class Repairer:
         self._running = 0
         self._checking = 0
         self._idle: list[Deferred[None]] = []
+        self._whole: dict[tuple[str, str, int | None], float] = {}
+        self._clock = clock
 
     def found(self, sha: str, storage: str, size: int | None = None) -> None:
         """A read found ``sha`` on ``storage`` (``size`` bytes): make sure its twin
         has it too, and at that size: an emptied or truncated twin is not a
         copy (the verified copy replaces it; a same-size corruption is found
         when a read hashes it)."""
+        now = self._clock()
+        seen = self._whole.get((sha, storage, size))
+        if seen is not None and now - seen < TWIN_RECHECK:
+            return
         twin = self._store.twin(storage)
         if sha in self._pending or not self._store.writable(twin):
             return
@@ -71,6 +88,14 @@ class Repairer:
             os.close(fd)
         if size is not None and twin_size != size:
             self._enqueue(sha, storage, twin)
+        else:
+            self._remember((sha, storage, size), now)
+
+    def _remember(self, key: tuple[str, str, int | None], now: float) -> None:
+        self._whole.pop(key, None)
+        self._whole[key] = now
+        if len(self._whole) > TWINS_REMEMBERED:
+            del self._whole[next(iter(self._whole))]
 
     def replace(self, sha: str, bad_storage: str) -> None:
         """``sha``'s replica on ``bad_storage`` was corrupt (and moved aside): copy the twin back."""
