@@ -58,14 +58,17 @@ class Repairer:
         self._whole: dict[tuple[str, str, int | None], float] = {}
         self._clock = clock
 
-    def found(self, sha: str, storage: str, size: int | None = None) -> None:
+    def found(self, sha: str, storage: str, size: int | None = None,
+              trusting: bool = True) -> None:
         """A read found ``sha`` on ``storage`` (``size`` bytes): make sure its twin
         has it too, and at that size: an emptied or truncated twin is not a
         copy (the verified copy replaces it; a same-size corruption is found
-        when a read hashes it)."""
+        when a read hashes it).  ``trusting``: a twin found whole less than
+        :data:`TWIN_RECHECK` seconds ago is not looked at (a read that had to
+        search, its remembered replica gone, passes False: something changed)."""
         now = self._clock()
         seen = self._whole.get((sha, storage, size))
-        if seen is not None and now - seen < TWIN_RECHECK:
+        if trusting and seen is not None and now - seen < TWIN_RECHECK:
             return
         twin = self._store.twin(storage)
         if sha in self._pending or not self._store.writable(twin):

@@ -427,7 +427,7 @@ class Store:
             return hit
         self._metrics.incr(f"lookup.attempt.{hit.attempt}.count")
         self._cache.put(sha, hit.path)
-        self._repairer.found(sha, hit.storage, hit.size)
+        self._repairer.found(sha, hit.storage, hit.size, trusting=False)  # a search: look
         return hit
 
     def _faults_of(self, hit: Hit | Unreadable | None) -> None:

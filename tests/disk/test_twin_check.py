@@ -51,3 +51,19 @@ def test_a_missing_twin_is_never_trusted(storage_dirs, tmp_path):
     twin.unlink()  # lost again at the same moment: the next read still looks
     repairer.found(sha, storage_dirs[1][0], len(data))
     assert twin.read_bytes() == data
+
+
+def test_a_read_that_had_to_search_looks_at_the_twin_at_once(storage_dirs, tmp_path):
+    local = LocalStore([tuple(p) for p in storage_dirs], SyncPool(), check_mounts=False)
+    repairer = Repairer(local, ShaLocks(str(tmp_path / "locks")), RecordingMetrics(),
+                        clock=lambda: 1000.0)
+    data = os.urandom(4000)
+    sha = sha256(data)
+    read, twin = (Path(layout.file_path(s, sha)) for s in storage_dirs[0])
+    for path in (read, twin):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+    repairer.found(sha, storage_dirs[0][0], len(data))
+    twin.unlink()
+    repairer.found(sha, storage_dirs[0][0], len(data), trusting=False)
+    assert twin.read_bytes() == data
