@@ -46,15 +46,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stor.core import layout
-from stor.core.errors import Conflict, HashMismatch, NoSpace
+from stor.core.errors import Conflict, HashMismatch
 from stor.core.results import Duplicate, Stored, UploadResult
-from stor.disk.commit import MemberFailed
 from stor.disk.fsio import KNOWN_SYNCED, known_durable, owner_of, unlink_quietly
 from stor.disk.groupsync import GroupSync
 from stor.disk.local import LocalStore
 from stor.disk.locks import ShaLocks
 from stor.disk.spool import (BeforeInstall, OnDamaged, Spool, StillWanted, commit, hand_on,
-                             open_spool)
+                             open_spool_placed)
 from stor.disk.verified import VERIFIED, stamp_of
 
 SMALL_MAX = 1024 * 1024
@@ -174,7 +173,7 @@ def _written(job: SmallJob, store: LocalStore) -> "Duplicate | Spool":
     actual = hashlib.sha256(job.body).hexdigest()
     if actual != job.sha:
         raise HashMismatch(job.sha, actual)
-    spool = _open(store, job.sha, len(job.body))
+    spool = open_spool_placed(store, job.sha, len(job.body))
     try:
         spool.write([job.body])
     except BaseException:
@@ -210,17 +209,6 @@ def _already_stored(sha: str, store: LocalStore, still_wanted: StillWanted | Non
         for damage in existing.damaged:
             on_damaged(sha, damage)
     return Duplicate(existing.paths) if existing.whole else None
-
-
-def _open(store: LocalStore, sha: str, length: int) -> Spool:
-    """Temps on a pair placed from the cached health; on any trouble, the fresh choice
-    (:func:`~stor.disk.spool.open_spool`), whose errors are the answer."""
-    try:
-        pair = store.choose_pair_cached_blocking(length)
-        return Spool(sha, pair, length)
-    except (MemberFailed, NoSpace):
-        store.forget_placement()
-    return open_spool(store, sha, length)
 
 
 def _group_commit(items: Sequence[tuple[SmallJob, Spool]],

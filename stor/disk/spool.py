@@ -49,6 +49,11 @@ WRITEBACK_STEP = 1024 * 1024
 disk (without waiting): the fsync before the answer then finds little left to do."""
 
 
+PLACED_MAX = 16 * 1024 * 1024
+"""Largest declared length placed from the recent health answer (:func:`open_spool_placed`);
+above it the ``statvfs`` of every storage is noise next to the body."""
+
+
 BeforeInstall = Callable[[str, Pair], None]
 """Called (blocking, under the SHA's lock) just before a file is installed on a
 pair: the S3 outbox records it there."""
@@ -253,6 +258,21 @@ def open_spool(store: LocalStore, sha: str, length: int | None) -> Spool:
             continue
         spool.failures.extend(failures)
         return spool
+
+
+def open_spool_placed(store: LocalStore, sha: str, length: int | None) -> Spool:
+    """:func:`open_spool` from a health answer at most :data:`~stor.disk.local.
+    PLACEMENT_TTL` seconds old for a declared length up to :data:`PLACED_MAX` (no
+    ``statvfs`` and ``stat`` of every storage per upload): its reservation of the
+    whole length proves the room, and a pair that refuses its temps makes the
+    fresh choice, whose errors are the answer.  A body of unknown length, or a
+    larger one (whose placement balances the disks), chooses afresh."""
+    if length is not None and length <= PLACED_MAX:
+        try:
+            return Spool(sha, store.choose_pair_cached_blocking(length), length)
+        except (MemberFailed, NoSpace):
+            store.forget_placement()
+    return open_spool(store, sha, length)
 
 
 def commit(spool: Spool, store: LocalStore, locks: ShaLocks,

@@ -53,7 +53,7 @@ from stor.core.results import Duplicate, Stored, UploadResult
 from stor.disk.spool import BeforeInstall, Spool
 from stor.disk.spool import commit as commit_spool
 from stor.disk.spool import hand_on as hand_on_spool
-from stor.disk.spool import open_spool, set_aside_failed
+from stor.disk.spool import open_spool_placed, set_aside_failed
 from stor.disk.groupsync import GROUP_SYNC
 from stor.disk.batch import SmallBatcher
 from stor.disk.small import SMALL_MAX, LockTaken, Outcome, SmallJob, store_small
@@ -516,7 +516,7 @@ class Store:
             self._damaged_from_thread(sha, damage)
         if existing.whole:
             return Duplicate(existing.paths)
-        return open_spool(self.local, sha, length)
+        return open_spool_placed(self.local, sha, length)
 
     def _looked_up(self, ms: float) -> None:
         """A POST's duplicate lookup, counted as the old service counted it: it
