@@ -20,11 +20,10 @@ its usual way (:mod:`stor.disk.lockwait`); no job ever waits for a lock here, so
 one held lock cannot stop the batches.
 """
 
-import queue
-import time
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -47,7 +46,6 @@ GATHER = 0.002
 """Seconds a batch may wait for as many jobs as the last batch had (a lone upload never
 waits: after a batch of one, nothing is awaited)."""
 
-_STOP = object()
 _log = Logger()
 
 
@@ -62,7 +60,9 @@ class SmallBatcher(Service):
         self._group = group
         self._most = most
         self._name = name
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._arrived = threading.Condition()
+        self._waiting: deque[tuple[Deferred[Outcome], SmallJob]] = deque()
+        self._stopping = False
         self._size = threads
         self._threads: list[threading.Thread] = []
         self._last = 1
@@ -75,8 +75,9 @@ class SmallBatcher(Service):
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
-        for _ in self._threads:
-            self._jobs.put(_STOP)
+        with self._arrived:
+            self._stopping = True  # the jobs waiting are still stored, then the threads end
+            self._arrived.notify_all()
         for thread in self._threads:
             thread.join()
         self._threads = []
@@ -86,7 +87,9 @@ class SmallBatcher(Service):
         (an error as the Deferred's failure)."""
         self._start()
         d: Deferred[Outcome] = Deferred()
-        self._jobs.put((d, job))
+        with self._arrived:
+            self._waiting.append((d, job))
+            self._arrived.notify()
         return d
 
     def _start(self) -> None:
@@ -99,32 +102,31 @@ class SmallBatcher(Service):
     def _work(self) -> None:
         while True:
             batch, stop = self._next_batch()
-            if batch:
-                self._store_all(batch)
             if stop:
                 return
+            self._store_all(batch)
 
     def _next_batch(self) -> tuple[list[tuple["Deferred[Outcome]", SmallJob]], bool]:
         """What is waiting (at least one job, or the stop), up to :attr:`_most` jobs;
         after a batch of n, up to :data:`GATHER` seconds more for n to be there."""
-        first = self._jobs.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        expected = min(self._last, self._most)
-        deadline = time.monotonic() + GATHER
-        while len(batch) < self._most:
-            try:
-                if len(batch) < expected:
-                    item = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
-                else:
-                    item = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                self._jobs.put(_STOP)  # another thread's; this one stops after its batch
-                return batch, True
-            batch.append(item)
+        with self._arrived:
+            while not self._waiting and not self._stopping:
+                self._arrived.wait()
+            if not self._waiting:
+                return [], True
+            batch = [self._waiting.popleft()]
+            expected = min(self._last, self._most)
+            deadline = time.monotonic() + GATHER
+            while len(batch) < expected and not self._stopping:
+                if self._waiting:
+                    batch.append(self._waiting.popleft())
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
+            while self._waiting and len(batch) < self._most:
+                batch.append(self._waiting.popleft())
         self._last = len(batch)
         return batch, False
 

@@ -149,3 +149,21 @@ def test_a_failing_job_is_answered_with_its_error(local, locks, group):
     reactor.run_until(done, 1)
     batcher.stopService()
     assert done[0].check(HashMismatch)  # type: ignore[attr-defined]
+
+
+def test_identical_uploads_over_both_threads_are_all_answered(local, locks, group):
+    """Many jobs over both threads, four of each SHA (as parallel identical uploads
+    make them): every one is answered, each SHA stored once; the others found it
+    stored or its lock taken.  (A thread once kept jobs it gathered without ever
+    storing them: ``tests/disk/test_integrity.py``'s parallel uploads found it.)"""
+    reactor = QueueReactor()
+    batcher = SmallBatcher(reactor, local, locks, group)  # type: ignore[arg-type]
+    distinct = bodies(30, size=1000)
+    done: list[object] = []
+    for d in distinct:
+        for _ in range(4):
+            batcher.submit(SmallJob(sha256(d), d)).addBoth(done.append)
+    reactor.run_until(done, 4 * len(distinct))
+    batcher.stopService()
+    assert all(isinstance(o, (Stored, Duplicate)) or o is LOCK_TAKEN for o in done)
+    assert sum(isinstance(o, Stored) for o in done) == len(distinct)
