@@ -5,7 +5,6 @@ Everything here blocks: call it from the disk pool, never the reactor.
 
 import ctypes
 import errno
-import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -155,32 +154,13 @@ def durable_chain(storage: str, path: str, owner: tuple[int, int] | None = None)
             if KNOWN_DURABLE.has(entry, ident):
                 continue
             if i - 1 not in synced:
-                _sync_listed(chain.fds[i - 1], chain.paths[i - 1])
+                os.fsync(chain.fds[i - 1])
                 synced.add(i - 1)
             KNOWN_DURABLE.add(entry, ident)
     except BaseException:
         chain.close()
         raise
     return chain
-
-
-LISTED_MAX = 4096
-"""Subdirectories of one directory recorded as durable by its fsync, at most."""
-
-
-def _sync_listed(fd: int, path: str) -> None:
-    """fsync the directory ``fd`` (at ``path``); its subdirectories, listed just before,
-    are then known durable too.  A fresh process (after a restart, on a host full of
-    data) would otherwise fsync a storage once for each of its 256 ``AA`` directories
-    and each ``AA`` once for each ``BB`` it meets; this way once each.  Listed
-    *before* the fsync, so every entry recorded existed when it began."""
-    dev = os.fstat(fd).st_dev
-    with os.scandir(fd) as found:
-        listed = [(entry.name, entry.inode()) for entry in itertools.islice(found, LISTED_MAX)
-                  if entry.is_dir(follow_symlinks=False)]
-    os.fsync(fd)
-    for name, ino in listed:
-        KNOWN_DURABLE.add(os.path.join(path, name), (dev, ino))
 
 
 def durable_entry(dir_fd: int, path: str, ident: tuple[int, int]) -> None:
