@@ -8,6 +8,8 @@ check starts is done when ``found`` returns; time is a number the test moves.
 import os
 from pathlib import Path
 
+import pytest
+
 from support.helpers import sha256
 from support.store_fakes import RecordingMetrics, SyncPool
 from stor.core import layout
@@ -16,54 +18,54 @@ from stor.disk.locks import ShaLocks
 from stor.disk.repair import TWIN_RECHECK, Repairer
 
 
-def test_a_twin_found_whole_is_trusted_for_a_while_then_checked_again(storage_dirs, tmp_path):
-    local = LocalStore([tuple(p) for p in storage_dirs], SyncPool(), check_mounts=False)
-    now = [1000.0]
-    repairer = Repairer(local, ShaLocks(str(tmp_path / "locks")), RecordingMetrics(),
-                        clock=lambda: now[0])
-    data = os.urandom(5000)
-    sha = sha256(data)
-    read, twin = (Path(layout.file_path(s, sha)) for s in storage_dirs[0])
-    for path in (read, twin):
-        path.parent.mkdir(parents=True)
-        path.write_bytes(data)
-    repairer.found(sha, storage_dirs[0][0], len(data))  # whole: trusted from now
-    twin.write_bytes(b"")
-    now[0] += TWIN_RECHECK * 0.9
-    repairer.found(sha, storage_dirs[0][0], len(data))
-    assert twin.read_bytes() == b""  # not looked at again yet
-    now[0] += TWIN_RECHECK * 0.2
-    repairer.found(sha, storage_dirs[0][0], len(data))
-    assert twin.read_bytes() == data  # looked at, found empty, brought back
+class Reads:
+    """A repairer over the test's storages, its clock, and one file on the first pair."""
+
+    def __init__(self, storage_dirs: list[list[str]], tmp_path: Path) -> None:
+        local = LocalStore([tuple(p) for p in storage_dirs], SyncPool(), check_mounts=False)
+        self.now = 1000.0
+        self.repairer = Repairer(local, ShaLocks(str(tmp_path / "locks")), RecordingMetrics(),
+                                 clock=lambda: self.now)
+        self.data = os.urandom(5000)
+        self.sha = sha256(self.data)
+        self.storage = storage_dirs[0][0]
+        self.read, self.twin = (Path(layout.file_path(s, self.sha)) for s in storage_dirs[0])
+        self.read.parent.mkdir(parents=True)
+        self.read.write_bytes(self.data)
+
+    def found(self, trusting: bool = True) -> None:
+        self.repairer.found(self.sha, self.storage, len(self.data), trusting)
 
 
-def test_a_missing_twin_is_never_trusted(storage_dirs, tmp_path):
-    local = LocalStore([tuple(p) for p in storage_dirs], SyncPool(), check_mounts=False)
-    repairer = Repairer(local, ShaLocks(str(tmp_path / "locks")), RecordingMetrics(),
-                        clock=lambda: 1000.0)
-    data = os.urandom(3000)
-    sha = sha256(data)
-    read, twin = (Path(layout.file_path(s, sha)) for s in storage_dirs[1])
-    read.parent.mkdir(parents=True)
-    read.write_bytes(data)
-    repairer.found(sha, storage_dirs[1][0], len(data))
-    assert twin.read_bytes() == data
-    twin.unlink()  # lost again at the same moment: the next read still looks
-    repairer.found(sha, storage_dirs[1][0], len(data))
-    assert twin.read_bytes() == data
+@pytest.fixture
+def reads(storage_dirs: list[list[str]], tmp_path: Path) -> Reads:
+    return Reads(storage_dirs, tmp_path)
 
 
-def test_a_read_that_had_to_search_looks_at_the_twin_at_once(storage_dirs, tmp_path):
-    local = LocalStore([tuple(p) for p in storage_dirs], SyncPool(), check_mounts=False)
-    repairer = Repairer(local, ShaLocks(str(tmp_path / "locks")), RecordingMetrics(),
-                        clock=lambda: 1000.0)
-    data = os.urandom(4000)
-    sha = sha256(data)
-    read, twin = (Path(layout.file_path(s, sha)) for s in storage_dirs[0])
-    for path in (read, twin):
-        path.parent.mkdir(parents=True)
-        path.write_bytes(data)
-    repairer.found(sha, storage_dirs[0][0], len(data))
-    twin.unlink()
-    repairer.found(sha, storage_dirs[0][0], len(data), trusting=False)
-    assert twin.read_bytes() == data
+def test_a_twin_found_whole_is_trusted_for_a_while_then_checked_again(reads):
+    reads.twin.parent.mkdir(parents=True)
+    reads.twin.write_bytes(reads.data)
+    reads.found()  # whole: trusted from now
+    reads.twin.write_bytes(b"")
+    reads.now += TWIN_RECHECK * 0.9
+    reads.found()
+    assert reads.twin.read_bytes() == b""  # not looked at again yet
+    reads.now += TWIN_RECHECK * 0.2
+    reads.found()
+    assert reads.twin.read_bytes() == reads.data  # looked at, found empty, brought back
+
+
+def test_a_missing_twin_is_never_trusted(reads):
+    reads.found()
+    assert reads.twin.read_bytes() == reads.data
+    reads.twin.unlink()  # lost again at the same moment: the next read still looks
+    reads.found()
+    assert reads.twin.read_bytes() == reads.data
+
+
+def test_a_read_that_had_to_search_looks_at_the_twin_at_once(reads):
+    reads.found()  # brought back, then found whole and trusted
+    reads.found()
+    reads.twin.unlink()
+    reads.found(trusting=False)
+    assert reads.twin.read_bytes() == reads.data
