@@ -152,7 +152,8 @@ def _store_held(jobs: Sequence[SmallJob], store: LocalStore, locks: ShaLocks,
     together = [(i, spool) for i, spool in written
                 if len(spool.temps) == 2 and not spool.failures
                 and all(group.covers(t.fd) for t in spool.temps)]
-    for (i, spool), result in zip(together, _group_commit([(jobs[i], s) for i, s in together], group)):
+    committed = _group_commit([(jobs[i], spool) for i, spool in together], group)
+    for (i, _), result in zip(together, committed):
         outcomes[i] = result
     for i, spool in written:
         if outcomes[i] is None:  # the careful way: file by file
