@@ -35,7 +35,11 @@ from stor.core.reactor import Reactor
 from stor.disk.groupsync import GroupSync
 from stor.disk.local import LocalStore
 from stor.disk.locks import ShaLocks
-from stor.disk.small import Outcome, SmallJob, store_batch
+from stor.core.results import UploadResult
+from stor.disk.small import LockTaken, Outcome, SmallJob, store_batch
+
+Answered = UploadResult | LockTaken
+"""What a job's Deferred fires with (its errors are failures)."""
 
 MOST = 32
 """Jobs in one batch at most (32 MiB of bodies at most: each is at most 1 MiB)."""
@@ -47,7 +51,7 @@ _log = Logger()
 
 
 class SmallBatcher(Service):
-    """One thread storing the small uploads handed to :meth:`submit`, in batches."""
+    """Threads storing the small uploads handed to :meth:`submit`, in batches."""
 
     def __init__(self, reactor: Reactor, store: LocalStore, locks: ShaLocks, group: GroupSync,
                  most: int = MOST, threads: int = THREADS, name: str = "stor-small") -> None:
@@ -58,7 +62,7 @@ class SmallBatcher(Service):
         self._most = most
         self._name = name
         self._arrived = threading.Condition()
-        self._waiting: deque[tuple[Deferred[Outcome], SmallJob]] = deque()
+        self._waiting: deque[tuple[Deferred[Answered], SmallJob]] = deque()
         self._stopping = False
         self._size = threads
         self._threads: list[threading.Thread] = []
@@ -78,11 +82,11 @@ class SmallBatcher(Service):
             thread.join()
         self._threads = []
 
-    def submit(self, job: SmallJob) -> "Deferred[Outcome]":
-        """Store ``job`` with the next batch; its outcome fires on the reactor thread
-        (an error as the Deferred's failure)."""
+    def submit(self, job: SmallJob) -> "Deferred[Answered]":
+        """Store ``job`` with the next batch; its result (or :data:`~stor.disk.small.
+        LOCK_TAKEN`) fires on the reactor thread, an error as the Deferred's failure."""
         self._start()
-        d: Deferred[Outcome] = Deferred()
+        d: Deferred[Answered] = Deferred()
         with self._arrived:
             self._waiting.append((d, job))
             self._arrived.notify()
@@ -96,14 +100,12 @@ class SmallBatcher(Service):
             self._threads.append(thread)
 
     def _work(self) -> None:
-        while True:
-            batch, stop = self._next_batch()
-            if stop:
-                return
+        while (batch := self._next_batch()) is not None:
             self._store_all(batch)
 
-    def _next_batch(self) -> tuple[list[tuple["Deferred[Outcome]", SmallJob]], bool]:
-        """What is waiting (at least one job, or the stop), up to :attr:`_most` jobs.
+    def _next_batch(self) -> "list[tuple[Deferred[Answered], SmallJob]] | None":
+        """What is waiting (at least one job; None once stopping with nothing left), up
+        to :attr:`_most` jobs.
 
         Nothing is awaited beyond the first job: waiting a millisecond or two for as
         many as the last batch had measured no better (a lone upload paid it)."""
@@ -111,13 +113,13 @@ class SmallBatcher(Service):
             while not self._waiting and not self._stopping:
                 self._arrived.wait()
             if not self._waiting:
-                return [], True
-            batch: list[tuple[Deferred[Outcome], SmallJob]] = []
+                return None
+            batch: list[tuple[Deferred[Answered], SmallJob]] = []
             while self._waiting and len(batch) < self._most:
                 batch.append(self._waiting.popleft())
-        return batch, False
+        return batch
 
-    def _store_all(self, batch: Sequence[tuple["Deferred[Outcome]", SmallJob]]) -> None:
+    def _store_all(self, batch: Sequence[tuple["Deferred[Answered]", SmallJob]]) -> None:
         try:
             outcomes: Sequence[Outcome | Failure] = store_batch(
                 [job for _, job in batch], self._store, self._locks, self._group)
@@ -129,7 +131,7 @@ class SmallBatcher(Service):
         self._reactor.callFromThread(self._deliver, [d for d, _ in batch], outcomes)
 
     @staticmethod
-    def _deliver(waiting: Sequence["Deferred[Outcome]"],
+    def _deliver(waiting: Sequence["Deferred[Answered]"],
                  outcomes: Sequence[Outcome | Failure]) -> None:
         for d, outcome in zip(waiting, outcomes):
             if isinstance(outcome, (Exception, Failure)):

@@ -44,6 +44,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from stor.core import layout
 from stor.core.errors import Conflict, HashMismatch
@@ -158,9 +159,8 @@ def _store_held(jobs: Sequence[SmallJob], store: LocalStore, locks: ShaLocks,
     for i, spool in written:
         if outcomes[i] is None:  # the careful way: file by file
             outcomes[i] = _careful(jobs[i], spool, store, locks)
-    done = [outcome for outcome in outcomes if outcome is not None]
-    assert len(done) == len(jobs), "every job has its outcome"
-    return done
+    assert all(outcome is not None for outcome in outcomes), "every job has its outcome"
+    return cast(list[Outcome], outcomes)
 
 
 def _written(job: SmallJob, store: LocalStore) -> "Duplicate | Spool":

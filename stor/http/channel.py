@@ -50,7 +50,6 @@ LENGTH_LIMIT = 2 ** 63
 """A ``Content-Length`` or chunk size must be a number below this (a file offset)."""
 
 
-
 class _BoundedChunks(http._ChunkedTransferDecoder):
     """twisted's chunked decoder, refusing a chunk size no file could have."""
 

@@ -22,7 +22,6 @@ streaming :class:`~stor.store.upload.Upload`, made by ``streaming()``.
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 

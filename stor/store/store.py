@@ -56,7 +56,7 @@ from stor.disk.spool import hand_on as hand_on_spool
 from stor.disk.spool import open_spool_placed, set_aside_failed
 from stor.disk.groupsync import GROUP_SYNC
 from stor.disk.batch import SmallBatcher
-from stor.disk.small import SMALL_MAX, LockTaken, Outcome, SmallJob, store_small
+from stor.disk.small import SMALL_MAX, LockTaken, SmallJob, store_small
 from stor.store.interface import Reading
 from stor.store.small import SmallUpload
 from stor.store.upload import Upload
@@ -468,11 +468,10 @@ class Store:
             job = SmallJob(sha, body, self._before_install, still_wanted,
                            self._damaged_from_thread)
 
-            def landed(outcome: "Outcome | Failure") -> "UploadResult | Failure | None":
+            def landed(outcome: "UploadResult | LockTaken | Failure"
+                       ) -> "UploadResult | Failure | None":
                 if counted and job.lookup_ms is not None:
                     self._looked_up(job.lookup_ms)
-                if isinstance(outcome, Exception):  # delivered as failures: never here
-                    return Failure(outcome)
                 return None if isinstance(outcome, LockTaken) else outcome
 
             return self._batcher.submit(job).addBoth(landed)
