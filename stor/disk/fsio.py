@@ -154,13 +154,35 @@ def durable_chain(storage: str, path: str, owner: tuple[int, int] | None = None)
             if KNOWN_DURABLE.has(entry, ident):
                 continue
             if i - 1 not in synced:
-                os.fsync(chain.fds[i - 1])
+                _fsync_parent(chain, i - 1)
                 synced.add(i - 1)
             KNOWN_DURABLE.add(entry, ident)
     except BaseException:
         chain.close()
         raise
     return chain
+
+
+def _fsync_parent(chain: DirChain, i: int) -> None:
+    """fsync ``chain``'s directory ``i``; for the storage itself (``i == 0``) every
+    subdirectory it held before the fsync is then known durable too.
+
+    After a restart, or beside another process that made them, the storage's
+    ``AA`` directories are all there but none is known: without this each
+    would cost a storage fsync on its first upload (256 per storage), with it
+    one does.  Only the top level is recorded, so the memory stays bounded
+    (about 256 entries a storage).
+    """
+    fd = chain.fds[i]
+    if i != 0:
+        os.fsync(fd)
+        return
+    dev = os.fstat(fd).st_dev
+    with os.scandir(fd) as entries:
+        found = [(e.name, e.inode()) for e in entries if e.is_dir(follow_symlinks=False)]
+    os.fsync(fd)
+    for name, inode in found:
+        KNOWN_DURABLE.add(os.path.join(chain.paths[0], name), (dev, inode))
 
 
 def durable_entry(dir_fd: int, path: str, ident: tuple[int, int]) -> None:

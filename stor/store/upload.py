@@ -64,10 +64,16 @@ instead of failing (:func:`~stor.disk.spool.hand_on`); a larger one answers a
 retryable 503.  Equal to :data:`HIGH_WATER`: the chunks kept are those already
 held, so an upload's memory stays bounded as before (docs/durability.rst)."""
 
-BATCH = 512 * 1024
-"""Most bytes handed to the lanes at once: small batches keep the hash and the
-writes moving while the body arrives, on data still in the CPU's caches (one
-large batch after the body was measured several times slower to copy)."""
+BATCH = 2 * 1024 * 1024
+"""Most bytes handed to the lanes at once.  A batch is whatever has arrived since
+the lanes took the last one, up to this: while they keep up, batches stay small
+and the hash and the writes follow the body on data still in the CPU's caches;
+when they fall behind, larger batches mean fewer pool jobs (three per batch:
+the hash and each replica's writes, each a thread hand-off both ways).  2 MiB
+measured 4-7 % faster than 512 KiB for 4 MiB uploads and 15-20 % for 256 MiB
+ones; 4 MiB (a whole small body as one batch, nothing overlapping its
+arrival) 20 % slower (docs/benchmarks.rst).  Memory is bounded by
+:data:`HIGH_WATER`, not by this."""
 
 
 class State(Enum):
