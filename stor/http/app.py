@@ -408,13 +408,17 @@ class StorApp:
         return _body(request, answer.body)
 
 
+_FAST_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
+
+
 class FastPaths(Resource):
-    """The site's root: GET/HEAD of a well-formed SHA skip Klein's routing.
+    """The site's root: GET/HEAD and POST of a well-formed SHA skip Klein's routing.
 
     Those are nearly all the traffic of a storage host, and Klein's per-request
-    routing costs about as much as serving a small cached file.  They go
-    straight to :meth:`StorApp.read`, with the same answers; every other
-    request (including a malformed SHA) is rendered by Klein.
+    routing costs about as much as serving a small cached file (and a tenth of
+    a small upload's time on the reactor).  They go straight to
+    :meth:`StorApp.read` and :meth:`StorApp.post`, with the same answers;
+    every other request (including a malformed SHA) is rendered by Klein.
     """
 
     isLeaf = True
@@ -425,8 +429,13 @@ class FastPaths(Resource):
         self._routes = routes
 
     def render(self, request: IRequest) -> Any:
-        if request.method in (b"GET", b"HEAD") and sha_of_path(request.path) is not None:
-            self._serve(request, self._app.read(request, request.path[1:].decode()))
+        method = request.method
+        if method in _FAST_METHODS and sha_of_path(request.path) is not None:
+            segment = request.path[1:].decode()
+            if method == b"POST":
+                self._serve(request, self._app.post(request, segment))
+            else:
+                self._serve(request, self._app.read(request, segment))
             return NOT_DONE_YET
         return self._routes.render(request)
 
