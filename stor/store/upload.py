@@ -68,8 +68,8 @@ BATCH = 2 * 1024 * 1024
 """Most bytes handed to the lanes at once.  A batch is whatever has arrived since
 the lanes took the last one, up to this: while they keep up, batches stay small
 and the hash and the writes follow the body on data still in the CPU's caches;
-when they fall behind, larger batches mean fewer pool jobs (three per batch:
-the hash and each replica's writes, each a thread hand-off both ways).  2 MiB
+when they fall behind, larger batches mean fewer pool jobs (two per batch:
+the hash and both replicas' writes, each a thread hand-off both ways).  2 MiB
 measured 4-7 % faster than 512 KiB for 4 MiB uploads and 15-20 % for 256 MiB
 ones; 4 MiB (a whole small body as one batch, nothing overlapping its
 arrival) 20 % slower (docs/benchmarks.rst).  Memory is bounded by
