@@ -13,7 +13,7 @@ from twisted.scripts.twistd import run
 from stor.disk import batch, diskpool
 
 _count = [0]
-_batches = [0]
+_batchers: list[batch.SmallBatcher] = []
 _lock = threading.Lock()
 _real_run = diskpool.DiskPool.run
 
@@ -24,21 +24,22 @@ def _counted(self, f, *args):  # type: ignore[no-untyped-def]
     return _real_run(self, f, *args)
 
 
-_real_store_all = batch.SmallBatcher._store_all
+_real_init = batch.SmallBatcher.__init__
 
 
-def _counted_batch(self, jobs):  # type: ignore[no-untyped-def]
-    with _lock:
-        _batches[0] += 1
-    return _real_store_all(self, jobs)
+def _kept(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """The daemon's batchers, whose own count (``batches``) the report reads."""
+    _real_init(self, *args, **kwargs)
+    _batchers.append(self)
 
 
 def _report(signum, frame):  # type: ignore[no-untyped-def]
-    print(f"stor-bench-jobs {_count[0]} batches {_batches[0]}", file=sys.stderr, flush=True)
+    batches = sum(b.batches for b in _batchers)
+    print(f"stor-bench-jobs {_count[0]} batches {batches}", file=sys.stderr, flush=True)
 
 
 diskpool.DiskPool.run = _counted  # type: ignore[method-assign]
-batch.SmallBatcher._store_all = _counted_batch  # type: ignore[method-assign]
+batch.SmallBatcher.__init__ = _kept  # type: ignore[method-assign]
 signal.signal(signal.SIGUSR2, _report)
 sys.argv[0] = "twistd"
 run()
