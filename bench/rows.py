@@ -11,18 +11,21 @@ amount of data from one round to the next.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ceilings import CHUNK, durable_two_replicas, sha256_pass, timed_durable_store
 from harness import (BenchError, Server, human_size, remove_quietly, s3_object_size,
                      stor_relative_path)
-from load import (CpuMeter, RssSampler, get_discard, kib_to_mb, post_concurrently, post_file,
-                  read_status_kb, run_wrk, write_wrk_script)
+from load import (AUTHORIZATION, IO_TIMEOUT, CpuMeter, PostResult, RssSampler, get_discard,
+                  kib_to_mb, post_concurrently, post_file, read_status_kb, run_wrk,
+                  write_wrk_script)
 from rounds import Measure
 
 SMALL_GET_SIZE = 4096
@@ -313,6 +316,96 @@ class CeilingStores:
         return ""
 
 
+class UploadSide(Protocol):
+    """One side of an :class:`InterleavedUploads` row."""
+
+    def begin(self) -> None: ...
+
+    def one(self) -> tuple[float, list[str]]: ...
+
+    def end(self, seconds: float) -> str: ...
+
+
+class KeepAliveSmallUploads:
+    """One side of the 1-client small-upload row: fresh random bodies POSTed to stor
+    on one keep-alive connection (as a client of a content store sends them); the
+    detail is p50, p99 and stor's CPU per upload."""
+
+    def __init__(self, server: Server, size: int) -> None:
+        self.server, self.size = server, size
+        self._connection: http.client.HTTPConnection | None = None
+        self._cpu: CpuMeter | None = None
+        self._latencies: list[float] = []
+
+    def begin(self) -> None:
+        """Connect; start counting stor's CPU."""
+        self.server.check_alive()
+        self._connection = http.client.HTTPConnection("127.0.0.1", self.server.port,
+                                                      timeout=IO_TIMEOUT)
+        self._connection.connect()
+        self._cpu, self._latencies = CpuMeter(self.server.pid), []
+
+    def one(self) -> tuple[float, list[str]]:
+        """One upload of a new body (made off the clock): its seconds and stored paths."""
+        assert self._connection is not None
+        body = os.urandom(self.size)
+        sha = hashlib.sha256(body).hexdigest()
+        began = time.perf_counter()
+        self._connection.request("POST", f"/{sha}", body=body, headers={
+            "Authorization": AUTHORIZATION, "Content-Type": "application/octet-stream"})
+        response = self._connection.getresponse()
+        text = response.read().decode("utf-8", "replace")
+        took = time.perf_counter() - began
+        result = PostResult(response.status, text, took)
+        if response.status != 201 or len(result.stored_paths()) != 2:
+            raise BenchError(f"{self.server.name} answered {response.status} to a small upload "
+                             f"(expected 201 naming two paths): {text[:200]!r}\n"
+                             f"{self.server.log_tail()}")
+        self._latencies.append(took)
+        return took, result.stored_paths()
+
+    def end(self, seconds: float) -> str:
+        """Close the connection; the detail printed under the round."""
+        if self._connection is not None:
+            self._connection.close()
+        used = self._cpu.seconds() if self._cpu is not None else 0.0
+        count = max(1, len(self._latencies))
+        return (f"{self.server.name} {latency_note(self._latencies)} "
+                f"cpu {used / count * 1000:.2f} ms/upload")
+
+
+class SmallLoopStores:
+    """The other side: :func:`~ceilings.durable_two_replicas` (unchanged) of a fresh
+    random body, in this thread, one file at a time: the sequential loop."""
+
+    def __init__(self, size: int, storages: tuple[Path, Path]) -> None:
+        self.size, self.storages = size, storages
+        self._latencies: list[float] = []
+        self._cpu = 0.0
+
+    def begin(self) -> None:
+        """Nothing to start."""
+        self._latencies, self._cpu = [], 0.0
+
+    def one(self) -> tuple[float, list[str]]:
+        """One durable two-replica store of a new body (made off the clock)."""
+        body = os.urandom(self.size)
+        sha = hashlib.sha256(body).hexdigest()
+        cpu = time.process_time()
+        began = time.perf_counter()
+        finals = durable_two_replicas(sha, (body,), self.storages)
+        took = time.perf_counter() - began
+        self._cpu += time.process_time() - cpu
+        self._latencies.append(took)
+        return took, [str(f) for f in finals]
+
+    def end(self, seconds: float) -> str:
+        """p50, p99 and CPU per file."""
+        count = max(1, len(self._latencies))
+        return (f"loop {latency_note(self._latencies)} "
+                f"cpu {self._cpu / count * 1000:.2f} ms/upload")
+
+
 class InterleavedUploads:
     """Both sides of an upload row measured file by file, taking turns.
 
@@ -328,10 +421,12 @@ class InterleavedUploads:
     returns the result kept for it.
     """
 
-    def __init__(self, count: int, size: int, subject: StorUploads,
-                 reference: StorUploads | CeilingStores) -> None:
+    def __init__(self, count: int, size: int, subject: UploadSide,
+                 reference: UploadSide, files_per_s: bool = False) -> None:
+        """Each side's figure is MB/s, or files/s with ``files_per_s``."""
         self.count, self.size = count, size
         self.sides = (subject, reference)
+        self.files_per_s = files_per_s
         self._kept: Measure | None = None
 
     def subject(self) -> Measure:
@@ -365,9 +460,13 @@ class InterleavedUploads:
         finally:
             details = [side.end(seconds[i]) for i, side in enumerate(self.sides)]
             remove_quietly(stored)
-        total = self.size * self.count
-        return (Measure(mb_per_s(total, seconds[0]), details[0]),
-                Measure(mb_per_s(total, seconds[1]), details[1]))
+        return (Measure(self._rate(seconds[0]), details[0]),
+                Measure(self._rate(seconds[1]), details[1]))
+
+    def _rate(self, seconds: float) -> float:
+        if self.files_per_s:
+            return self.count / seconds if seconds > 0 else 0.0
+        return mb_per_s(self.size * self.count, seconds)
 
 
 # --------------------------------------------------------------------------

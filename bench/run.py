@@ -53,11 +53,11 @@ from harness import (BenchError, Server, Servers, StorBuild, busy_note, create_b
                      stop_process, temp_workdir)
 from load import read_status_kb
 from rounds import Row, failed_row, raise_failures, run_rounds, summary, warn
-from rows import (CeilingStores, InterleavedUploads, PostSource, PostStats, StorUploads,
-                  WrkSettings, big_get_ceiling, big_get_measure, check_get, fmt_mb,
-                  make_big_file, make_small_files, outbox_drain_waiter, rss_upload,
-                  small_ceiling_measure, small_posts_measure, threads_ceiling_measure,
-                  wrk_measure)
+from rows import (CeilingStores, InterleavedUploads, KeepAliveSmallUploads, PostSource,
+                  PostStats, SmallLoopStores, StorUploads, WrkSettings, big_get_ceiling,
+                  big_get_measure, check_get, fmt_mb, make_big_file, make_small_files,
+                  outbox_drain_waiter, rss_upload, small_posts_measure,
+                  threads_ceiling_measure, wrk_measure)
 from trust_rows import bench_rows
 
 ALL_ROWS = ("get4k", "get256m", "post4m", "post256m", "post4k", "post64k", "post4k1", "head4k",
@@ -145,10 +145,11 @@ def post_small_row(run: Run, key: str, size: int, clients: int) -> Row:
     """Small uploads, files/s: stor with N concurrent clients vs the durable protocol
     run by N threads of this process on the same storages (one client: one loop)."""
     count = run.args.small_count
-    if clients == 1:
+    if clients == 1:  # file by file, taking turns: the disk's phases hit both sides alike
+        both = InterleavedUploads(count, size, KeepAliveSmallUploads(run.stor, size),
+                                  SmallLoopStores(size, run.pairs[0]), files_per_s=True)
         return Row(f"POST {human_size(size)}, 1 client", "files/s", "stor", "loop",
-                   GOALS[key], small_posts_measure(run.stor, size, count, 1),
-                   small_ceiling_measure(size, count, run.pairs[0]))
+                   GOALS[key], both.subject, both.reference)
     return Row(f"POST {human_size(size)}, {clients} clients", "files/s", "stor",
                f"{clients} threads", GOALS[key],
                small_posts_measure(run.stor, size, count, clients),
