@@ -11,7 +11,6 @@ amount of data from one round to the next.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import threading
 import time
@@ -23,9 +22,8 @@ from typing import Protocol
 from ceilings import CHUNK, durable_two_replicas, sha256_pass, timed_durable_store
 from harness import (BenchError, Server, human_size, remove_quietly, s3_object_size,
                      stor_relative_path)
-from load import (AUTHORIZATION, IO_TIMEOUT, CpuMeter, PostResult, RssSampler, get_discard,
-                  kib_to_mb, post_concurrently, post_file, read_status_kb, run_wrk,
-                  write_wrk_script)
+from load import (CpuMeter, KeepAlivePoster, RssSampler, get_discard, kib_to_mb,
+                  post_concurrently, post_file, read_status_kb, run_wrk, write_wrk_script)
 from rounds import Measure
 
 SMALL_GET_SIZE = 4096
@@ -328,46 +326,38 @@ class UploadSide(Protocol):
 
 class KeepAliveSmallUploads:
     """One side of the 1-client small-upload row: fresh random bodies POSTed to stor
-    on one keep-alive connection (as a client of a content store sends them); the
-    detail is p50, p99 and stor's CPU per upload."""
+    on one keep-alive connection (:class:`~load.KeepAlivePoster`, as a client of a
+    content store sends them); the detail is p50, p99 and stor's CPU per upload."""
 
     def __init__(self, server: Server, size: int) -> None:
         self.server, self.size = server, size
-        self._connection: http.client.HTTPConnection | None = None
+        self._poster: KeepAlivePoster | None = None
         self._cpu: CpuMeter | None = None
         self._latencies: list[float] = []
 
     def begin(self) -> None:
-        """Connect; start counting stor's CPU."""
+        """Start counting stor's CPU (the connection is made by the first upload, on the
+        clock, and kept)."""
         self.server.check_alive()
-        self._connection = http.client.HTTPConnection("127.0.0.1", self.server.port,
-                                                      timeout=IO_TIMEOUT)
-        self._connection.connect()
+        self._poster = KeepAlivePoster(self.server.port)
         self._cpu, self._latencies = CpuMeter(self.server.pid), []
 
     def one(self) -> tuple[float, list[str]]:
         """One upload of a new body (made off the clock): its seconds and stored paths."""
-        assert self._connection is not None
+        assert self._poster is not None
         body = os.urandom(self.size)
-        sha = hashlib.sha256(body).hexdigest()
-        began = time.perf_counter()
-        self._connection.request("POST", f"/{sha}", body=body, headers={
-            "Authorization": AUTHORIZATION, "Content-Type": "application/octet-stream"})
-        response = self._connection.getresponse()
-        text = response.read().decode("utf-8", "replace")
-        took = time.perf_counter() - began
-        result = PostResult(response.status, text, took)
-        if response.status != 201 or len(result.stored_paths()) != 2:
-            raise BenchError(f"{self.server.name} answered {response.status} to a small upload "
-                             f"(expected 201 naming two paths): {text[:200]!r}\n"
+        result = self._poster.post(hashlib.sha256(body).hexdigest(), body)
+        if result.status != 201 or len(result.stored_paths()) != 2:
+            raise BenchError(f"{self.server.name} answered {result.status} to a small upload "
+                             f"(expected 201 naming two paths): {result.body[:200]!r}\n"
                              f"{self.server.log_tail()}")
-        self._latencies.append(took)
-        return took, result.stored_paths()
+        self._latencies.append(result.seconds)
+        return result.seconds, result.stored_paths()
 
     def end(self, seconds: float) -> str:
         """Close the connection; the detail printed under the round."""
-        if self._connection is not None:
-            self._connection.close()
+        if self._poster is not None:
+            self._poster.close()
         used = self._cpu.seconds() if self._cpu is not None else 0.0
         count = max(1, len(self._latencies))
         return (f"{self.server.name} {latency_note(self._latencies)} "
