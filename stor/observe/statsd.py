@@ -18,7 +18,9 @@ import random
 import re
 from collections.abc import Callable
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 
 from stor.config import Config, StatsiteConfig
 from stor.config.perl import perl_string
@@ -35,15 +37,24 @@ DATAGRAM = 1432
 """Lines sent together stay under this many bytes: one Ethernet frame, no fragments."""
 
 
+FLUSH_DELAY = 0.05
+"""Seconds the daemon's lines wait for others before going out (statsite
+aggregates over its own flush interval, 10 s by default: 50 ms is invisible there)."""
+
+
 class StatsdMetrics:
     """Turns counts and timings into statsd lines and hands them to ``send``.
 
-    With ``schedule`` (the daemon passes ``lambda f: reactor.callLater(0, f)``)
-    the lines of one turn of the event loop go out together, newline-separated
-    in as few datagrams as fit (statsite reads every line of a datagram): a GET
-    counts six things, and six system calls a request would cost more than
-    the GET itself.  Without it (a command-line tool) each line is sent at once.
-    Call it from one thread (the reactor's).
+    With ``schedule`` (the daemon passes ``lambda f: reactor.callLater(FLUSH_DELAY,
+    f)``) the lines of :data:`FLUSH_DELAY` go out together, newline-separated in
+    as few datagrams as fit (statsite reads every line of a datagram): a GET
+    counts six things, and six system calls a request would cost more than the
+    GET itself.  A flush per turn of the event loop still cost two ``sendto``
+    per small upload, 3 % of its time with one client (an A/B with statsite
+    sends switched off); one flush per 50 ms costs one for many requests.
+    Without ``schedule`` (a command-line tool) each line is sent at once.  Call
+    it from one thread (the reactor's); :func:`build_metrics`'s service flushes
+    what waits when the daemon stops.
     """
 
     def __init__(self, config: StatsiteConfig, send: Callable[[bytes], None],
@@ -57,6 +68,7 @@ class StatsdMetrics:
         self._schedule = schedule
         self._names: dict[str, str] = {}
         self._batch: list[str] = []
+        self._flush_call: object = None
 
     def incr(self, key: str, value: int = 1) -> None:
         self._line(key, f"{value}|c")
@@ -70,7 +82,10 @@ class StatsdMetrics:
         self._out(f"{self._name(key)}:{text}|g\n")
 
     def flush(self) -> None:
-        """Send the lines waiting (the end of a turn of the event loop)."""
+        """Send the lines waiting (when scheduled, or at a stop)."""
+        call, self._flush_call = self._flush_call, None
+        if IDelayedCall.providedBy(call) and call.active():
+            call.cancel()  # a stop flushing early: the scheduled flush is not needed
         batch, self._batch = self._batch, []
         datagram = ""
         for line in batch:
@@ -99,7 +114,7 @@ class StatsdMetrics:
             self._send(line.encode())
             return
         if not self._batch:
-            self._schedule(self.flush)
+            self._flush_call = self._schedule(self.flush)
         self._batch.append(line)
 
 
@@ -113,5 +128,22 @@ def build_metrics(config: Config, reactor: Reactor) -> tuple[Metrics, Service | 
         sender = StreamSender(statsite.host, statsite.port, reactor, "statsite")
     else:
         sender = UdpSender(statsite.host, statsite.port, reactor, "statsite")
-    return StatsdMetrics(statsite, sender.send,
-                         schedule=lambda f: reactor.callLater(0, f)), sender
+    metrics = StatsdMetrics(statsite, sender.send,
+                            schedule=lambda f: reactor.callLater(FLUSH_DELAY, f))
+    return metrics, FlushedOnStop(metrics, sender)
+
+
+class FlushedOnStop(MultiService):
+    """The sender's service, which sends the lines still waiting before it stops."""
+
+    def __init__(self, metrics: StatsdMetrics, sender: Service) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self.sender = sender
+        """The :class:`~stor.observe.udp.UdpSender` or
+        :class:`~stor.observe.stream.StreamSender` the config asked for."""
+        sender.setServiceParent(self)
+
+    def stopService(self) -> "Deferred[None]":
+        self._metrics.flush()
+        return super().stopService()

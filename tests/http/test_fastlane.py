@@ -107,6 +107,7 @@ async def test_the_fast_answer_is_the_ordinary_answer(counted, statsite, events,
     answers, accesses, lines = [], [], []
     # this answer's last line: a HEAD counts no .size/.time (the old service's keys)
     last = r"l\.success\.get\.ok_old\..*\." + ("time" if method == "GET" else "count") + ":.*"
+    await statsite.wait_for(last, count=1)  # the first one's lines are in before we count
     for done, pieces in enumerate(((whole[:20], whole[20:]), (whole,)), start=2):
         events.clear()  # the ordinary path first, then the fast lane
         before = len(statsite.lines)

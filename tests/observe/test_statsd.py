@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import LogEvent, globalLogPublisher
 
 from support.logs import Stream
 from support.ports import free_port
 from stor.config import StatsiteConfig, parse_config
-from stor.observe.statsd import StatsdMetrics, build_metrics
+from stor.observe.statsd import FLUSH_DELAY, FlushedOnStop, StatsdMetrics, build_metrics
 from stor.observe.stream import StreamSender
 
 
@@ -75,6 +75,35 @@ async def test_udp_goes_to_the_configured_port(datagrams) -> None:
         await datagrams.wait(lambda d: d == b"stor.healthcheck.count:1|c\n")
     finally:
         await maybeDeferred(service.stopService)
+
+
+def test_the_daemons_lines_of_a_moment_go_out_together_after_the_flush_delay() -> None:
+    clock = task.Clock()
+    sent: list[bytes] = []
+    metrics = StatsdMetrics(StatsiteConfig(prefix="stor"), sent.append,
+                            schedule=lambda f: clock.callLater(FLUSH_DELAY, f))
+    metrics.incr("request.post.count")
+    clock.advance(FLUSH_DELAY / 2)
+    metrics.timing("lookup.time", 1.5)  # another request's, a few turns later
+    assert sent == []
+    clock.advance(FLUSH_DELAY / 2)
+    assert sent == [b"stor.request.post.count:1|c\nstor.lookup.time:1.500|ms\n"]
+    metrics.incr("request.get.count")
+    clock.advance(FLUSH_DELAY)
+    assert sent[1:] == [b"stor.request.get.count:1|c\n"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_lines_waiting_at_a_stop_are_sent_before_the_sender_closes(datagrams) -> None:
+    config = parse_config({"storage_pairs": [["/x/a", "/x/b"]],
+                           "statsite": {"host": "127.0.0.1", "port": datagrams.port,
+                                        "prefix": "stor", "sample_rate": 1}})
+    metrics, service = build_metrics(config, reactor)
+    assert service is not None
+    service.startService()
+    metrics.incr("last.count")  # would go out FLUSH_DELAY later: the stop sends it now
+    await maybeDeferred(service.stopService)
+    await datagrams.wait(lambda d: d == b"stor.last.count:1|c\n")
 
 
 def logged(match: Callable[[LogEvent], bool], timeout: float = 10.0) -> "Deferred[LogEvent]":
@@ -156,7 +185,7 @@ async def test_tcp_config_builds_a_stream_sender() -> None:
                            "statsite": {"host": "127.0.0.1", "port": listening.getHost().port,
                                         "proto": "tcp", "sample_rate": 0.5}})
     metrics, service = build_metrics(config, reactor)
-    assert isinstance(service, StreamSender)
+    assert isinstance(service, FlushedOnStop) and isinstance(service.sender, StreamSender)
     service.startService()
     try:
         for _ in range(200):

@@ -79,7 +79,7 @@ def test_readme_config_with_gelf_file_and_statsite_port(old_stor, udp_reader: Ud
         assert request(port, "GET", missing).status == 404
 
     # statsite: the configured port, every line sampled and carrying the rate
-    # (the lines of one turn of the event loop share a datagram, as statsite allows)
+    # (the lines of up to 50 ms share a datagram, as statsite allows)
     def line(start: bytes, what: str) -> bytes:
         datagram = statsite.until(lambda d: any(l.startswith(start) for l in d.splitlines(True)),
                                   what, poke=get)
