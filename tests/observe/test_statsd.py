@@ -62,14 +62,20 @@ def test_a_rate_of_one_or_more_sends_all_without_a_rate_and_zero_sends_none(rate
     assert sent == [b"k:1|c\n"] * count
 
 
-@pytest_twisted.ensureDeferred
-async def test_udp_goes_to_the_configured_port(datagrams) -> None:
+def started_udp(port: int) -> tuple[Any, Any]:
+    """The daemon's metrics to statsite on ``port`` (prefix ``stor``), their service started."""
     config = parse_config({"storage_pairs": [["/x/a", "/x/b"]],
-                           "statsite": {"host": "127.0.0.1", "port": datagrams.port,
+                           "statsite": {"host": "127.0.0.1", "port": port,
                                         "prefix": "stor", "sample_rate": 1}})
     metrics, service = build_metrics(config, reactor)
     assert service is not None
     service.startService()
+    return metrics, service
+
+
+@pytest_twisted.ensureDeferred
+async def test_udp_goes_to_the_configured_port(datagrams) -> None:
+    metrics, service = started_udp(datagrams.port)
     try:
         metrics.incr("healthcheck.count")
         await datagrams.wait(lambda d: d == b"stor.healthcheck.count:1|c\n")
@@ -95,12 +101,7 @@ def test_the_daemons_lines_of_a_moment_go_out_together_after_the_flush_delay() -
 
 @pytest_twisted.ensureDeferred
 async def test_lines_waiting_at_a_stop_are_sent_before_the_sender_closes(datagrams) -> None:
-    config = parse_config({"storage_pairs": [["/x/a", "/x/b"]],
-                           "statsite": {"host": "127.0.0.1", "port": datagrams.port,
-                                        "prefix": "stor", "sample_rate": 1}})
-    metrics, service = build_metrics(config, reactor)
-    assert service is not None
-    service.startService()
+    metrics, service = started_udp(datagrams.port)
     metrics.incr("last.count")  # would go out FLUSH_DELAY later: the stop sends it now
     await maybeDeferred(service.stopService)
     await datagrams.wait(lambda d: d == b"stor.last.count:1|c\n")
