@@ -482,12 +482,22 @@ def latency_note(latencies: Sequence[float]) -> str:
             f"p99 {p99 * 1000:.1f} ms")
 
 
-def small_posts_measure(server: Server, size: int, count: int, clients: int
-                        ) -> Callable[[], Measure]:
-    """files/s of ``count`` new small files uploaded by ``clients`` concurrent clients.
+@dataclass
+class Chunk:
+    """One side's share of a many-client small-upload round: files, wall seconds,
+    each upload's latency and the CPU seconds it cost."""
 
-    The detail: p50, p99 and stor's CPU-seconds per upload (all its threads)."""
-    def measure() -> Measure:
+    files: int
+    seconds: float
+    latencies: list[float]
+    cpu: float
+
+
+def stor_small_chunk(server: Server, size: int, count: int, clients: int
+                     ) -> Callable[[], Chunk]:
+    """``count`` new small files uploaded to stor by ``clients`` concurrent keep-alive
+    clients (after one ``os.sync()``); CPU: every thread of stor's process."""
+    def chunk() -> Chunk:
         server.check_alive()
         uploads = random_uploads(size, count)
         os.sync()
@@ -503,22 +513,18 @@ def small_posts_measure(server: Server, size: int, count: int, clients: int
                 f"{server.name}: {len(bad)} of {count} small uploads were not answered 201"
                 + (f" (e.g. {sample.status}: {sample.body[:200]!r})" if sample else "")
                 + f"\n{server.log_tail()}")
-        return Measure(count / seconds,
-                       f"{server.name} {latency_note([r.seconds for r in results])} "
-                       f"cpu {used / count * 1000:.2f} ms/upload")
+        return Chunk(count, seconds, [r.seconds for r in results], used)
 
-    return measure
+    return chunk
 
 
-def threads_ceiling_measure(size: int, count: int, threads: int, storages: tuple[Path, Path]
-                            ) -> Callable[[], Measure]:
-    """files/s of :func:`~ceilings.durable_two_replicas` (unchanged) run by ``threads``
-    threads of this process on ``count`` fresh files; p50, p99 and CPU-s per file.
-
-    The same preparation as the stor side: fresh random bodies, one ``os.sync()``,
-    then every thread takes the next file until none is left.
-    """
-    def measure() -> Measure:
+def threads_small_chunk(size: int, count: int, threads: int, storages: tuple[Path, Path]
+                        ) -> Callable[[], Chunk]:
+    """``count`` new small files stored by :func:`~ceilings.durable_two_replicas`
+    (unchanged) run by ``threads`` threads of this process (the same preparation as
+    the stor side: fresh random bodies, one ``os.sync()``, then every thread takes
+    the next file until none is left); CPU: this process."""
+    def chunk() -> Chunk:
         uploads = random_uploads(size, count)
         os.sync()
         work = iter(uploads)
@@ -560,10 +566,62 @@ def threads_ceiling_measure(size: int, count: int, threads: int, storages: tuple
         remove_quietly(stored)
         if errors:
             raise BenchError(f"the {threads}-thread ceiling failed: {errors[0]!r}")
-        return Measure(count / seconds, f"{threads} threads {latency_note(latencies)} "
-                                        f"cpu {used / count * 1000:.2f} ms/upload")
+        return Chunk(count, seconds, latencies, used)
 
-    return measure
+    return chunk
+
+
+class AlternatingChunks:
+    """Both sides of a many-client small-upload row, in chunks taking turns A B B A.
+
+    This VM's disk runs in phases of a second or so (see
+    :class:`InterleavedUploads`); one side's 160 files take about half a second,
+    so a round measured as one side's run, then the other's, often put the two
+    in different phases (the 8 threads measured 136 and 548 files/s in two
+    rounds of one run).  A round is therefore :attr:`chunks` chunks a side in
+    the order A B B A A B B A (A: the side the round puts first); each side's
+    figure is its files over the sum of its chunks' seconds, its detail p50,
+    p99 and CPU per upload over all of them.
+    """
+
+    def __init__(self, chunks: int, subject: Callable[[], Chunk], reference: Callable[[], Chunk],
+                 names: tuple[str, str]) -> None:
+        self.chunks = chunks
+        self.sides = (subject, reference)
+        self.names = names
+        self._kept: Measure | None = None
+
+    def subject(self) -> Measure:
+        """The subject's figure (measuring both sides when called first)."""
+        return self._take(0)
+
+    def reference(self) -> Measure:
+        """The reference's figure (measuring both sides when called first)."""
+        return self._take(1)
+
+    def _take(self, side: int) -> Measure:
+        if self._kept is not None:
+            kept, self._kept = self._kept, None
+            return kept
+        measures = self._measure(first=side)
+        self._kept = measures[1 - side]
+        return measures[side]
+
+    def _measure(self, first: int) -> tuple[Measure, Measure]:
+        done: tuple[list[Chunk], list[Chunk]] = ([], [])
+        for slot in range(2 * self.chunks):
+            side = first if slot % 4 in (0, 3) else 1 - first
+            done[side].append(self.sides[side]())
+        measures = []
+        for name, chunks in zip(self.names, done):
+            files = sum(c.files for c in chunks)
+            seconds = sum(c.seconds for c in chunks)
+            latencies = [lat for c in chunks for lat in c.latencies]
+            cpu = sum(c.cpu for c in chunks)
+            measures.append(Measure(files / seconds if seconds > 0 else 0.0,
+                                    f"{name} {latency_note(latencies)} "
+                                    f"cpu {cpu / max(1, files) * 1000:.2f} ms/upload"))
+        return measures[0], measures[1]
 
 
 def small_ceiling_measure(size: int, count: int, storages: tuple[Path, Path]

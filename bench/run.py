@@ -53,11 +53,11 @@ from harness import (BenchError, Server, Servers, StorBuild, busy_note, create_b
                      stop_process, temp_workdir)
 from load import read_status_kb
 from rounds import Row, failed_row, raise_failures, run_rounds, summary, warn
-from rows import (CeilingStores, InterleavedUploads, KeepAliveSmallUploads, PostSource,
-                  PostStats, SmallLoopStores, StorUploads, WrkSettings, big_get_ceiling,
-                  big_get_measure, check_get, fmt_mb, make_big_file, make_small_files,
-                  outbox_drain_waiter, rss_upload, small_posts_measure,
-                  threads_ceiling_measure, wrk_measure)
+from rows import (AlternatingChunks, CeilingStores, InterleavedUploads, KeepAliveSmallUploads,
+                  PostSource, PostStats, SmallLoopStores, StorUploads, WrkSettings,
+                  big_get_ceiling, big_get_measure, check_get, fmt_mb, make_big_file,
+                  make_small_files, outbox_drain_waiter, rss_upload, stor_small_chunk,
+                  threads_small_chunk, wrk_measure)
 from trust_rows import bench_rows
 
 ALL_ROWS = ("get4k", "get256m", "post4m", "post256m", "post4k", "post64k", "post4k1", "head4k",
@@ -69,6 +69,8 @@ GOALS: dict[str, float | None] = {
 RSS_GOAL_MB = 100
 BUCKET = "stor-bench"
 MIN_ROUNDS = 5
+SMALL_CHUNKS = 4
+"""Chunks a side of each many-client small-upload round (``rows.AlternatingChunks``)."""
 
 
 @dataclass
@@ -150,10 +152,12 @@ def post_small_row(run: Run, key: str, size: int, clients: int) -> Row:
                                   SmallLoopStores(size, run.pairs[0]), files_per_s=True)
         return Row(f"POST {human_size(size)}, 1 client", "files/s", "stor", "loop",
                    GOALS[key], both.subject, both.reference)
+    chunked = AlternatingChunks(
+        SMALL_CHUNKS, stor_small_chunk(run.stor, size, count // SMALL_CHUNKS, clients),
+        threads_small_chunk(size, count // SMALL_CHUNKS, clients, run.pairs[0]),
+        ("stor", f"{clients} threads"))
     return Row(f"POST {human_size(size)}, {clients} clients", "files/s", "stor",
-               f"{clients} threads", GOALS[key],
-               small_posts_measure(run.stor, size, count, clients),
-               threads_ceiling_measure(size, count, clients, run.pairs[0]))
+               f"{clients} threads", GOALS[key], chunked.subject, chunked.reference)
 
 
 def write_through_row(run: Run) -> Row:
