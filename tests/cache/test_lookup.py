@@ -117,6 +117,7 @@ async def test_file_deleted_behind_a_cached_path_is_served_from_its_twin(cached,
     assert cached_path in paths
     os.unlink(cached_path)
     assert await get(cached, sha256(data)) == (200, data)  # from the twin
+    await statsite.wait_for(r"c\.lookup\.time:[0-9.]+\|ms", count=3)  # the POST's, two GETs'
     assert lookups(statsite) == 2
     await statsite.wait_for(r"c\.repair\.done\.count:1\|c")  # the GET brought it back
     assert Path(cached_path).read_bytes() == data
