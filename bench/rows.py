@@ -396,7 +396,35 @@ class SmallLoopStores:
                 f"cpu {self._cpu / count * 1000:.2f} ms/upload")
 
 
-class InterleavedUploads:
+class PairedMeasure:
+    """Two sides measured together, in one pass, for one round of a
+    :class:`~rounds.Row`: :meth:`subject` and :meth:`reference` plug into it;
+    whichever is called first measures both (:meth:`_measure`, the round's
+    leader first), the other returns the result kept for it."""
+
+    _kept: Measure | None = None
+
+    def subject(self) -> Measure:
+        """The subject's figure (measuring both sides when called first)."""
+        return self._take(0)
+
+    def reference(self) -> Measure:
+        """The reference's figure (measuring both sides when called first)."""
+        return self._take(1)
+
+    def _take(self, side: int) -> Measure:
+        if self._kept is not None:
+            kept, self._kept = self._kept, None
+            return kept
+        measures = self._measure(first=side)
+        self._kept = measures[1 - side]
+        return measures[side]
+
+    def _measure(self, first: int) -> tuple[Measure, Measure]:
+        raise NotImplementedError
+
+
+class InterleavedUploads(PairedMeasure):
     """Both sides of an upload row measured file by file, taking turns.
 
     This VM's disk runs in phases (about 130 MB/s, then about 400 MB/s, for
@@ -417,23 +445,6 @@ class InterleavedUploads:
         self.count, self.size = count, size
         self.sides = (subject, reference)
         self.files_per_s = files_per_s
-        self._kept: Measure | None = None
-
-    def subject(self) -> Measure:
-        """The subject's figure (measuring both sides when called first)."""
-        return self._take(0)
-
-    def reference(self) -> Measure:
-        """The reference's figure (measuring both sides when called first)."""
-        return self._take(1)
-
-    def _take(self, side: int) -> Measure:
-        if self._kept is not None:
-            kept, self._kept = self._kept, None
-            return kept
-        measures = self._measure(first=side)
-        self._kept = measures[1 - side]
-        return measures[side]
 
     def _measure(self, first: int) -> tuple[Measure, Measure]:
         os.sync()
@@ -571,7 +582,7 @@ def threads_small_chunk(size: int, count: int, threads: int, storages: tuple[Pat
     return chunk
 
 
-class AlternatingChunks:
+class AlternatingChunks(PairedMeasure):
     """Both sides of a many-client small-upload row, in chunks taking turns A B B A.
 
     This VM's disk runs in phases of a second or so (see
@@ -589,23 +600,6 @@ class AlternatingChunks:
         self.chunks = chunks
         self.sides = (subject, reference)
         self.names = names
-        self._kept: Measure | None = None
-
-    def subject(self) -> Measure:
-        """The subject's figure (measuring both sides when called first)."""
-        return self._take(0)
-
-    def reference(self) -> Measure:
-        """The reference's figure (measuring both sides when called first)."""
-        return self._take(1)
-
-    def _take(self, side: int) -> Measure:
-        if self._kept is not None:
-            kept, self._kept = self._kept, None
-            return kept
-        measures = self._measure(first=side)
-        self._kept = measures[1 - side]
-        return measures[side]
 
     def _measure(self, first: int) -> tuple[Measure, Measure]:
         done: tuple[list[Chunk], list[Chunk]] = ([], [])
