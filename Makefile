@@ -45,9 +45,8 @@ $(STAMP): pyproject.toml requirements.txt
 $(TESTSTAMP): $(STAMP) requirements-test.txt
 	$(PIP_PINNED) -r requirements-test.txt
 	$(BIN)/pip check
-	@# warm the caches the first test run would otherwise fill: stor's bytecode and
-	@# pytest's rewritten test modules (a collection writes them)
-	$(BIN)/python -m compileall -q stor twisted/plugins
+	@# warm the caches the first test run would otherwise fill: a collection imports
+	@# every test module (pytest writes them rewritten) and the stor modules they import
 	$(BIN)/python -m pytest $(UNUSED_PLUGINS) --collect-only -q -p no:cacheprovider >/dev/null
 	touch $@
 

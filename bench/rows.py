@@ -345,8 +345,8 @@ class KeepAliveSmallUploads:
     def one(self) -> tuple[float, list[str]]:
         """One upload of a new body (made off the clock): its seconds and stored paths."""
         assert self._poster is not None
-        body = os.urandom(self.size)
-        result = self._poster.post(hashlib.sha256(body).hexdigest(), body)
+        [(sha, body)] = random_uploads(self.size, 1)
+        result = self._poster.post(sha, body)
         if result.status != 201 or len(result.stored_paths()) != 2:
             raise BenchError(f"{self.server.name} answered {result.status} to a small upload "
                              f"(expected 201 naming two paths): {result.body[:200]!r}\n"
@@ -379,8 +379,7 @@ class SmallLoopStores:
 
     def one(self) -> tuple[float, list[str]]:
         """One durable two-replica store of a new body (made off the clock)."""
-        body = os.urandom(self.size)
-        sha = hashlib.sha256(body).hexdigest()
+        [(sha, body)] = random_uploads(self.size, 1)
         cpu = time.process_time()
         began = time.perf_counter()
         finals = durable_two_replicas(sha, (body,), self.storages)
