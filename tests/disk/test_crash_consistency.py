@@ -38,9 +38,18 @@ def sha256(data: bytes) -> str:
 
 
 def serving_pids(stor) -> list[int]:  # type: ignore[no-untyped-def]
-    """The processes that answer: stor itself, or with ``--workers`` its workers."""
-    workers = [pid for pid, _ in descendants(stor.popen.pid)]
-    return workers or [stor.popen.pid]
+    """The processes that answer: stor itself, or with ``--workers N`` its N workers,
+    once all N are there (stor answers as soon as one is: trace only that one and the
+    other's answers are missing from the trace)."""
+    args = [str(a) for a in stor.popen.args]
+    if "--workers" not in args:
+        return [stor.popen.pid]
+    expected = int(args[args.index("--workers") + 1])
+    deadline = time.monotonic() + 30
+    while len(workers := [pid for pid, _ in descendants(stor.popen.pid)]) < expected:
+        assert time.monotonic() < deadline, (workers, expected)
+        time.sleep(0.05)
+    return workers
 
 
 class Tracer:
