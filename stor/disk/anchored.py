@@ -105,6 +105,10 @@ class DirChain:
     def path(self) -> str:
         return self.paths[-1]
 
+    def take_leaf(self) -> int:
+        """The leaf's descriptor, now the caller's to close (the chain keeps the rest)."""
+        return self.fds.pop()
+
     def close(self) -> None:
         fds, self.fds = self.fds, []
         for fd in fds:

@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -198,15 +199,29 @@ def known_durable(path: str, ident: tuple[int, int]) -> None:
     KNOWN_DURABLE.add(path, ident)
 
 
+OWNER_TTL = 1.0
+"""Seconds an answer of :func:`owner_of` is reused: a small upload asks it four times
+(two temps, two directory chains), and each ``stat`` is a hand-off of the GIL."""
+_owners: dict[tuple[str, int, int], tuple[float, tuple[int, int] | None]] = {}
+
+
 def owner_of(storage: str) -> tuple[int, int] | None:
     """(uid, gid) new entries on ``storage`` should get: the storage's, when we are root
-    and it is another user's (a root-owned storage needs no ``chown``)."""
+    and it is another user's (a root-owned storage needs no ``chown``).  An operator's
+    ``chown`` of the storage applies to entries made :data:`OWNER_TTL` seconds later."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return None
+    key = (storage, os.geteuid(), os.getegid())
+    now = time.monotonic()
+    known = _owners.get(key)
+    if known is not None and known[0] > now:
+        return known[1]
     st = os.stat(storage)
-    if (st.st_uid, st.st_gid) == (0, os.getegid()):
-        return None
-    return st.st_uid, st.st_gid
+    owner = None if (st.st_uid, st.st_gid) == (0, key[2]) else (st.st_uid, st.st_gid)
+    if len(_owners) > 4096:  # bounded: a forgotten answer costs one stat
+        _owners.clear()
+    _owners[key] = (now + OWNER_TTL, owner)
+    return owner
 
 
 def _libc(name: str, argtypes: list[type]) -> Any | None:

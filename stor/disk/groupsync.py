@@ -93,10 +93,11 @@ class GroupSync:
         """:meth:`sync` calls served."""
         self._covered: dict[int, bool] = {}
 
-    def covers(self, fd: int) -> bool:
-        """Whether a ``syncfs`` of ``fd``'s filesystem makes its changes durable and says
-        when it could not (see the module docstring); cached per filesystem."""
-        dev = os.fstat(fd).st_dev
+    def covers(self, fd: int, dev: int | None = None) -> bool:
+        """Whether a ``syncfs`` of ``fd``'s filesystem (device ``dev``, when the caller
+        knows it) makes its changes durable and says when it could not (see the module
+        docstring); cached per filesystem."""
+        dev = os.fstat(fd).st_dev if dev is None else dev
         known = self._covered.get(dev)
         if known is None:
             known = (syncfs_available() and _kernel_reports_errors(os.uname().release)
@@ -141,10 +142,12 @@ class GroupSync:
         if failed is not None:
             raise OSError(failed.errno, failed.strerror)
 
-    def sync_all(self, fds: Sequence[int]) -> list[OSError | None]:
+    def sync_all(self, fds: Sequence[int],
+                 devs: Sequence[int] | None = None) -> list[OSError | None]:
         """:meth:`sync` for each filesystem of ``fds`` (one round per filesystem, run side
-        by side when there are several); per fd, None or the error of its round."""
-        of_fd = [os.fstat(fd).st_dev for fd in fds]
+        by side when there are several); per fd, None or the error of its round.
+        ``devs``: each fd's device, when the caller knows them."""
+        of_fd = list(devs) if devs is not None else [os.fstat(fd).st_dev for fd in fds]
         devs: dict[int, int] = {}
         for fd, dev in zip(fds, of_fd):
             devs.setdefault(dev, fd)

@@ -152,7 +152,7 @@ def _store_held(jobs: Sequence[SmallJob], store: LocalStore, locks: ShaLocks,
             outcomes[i] = found
     together = [(i, spool) for i, spool in written
                 if len(spool.temps) == 2 and not spool.failures
-                and all(group.covers(t.fd) for t in spool.temps)]
+                and all(group.covers(t.fd, t.dev) for t in spool.temps)]
     committed = _group_commit([(jobs[i], spool) for i, spool in together], group)
     for (i, _), result in zip(together, committed):
         outcomes[i] = result
@@ -256,8 +256,8 @@ def _install(job: SmallJob, spool: Spool) -> "tuple[list[str], list[Chain]] | No
 def _flushed(group: GroupSync, spools: Sequence[Spool]) -> list[bool]:
     """One group round per filesystem for all ``spools``' temps: per spool, whether
     everything written to its temps (and their filesystems) before it is durable."""
-    fds = [t.fd for spool in spools for t in spool.temps]
-    errors = iter(group.sync_all(fds) if fds else [])
+    temps = [t for spool in spools for t in spool.temps]
+    errors = iter(group.sync_all([t.fd for t in temps], [t.dev for t in temps]) if temps else [])
     return [not any([next(errors) for _ in spool.temps]) for spool in spools]
 
 

@@ -10,6 +10,7 @@ it; a process that dies releases its locks, and its temp files become stale.
 """
 
 import fcntl
+import itertools
 import os
 import secrets
 import time
@@ -30,9 +31,22 @@ def temp_dir(storage: str) -> str:
     return os.path.join(storage, layout.TEMP_DIR)
 
 
+_names = itertools.count()
+_start = [0, 0]  # the pid it was drawn for, and a random start drawn once per process
+
+
 def temp_name(sha: str) -> str:
-    """A fresh temp file name: ``<sha>.<pid>.<random>.tmp``."""
-    return f"{sha}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    """A fresh temp file name: ``<sha>.<pid>.<random>.tmp``, 8 hex digits of random.
+
+    They count on from a random start drawn once per process (and again in a
+    forked worker): unique in the process, unlikely to meet a dead process's
+    stale temp of the same pid (``O_EXCL`` would refuse it), and no
+    ``getrandom`` call per temp -- each system call of a small upload's batch
+    thread is a hand-off of the GIL when the reactor wants it."""
+    pid = os.getpid()
+    if _start[0] != pid:
+        _start[:] = [pid, secrets.randbits(32)]
+    return f"{sha}.{pid}.{(_start[1] + next(_names)) & 0xFFFFFFFF:08x}.tmp"
 
 
 @dataclass
@@ -47,6 +61,14 @@ class OwnedTemp:
     path: str
     fd: int
     dir_fd: int = -1
+    _dev: int | None = None
+
+    @property
+    def dev(self) -> int:
+        """The device of its filesystem (``fstat`` once: a temp never moves to another)."""
+        if self._dev is None:
+            self._dev = os.fstat(self.fd).st_dev
+        return self._dev
 
     @property
     def name(self) -> str:
@@ -81,7 +103,7 @@ def create_temp(storage: str, sha: str, owner: tuple[int, int] | None = None) ->
     """
     directory = temp_dir(storage)
     with made_chain(storage, directory, owner) as chain:
-        dir_fd = os.dup(chain.leaf)
+        dir_fd = chain.take_leaf()
     name = temp_name(sha)
     path = os.path.join(directory, name)
     try:
