@@ -110,6 +110,45 @@ def stor_relative_path(sha: str) -> Path:
     return Path(upper[0:2], upper[2:4], upper[4:6], upper + ".dat")
 
 
+class SetAside:
+    """Small stored copies kept until the run's end (its work dir goes then) instead
+    of being deleted between measurements.
+
+    On ext4 without a journal (this VM's root filesystem) every new inode --
+    each temp file and ``AA/BB/CC`` directory an upload makes, on both sides
+    of a row -- is searched for past the free inodes of its group deleted in
+    the last 60 to 360 seconds (the kernel's ``recently_deleted``): with the
+    thousands of files a small-upload row used to delete each round, one
+    ``open(O_CREAT)`` took 0.8 to 2 ms instead of 0.06, a third of stor's CPU,
+    and more every round.  That is the cost of the bench's cleanup, not of
+    storing (a content store rarely deletes; with a journal the search is not
+    made): see docs/benchmarks.rst, "The bench deletes no small file while
+    it measures".  Past :attr:`most` bytes kept, they are removed after all.
+    """
+
+    def __init__(self, most: int = 1 << 30) -> None:
+        self.most = most
+        self._paths: list[str | Path] = []
+        self._bytes = 0
+
+    def keep(self, paths: Sequence[str | Path], size: int) -> None:
+        """Keep ``paths`` (``size`` bytes each)."""
+        self._paths.extend(paths)
+        self._bytes += size * len(paths)
+        if self._bytes > self.most:
+            remove_quietly(self._paths)
+            self._paths, self._bytes = [], 0
+
+
+SET_ASIDE = SetAside()
+"""The run's small stored copies."""
+
+
+def set_aside(paths: Sequence[str | Path], size: int) -> None:
+    """:meth:`SetAside.keep` for the run."""
+    SET_ASIDE.keep(paths, size)
+
+
 def remove_quietly(paths: Sequence[str | Path]) -> None:
     """Delete stored copies between measurements, so the disk does not fill up."""
     for path in paths:

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceilings import durable_two_replicas, sha256_pass  # noqa: E402
-from harness import BenchError, ToolMissing, parse_size, stor_relative_path  # noqa: E402
+from harness import BenchError, SetAside, ToolMissing, parse_size, stor_relative_path  # noqa: E402
 from rounds import Measure, Row, raise_failures, run_rounds, summary  # noqa: E402
 from rows import InterleavedUploads  # noqa: E402
 
@@ -162,3 +162,18 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_sizes_are_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
+
+
+def test_small_copies_stay_until_more_than_the_most_is_kept(tmp_path: Path) -> None:
+    """Kept, not deleted between measurements (no burst of freshly deleted inodes
+    for the next creates to search past), and removed once there are too many."""
+    kept = SetAside(most=3 * 4096)
+    files = []
+    for i in range(4):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(b"x" * 4096)
+        files.append(path)
+    kept.keep(files[:3], 4096)
+    assert all(f.exists() for f in files)
+    kept.keep(files[3:], 4096)
+    assert not any(f.exists() for f in files)
