@@ -1,4 +1,4 @@
-"""Small uploads stored in batches by two threads: the group commit without a thread per upload.
+"""Small uploads stored in batches by one thread: the group commit without a thread per upload.
 
 With a small upload per disk-pool thread, eight uploads at once were eight
 threads taking turns at the GIL around every system call (534 ``futex`` calls
@@ -9,10 +9,19 @@ upload waiting when it is free (up to :data:`MOST`) and stores them together
 (:func:`~stor.disk.small.store_batch`): each body hashed and written, **one**
 group round for all their data, every duplicate check, marker and rename, **one**
 round for all their entries, every answer handed to the reactor in one wake-up.
-The uploads that arrive meanwhile form the next batch (taken by the other thread
-when it is free: one batch's flush overlaps the next one's writing), so a batch
-grows with the load and a lone upload waits for nobody.  Measured with 8
-clients: 129 ``futex`` and 0.79 ``syncfs`` per upload, 3.5 uploads a batch.
+The uploads that arrive meanwhile form the next batch, taken as soon as the
+thread is free, so a batch grows with the load and a lone upload waits for
+nobody.  Measured with 8 clients: 129 ``futex`` and 0.79 ``syncfs`` per
+upload, 3.5 uploads a batch (two threads then).
+
+One thread, not two: a second one let a batch's flush overlap the next one's
+writing, but the two took turns at the GIL around their sixty-odd system
+calls a job (and the reactor's): with creates at their usual cost one thread
+stored 1.05x (64 KiB) to 1.22x (4 KiB) as many small uploads a second with 8
+clients, as many with one client (docs/benchmarks.rst, "Stop 28").  Two won
+only while every ``open(O_CREAT)`` cost a millisecond of kernel CPU (ext4
+without a journal after thousands of deletes), which two threads spread over
+both cores.
 
 Each answer still waits for its own bytes and entries to be durable: a round
 covers everything changed on its filesystem before it began
@@ -44,8 +53,8 @@ Answered = UploadResult | LockTaken
 MOST = 32
 """Jobs in one batch at most (32 MiB of bodies at most: each is at most 1 MiB)."""
 
-THREADS = 2
-"""Threads storing batches: two let one batch's flush overlap the next one's writing."""
+THREADS = 1
+"""Threads storing batches (see the module docstring: one measured best)."""
 
 _log = Logger()
 

@@ -157,7 +157,7 @@ def test_identical_uploads_over_both_threads_are_all_answered(local, locks, grou
     stored or its lock taken.  (A thread once kept jobs it gathered without ever
     storing them: ``tests/disk/test_integrity.py``'s parallel uploads found it.)"""
     reactor = QueueReactor()
-    batcher = SmallBatcher(reactor, local, locks, group)  # type: ignore[arg-type]
+    batcher = SmallBatcher(reactor, local, locks, group, threads=2)  # type: ignore[arg-type]
     distinct = bodies(30, size=1000)
     done: list[object] = []
     for d in distinct:
