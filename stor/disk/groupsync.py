@@ -15,8 +15,8 @@ durable (the conservative model of ``tests/support/crashcheck.py``).  When no
 caller that arrives waits for the next, which the first of them issues for
 all: N callers arriving during one flush share the next one.  A caller is
 usually a whole batch of small uploads (:mod:`stor.disk.batch`), so one round
-covers every upload of the batch, and the batch thread, a lone upload stored
-by the pool and the processes' other callers share rounds with each other.
+covers every upload of the batch, and the batch thread and a lone upload
+stored by the pool share rounds with each other.
 
 Durability is not traded for speed: each caller waits for its own flush,
 which is a flush of everything it wrote.  What is shared is the cost.  A
