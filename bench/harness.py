@@ -122,8 +122,8 @@ class SetAside:
     ``open(O_CREAT)`` took 0.8 to 2 ms instead of 0.06, a third of stor's CPU,
     and more every round.  That is the cost of the bench's cleanup, not of
     storing (a content store rarely deletes; with a journal the search is not
-    made): see docs/benchmarks.rst, "The bench deletes no small file while
-    it measures".  Past :attr:`most` bytes kept, they are removed after all.
+    made): see docs/benchmarks.rst, "The bench's own deletes".  Past
+    :attr:`most` bytes kept, they are removed after all.
     """
 
     def __init__(self, most: int = 1 << 30) -> None:

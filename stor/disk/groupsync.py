@@ -148,16 +148,16 @@ class GroupSync:
         by side when there are several); per fd, None or the error of its round.
         ``devs``: each fd's device, when the caller knows them."""
         of_fd = list(devs) if devs is not None else [os.fstat(fd).st_dev for fd in fds]
-        devs: dict[int, int] = {}
+        fd_on: dict[int, int] = {}  # each filesystem, and the first fd on it
         for fd, dev in zip(fds, of_fd):
-            devs.setdefault(dev, fd)
-        if len(devs) == 1:
-            results = [self._try(fd, dev) for dev, fd in devs.items()]
+            fd_on.setdefault(dev, fd)
+        if len(fd_on) == 1:
+            results = [self._try(fd, dev) for dev, fd in fd_on.items()]
         else:
-            with ThreadPoolExecutor(len(devs)) as pool:
+            with ThreadPoolExecutor(len(fd_on)) as pool:
                 results = list(pool.map(lambda item: self._try(item[1], item[0]),
-                                        devs.items()))
-        outcome = dict(zip(devs, results))
+                                        fd_on.items()))
+        outcome = dict(zip(fd_on, results))
         return [outcome[dev] for dev in of_fd]
 
     def _try(self, fd: int, dev: int) -> OSError | None:

@@ -332,7 +332,7 @@ SWITCH_INTERVAL = 0.0005
 let go (Python's default: 0.005).  A small upload's batch thread makes some sixty
 system calls, each a release of the GIL; while the reactor runs Python (parsing the
 next request) each return had to wait for it, up to 5 ms: measured with 8 clients,
-+4 to +7 % small uploads a second; 1 client and the large transfers unchanged
++4 to +9 % small uploads a second; 1 client and the large transfers unchanged
 (docs/benchmarks.rst)."""
 
 
