@@ -51,3 +51,24 @@ def test_a_top_directory_made_after_the_scan_is_fsynced_again(tmp_path: Path,
     durable_dirs(str(storage), str(storage / "1B" / "00"))
     assert fsynced.count(str(storage)) == 2
 
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_a_storage_chowned_by_the_operator_gives_new_entries_its_owner_within_a_second(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner is read again once :data:`~stor.disk.fsio.OWNER_TTL` has passed (a small
+    upload asks four times; one ``stat`` a second does for all of them)."""
+    from stor.disk import fsio
+
+    storage = tmp_path / "s"
+    storage.mkdir()
+    os.chown(storage, 65534, 65534)
+    now = [1000.0]
+    monkeypatch.setattr(fsio.time, "monotonic", lambda: now[0])
+    assert fsio.owner_of(str(storage)) == (65534, 65534)
+    os.chown(storage, 65533, 65533)
+    now[0] += fsio.OWNER_TTL + 0.01
+    assert fsio.owner_of(str(storage)) == (65533, 65533)
+    os.chown(storage, 0, os.getegid())
+    now[0] += fsio.OWNER_TTL + 0.01
+    assert fsio.owner_of(str(storage)) is None  # root's own storage: nothing to chown
