@@ -111,8 +111,8 @@ def stor_relative_path(sha: str) -> Path:
 
 
 class SetAside:
-    """Small stored copies kept until the run's end (its work dir goes then) instead
-    of being deleted between measurements.
+    """Stored copies put away after a measurement: small ones kept until the run's end
+    (its work dir goes then), large ones deleted at once.
 
     On ext4 without a journal (this VM's root filesystem) every new inode --
     each temp file and ``AA/BB/CC`` directory an upload makes, on both sides
@@ -122,17 +122,24 @@ class SetAside:
     ``open(O_CREAT)`` took 0.8 to 2 ms instead of 0.06, a third of stor's CPU,
     and more every round.  That is the cost of the bench's cleanup, not of
     storing (a content store rarely deletes; with a journal the search is not
-    made): see docs/benchmarks.rst, "The bench's own deletes".  Past
-    :attr:`most` bytes kept, they are removed after all.
+    made): see docs/benchmarks.rst, "The bench's own deletes".  A large
+    row's few files cost no such search, and would fill the disk.  Past
+    :attr:`most` bytes kept, the small ones are removed after all.
     """
+
+    SMALL = 1 << 20
+    """Copies of at most this many bytes are kept."""
 
     def __init__(self, most: int = 1 << 30) -> None:
         self.most = most
         self._paths: list[str | Path] = []
         self._bytes = 0
 
-    def keep(self, paths: Sequence[str | Path], size: int) -> None:
-        """Keep ``paths`` (``size`` bytes each)."""
+    def put_away(self, paths: Sequence[str | Path], size: int) -> None:
+        """Done with ``paths`` (``size`` bytes each): kept when small, else deleted."""
+        if size > self.SMALL:
+            remove_quietly(paths)
+            return
         self._paths.extend(paths)
         self._bytes += size * len(paths)
         if self._bytes > self.most:
@@ -140,13 +147,8 @@ class SetAside:
             self._paths, self._bytes = [], 0
 
 
-SET_ASIDE = SetAside()
-"""The run's small stored copies."""
-
-
-def set_aside(paths: Sequence[str | Path], size: int) -> None:
-    """:meth:`SetAside.keep` for the run."""
-    SET_ASIDE.keep(paths, size)
+put_away = SetAside().put_away
+"""The run's :meth:`SetAside.put_away`."""
 
 
 def remove_quietly(paths: Sequence[str | Path]) -> None:

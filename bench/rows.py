@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ceilings import CHUNK, durable_two_replicas, sha256_pass, timed_durable_store
-from harness import (BenchError, Server, human_size, remove_quietly, set_aside, s3_object_size,
+from harness import (BenchError, Server, human_size, put_away, remove_quietly, s3_object_size,
                      stor_relative_path)
 from load import (CpuMeter, KeepAlivePoster, RssSampler, get_discard, kib_to_mb,
                   post_concurrently, post_file, read_status_kb, run_wrk, write_wrk_script)
@@ -459,10 +459,7 @@ class InterleavedUploads(PairedMeasure):
                     stored += paths
         finally:
             details = [side.end(seconds[i]) for i, side in enumerate(self.sides)]
-            if self.files_per_s:  # a small-file row
-                set_aside(stored, self.size)
-            else:
-                remove_quietly(stored)
+            put_away(stored, self.size)
         return (Measure(self._rate(seconds[0]), details[0]),
                 Measure(self._rate(seconds[1]), details[1]))
 
@@ -518,7 +515,7 @@ def stor_small_chunk(server: Server, size: int, count: int, clients: int
         seconds, results = post_concurrently(server.port, uploads, clients)
         used = cpu.seconds()
         stored = [path for result in results for path in result.stored_paths()]
-        set_aside(stored, size)
+        put_away(stored, size)
         bad = [r for r in results if r.status != 201]
         if bad or len(results) != count:
             sample = bad[0] if bad else None
@@ -576,7 +573,7 @@ def threads_small_chunk(size: int, count: int, threads: int, storages: tuple[Pat
             thread.join()
         seconds = time.perf_counter() - started
         used = time.process_time() - cpu_before
-        set_aside(stored, size)
+        put_away(stored, size)
         if errors:
             raise BenchError(f"the {threads}-thread ceiling failed: {errors[0]!r}")
         return Chunk(count, seconds, latencies, used)
@@ -638,7 +635,7 @@ def small_ceiling_measure(size: int, count: int, storages: tuple[Path, Path]
             seconds = time.perf_counter() - started
             used = time.process_time() - cpu_before
         finally:
-            set_aside(stored, size)
+            put_away(stored, size)
         return Measure(count / seconds, f"loop {latency_note(latencies)} "
                                         f"cpu {used / count * 1000:.2f} ms/upload")
 

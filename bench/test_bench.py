@@ -173,7 +173,14 @@ def test_small_copies_stay_until_more_than_the_most_is_kept(tmp_path: Path) -> N
         path = tmp_path / f"f{i}"
         path.write_bytes(b"x" * 4096)
         files.append(path)
-    kept.keep(files[:3], 4096)
+    kept.put_away(files[:3], 4096)
     assert all(f.exists() for f in files)
-    kept.keep(files[3:], 4096)
+    kept.put_away(files[3:], 4096)
     assert not any(f.exists() for f in files)
+
+
+def test_large_copies_go_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    path.write_bytes(b"x")
+    SetAside().put_away([path], SetAside.SMALL + 1)
+    assert not path.exists()

@@ -202,7 +202,7 @@ def known_durable(path: str, ident: tuple[int, int]) -> None:
 OWNER_TTL = 1.0
 """Seconds an answer of :func:`owner_of` is reused: a small upload asks it four times
 (two temps, two directory chains), and each ``stat`` is a hand-off of the GIL."""
-_owners: dict[tuple[str, int, int], tuple[float, tuple[int, int] | None]] = {}
+_owners: dict[tuple[str, int], tuple[float, tuple[int, int] | None]] = {}
 
 
 def owner_of(storage: str) -> tuple[int, int] | None:
@@ -211,13 +211,13 @@ def owner_of(storage: str) -> tuple[int, int] | None:
     ``chown`` of the storage applies to entries made :data:`OWNER_TTL` seconds later."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return None
-    key = (storage, os.geteuid(), os.getegid())
+    key = (storage, os.getegid())  # as root: only the group can differ
     now = time.monotonic()
     known = _owners.get(key)
     if known is not None and known[0] > now:
         return known[1]
     st = os.stat(storage)
-    owner = None if (st.st_uid, st.st_gid) == (0, key[2]) else (st.st_uid, st.st_gid)
+    owner = None if (st.st_uid, st.st_gid) == (0, key[1]) else (st.st_uid, st.st_gid)
     if len(_owners) > 4096:  # bounded: a forgotten answer costs one stat
         _owners.clear()
     _owners[key] = (now + OWNER_TTL, owner)

@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stor.core import layout
 from stor.disk.anchored import open_chain, open_file_at
@@ -61,7 +61,7 @@ class OwnedTemp:
     path: str
     fd: int
     dir_fd: int = -1
-    _dev: int | None = None
+    _dev: int | None = field(default=None, init=False, repr=False)
 
     @property
     def dev(self) -> int:
